@@ -1,0 +1,60 @@
+# kenv developer entry points. `make run` and `make test` are the two commands the README promises.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := buildah docker-registry debootstrap curl
+export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
+export no_proxy := 127.0.0.1,localhost,$(no_proxy)
+
+.PHONY: run test deps apt binaries venv lint unit integration reliability crds image bench clean-cluster
+
+run: deps ## local control plane + registry + operator + a sample Environment built to Ready
+	$(PY) hack/run.py
+
+test: deps lint ## everything CI runs
+	$(PY) -m pytest tests -v -p no:cacheprovider --timeout=900
+
+deps: apt binaries venv
+
+apt: ## Debian packages a fresh machine of this kind lacks
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  (apt-get update -q || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+
+binaries: ## control-plane binaries built from the Go module proxy into ~/.cache/kenv (once)
+	@hack/build-binaries.sh >/dev/null
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv ## ruff, mypy and the CRD drift check
+	$(VENV)/bin/ruff check operator tests hack bench
+	$(VENV)/bin/mypy operator/kenv
+
+unit: venv
+	$(PY) -m pytest tests/unit -q -p no:cacheprovider
+
+integration: deps
+	$(PY) -m pytest tests/integration -v -p no:cacheprovider
+
+reliability: deps
+	$(PY) -m pytest tests/reliability -v -p no:cacheprovider
+
+crds: venv ## regenerate crds/ and the chart's copy from the models
+	$(VENV)/bin/kenv crd --write crds
+	mkdir -p charts/kenv/crds && cp crds/*.yaml charts/kenv/crds/
+
+image: apt ## the operator image, built with buildah (no Docker engine needed)
+	buildah --storage-driver vfs bud --isolation chroot -f hack/operator.Dockerfile -t kenv-operator:dev .
+
+bench: deps
+	$(PY) bench/run.py
+
+clean-cluster:
+	hack/cluster down || true

@@ -1,0 +1,65 @@
+"""Glue between kopf's mutating webhook and the pure pod mutation in injection.py.
+
+The Environment comes from kopf's in-memory index (filled from the watch stream), so admitting a pod costs no
+API call. Refusals become kopf.AdmissionError, whose message `kubectl` shows to the user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch  # kopf's own dependency
+import kopf
+from pydantic import ValidationError
+
+from kenv import metrics
+from kenv.config import get_settings
+from kenv.errors import describe_validation_error
+from kenv.injection import EnvironmentView, InjectionRefused, InjectionSettings, build_pod_mutation
+from kenv.models import EnvironmentSpec
+
+ENVIRONMENT_LABEL = "kenv.dev/environment"
+CLUSTER_ENVIRONMENT_LABEL = "kenv.dev/cluster-environment"
+
+
+def indexed(spec: kopf.Spec, status: kopf.Status) -> dict[str, Any]:
+    """What the index keeps per Environment: plain copies, so later watch events don't mutate them."""
+    return {"spec": dict(spec), "status": dict(status)}
+
+
+def lookup(kind: str, pod: kopf.Body, index: kopf.Index) -> EnvironmentView:
+    namespace = pod.metadata.namespace
+    if kind == "Environment":
+        name = pod.metadata.labels[ENVIRONMENT_LABEL]
+        key: Any = (namespace, name)
+        hint = f"Environment {namespace}/{name} does not exist; check `kubectl get env {name} -n {namespace}`"
+    else:
+        name = pod.metadata.labels[CLUSTER_ENVIRONMENT_LABEL]
+        key = name
+        hint = f"ClusterEnvironment {name} does not exist; check `kubectl get cenv {name}`"
+    entries = list(index.get(key, []))
+    if not entries:
+        raise InjectionRefused(hint + " or fix the pod's label")
+    entry = entries[0]
+    try:
+        spec = EnvironmentSpec.model_validate(entry["spec"])
+    except ValidationError as error:
+        raise InjectionRefused(f"{kind} {name} has an invalid spec: {describe_validation_error(error)}") from error
+    return EnvironmentView(kind=kind, name=name, namespace=namespace if kind == "Environment" else None,  # type: ignore[arg-type]
+                           spec=spec, status=entry["status"])
+
+
+def inject(kind: str, body: kopf.Body, patch: kopf.Patch, warnings: list[str], index: kopf.Index) -> None:
+    config = get_settings()
+    settings = InjectionSettings(pull_secret=config.pull_secret,
+                                 pending_image_policy=config.pending_image_policy.value)
+    try:
+        mutation = build_pod_mutation(dict(body), lookup(kind, body, index), settings)
+    except InjectionRefused as refusal:
+        metrics.ADMISSIONS.labels("refused").inc()
+        raise kopf.AdmissionError(f"kenv: {refusal.message}", code=400) from refusal
+    metrics.ADMISSIONS.labels("gated" if mutation.gated else "injected").inc()
+    warnings.extend(mutation.warnings)
+    if mutation.patch:
+        ops = mutation.patch
+        patch.fns.append(lambda pod: jsonpatch.apply_patch(pod, ops, in_place=True))

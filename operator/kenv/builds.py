@@ -1,0 +1,203 @@
+"""Pure builders for the objects of one image build: context ConfigMap, docker-config Secret and the Job.
+
+Builds run in one build namespace (the operator's), not beside the Environment: push credentials never leave
+it, and one build serves every Environment with the same content hash in any namespace. Kubernetes forbids
+owner references across namespaces, so the Job is not owned by an Environment; the Job owns its ConfigMap and
+Secret (garbage-collected with it) and is removed by ttlSecondsAfterFinished.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kenv.config import OperatorSettings
+from kenv.models import Builder, BuildSettings
+from kenv.render import BuildContext, render_template
+
+LABEL_ROLE = "kenv.dev/role"
+LABEL_HASH = "kenv.dev/hash"
+ANNOTATION_HASH = "kenv.dev/hash"
+ANNOTATION_DESTINATION = "kenv.dev/destination"
+ANNOTATION_REQUESTED_BY = "kenv.dev/requested-by"
+CA_KEY = "kenv-ca.crt"
+
+# The builder scripts get the destination as "$1" (--destination=...) and never by interpolation.
+BUILDAH_SCRIPT = """set -eu
+dest="${1#--destination=}"
+buildah bud --isolation chroot --storage-driver vfs $KENV_TLS -f /workspace/Dockerfile -t "$dest" /workspace
+buildah push --storage-driver vfs $KENV_TLS --digestfile /dev/termination-log "$dest" "docker://$dest"
+"""
+BUILDKIT_SCRIPT = """set -eu
+dest="${1#--destination=}"
+buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=/workspace --local dockerfile=/workspace \\
+  --output "type=image,name=$dest,push=true$KENV_REGISTRY_INSECURE" --metadata-file /tmp/kenv-metadata.json
+sed -n 's/.*"containerimage.digest": *"\\([^"]*\\)".*/\\1/p' /tmp/kenv-metadata.json > /dev/termination-log
+"""
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything that names one build attempt; derived from the API state only, so restarts agree."""
+
+    hash: str
+    destination: str  # repo:tag
+    job_name: str
+    namespace: str
+
+    @property
+    def context_config_map(self) -> str:
+        return self.job_name + "-context"
+
+    @property
+    def docker_config_secret(self) -> str:
+        return self.job_name + "-docker"
+
+
+def hash_label(content_hash: str) -> str:
+    return content_hash[:40]
+
+
+def plan_build(context: BuildContext, settings: OperatorSettings, attempt_key: str = "") -> BuildPlan:
+    """attempt_key is empty for the first build of a content; a rebuild token or retry makes a new Job name."""
+    suffix = hashlib.sha256(attempt_key.encode()).hexdigest()[:6] if attempt_key else "0"
+    return BuildPlan(
+        hash=context.hash,
+        destination=f"{settings.destination_repo}:{context.tag}",
+        job_name=f"kenv-build-{context.hash[:20]}-{suffix}",
+        namespace=settings.build_namespace,
+    )
+
+
+def registry_of(reference: str) -> str:
+    return reference.split("/", 1)[0]
+
+
+def build_context_config_map(plan: BuildPlan, context: BuildContext, ca_bundle: str | None) -> dict[str, Any]:
+    data = dict(context.files)
+    if ca_bundle:
+        data[CA_KEY] = ca_bundle  # the builder trusts it for registries even when no install needs it
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": plan.context_config_map,
+            "namespace": plan.namespace,
+            "labels": {LABEL_ROLE: "build-context", LABEL_HASH: hash_label(plan.hash)},
+        },
+        "data": data,
+    }
+
+
+def merge_docker_configs(*configs: dict[str, Any]) -> dict[str, Any]:
+    """Merge dockerconfigjson documents; later ones win per registry."""
+    auths: dict[str, Any] = {}
+    for config in configs:
+        auths.update(config.get("auths", {}))
+    return {"auths": auths}
+
+
+def basic_auth_config(address: str, username: str, password: str) -> dict[str, Any]:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"auths": {address: {"auth": token}}}
+
+
+def build_docker_config_secret(plan: BuildPlan, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {
+            "name": plan.docker_config_secret,
+            "namespace": plan.namespace,
+            "labels": {LABEL_ROLE: "build-credentials", LABEL_HASH: hash_label(plan.hash)},
+        },
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    }
+
+
+def builder_container(
+    builder: Builder, plan: BuildPlan, build: BuildSettings, settings: OperatorSettings, has_ca: bool
+) -> dict[str, Any]:
+    """Image, command, args, env and docker-config location of the chosen builder."""
+    insecure = settings.insecure_registry_list
+    destination_insecure = registry_of(plan.destination) in insecure
+    destination_arg = f"--destination={plan.destination}"
+    if builder is Builder.KANIKO:
+        args = [
+            "--context=dir:///workspace",
+            "--dockerfile=/workspace/Dockerfile",
+            destination_arg,
+            "--digest-file=/dev/termination-log",
+            f"--cache={'true' if build.cache else 'false'}",
+        ]
+        if build.cache:
+            args.append(f"--cache-repo={settings.destination_repo}/cache")
+        args += [f"--insecure-registry={registry}" for registry in insecure]
+        env = [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}] if has_ca else []
+        return {"image": settings.kaniko_image, "command": None, "args": args, "env": env,
+                "docker_config_dir": "/kaniko/.docker", "security_context": None}
+    tls = "--tls-verify=false" if destination_insecure else ("--cert-dir=/kenv/ca" if has_ca else "")
+    if builder is Builder.BUILDAH:
+        env = [{"name": "KENV_TLS", "value": tls},
+               {"name": "REGISTRY_AUTH_FILE", "value": "/kenv/docker/config.json"}]
+        return {"image": settings.buildah_image, "command": ["/bin/sh", "-c", BUILDAH_SCRIPT, "kenv-build"],
+                "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker",
+                "security_context": {"privileged": False, "capabilities": {"add": ["SETUID", "SETGID"]}}}
+    env = [
+        {"name": "KENV_REGISTRY_INSECURE", "value": ",registry.insecure=true" if destination_insecure else ""},
+        {"name": "BUILDKITD_FLAGS", "value": "--oci-worker-no-process-sandbox"},
+        {"name": "DOCKER_CONFIG", "value": "/kenv/docker"},
+    ]
+    return {"image": settings.buildkit_image, "command": ["/bin/sh", "-c", BUILDKIT_SCRIPT, "kenv-build"],
+            "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker",
+            "security_context": {"seccompProfile": {"type": "Unconfined"},
+                                 "appArmorProfile": {"type": "Unconfined"}}}
+
+
+def build_job(
+    plan: BuildPlan,
+    build: BuildSettings,
+    settings: OperatorSettings,
+    *,
+    requested_by: str,
+    has_docker_config: bool,
+    has_ca: bool,
+) -> dict[str, Any]:
+    container = builder_container(build.builder, plan, build, settings, has_ca)
+    labels = {LABEL_ROLE: "build", LABEL_HASH: hash_label(plan.hash), "app.kubernetes.io/managed-by": "kenv"}
+    resources = build.resources.model_dump(exclude_none=True) if build.resources else {}
+    rendered = render_template(
+        "build-job.yaml.j2",
+        name=plan.job_name,
+        namespace=plan.namespace,
+        labels=labels,
+        annotations={ANNOTATION_HASH: plan.hash, ANNOTATION_DESTINATION: plan.destination,
+                     ANNOTATION_REQUESTED_BY: requested_by, "kenv.dev/builder": build.builder.value},
+        timeout_seconds=build.timeout_seconds,
+        ttl_seconds=settings.build_ttl_seconds,
+        image=container["image"],
+        command=container["command"],
+        args=container["args"],
+        env=container["env"],
+        resources=resources,
+        security_context=container["security_context"],
+        docker_config_secret=plan.docker_config_secret if has_docker_config else None,
+        docker_config_dir=container["docker_config_dir"],
+        ca_bundle=has_ca,
+        context_config_map=plan.context_config_map,
+        extra_mounts=[],
+        extra_volumes=[],
+    )
+    job: dict[str, Any] = yaml.safe_load(rendered)
+    return job
+
+
+def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+            "uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": False}

@@ -1,0 +1,206 @@
+"""The `kenv` command (also `kubectl kenv` through the kubectl-plugin naming convention)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kenv.crd import KINDS, crd_file_name, render_crd_yaml
+from kenv.errors import SpecError, describe_validation_error
+from kenv.models import EnvironmentSpec
+from kenv.render import BuildContext, Externals, render_context
+
+
+def fail(message: str) -> int:
+    print(f"kenv: {message}", file=sys.stderr)
+    return 2
+
+
+def load_manifest(path: str) -> dict[str, Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from error
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") in KINDS:
+            return document
+    raise SpecError(f"{path}: no Environment or ClusterEnvironment document found")
+
+
+def load_context(args: argparse.Namespace) -> tuple[dict[str, Any], BuildContext]:
+    manifest = load_manifest(args.file)
+    try:
+        spec = EnvironmentSpec.model_validate(manifest.get("spec") or {})
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(error)) from error
+    externals = Externals(
+        dockerfile=Path(args.dockerfile).read_text() if args.dockerfile else None,
+        ca_bundle=Path(args.ca_bundle).read_text() if args.ca_bundle else None,
+    )
+    return manifest, render_context(spec, externals)
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    for kind in KINDS:
+        text = render_crd_yaml(kind)
+        if args.write:
+            Path(args.write, crd_file_name(kind)).write_text(text)
+        else:
+            print("---\n" + text, end="")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    _, context = load_context(args)
+    if args.output:
+        write_context(context, Path(args.output))
+        print(f"wrote {len(context.files)} files to {args.output} (hash {context.hash})")
+        return 0
+    for name, content in sorted(context.files.items()):
+        print(f"==> {name} <==\n{content}")
+    return 0
+
+
+def write_context(context: BuildContext, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in context.files.items():
+        (directory / name).write_text(content)
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    _, context = load_context(args)
+    print(f"hash: {context.hash}\ntag:  {context.tag}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Azure ML build_local: the same rendered context, built here, pushed under the same content tag."""
+    _, context = load_context(args)
+    destination = f"{args.destination_repo}:{context.tag}"
+    tool = next((t for t in ("buildah", "podman", "docker") if shutil.which(t)), None)
+    if tool is None:
+        return fail("no buildah, podman or docker on PATH; install one to build locally")
+    with tempfile.TemporaryDirectory(prefix="kenv-build-") as directory:
+        write_context(context, Path(directory))
+        build = [tool, "build", "-t", destination, directory]
+        if tool == "buildah":
+            build = [tool, "--storage-driver", "vfs", "bud", "--isolation", "chroot", "-t", destination, directory]
+        subprocess.run(build, check=True)
+        if args.push:
+            digest_file = Path(directory, "digest")
+            push = [tool, "push", destination]
+            if tool == "buildah":
+                tls = ["--tls-verify=false"] if args.insecure else []
+                push = [tool, "--storage-driver", "vfs", "push", *tls, "--digestfile", str(digest_file),
+                        destination, f"docker://{destination}"]
+            subprocess.run(push, check=True)
+            if digest_file.exists():
+                print(f"{args.destination_repo}@{digest_file.read_text().strip()}")
+                return 0
+    print(destination)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from kenv.logs import show_logs
+
+    return asyncio.run(show_logs(args.name, args.namespace, args.cluster, args.follow))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from kenv.azureml import dump_manifests, import_azureml
+
+    manifests, warnings = import_azureml(args.path, name=args.name)
+    for warning in warnings:
+        print(f"kenv: warning: {warning}", file=sys.stderr)
+    print(dump_manifests(manifests), end="")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kenv.azureml import export_azureml
+
+    for warning in export_azureml(load_manifest(args.file), args.output, fmt=args.format):
+        print(f"kenv: warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.format} Azure ML environment to {args.output}")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    import kenv.main  # noqa: F401 - registers the handlers (and validates KENV_* settings)
+
+    namespaces = kenv.main.SETTINGS.namespace_list
+    asyncio.run(kopf.operator(
+        clusterwide=not namespaces, namespaces=namespaces, standalone=True,
+        liveness_endpoint=args.liveness or None,
+    ))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="kenv", description="Azure ML-style Environments for Kubernetes.")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    def with_file(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-f", "--file", required=True, help="Environment manifest (YAML), - for stdin")
+        p.add_argument("--dockerfile", help="file standing in for spec.docker.dockerfileFrom's ConfigMap")
+        p.add_argument("--ca-bundle", help="file standing in for spec.build.caBundle's ConfigMap")
+        return p
+
+    p = sub.add_parser("operator", help="run the operator against the current kubeconfig")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="health endpoint URL ('' = off)")
+    p.set_defaults(run=cmd_operator)
+    p = sub.add_parser("crd", help="print the CRDs generated from the models")
+    p.add_argument("--write", metavar="DIR", help="write crds/<group>_<plural>.yaml files into DIR")
+    p.set_defaults(run=cmd_crd)
+    p = with_file(sub.add_parser("render", help="print or write the build context"))
+    p.add_argument("-o", "--output", help="directory to write the context into")
+    p.set_defaults(run=cmd_render)
+    with_file(sub.add_parser("hash", help="print the content hash and image tag")).set_defaults(run=cmd_hash)
+    p = with_file(sub.add_parser("build", help="build the image locally (Azure ML build_local)"))
+    p.add_argument("--destination-repo", default="localhost/kenv", help="repository to tag (and push) into")
+    p.add_argument("--push", action="store_true", help="push under the content tag")
+    p.add_argument("--insecure", action="store_true", help="push over plain HTTP")
+    p.set_defaults(run=cmd_build)
+    p = sub.add_parser("logs", help="show the build log of an Environment's latest build")
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("--cluster", action="store_true", help="NAME is a ClusterEnvironment")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(run=cmd_logs)
+    p = sub.add_parser("import-azureml", help="convert an Azure ML environment (v1 folder, v2 YAML, env.yml)")
+    p.add_argument("path")
+    p.add_argument("--name")
+    p.set_defaults(run=cmd_import)
+    p = sub.add_parser("export-azureml", help="write an Environment as an Azure ML environment")
+    p.add_argument("-f", "--file", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", choices=["v1", "v2"], default="v2")
+    p.set_defaults(run=cmd_export)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (SpecError, FileNotFoundError) as error:
+        return fail(str(error))
+    except subprocess.CalledProcessError as error:
+        return fail(f"{error.cmd[0]} failed with exit code {error.returncode}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Operator configuration from KENV_* environment variables, validated at start so a bad value fails loudly."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kenv.errors import field_path
+from kenv.models import IMAGE_REF_PATTERN, K8S_NAME_PATTERN
+
+
+class PendingImagePolicy(StrEnum):
+    GATE = "gate"  # admit with a scheduling gate; the operator lifts it when the image is Ready
+    REJECT = "reject"
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KENV_", extra="ignore")
+
+    destination_repo: str = Field(
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$",
+        description="Repository (no tag) every built image is pushed to, e.g. registry.local:5000/kenv/envs.",
+    )
+    push_secret: str | None = Field(
+        None, pattern=K8S_NAME_PATTERN,
+        description="dockerconfigjson Secret in the build namespace with push credentials for destination_repo.",
+    )
+    pull_secret: str | None = Field(
+        None, pattern=K8S_NAME_PATTERN,
+        description="Name of an imagePullSecret added to injected pods (must exist in the pod's namespace).",
+    )
+    build_namespace: str = Field(
+        "kenv-system", pattern=K8S_NAME_PATTERN, description="Namespace where build Jobs run."
+    )
+    namespaces: str = Field("", description="Comma-separated namespaces to watch; empty = all namespaces.")
+    max_parallel_builds: int = Field(4, ge=1, le=1000, description="Build Jobs allowed to run at once.")
+    kaniko_image: str = Field("gcr.io/kaniko-project/executor:v1.23.2", pattern=IMAGE_REF_PATTERN)
+    buildah_image: str = Field("quay.io/buildah/stable:v1.38", pattern=IMAGE_REF_PATTERN)
+    buildkit_image: str = Field("moby/buildkit:v0.18.2-rootless", pattern=IMAGE_REF_PATTERN)
+    micromamba_image: str = Field("mambaorg/micromamba:2.0.5", pattern=IMAGE_REF_PATTERN)
+    default_base_image: str = Field("python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN)
+    insecure_registries: str = Field(
+        "", description="Comma-separated registries reached over plain HTTP (local development only)."
+    )
+    pending_image_policy: PendingImagePolicy = Field(PendingImagePolicy.GATE)
+    history_limit: int = Field(20, ge=1, le=500, description="Versions kept in status.history.")
+    build_ttl_seconds: int = Field(3600, ge=0, description="ttlSecondsAfterFinished of build Jobs.")
+    poll_seconds: float = Field(5.0, gt=0, description="How often unfinished environments are re-checked.")
+    webhook_host: str = Field("127.0.0.1", description="Address the admission webhook listens on.")
+    webhook_port: int = Field(9443, ge=0, le=65535)
+    webhook_url_host: str | None = Field(
+        None, description="Host the API server uses to reach the webhook when kenv manages the configuration."
+    )
+    webhook_managed: bool = Field(True, description="Let the operator write its MutatingWebhookConfiguration.")
+    webhook_cert_dir: str | None = Field(None, description="Folder with tls.crt/tls.key/ca.crt (else generated).")
+    metrics_port: int = Field(8000, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")
+    log_format: str = Field("text", pattern="^(text|json)$")
+
+    @field_validator("namespaces", "insecure_registries")
+    @classmethod
+    def _strip_list(cls, value: str) -> str:
+        return ",".join(item.strip() for item in value.split(",") if item.strip())
+
+    @property
+    def namespace_list(self) -> list[str]:
+        return [n for n in self.namespaces.split(",") if n]
+
+    @property
+    def insecure_registry_list(self) -> list[str]:
+        return [r for r in self.insecure_registries.split(",") if r]
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> OperatorSettings:
+    try:
+        return OperatorSettings()  # type: ignore[call-arg]
+    except ValidationError as error:
+        problems = [
+            f"KENV_{field_path(e['loc'], '').lstrip('.').upper()}: {e['msg']}" for e in error.errors()
+        ]
+        raise ConfigError("invalid operator configuration: " + "; ".join(problems)) from error

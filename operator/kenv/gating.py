@@ -1,0 +1,50 @@
+"""After a reconcile: lift the scheduling gate of pods that waited for this Environment's image, or tell them
+why they still wait. Runs from handlers and the timer, so a restarted operator catches up."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kenv import kube
+from kenv.admission import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL
+from kenv.config import OperatorSettings
+from kenv.injection import InjectionRefused, build_ungate_patch, pod_is_awaiting_image
+from kenv.models import Phase
+from kenv.reconcile import EnvironmentRef
+
+log = logging.getLogger(__name__)
+
+
+async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: OperatorSettings) -> None:
+    phase = status.get("phase")
+    if phase not in (Phase.READY, Phase.FAILED) or (phase == Phase.READY and not status.get("image")):
+        return
+    label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
+    pods = [p for p in await kube.list_pods(ref.namespace, f"{label}={ref.name}") if pod_is_awaiting_image(p)]
+    for pod in pods:
+        meta = pod["metadata"]
+        if phase == Phase.READY:
+            await ungate(meta, pod, status)
+        else:
+            reason = next((c.get("message", "") for c in status.get("conditions") or []
+                           if c.get("type") == "Built"), "the build failed")
+            pod_body: Any = {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
+            kopf.event(pod_body, type="Warning",
+                       reason="EnvironmentBuildFailed",
+                       message=f"{ref.kind} {ref.display} failed to build; the pod stays gated: {reason}"[:1024])
+
+
+async def ungate(meta: dict[str, Any], pod: dict[str, Any], status: dict[str, Any]) -> None:
+    version = status.get("version")
+    try:
+        ops = build_ungate_patch(pod, status["image"], version=version)
+        await kube.json_patch_pod(meta["namespace"], meta["name"], ops)
+    except InjectionRefused as refusal:
+        log.warning("cannot ungate pod %s/%s: %s", meta["namespace"], meta["name"], refusal.message)
+    except ApiException as error:
+        if error.status not in (404, 409, 422):  # gone, or changed under us: the next pass sees the new state
+            raise

@@ -1,0 +1,387 @@
+"""The admission webhook's pod mutation (and the operator's un-gating) as pure functions returning JSON Patch.
+
+Errors: `resolve_version` returns an `InjectionRefusal`; `build_pod_mutation` and `build_ungate_patch` raise
+`InjectionRefused`, whose `.message` (naming the object and the fix) is what admission is denied with.
+- Image: the Environment's `repo@sha256:...` (current, or the version pinned by annotation kenv.dev/version).
+  With no image yet (Pending/Queued/Building, or Failed before any version), policy `gate` admits the pod with
+  the scheduling gate `kenv.dev/image` and everything else injected; the operator later applies
+  `build_ungate_patch` (for a Failed build it posts an Event; the pod stays gated). Policy `reject` denies it.
+  A gated pod's KENV_IMAGE/KENV_VERSION read the annotations ungating writes, through the downward API.
+- Name clashes: the container's own `env` wins (the pod is more specific, as Kubernetes lets env win over
+  envFrom); the Environment's variable is left out and named in `Mutation.warnings` and in the annotation
+  `kenv.dev/overridden-env: "A,B"`. Within the Environment the first wins: KENV_*, environmentVariables,
+  secretEnv. A container's envFrom is invisible at admission; the injected env beats it.
+- Values are literal: `$` in environmentVariables and the bootstrap script is escaped as `$$` against the
+  kubelet's $(VAR) expansion. Secrets are referenced by name in the pod's namespace, never copied.
+- Bootstrap: the image's ENTRYPOINT is invisible at admission, so the container must set `command`; it becomes
+  `/bin/sh -c <templates/bootstrap.sh.j2> kenv-bootstrap COMMAND... ARGS...` (args removed). The wrapper runs
+  $KENV_BOOTSTRAP_SCRIPT (data, never shell code), exits with its code on failure, else execs the original
+  argv untouched. RankZero: rank 0 ($rankVariable, else RANK, else JOB_COMPLETION_INDEX, else 0) runs it and
+  writes $KENV_BOOTSTRAP_MARKER_DIR/kenv-bootstrap-<id>.done (or .failed); other ranks poll. The id is
+  $KENV_RUN_ID, else the Job name (label batch.kubernetes.io/job-name), else `default`.
+- Idempotence: a pod annotated `kenv.dev/injected: "true"` gets an empty patch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jinja2
+
+from kenv.models import BootstrapMode, EnvironmentSpec
+from kenv.render import uses_conda
+
+CONTAINER_ANNOTATION = "kenv.dev/container"
+VERSION_ANNOTATION = "kenv.dev/version"
+INJECTED = "kenv.dev/injected"
+INJECTED_ENVIRONMENT = "kenv.dev/injected-environment"
+INJECTED_VERSION = "kenv.dev/injected-version"
+INJECTED_IMAGE = "kenv.dev/injected-image"
+AWAITING_IMAGE = "kenv.dev/awaiting-image"
+OVERRIDDEN_ENV = "kenv.dev/overridden-env"
+GATE_NAME = "kenv.dev/image"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+SHM_VOLUME = "kenv-dshm"
+CONDA_PYTHON = "/opt/kenv/env/bin/python"
+# Only for a gated container without any image (the API server requires one); replaced on un-gating.
+PLACEHOLDER_IMAGE = "kenv.invalid/awaiting-environment-image"
+RESERVED_ENV = ("KENV_BOOTSTRAP_SCRIPT", "KENV_BOOTSTRAP_MARKER_DIR")
+DIGEST_IMAGE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("kenv", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 - renders a shell script, never HTML
+)
+Op = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnvironmentView:
+    kind: Literal["Environment", "ClusterEnvironment"]
+    name: str
+    namespace: str | None  # None for a ClusterEnvironment
+    spec: EnvironmentSpec
+    status: dict[str, Any] = field(default_factory=dict)  # raw CR status (camelCase keys)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else f"cluster/{self.name}"
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    pull_secret: str | None = None
+    pending_image_policy: str = "gate"  # 'gate' | 'reject'; kenv.config.PendingImagePolicy compares equal
+    gate_name: str = GATE_NAME
+
+
+@dataclass(frozen=True)
+class Mutation:
+    patch: list[Op]  # RFC 6902 operations against the pod as received
+    gated: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)  # what the patch adds
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VersionChoice:
+    version: int | None
+    image: str | None  # repo@sha256:..., or None: the Environment has no image yet
+    pinned: bool = False  # chosen by the kenv.dev/version annotation
+
+
+@dataclass(frozen=True)
+class InjectionRefusal:
+    message: str
+
+
+class InjectionRefused(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _titles(kind: str, name: str, namespace: str | None) -> tuple[str, str]:
+    """('Environment ns/name', 'env/name -n ns') for messages."""
+    if namespace:
+        return f"{kind} {namespace}/{name}", f"env/{name} -n {namespace}"
+    return f"{kind} {name}", f"cenv/{name}"
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"[0-9]+", value)):
+        return int(value)
+    return None
+
+
+def resolve_version(
+    status: dict[str, Any], requested: str | None, *, kind: str = "Environment", name: str = "?",
+    namespace: str | None = None,
+) -> VersionChoice | InjectionRefusal:
+    """The image for a pod: the current one, or the version its `kenv.dev/version` annotation names."""
+    status = status or {}
+    title, ref = _titles(kind, name, namespace)
+    see = f"see kubectl get {ref.replace('/', ' ', 1)} -o yaml"
+    images = {_int(r.get("version")): str(r["image"]) for r in status.get("history") or [] if r.get("image")}
+    current = _int(status.get("version"))
+    if status.get("image"):
+        images[current] = str(status["image"])
+    images.pop(None, None)
+    if requested is None:
+        if not status.get("image"):
+            return VersionChoice(version=None, image=None)
+        image, number = str(status["image"]), current
+    else:
+        number = _int(requested.strip())
+        if number not in images:
+            known = ", ".join(str(v) for v in sorted(v for v in images if v is not None)) or "none yet"
+            shown = requested if number is not None else repr(requested)
+            return InjectionRefusal(f"{title} has no version {shown} (known: {known}); {see}")
+        image = images[number]
+    if not DIGEST_IMAGE.match(image):
+        return InjectionRefusal(f"{title} version {number} has image {image!r}, not pinned by digest "
+                                f"(repo@sha256:...); kenv injects only digests; {see}")
+    return VersionChoice(version=number, image=image, pinned=requested is not None)
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _literal(value: str) -> str:
+    """Escape the kubelet's $(VAR) expansion, which also reduces `$$` to `$`."""
+    return value.replace("$", "$$")
+
+
+def _target(pod: dict[str, Any], wanted: str | None = None) -> tuple[int, dict[str, Any]]:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if not containers:
+        raise InjectionRefused("the pod has no containers to inject the environment into")
+    wanted = wanted or ((pod.get("metadata") or {}).get("annotations") or {}).get(CONTAINER_ANNOTATION)
+    if wanted is None:
+        return 0, containers[0]
+    for index, container in enumerate(containers):
+        if container.get("name") == wanted:
+            return index, container
+    names = ", ".join(str(c.get("name")) for c in containers)
+    raise InjectionRefused(f"annotation {CONTAINER_ANNOTATION} names container {wanted!r}, "
+                           f"but the pod's containers are: {names}")
+
+
+def _extend(ops: list[Op], parent: dict[str, Any], key: str, path: str, items: list[Any]) -> None:
+    """Append items to parent[key]: one `add` of the whole list when absent, `/-` appends otherwise."""
+    if items and isinstance(parent.get(key), list):
+        ops.extend({"op": "add", "path": f"{path}/{key}/-", "value": item} for item in items)
+    elif items:
+        ops.append({"op": "add", "path": f"{path}/{key}", "value": list(items)})
+
+
+def _annotate(ops: list[Op], pod: dict[str, Any], values: dict[str, str]) -> None:
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, dict):
+        ops.append({"op": "add", "path": "/metadata", "value": {"annotations": dict(values)}})
+    elif not isinstance(metadata.get("annotations"), dict):
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": dict(values)})
+    else:
+        ops.extend({"op": "add", "path": f"/metadata/annotations/{_pointer(k)}", "value": v}
+                   for k, v in values.items())
+
+
+def _names(parent: dict[str, Any], key: str) -> set[Any]:
+    return {item.get("name") for item in parent.get(key) or []}
+
+
+def _mounts(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in container.get("volumeMounts") or [] if isinstance(m.get("mountPath"), str)]
+
+
+def _field(path: str) -> dict[str, Any]:
+    return {"fieldRef": {"fieldPath": path}}
+
+
+def render_bootstrap(spec: EnvironmentSpec) -> str:
+    """The wrapper script before `$` escaping; spec.bootstrap must be set."""
+    bootstrap = spec.bootstrap
+    assert bootstrap is not None
+    names = [v for v in (bootstrap.rank_variable, "RANK", "JOB_COMPLETION_INDEX") if v]
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in names):  # names land in shell code
+        raise InjectionRefused(f"bootstrap.rankVariable {bootstrap.rank_variable!r} is not a variable name")
+    return _templates.get_template("bootstrap.sh.j2").render(
+        mode=bootstrap.mode.value, rank_variables=list(dict.fromkeys(names)),
+        timeout_seconds=int(bootstrap.timeout_seconds),
+    )
+
+
+def _covers(mount_path: str, directory: str) -> bool:
+    mount = mount_path.rstrip("/")
+    return directory == (mount or "/") or directory.startswith(mount + "/")
+
+
+def _bootstrap(env: EnvironmentView, pod: dict[str, Any], container: dict[str, Any],
+               warnings: list[str]) -> tuple[list[str], list[Op]]:
+    """(wrapped command, env entries) for spec.bootstrap."""
+    bootstrap = env.spec.bootstrap
+    assert bootstrap is not None
+    where = f"container {container.get('name')!r} (Environment {env.ref} has spec.bootstrap)"
+    if not container.get("command"):
+        raise InjectionRefused(f"{where}: pods using a bootstrap script must set command: the image's "
+                               "ENTRYPOINT is not visible at admission")
+    entries: list[Op] = [{"name": "KENV_BOOTSTRAP_SCRIPT", "value": _literal(bootstrap.script)}]
+    if bootstrap.mode == BootstrapMode.RANK_ZERO:
+        directory = bootstrap.marker_dir.rstrip("/") or "/"
+        mounts = [m for m in _mounts(container) if _covers(m["mountPath"], directory)]
+        if not mounts:
+            raise InjectionRefused(
+                f"{where}: bootstrap mode RankZero needs a volume shared by all ranks (e.g. a ReadWriteMany "
+                f"PersistentVolumeClaim) mounted at {directory}, where rank 0 writes its completion marker; "
+                f"add a volumeMount with mountPath {directory}")
+        mount = max(mounts, key=lambda m: len(m["mountPath"]))
+        volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
+        if "emptyDir" in volumes.get(mount.get("name"), {}):
+            warnings.append(f"bootstrap marker dir {directory} is an emptyDir, which other pods cannot see")
+        entries += [{"name": "KENV_BOOTSTRAP_MARKER_DIR", "value": directory},
+                    {"name": "KENV_JOB_NAME", "valueFrom": _field(f"metadata.labels['{JOB_NAME_LABEL}']")}]
+    argv = list(container["command"]) + list(container.get("args") or [])
+    return ["/bin/sh", "-c", _literal(render_bootstrap(env.spec)), "kenv-bootstrap", *argv], entries
+
+
+def _env_entries(env: EnvironmentView, choice: VersionChoice) -> list[Op]:
+    spec = env.spec
+    entries: list[Op] = [{"name": "KENV_ENVIRONMENT", "value": env.ref}]
+    if choice.image is None:  # gated: build_ungate_patch writes these annotations before the pod starts
+        entries += [{"name": var, "valueFrom": _field(f"metadata.annotations['{key}']")}
+                    for var, key in (("KENV_VERSION", INJECTED_VERSION), ("KENV_IMAGE", INJECTED_IMAGE))]
+    else:
+        entries += [{"name": "KENV_VERSION", "value": "" if choice.version is None else str(choice.version)},
+                    {"name": "KENV_IMAGE", "value": choice.image}]
+    python = spec.python.interpreter_path or (CONDA_PYTHON if uses_conda(spec) else "python3")
+    entries.append({"name": "KENV_PYTHON", "value": python})
+    entries += [{"name": k, "value": _literal(v)} for k, v in spec.environment_variables.items()]
+    for item in spec.secret_env:
+        ref = item.secret_key_ref
+        key_ref = {"name": ref.name, "key": ref.key, "optional": ref.optional}
+        entries.append({"name": item.name, "valueFrom": {"secretKeyRef": key_ref}})
+    return entries
+
+
+def _merge_env(title: str, container: dict[str, Any], entries: list[Op],
+               warnings: list[str]) -> tuple[list[Op], list[str]]:
+    """(entries to add, names the container overrides); see the clash policy in the module docstring."""
+    existing = {e.get("name") for e in container.get("env") or []}
+    added: list[Op] = []
+    overridden: list[str] = []
+    for entry in entries:
+        if entry["name"] in existing:
+            overridden.append(entry["name"])
+        elif any(a["name"] == entry["name"] for a in added):
+            warnings.append(f"{title} defines {entry['name']} twice; the first definition is used")
+        else:
+            added.append(entry)
+    if overridden:
+        warnings.append(f"container {container.get('name')!r} sets {', '.join(overridden)} itself; its "
+                        f"values win over {title}'s (annotation {OVERRIDDEN_ENV})")
+    return added, overridden
+
+
+def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: InjectionSettings) -> Mutation:
+    """The JSON Patch injecting `env` into `pod`; raises InjectionRefused when the pod must be denied."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(INJECTED) == "true":
+        return Mutation(patch=[])
+    spec = pod.get("spec") or {}
+    index, container = _target(pod)
+    title, ref = _titles(env.kind, env.name, env.namespace)
+    choice = resolve_version(env.status, annotations.get(VERSION_ANNOTATION),
+                             kind=env.kind, name=env.name, namespace=env.namespace)
+    if isinstance(choice, InjectionRefusal):
+        raise InjectionRefused(choice.message)
+    gated = choice.image is None
+    if gated and settings.pending_image_policy != "gate":
+        phase = (env.status or {}).get("phase") or "Pending"
+        state = "failed to build" if phase == "Failed" else "is still building"
+        raise InjectionRefused(f"{title} {state} (phase {phase}) and has no image yet; wait for it with "
+                               f"`kubectl wait --for=condition=Ready {ref}`, then create the pod again")
+    warnings: list[str] = []
+    path, name = f"/spec/containers/{index}", container.get("name")
+    ops: list[Op] = []
+    if not gated or not container.get("image"):
+        ops.append({"op": "add", "path": f"{path}/image", "value": choice.image or PLACEHOLDER_IMAGE})
+    entries = _env_entries(env, choice)
+    command = None
+    if env.spec.bootstrap is not None:
+        command, more = _bootstrap(env, pod, container, warnings)
+        entries += more
+        reserved = sorted(_names(container, "env").intersection(RESERVED_ENV))
+        if reserved:
+            raise InjectionRefused(f"container {name!r} sets {', '.join(reserved)}, used by kenv's bootstrap")
+    added, overridden = _merge_env(title, container, entries, warnings)
+    _extend(ops, container, "env", path, added)
+    env_from = [{"secretRef": {"name": s.secret_name, "optional": s.optional}}
+                | ({"prefix": s.prefix} if s.prefix else {}) for s in env.spec.secret_env_from]
+    env_from = [e for e in env_from if e not in (container.get("envFrom") or [])]
+    _extend(ops, container, "envFrom", path, env_from)
+    if command is not None:
+        ops.append({"op": "add", "path": f"{path}/command", "value": command})
+        if "args" in container:
+            ops.append({"op": "remove", "path": f"{path}/args"})
+    shm = env.spec.docker.shm_size
+    if shm is not None:
+        if any(m["mountPath"].rstrip("/") == "/dev/shm" for m in _mounts(container)):
+            warnings.append(f"container {name!r} mounts /dev/shm itself; docker.shmSize {shm} is not applied")
+        elif SHM_VOLUME in _names(spec, "volumes"):
+            warnings.append(f"the pod already has a volume {SHM_VOLUME}; docker.shmSize {shm} is not applied")
+        else:
+            volume = {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm}}
+            _extend(ops, spec, "volumes", "/spec", [volume])
+            _extend(ops, container, "volumeMounts", path, [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}])
+    if settings.pull_secret and settings.pull_secret not in _names(spec, "imagePullSecrets"):
+        _extend(ops, spec, "imagePullSecrets", "/spec", [{"name": settings.pull_secret}])
+    if gated and settings.gate_name not in _names(spec, "schedulingGates"):
+        _extend(ops, spec, "schedulingGates", "/spec", [{"name": settings.gate_name}])
+    added_annotations = {INJECTED_ENVIRONMENT: env.ref}
+    if gated:
+        added_annotations[AWAITING_IMAGE] = "true"
+    else:
+        if choice.version is not None:
+            added_annotations[INJECTED_VERSION] = str(choice.version)
+        added_annotations[INJECTED_IMAGE] = str(choice.image)
+    if overridden:
+        added_annotations[OVERRIDDEN_ENV] = ",".join(overridden)
+    added_annotations[INJECTED] = "true"
+    _annotate(ops, pod, added_annotations)
+    return Mutation(patch=ops, gated=gated, annotations=added_annotations, warnings=warnings)
+
+
+def pod_is_awaiting_image(pod: dict[str, Any], gate_name: str = GATE_NAME) -> bool:
+    """True for a pod admitted while its Environment had no image, and not un-gated yet."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    gates = (pod.get("spec") or {}).get("schedulingGates") or []
+    return annotations.get(AWAITING_IMAGE) == "true" and any(g.get("name") == gate_name for g in gates)
+
+
+def build_ungate_patch(pod: dict[str, Any], image: str, container_name: str | None = None, *,
+                       version: int | None = None, gate_name: str = GATE_NAME) -> list[Op]:
+    """For the operator once the image is Ready: set the target container's image (container_name, else the
+    kenv.dev/container annotation, else the first), lift only kenv's scheduling gate, write
+    kenv.dev/injected-image (and -version when given: gated pods read both as KENV_IMAGE/KENV_VERSION) and
+    drop kenv.dev/awaiting-image. `test` ops make the patch fail on a pod that changed meanwhile."""
+    if not DIGEST_IMAGE.match(image):
+        raise InjectionRefused(f"image {image!r} is not pinned by digest (repo@sha256:...)")
+    index, container = _target(pod, container_name)
+    path = f"/spec/containers/{index}"
+    ops: list[Op] = [{"op": "test", "path": f"{path}/name", "value": container.get("name")},
+                     {"op": "add", "path": f"{path}/image", "value": image}]
+    gates = (pod.get("spec") or {}).get("schedulingGates") or []
+    for position in reversed(range(len(gates))):
+        if gates[position].get("name") == gate_name:
+            gate = f"/spec/schedulingGates/{position}"
+            ops += [{"op": "test", "path": gate, "value": gates[position]}, {"op": "remove", "path": gate}]
+    values = {INJECTED_IMAGE: image} | ({INJECTED_VERSION: str(version)} if version is not None else {})
+    _annotate(ops, pod, values)
+    if AWAITING_IMAGE in ((pod.get("metadata") or {}).get("annotations") or {}):
+        ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer(AWAITING_IMAGE)}"})
+    return ops

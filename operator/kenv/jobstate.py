@@ -1,0 +1,73 @@
+"""Pure reading of build Job and Pod state (plain dicts as the API returns them)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+DIGEST_PATTERN = re.compile(r"sha256:[a-f0-9]{64}")
+
+
+def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next(
+        (c for c in (job.get("status") or {}).get("conditions") or []
+         if c.get("type") == type_ and c.get("status") == "True"),
+        None,
+    )
+
+
+def job_succeeded(job: dict[str, Any]) -> bool:
+    return job_condition(job, "Complete") is not None
+
+
+def job_failed(job: dict[str, Any]) -> bool:
+    return job_condition(job, "Failed") is not None
+
+
+def job_finished(job: dict[str, Any]) -> bool:
+    return job_succeeded(job) or job_failed(job)
+
+
+def terminated_state(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None
+
+
+def digest_from_pods(pods: list[dict[str, Any]]) -> str | None:
+    """The digest the builder wrote to /dev/termination-log (Kaniko --digest-file, buildah --digestfile)."""
+    for pod in pods:
+        state = terminated_state(pod)
+        if state and state.get("exitCode") == 0:
+            match = DIGEST_PATTERN.search(state.get("message") or "")
+            if match:
+                return match.group(0)
+    return None
+
+
+def failure_message(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str | None) -> str:
+    """One message saying why a build failed: the Job's reason, the pod's exit code and the last log lines."""
+    parts = []
+    failed = job_condition(job, "Failed")
+    if failed:
+        parts.append(f"build Job {job['metadata']['name']} failed ({failed.get('reason', 'Failed')}: "
+                     f"{failed.get('message', '').strip()})")
+    for pod in pods:
+        state = terminated_state(pod)
+        if state:
+            parts.append(f"pod {pod['metadata']['name']} exited with code {state.get('exitCode')}"
+                         f" ({state.get('reason', 'Error')})")
+            tail = (log_tail or state.get("message") or "").strip()
+            if tail:
+                parts.append("last log lines:\n" + "\n".join(tail.splitlines()[-20:]))
+            break
+    else:
+        if pods:
+            parts.append(f"pod {pods[0]['metadata']['name']} did not finish")
+        else:
+            parts.append("no build pod was left to inspect")
+    if log_tail is None and pods:
+        parts.append("(the cluster could not serve the pod's log; see `kenv logs`)")
+    return "; ".join(parts)

@@ -1,0 +1,171 @@
+"""Thin async access to the API server with kubernetes_asyncio, returning plain dicts (camelCase keys)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+_api: client.ApiClient | None = None
+
+
+async def api_client() -> client.ApiClient:
+    """One shared client: in-cluster credentials when present, else the current kubeconfig."""
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            await config.load_kube_config()
+        _api = client.ApiClient()
+    return _api
+
+
+async def close() -> None:
+    global _api
+    if _api is not None:
+        await _api.close()
+        _api = None
+
+
+def plain(obj: Any) -> Any:
+    """A model object as the API's own JSON shape (only called after api_client() made the shared client)."""
+    assert _api is not None
+    return _api.sanitize_for_serialization(obj)
+
+
+def not_found(error: Exception) -> bool:
+    return isinstance(error, ApiException) and error.status == 404
+
+
+def conflict(error: Exception) -> bool:
+    return isinstance(error, ApiException) and error.status == 409
+
+
+async def core() -> client.CoreV1Api:
+    return client.CoreV1Api(await api_client())
+
+
+async def batch() -> client.BatchV1Api:
+    return client.BatchV1Api(await api_client())
+
+
+async def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(await api_client())
+
+
+async def read_config_map_key(namespace: str, name: str, key: str) -> str | None:
+    try:
+        config_map = await (await core()).read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if not_found(error):
+            return None
+        raise
+    return (config_map.data or {}).get(key)
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """Decoded Secret data, None if missing. Values stay in memory; never log them."""
+    try:
+        secret = await (await core()).read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if not_found(error):
+            return None
+        raise
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+async def read_docker_config(namespace: str, name: str) -> dict[str, Any] | None:
+    data = await read_secret(namespace, name)
+    if data is None or ".dockerconfigjson" not in data:
+        return None
+    loaded: dict[str, Any] = json.loads(data[".dockerconfigjson"])
+    return loaded
+
+
+async def create(obj: dict[str, Any]) -> dict[str, Any]:
+    """Create; on 409 return the existing object (deterministic names make creation idempotent)."""
+    kind, namespace, name = obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
+    created: Any
+    body: Any = obj  # the client serialises plain dicts as they are
+    try:
+        if kind == "Job":
+            created = await (await batch()).create_namespaced_job(namespace, body)
+        elif kind == "ConfigMap":
+            created = await (await core()).create_namespaced_config_map(namespace, body)
+        elif kind == "Secret":
+            created = await (await core()).create_namespaced_secret(namespace, body)
+        else:
+            raise ValueError(f"unsupported kind {kind}")
+        return dict(plain(created))
+    except ApiException as error:
+        if not conflict(error):
+            raise
+    if kind == "Job":
+        return dict(plain(await (await batch()).read_namespaced_job(name, namespace)))
+    if kind == "ConfigMap":
+        return dict(plain(await (await core()).read_namespaced_config_map(name, namespace)))
+    return dict(plain(await (await core()).read_namespaced_secret(name, namespace)))
+
+
+async def set_owner(kind: str, namespace: str, name: str, owner: dict[str, Any]) -> None:
+    patch = {"metadata": {"ownerReferences": [owner]}}
+    api = await core()
+    if kind == "ConfigMap":
+        await api.patch_namespaced_config_map(name, namespace, patch)
+    else:
+        await api.patch_namespaced_secret(name, namespace, patch)
+
+
+async def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
+    jobs = await (await batch()).list_namespaced_job(namespace, label_selector=selector)
+    return [plain(j) for j in jobs.items]
+
+
+async def read_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(plain(await (await batch()).read_namespaced_job(name, namespace)))
+    except ApiException as error:
+        if not_found(error):
+            return None
+        raise
+
+
+async def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    pods = await (await core()).list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+    return [plain(p) for p in pods.items]
+
+
+async def pod_log_tail(namespace: str, pod: str, lines: int = 20) -> str | None:
+    """Last lines of a pod's log, None when the cluster cannot serve logs (e.g. no kubelet)."""
+    try:
+        text = await (await core()).read_namespaced_pod_log(pod, namespace, tail_lines=lines)
+        return str(text)
+    except Exception:  # noqa: BLE001 - logs are best effort; their absence is reported, not fatal
+        return None
+
+
+async def list_pods(namespace: str | None, selector: str) -> list[dict[str, Any]]:
+    api = await core()
+    if namespace:
+        pods = await api.list_namespaced_pod(namespace, label_selector=selector)
+    else:
+        pods = await api.list_pod_for_all_namespaces(label_selector=selector)
+    return [plain(p) for p in pods.items]
+
+
+async def json_patch_pod(namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+    """A list body makes the client send application/json-patch+json."""
+    await (await core()).patch_namespaced_pod(name, namespace, patch)
+
+
+def current_namespace() -> str:
+    """The kubeconfig context's namespace, like kubectl."""
+    try:
+        _, context = config.list_kube_config_contexts()
+        return str((context or {}).get("context", {}).get("namespace") or "default")
+    except Exception:  # noqa: BLE001 - no kubeconfig context: kubectl's default
+        return "default"

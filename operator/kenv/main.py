@@ -1,0 +1,94 @@
+"""kopf entry point: decorators only. The logic lives in reconcile.py, admission.py and gating.py."""
+
+# kopf types handlers as callback protocols listing every keyword; ours take the few they use plus **_.
+# mypy: disable-error-code="arg-type"
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kenv import admission, runtime
+from kenv.config import get_settings
+from kenv.models import GROUP, VERSION
+
+SETTINGS = get_settings()  # fails at import, i.e. at start, with every bad KENV_* variable named
+ENVIRONMENTS = (GROUP, VERSION, "environments")
+CLUSTER_ENVIRONMENTS = (GROUP, VERSION, "clusterenvironments")
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    runtime.configure(settings, SETTINGS)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    await runtime.shutdown()
+
+
+@kopf.on.probe(id="registry")
+async def registry_probe(**_: Any) -> str:
+    return await runtime.registry_probe()
+
+
+# --- Environments and ClusterEnvironments: build the image, record the digest -------------------------------
+
+@kopf.on.resume(*ENVIRONMENTS)
+@kopf.on.create(*ENVIRONMENTS)
+@kopf.on.update(*ENVIRONMENTS)
+async def environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("Environment", body, patch, logger)
+
+
+@kopf.timer(*ENVIRONMENTS, interval=SETTINGS.poll_seconds, initial_delay=SETTINGS.poll_seconds,
+             when=runtime.unsettled)
+async def environment_poll(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("Environment", body, patch, logger)
+
+
+@kopf.on.resume(*CLUSTER_ENVIRONMENTS)
+@kopf.on.create(*CLUSTER_ENVIRONMENTS)
+@kopf.on.update(*CLUSTER_ENVIRONMENTS)
+async def cluster_environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                                      **_: Any) -> None:
+    await runtime.reconcile("ClusterEnvironment", body, patch, logger)
+
+
+@kopf.timer(*CLUSTER_ENVIRONMENTS, interval=SETTINGS.poll_seconds, initial_delay=SETTINGS.poll_seconds,
+             when=runtime.unsettled)
+async def cluster_environment_poll(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                                   **_: Any) -> None:
+    await runtime.reconcile("ClusterEnvironment", body, patch, logger)
+
+
+# --- In-memory indexes: admission never calls the API server on its hot path ------------------------------
+
+@kopf.index(*ENVIRONMENTS)
+def environments(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): admission.indexed(spec, status)}
+
+
+@kopf.index(*CLUSTER_ENVIRONMENTS)
+def cluster_environments(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    return {name: admission.indexed(spec, status)}
+
+
+# --- Admission: inject the image, variables, secrets and bootstrap into labelled pods ---------------------
+# failurePolicy Fail (ignore_failures=False) only for pods carrying our labels (the objectSelector): a pod that
+# asked for an environment must not start without it; every other pod never reaches this webhook.
+
+@kopf.on.mutate("", "v1", "pods", id="inject-environment", operation="CREATE", ignore_failures=False,
+                labels={admission.ENVIRONMENT_LABEL: kopf.PRESENT})
+def inject_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str], environments: kopf.Index,
+                       **_: Any) -> None:
+    admission.inject("Environment", body, patch, warnings, environments)
+
+
+@kopf.on.mutate("", "v1", "pods", id="inject-cluster-environment", operation="CREATE", ignore_failures=False,
+                labels={admission.CLUSTER_ENVIRONMENT_LABEL: kopf.PRESENT})
+def inject_cluster_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
+                               cluster_environments: kopf.Index, **_: Any) -> None:
+    admission.inject("ClusterEnvironment", body, patch, warnings, cluster_environments)

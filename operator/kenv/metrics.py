@@ -1,0 +1,23 @@
+"""Prometheus metrics (kopf has none of its own); served on KENV_METRICS_PORT."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+BUILDS_STARTED = Counter("kenv_builds_started_total", "Build Jobs created", ["builder"])
+BUILDS_SUCCEEDED = Counter("kenv_builds_succeeded_total", "Builds whose image reached the registry")
+BUILDS_FAILED = Counter("kenv_builds_failed_total", "Builds that failed", ["reason"])
+BUILD_DURATION = Histogram(
+    "kenv_build_duration_seconds", "Build Job start to completion",
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+CACHE_HITS = Counter("kenv_cache_hits_total", "Environments whose image was already in the registry")
+BUILD_QUEUE = Gauge("kenv_build_queue_length", "Environments waiting for a free build slot")
+ACTIVE_BUILDS = Gauge("kenv_active_builds", "Build Jobs running at the last check")
+ADMISSIONS = Counter("kenv_admissions_total", "Pod admissions by result", ["result"])
+RECONCILE_SECONDS = Histogram("kenv_reconcile_seconds", "Time spent in one reconcile")
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

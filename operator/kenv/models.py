@@ -1,0 +1,344 @@
+"""The Environment API: pydantic models that are the single source of truth for the CRD schema.
+
+Field names follow Azure ML's Environment (python, docker, environmentVariables, ...) in Kubernetes camelCase.
+Every field carries a description because `kubectl explain` shows it. Rules the API server can enforce are also
+declared as CEL `x-kubernetes-validations` (see `crd.py`); the same rules are checked here so `kenv render` and
+the operator give the same message for a file that never reached a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kenv.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Conservative image reference: registry[:port]/path[:tag][@sha256:hex]. Anything with whitespace, quotes or
+# newlines is refused so a base image can never smuggle an extra Dockerfile instruction.
+IMAGE_REF_PATTERN = (
+    r"^[a-zA-Z0-9][a-zA-Z0-9._-]*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# One requirement or option per line; never a line break, so a list item cannot become two lines. pip splits
+# requirements files with str.splitlines(), which also breaks on \v \f \x1c-\x1e \x85 \u2028 \u2029.
+# Regex escapes understood by pydantic (Rust regex) and the API server (Go RE2) alike.
+LINE_BREAKS = r"\r\n\x0b\x0c\x1c\x1d\x1e\x{85}\x{2028}\x{2029}"
+SingleLine = Annotated[str, StringConstraints(pattern=f"^[^{LINE_BREAKS}]+$", min_length=1, max_length=1024)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=256)]
+K8sName = Annotated[str, StringConstraints(pattern=K8S_NAME_PATTERN, max_length=253)]
+Url = Annotated[str, StringConstraints(pattern=f"^https?://[^\\s'\"\\\\{LINE_BREAKS}]+$", max_length=2048)]
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+class KenvModel(BaseModel):
+    """Base: camelCase aliases for the API, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ConfigMapKeyRef(KenvModel):
+    name: K8sName = Field(description="Name of a ConfigMap in the Environment's namespace.")
+    key: str = Field(description="Key inside the ConfigMap whose value is used.", min_length=1)
+
+
+class SecretRef(KenvModel):
+    name: K8sName = Field(description="Name of a Secret in the Environment's namespace.")
+
+
+class SecretKeyRef(KenvModel):
+    name: K8sName = Field(description="Name of a Secret in the pod's namespace.")
+    key: str = Field(description="Key inside the Secret whose value becomes the variable.", min_length=1)
+    optional: bool = Field(False, description="If true, a missing Secret or key leaves the variable unset.")
+
+
+class PipSection(KenvModel):
+    """pip dependencies, installed after conda (Azure ML: Environment.from_pip_requirements / add_pip_package)."""
+
+    requirements: str | None = Field(
+        None,
+        description="Body of a requirements.txt: one requirement per line, with markers, --hash options and "
+        "--index-url/--extra-index-url lines as pip accepts them. `-r`/`-c` includes are refused: "
+        "the file is rendered alone into the build context.",
+        max_length=262144,
+    )
+    packages: list[SingleLine] = Field(
+        default_factory=list,
+        description="Extra requirements, one pip requirement specifier each (e.g. `torch==2.4.0`).",
+    )
+    index_url: Url | None = Field(None, description="pip --index-url for every pip install of this build.")
+    extra_index_urls: list[Url] = Field(default_factory=list, description="pip --extra-index-url values.")
+
+    @model_validator(mode="after")
+    def _no_includes(self) -> PipSection:
+        include = r"^\s*(-r|-c|--requirement\b|--constraint\b)"  # pip also reads -rfile.txt
+        for number, line in enumerate((self.requirements or "").splitlines(), 1):
+            if re.match(include, line):
+                raise ValueError(
+                    f"spec.pip.requirements line {number}: includes (-r/-c) cannot be resolved in the build "
+                    "context; paste the included file's lines instead"
+                )
+        for index, package in enumerate(self.packages):
+            if re.match(include, package):
+                raise ValueError(f"spec.pip.packages[{index}]: includes (-r/-c) are refused; list each one")
+        return self
+
+
+class CondaSection(KenvModel):
+    """conda dependencies, solved by micromamba (Azure ML: from_conda_specification / CondaDependencies)."""
+
+    environment_yaml: str | None = Field(
+        None,
+        description="Body of a conda environment.yml (name, channels, dependencies with an optional pip list). "
+        "Mutually exclusive with the structured channels/packages/pipPackages fields.",
+        max_length=262144,
+    )
+    channels: list[SingleLine] = Field(default_factory=list, description="Conda channels, in priority order.")
+    packages: list[SingleLine] = Field(
+        default_factory=list, description="Conda package specs (e.g. `numpy=1.26`)."
+    )
+    pip_packages: list[SingleLine] = Field(
+        default_factory=list, description="pip requirements installed inside the conda environment."
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CondaSection:
+        if self.environment_yaml and (self.channels or self.packages or self.pip_packages):
+            raise ValueError(
+                "spec.conda: give either environmentYaml or the structured channels/packages/pipPackages, not both"
+            )
+        return self
+
+
+class PythonSection(KenvModel):
+    version: Annotated[str, StringConstraints(pattern=r"^3(\.[0-9]+){0,2}$")] | None = Field(
+        None, description="Python version for the conda environment (e.g. `3.11`). Needs conda or pip packages."
+    )
+    user_managed_dependencies: bool = Field(
+        False,
+        description="If true, nothing is installed: the base image or Dockerfile is used as is and the pods run "
+        "interpreterPath (Azure ML user_managed_dependencies). Forbids pip and conda.",
+    )
+    # Plain path characters only: the path is the command of the pip RUN line (no `;`, `$`, `|`, quotes...).
+    interpreter_path: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._+/-]*$")] | None = Field(
+        None, description="Absolute path of the python to run; exposed to pods as KENV_PYTHON."
+    )
+
+
+class RegistryCredentials(KenvModel):
+    address: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9.-]*(:[0-9]+)?$")] = Field(
+        description="Registry host[:port] of the private base image (Azure ML docker.base_image_registry.address)."
+    )
+    secret_name: K8sName = Field(
+        description="Secret in the Environment's namespace with the credentials: either type "
+        "kubernetes.io/dockerconfigjson, or keys `username` and `password`. Never put a password in the spec."
+    )
+
+
+class DockerSection(KenvModel):
+    base_image: Annotated[str, StringConstraints(pattern=IMAGE_REF_PATTERN, max_length=512)] | None = Field(
+        None, description="Base image to build on (Azure ML docker.base_image). Exclusive with dockerfile."
+    )
+    dockerfile: str | None = Field(
+        None,
+        description="Inline Dockerfile used as the base (Azure ML docker.base_dockerfile); pip/conda layers are "
+        "added after it. Exclusive with baseImage and dockerfileFrom.",
+        max_length=262144,
+    )
+    dockerfile_from: ConfigMapKeyRef | None = Field(
+        None, description="Take the base Dockerfile from a ConfigMap key instead of inline."
+    )
+    base_image_registry: RegistryCredentials | None = Field(
+        None, description="Credentials for pulling a private base image."
+    )
+    shm_size: Quantity | None = Field(
+        None,
+        description="Size of /dev/shm for training pods (Azure ML docker.shm_size), e.g. `2Gi`; injected as a "
+        "memory-backed emptyDir.",
+    )
+
+
+class SecretEnvVar(KenvModel):
+    name: EnvName = Field(description="Variable name in the training container.")
+    secret_key_ref: SecretKeyRef = Field(description="The Secret key whose value the variable takes.")
+
+
+class SecretEnvFrom(KenvModel):
+    secret_name: K8sName = Field(description="Secret in the pod's namespace; every key becomes a variable.")
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = Field(
+        None, description="Prefix added to every variable name."
+    )
+    optional: bool = Field(False, description="If true, a missing Secret is not an error.")
+
+
+class BootstrapMode(StrEnum):
+    ALL = "All"
+    RANK_ZERO = "RankZero"
+
+
+class Bootstrap(KenvModel):
+    """A script run before the training command, injected at admission (never baked into the image)."""
+
+    script: str = Field(description="Shell script run with /bin/sh before the container's command.", min_length=1)
+    mode: BootstrapMode = Field(
+        BootstrapMode.ALL,
+        description="All: every pod runs the script. RankZero: only the pod whose rank is 0 runs it; the others "
+        "wait for its completion marker.",
+    )
+    rank_variable: EnvName | None = Field(
+        None, description="Variable holding the pod's rank; default: RANK, then JOB_COMPLETION_INDEX."
+    )
+    marker_dir: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._+/-]*$")] = Field(
+        "/kenv-shared",
+        description="RankZero mode: directory on a volume shared by all ranks (e.g. a ReadWriteMany PVC the "
+        "pod mounts) where rank 0 writes its completion marker.",
+    )
+    timeout_seconds: int = Field(1800, ge=1, description="How long non-zero ranks wait for the marker.")
+
+
+class Builder(StrEnum):
+    KANIKO = "kaniko"
+    BUILDAH = "buildah"
+    BUILDKIT = "buildkit"
+
+
+class ResourceRequirements(KenvModel):
+    requests: dict[str, Quantity] = Field(default_factory=dict, description="Minimum resources of the build pod.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Maximum resources of the build pod.")
+
+
+class BaseImageTracking(KenvModel):
+    enabled: bool = Field(False, description="Re-resolve the base image digest on a timer; rebuild if it moved.")
+    interval_seconds: int = Field(3600, ge=60, description="How often the base image digest is checked.")
+
+
+class BuildSettings(KenvModel):
+    builder: Builder = Field(Builder.KANIKO, description="Image builder run by the build Job.")
+    cache: bool = Field(True, description="Reuse layers from the cache repository between builds.")
+    timeout_seconds: int = Field(3600, ge=60, le=86400, description="activeDeadlineSeconds of the build Job.")
+    resources: ResourceRequirements | None = Field(None, description="Resources of the build container.")
+    ca_bundle: ConfigMapKeyRef | None = Field(
+        None,
+        description="PEM CA bundle trusted by pip, conda and the builder when they reach package indexes and "
+        "registries (e.g. behind a TLS-intercepting proxy).",
+    )
+    track_base_image: BaseImageTracking | None = Field(None, description="Rebuild when the base image moves.")
+
+
+class EnvironmentSpec(KenvModel):
+    """What a training environment is made of. Image content: python, pip, conda, docker (minus shmSize).
+    Injected at admission only: environmentVariables, secretEnv, secretEnvFrom, bootstrap, docker.shmSize."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.docker) || (has(self.docker.baseImage) ? 1 : 0) + "
+                    "(has(self.docker.dockerfile) ? 1 : 0) + (has(self.docker.dockerfileFrom) ? 1 : 0) <= 1",
+                    "message": "docker.baseImage, docker.dockerfile and docker.dockerfileFrom are mutually "
+                    "exclusive: keep one",
+                },
+                {
+                    "rule": "!(has(self.python) && has(self.python.userManagedDependencies) && "
+                    "self.python.userManagedDependencies) || (!has(self.pip) && !has(self.conda))",
+                    "message": "python.userManagedDependencies forbids pip and conda: remove them or set it false",
+                },
+            ]
+        }
+    )
+
+    description: str | None = Field(None, description="Free text shown to users of the environment.")
+    python: PythonSection = Field(default_factory=PythonSection, description="Python settings.")
+    pip: PipSection | None = Field(None, description="pip requirements installed into the image.")
+    conda: CondaSection | None = Field(None, description="conda environment solved into the image.")
+    docker: DockerSection = Field(default_factory=DockerSection, description="Base image or Dockerfile.")
+    environment_variables: dict[str, str] = Field(
+        default_factory=dict, description="Variables set in training containers (never baked into the image)."
+    )
+    secret_env: list[SecretEnvVar] = Field(
+        default_factory=list, description="Variables taken from Secret keys in the pod's namespace."
+    )
+    secret_env_from: list[SecretEnvFrom] = Field(
+        default_factory=list, description="Whole Secrets in the pod's namespace exposed as variables."
+    )
+    bootstrap: Bootstrap | None = Field(None, description="Script run before the training command.")
+    build: BuildSettings = Field(default_factory=BuildSettings, description="How the image is built.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnvironmentSpec:
+        bases = [n for n in ("base_image", "dockerfile", "dockerfile_from") if getattr(self.docker, n)]
+        if len(bases) > 1:
+            raise ValueError(
+                "spec.docker: baseImage, dockerfile and dockerfileFrom are mutually exclusive; keep one"
+            )
+        if self.python.user_managed_dependencies and (self.pip or self.conda):
+            raise ValueError(
+                "spec.python.userManagedDependencies forbids pip and conda: remove them or set it false"
+            )
+        bad = [k for k in self.environment_variables if not re.match(ENV_NAME_PATTERN, k)]
+        if bad:
+            raise ValueError(f"spec.environmentVariables: {bad[0]!r} is not a valid variable name")
+        return self
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    BUILDING = "Building"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class Condition(KenvModel):
+    type: str = Field(description="Built or Ready.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason, e.g. BuildSucceeded, Queued, RegistryUnavailable.")
+    message: str = Field("", description="Human-readable detail.")
+    observed_generation: int | None = Field(None, description="Generation the condition was computed from.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+
+
+class VersionRecord(KenvModel):
+    version: int = Field(description="Version number, starting at 1.")
+    hash: str = Field(description="Content hash of the build context.")
+    image: str = Field(description="repo@sha256:digest of this version.")
+    created: str = Field(description="When this version became Ready (RFC 3339).")
+
+
+class ObjectRef(KenvModel):
+    namespace: str = Field(description="Namespace of the object.")
+    name: str = Field(description="Name of the object.")
+
+
+class EnvironmentStatus(KenvModel):
+    phase: Phase | None = Field(None, description="Pending, Queued, Building, Ready or Failed.")
+    image: str | None = Field(None, description="Digest-pinned image of the current version (repo@sha256:...).")
+    digest: str | None = Field(None, description="sha256 digest of the current version's manifest.")
+    hash: str | None = Field(None, description="Content hash of the current version's build context.")
+    desired_hash: str | None = Field(None, description="Content hash of the spec being reconciled.")
+    version: int | None = Field(None, description="Current version number; pods pin others by annotation.")
+    history: list[VersionRecord] = Field(default_factory=list, description="Earlier versions, newest last.")
+    build_job: ObjectRef | None = Field(None, description="The build Job of the latest build.")
+    rebuild_token: str | None = Field(None, description="Last kenv.dev/rebuild annotation value acted upon.")
+    failed_generation: int | None = Field(
+        None, description="Generation whose build failed (no retry until it changes)."
+    )
+    base_image_digest: str | None = Field(None, description="Base image digest seen at the last check.")
+    base_image_checked: str | None = Field(None, description="When the base image digest was last checked.")
+    conditions: list[Condition] = Field(default_factory=list, description="Built and Ready conditions.")
+    observed_generation: int | None = Field(None, description="Generation the status was computed from.")
+
+
+def spec_from_body(spec: dict[str, Any]) -> EnvironmentSpec:
+    """Validate a CR spec; raises pydantic.ValidationError (see `errors.describe_validation_error`)."""
+    return EnvironmentSpec.model_validate(spec)

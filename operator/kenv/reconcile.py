@@ -1,0 +1,280 @@
+"""From an Environment to a digest-pinned image: registry cache, one build Job per content, status.
+
+`Reconciler.reconcile()` is level-triggered and idempotent: it reads the world (spec, status, Jobs, registry)
+and returns the status patch for what it saw, creating a Job only when none exists for this content. Handlers
+call it on create/update/resume and a timer calls it again until the Environment settles, so a restarted
+operator continues from the API state alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kenv import builds, jobstate, kube, metrics, status
+from kenv.config import OperatorSettings
+from kenv.errors import SpecError, describe_validation_error
+from kenv.models import EnvironmentSpec, Phase
+from kenv.registry import Credentials, RegistryClient, RegistryError, credentials_for
+from kenv.render import BuildContext, Externals, render_context
+
+REBUILD_ANNOTATION = "kenv.dev/rebuild"
+
+
+@dataclass(frozen=True)
+class EnvironmentRef:
+    kind: str  # Environment | ClusterEnvironment
+    namespace: str | None
+    name: str
+
+    @property
+    def plural(self) -> str:
+        return "environments" if self.kind == "Environment" else "clusterenvironments"
+
+    @property
+    def display(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else f"cluster/{self.name}"
+
+    def references_namespace(self, build_namespace: str) -> str:
+        """Where ConfigMaps and Secrets named by the spec live: the Environment's namespace, or for a curated
+        ClusterEnvironment the operator's build namespace (readable by the platform team only)."""
+        return self.namespace or build_namespace
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+class MissingReference(Exception):
+    pass
+
+
+class Reconciler:
+    def __init__(self, settings: OperatorSettings, registry: RegistryClient) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.build_slots = asyncio.Lock()  # count-then-create must not interleave within this process
+        self.queued: set[str] = set()
+
+    async def reconcile(self, ref: EnvironmentRef, body: dict[str, Any], log: logging.Logger) -> Outcome:
+        current = dict(body.get("status") or {})
+        generation = body["metadata"].get("generation")
+        try:
+            spec = EnvironmentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            return self._invalid(current, describe_validation_error(error), generation)
+        try:
+            context = render_context(spec, await self._externals(ref, spec))
+        except MissingReference as missing:
+            return Outcome(status.progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
+        except SpecError as error:
+            return self._invalid(current, str(error), generation)
+
+        token = (body["metadata"].get("annotations") or {}).get(REBUILD_ANNOTATION)
+        forced = bool(token) and token != current.get("rebuildToken")
+        if not forced and current.get("phase") == Phase.READY and current.get("hash") == context.hash:
+            return Outcome({"observedGeneration": generation, "conditions": [
+                {**c, "observedGeneration": generation} for c in current.get("conditions") or []]})
+        retrying = current.get("failedGeneration") is not None and current.get("desiredHash") == context.hash
+        if not forced and retrying and current.get("failedGeneration") == generation:
+            return Outcome({})  # failed for this generation: wait for an edit or a rebuild token
+        attempt_key = "|".join(filter(None, [f"rebuild:{token}" if forced else "",
+                                             f"retry:{generation}" if retrying else ""]))
+        plan = builds.plan_build(context, self.settings, attempt_key)
+        try:
+            return await self._converge(ref, spec, context, plan, current, generation, forced, token, log)
+        except MissingReference as missing:
+            return Outcome(status.progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
+        except RegistryError as error:
+            message = f"{error}; retrying every {self.settings.poll_seconds:g}s"
+            return Outcome(status.progress(current, Phase.PENDING, error.reason, message, generation, context.hash))
+
+    def _invalid(self, current: dict[str, Any], message: str, generation: int | None) -> Outcome:
+        return Outcome(status.failed(current, "InvalidSpec", message, generation, None),
+                       [("Warning", "InvalidSpec", message)])
+
+    async def _externals(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> Externals:
+        namespace = ref.references_namespace(self.settings.build_namespace)
+
+        async def config_map_value(field_name: str, name: str, key: str) -> str:
+            value = await kube.read_config_map_key(namespace, name, key)
+            if value is None:
+                raise MissingReference(f"{field_name}: ConfigMap {namespace}/{name} has no key {key!r}; "
+                                       f"create it (kubectl create configmap {name} -n {namespace} ...)")
+            return value
+
+        dockerfile = ca_bundle = None
+        if spec.docker.dockerfile_from:
+            source = spec.docker.dockerfile_from
+            dockerfile = await config_map_value("spec.docker.dockerfileFrom", source.name, source.key)
+        if spec.build.ca_bundle:
+            source = spec.build.ca_bundle
+            ca_bundle = await config_map_value("spec.build.caBundle", source.name, source.key)
+        return Externals(dockerfile=dockerfile, ca_bundle=ca_bundle,
+                         micromamba_image=self.settings.micromamba_image,
+                         default_base_image=self.settings.default_base_image)
+
+    async def _push_config(self) -> dict[str, Any]:
+        if not self.settings.push_secret:
+            return {"auths": {}}
+        config = await kube.read_docker_config(self.settings.build_namespace, self.settings.push_secret)
+        if config is None:
+            raise RegistryError("RegistryAuthFailed", f"push Secret {self.settings.build_namespace}/"
+                                f"{self.settings.push_secret} is missing or not kubernetes.io/dockerconfigjson")
+        return config
+
+    async def _converge(self, ref: EnvironmentRef, spec: EnvironmentSpec, context: BuildContext,
+                        plan: builds.BuildPlan, current: dict[str, Any], generation: int | None,
+                        forced: bool, token: str | None, log: logging.Logger) -> Outcome:
+        push_config = await self._push_config()
+        push_credentials = credentials_for(builds.registry_of(plan.destination), push_config)
+        own = await kube.read_job(plan.namespace, plan.job_name)
+        waited = forced or current.get("phase") == Phase.BUILDING
+        if own is not None and jobstate.job_finished(own) and waited:
+            return await self._finished(ref, own, plan, current, generation, token, push_credentials)
+        if not forced:
+            digest = await self.registry.digest(plan.destination, push_credentials)
+            if digest:
+                metrics.CACHE_HITS.inc()
+                self.queued.discard(ref.display)
+                return self._ready(current, plan, digest, generation, token, "ImageFound",
+                                   "image with this content is in the registry; no build needed")
+        if own is not None and jobstate.job_finished(own):
+            return await self._finished(ref, own, plan, current, generation, token, push_credentials)
+        job = own
+        if job is None:
+            active = [j for j in await kube.list_jobs(plan.namespace, f"{builds.LABEL_HASH}="
+                                                      f"{builds.hash_label(plan.hash)}")
+                      if not jobstate.job_finished(j)]
+            job = active[0] if active else None
+        events = []
+        if job is None:
+            job, created = await self._start_build(ref, spec, context, plan, push_config, log)
+            if job is None:
+                message = f"waiting for a build slot ({self.settings.max_parallel_builds} builds run at once)"
+                return Outcome(status.progress(current, Phase.QUEUED, "Queued", message, generation, plan.hash))
+            if created:
+                events.append(("Normal", "BuildStarted", f"building {plan.destination} in Job "
+                               f"{plan.namespace}/{job['metadata']['name']}"))
+        name = job["metadata"]["name"]
+        patch = status.progress(current, Phase.BUILDING, "Building", f"build Job {plan.namespace}/{name} is "
+                                f"building {plan.destination}", generation, plan.hash)
+        patch["buildJob"] = {"namespace": plan.namespace, "name": name}
+        return Outcome(patch, events)
+
+    async def _finished(self, ref: EnvironmentRef, job: dict[str, Any], plan: builds.BuildPlan,
+                        current: dict[str, Any], generation: int | None, token: str | None,
+                        push_credentials: Credentials | None) -> Outcome:
+        pods = await kube.job_pods(plan.namespace, job["metadata"]["name"])
+        if jobstate.job_succeeded(job):
+            reported = jobstate.digest_from_pods(pods)
+            digest = await self.registry.digest(plan.destination, push_credentials)
+            if digest is None:
+                message = f"build Job {plan.job_name} succeeded but {plan.destination} is not in the registry"
+                return Outcome(status.failed(current, "ImageMissing", message, generation, plan.hash),
+                               [("Warning", "ImageMissing", message)])
+            if reported and reported != digest:
+                message = f"builder reported {reported} but the registry now serves {digest} for the tag"
+                return Outcome(status.failed(current, "DigestMismatch", message, generation, plan.hash),
+                               [("Warning", "DigestMismatch", message)])
+            self._observe_duration(job)
+            return self._ready(current, plan, digest, generation, token, "BuildSucceeded",
+                               f"built by Job {plan.namespace}/{plan.job_name}")
+        tail = None
+        if pods:
+            tail = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"])
+        message = jobstate.failure_message(job, pods, tail)
+        reason = (jobstate.job_condition(job, "Failed") or {}).get("reason", "BuildFailed")
+        if current.get("failedGeneration") != generation or current.get("phase") != Phase.FAILED:
+            metrics.BUILDS_FAILED.labels(reason).inc()
+        patch = status.failed(current, "BuildFailed", message, generation, plan.hash)
+        patch["buildJob"] = {"namespace": plan.namespace, "name": plan.job_name}
+        if token:
+            patch["rebuildToken"] = token
+        return Outcome(patch, [("Warning", "BuildFailed", message.splitlines()[0])])
+
+    def _ready(self, current: dict[str, Any], plan: builds.BuildPlan, digest: str, generation: int | None,
+               token: str | None, reason: str, message: str) -> Outcome:
+        image = f"{plan.destination.rsplit(':', 1)[0]}@{digest}"
+        patch = status.ready(current, image=image, digest=digest, content_hash=plan.hash, generation=generation,
+                             history_limit=self.settings.history_limit, reason=reason, message=message)
+        if token:
+            patch["rebuildToken"] = token
+        if reason == "BuildSucceeded" and current.get("image") != image:
+            metrics.BUILDS_SUCCEEDED.inc()
+        events = [] if current.get("image") == image else [
+            ("Normal", "Ready", f"version {patch['version']} is {image} ({message})")]
+        return Outcome(patch, events)
+
+    @staticmethod
+    def _observe_duration(job: dict[str, Any]) -> None:
+        job_status = job.get("status") or {}
+        start, end = job_status.get("startTime"), job_status.get("completionTime")
+        if start and end:
+            parse = datetime.datetime.fromisoformat
+            metrics.BUILD_DURATION.observe((parse(str(end)) - parse(str(start))).total_seconds())
+
+    async def _start_build(self, ref: EnvironmentRef, spec: EnvironmentSpec, context: BuildContext,
+                           plan: builds.BuildPlan, push_config: dict[str, Any],
+                           log: logging.Logger) -> tuple[dict[str, Any] | None, bool]:
+        """Create the build objects if a slot is free: (job, created); (None, False) means queued."""
+        base_config = await self._base_registry_config(ref, spec)
+        docker_config = builds.merge_docker_configs(base_config, push_config)
+        ca_bundle = context.files.get(builds.CA_KEY) or (await self._externals(ref, spec)).ca_bundle
+        async with self.build_slots:
+            existing = await kube.read_job(plan.namespace, plan.job_name)  # a concurrent reconcile won
+            if existing is not None:
+                return existing, False
+            running = [j for j in await kube.list_jobs(plan.namespace, f"{builds.LABEL_ROLE}=build")
+                       if not jobstate.job_finished(j)]
+            metrics.ACTIVE_BUILDS.set(len(running))
+            if len(running) >= self.settings.max_parallel_builds:
+                self.queued.add(ref.display)
+                metrics.BUILD_QUEUE.set(len(self.queued))
+                return None, False
+            self.queued.discard(ref.display)
+            metrics.BUILD_QUEUE.set(len(self.queued))
+            config_map = await kube.create(builds.build_context_config_map(plan, context, ca_bundle))
+            secret = None
+            if docker_config["auths"]:
+                secret = await kube.create(builds.build_docker_config_secret(plan, docker_config))
+            job = await kube.create(builds.build_job(
+                plan, spec.build, self.settings, requested_by=f"{ref.kind}/{ref.display}",
+                has_docker_config=secret is not None, has_ca=bool(ca_bundle)))
+        owner = builds.owner_reference(job)
+        await kube.set_owner("ConfigMap", plan.namespace, config_map["metadata"]["name"], owner)
+        if secret is not None:
+            await kube.set_owner("Secret", plan.namespace, secret["metadata"]["name"], owner)
+        metrics.BUILDS_STARTED.labels(spec.build.builder.value).inc()
+        log.info("started build Job %s/%s for %s", plan.namespace, plan.job_name, ref.display)
+        return job, True
+
+    async def _base_registry_config(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> dict[str, Any]:
+        registry = spec.docker.base_image_registry
+        if registry is None:
+            return {"auths": {}}
+        namespace = ref.references_namespace(self.settings.build_namespace)
+        data = await kube.read_secret(namespace, registry.secret_name)
+        if data is None:
+            raise MissingReference(f"spec.docker.baseImageRegistry.secretName: Secret {namespace}/"
+                                   f"{registry.secret_name} not found")
+        if ".dockerconfigjson" in data:
+            loaded: dict[str, Any] = json.loads(data[".dockerconfigjson"])
+            return loaded
+        if "username" in data and "password" in data:
+            return builds.basic_auth_config(registry.address, data["username"], data["password"])
+        raise MissingReference(f"spec.docker.baseImageRegistry.secretName: Secret {namespace}/"
+                               f"{registry.secret_name} needs .dockerconfigjson or username and password keys")
+
+
+def base_rebuild_token(digest: str) -> str:
+    return "base-" + hashlib.sha256(digest.encode()).hexdigest()[:12]

@@ -1,0 +1,138 @@
+"""Look up a tag's manifest digest with the OCI distribution API (HEAD /v2/<repo>/manifests/<ref>).
+
+A small httpx client rather than a library: the Python OCI clients we found (oras-py) are synchronous and pull
+whole manifests; we need one async HEAD with the registry's Basic or Bearer-token challenge, and errors that
+tell "not there" (None) apart from "could not ask" (RegistryError with a reason for the condition).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+
+
+class RegistryError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # RegistryUnavailable | RegistryAuthFailed
+
+
+@dataclass(frozen=True)
+class ImageName:
+    registry: str
+    repository: str
+    reference: str  # tag or sha256:digest
+
+    @classmethod
+    def parse(cls, image: str) -> ImageName:
+        name, _, digest = image.partition("@")
+        registry, _, rest = name.partition("/")
+        if not rest or not ("." in registry or ":" in registry or registry == "localhost"):
+            registry, rest = "registry-1.docker.io", name if "/" in name else f"library/{name}"
+        repository, _, tag = rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "latest")
+        return cls(registry, repository, digest or tag)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def credentials_for(registry: str, docker_config: dict[str, Any] | None) -> Credentials | None:
+    """Find the registry's entry in a dockerconfigjson document (auth, or username/password)."""
+    for address, entry in (docker_config or {}).get("auths", {}).items():
+        host = re.sub(r"^https?://", "", address).split("/", 1)[0]
+        if host != registry:
+            continue
+        if entry.get("auth"):
+            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            return Credentials(username, password)
+        if entry.get("username"):
+            return Credentials(entry["username"], entry.get("password", ""))
+    return None
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, params = header.partition(" ")
+    return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', params))
+
+
+class RegistryClient:
+    def __init__(self, insecure_registries: list[str] | None = None, ca_file: str | None = None,
+                 timeout: float = 10.0) -> None:
+        self.insecure = set(insecure_registries or [])
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=True, trust_env=False)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def base_url(self, registry: str) -> str:
+        scheme = "http" if registry in self.insecure else "https"
+        return f"{scheme}://{registry}"
+
+    async def digest(self, image: str, credentials: Credentials | None = None) -> str | None:
+        """The manifest digest of `image`, None if the registry says it does not exist."""
+        name = ImageName.parse(image)
+        url = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests/{name.reference}"
+        headers = {"Accept": MANIFEST_TYPES}
+        response = await self._request(url, headers)
+        if response.status_code == 401:
+            headers["Authorization"] = await self._authorization(response, name, credentials)
+            response = await self._request(url, headers)
+        if response.status_code in (401, 403):
+            raise RegistryError("RegistryAuthFailed", f"{name.registry} refused the credentials for "
+                                f"{name.repository} (HTTP {response.status_code})")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RegistryError("RegistryUnavailable", f"{name.registry} answered HTTP {response.status_code}")
+        digest = response.headers.get("Docker-Content-Digest")
+        if not digest:
+            raise RegistryError("RegistryUnavailable", f"{name.registry} gave no Docker-Content-Digest header")
+        return digest
+
+    async def _request(self, url: str, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return await self.http.head(url, headers=headers)
+        except httpx.HTTPError as error:
+            raise RegistryError("RegistryUnavailable", f"cannot reach {url.split('/v2/')[0]}: "
+                                f"{error.__class__.__name__} {error}".strip()) from error
+
+    async def _authorization(self, challenge: httpx.Response, name: ImageName,
+                             credentials: Credentials | None) -> str:
+        scheme, params = parse_challenge(challenge.headers.get("WWW-Authenticate", ""))
+        basic = None
+        if credentials:
+            basic = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+        if scheme == "basic":
+            if not basic:
+                raise RegistryError("RegistryAuthFailed", f"{name.registry} needs credentials and none are set")
+            return f"Basic {basic}"
+        query = {"service": params.get("service", ""), "scope": f"repository:{name.repository}:pull"}
+        try:
+            token_response = await self.http.get(
+                params["realm"], params=query, headers={"Authorization": f"Basic {basic}"} if basic else {}
+            )
+        except (KeyError, httpx.HTTPError) as error:
+            raise RegistryError("RegistryUnavailable", f"token service of {name.registry} failed: {error}") from error
+        if token_response.status_code != 200:
+            raise RegistryError("RegistryAuthFailed", f"token service of {name.registry} answered "
+                                f"HTTP {token_response.status_code}")
+        body = token_response.json()
+        return f"Bearer {body.get('token') or body.get('access_token')}"

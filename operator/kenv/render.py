@@ -1,0 +1,152 @@
+"""Render an Environment's build context (Dockerfile, requirements.txt, environment.yml) and its content hash.
+
+Pure functions: whatever lives outside the spec (a Dockerfile or CA bundle in a ConfigMap) is read by the caller
+and passed in as `Externals`, so the same spec renders the same bytes on a laptop (`kenv render`) and in the
+operator. Values from the spec only ever land in data files or in validated image references: no field can add
+a Dockerfile instruction (see tests/unit/test_render_properties.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import jinja2
+import yaml
+
+from kenv.errors import SpecError
+from kenv.models import EnvironmentSpec
+
+# Bump when the templates change what an image contains: every hash moves and images are rebuilt.
+RECIPE_VERSION = "1"
+DEFAULT_MICROMAMBA_IMAGE = "mambaorg/micromamba:2.0.5"
+DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
+TAG_PREFIX = "kenv-"
+
+
+@dataclass(frozen=True)
+class Externals:
+    """Inputs the spec refers to but does not contain, resolved by the caller."""
+
+    dockerfile: str | None = None  # text of spec.docker.dockerfileFrom
+    ca_bundle: str | None = None  # text of spec.build.caBundle
+    micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
+    default_base_image: str = DEFAULT_BASE_IMAGE
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.files)
+
+    @property
+    def tag(self) -> str:
+        return TAG_PREFIX + self.hash[:40]
+
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("kenv", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 - renders Dockerfiles and YAML, never HTML
+)
+
+
+def render_template(template: str, **values: object) -> str:
+    return _env.get_template(template).render(**values)
+
+
+def content_hash(files: dict[str, str]) -> str:
+    """sha256 over the sorted file names and contents (NUL-separated so no two contexts collide)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def uses_conda(spec: EnvironmentSpec) -> bool:
+    return spec.conda is not None or (spec.python.version is not None and not spec.python.user_managed_dependencies)
+
+
+def requirements_txt(spec: EnvironmentSpec) -> str | None:
+    pip = spec.pip
+    if pip is None or not (pip.requirements or pip.packages):
+        return None
+    lines = []
+    if pip.index_url:
+        lines.append(f"--index-url {pip.index_url}")
+    lines += [f"--extra-index-url {url}" for url in pip.extra_index_urls]
+    if pip.requirements:
+        lines.append(pip.requirements.rstrip("\n"))
+    lines += pip.packages
+    return "\n".join(lines) + "\n"
+
+
+def environment_yml(spec: EnvironmentSpec) -> str:
+    conda = spec.conda
+    if conda is not None and conda.environment_yaml:
+        try:
+            parsed = yaml.safe_load(conda.environment_yaml)
+        except yaml.YAMLError as error:
+            raise SpecError(f"spec.conda.environmentYaml: not valid YAML ({error.__class__.__name__})") from error
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("dependencies", []), list):
+            raise SpecError("spec.conda.environmentYaml: must be a mapping with a `dependencies` list")
+        return conda.environment_yaml if conda.environment_yaml.endswith("\n") else conda.environment_yaml + "\n"
+    dependencies: list[object] = []
+    if spec.python.version:
+        dependencies.append(f"python={spec.python.version}")
+    if conda is not None:
+        dependencies += conda.packages
+        if conda.pip_packages:
+            dependencies += ["pip", {"pip": list(conda.pip_packages)}]
+    channels = list(conda.channels) if conda is not None and conda.channels else ["conda-forge"]
+    document = {"name": "kenv", "channels": channels, "dependencies": dependencies}
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def base_dockerfile(spec: EnvironmentSpec, externals: Externals) -> str | None:
+    if spec.docker.dockerfile:
+        return spec.docker.dockerfile.rstrip("\n")
+    if spec.docker.dockerfile_from:
+        if externals.dockerfile is None:
+            ref = spec.docker.dockerfile_from
+            raise SpecError(f"spec.docker.dockerfileFrom: ConfigMap {ref.name} key {ref.key} was not resolved")
+        return externals.dockerfile.rstrip("\n")
+    return None
+
+
+def python_command(spec: EnvironmentSpec) -> str:
+    if uses_conda(spec):
+        return "/opt/kenv/env/bin/python"
+    return spec.python.interpreter_path or "python3"
+
+
+def render_context(spec: EnvironmentSpec, externals: Externals | None = None) -> BuildContext:
+    """The files of the build context. Injection-only fields (variables, secrets, bootstrap, shm) are not in it,
+    so editing them never changes the hash and never builds."""
+    externals = externals or Externals()
+    files: dict[str, str] = {}
+    requirements = None if spec.python.user_managed_dependencies else requirements_txt(spec)
+    conda = uses_conda(spec)
+    if conda:
+        files["environment.yml"] = environment_yml(spec)
+    if requirements:
+        files["requirements.txt"] = requirements
+    installs = conda or requirements is not None
+    if externals.ca_bundle and installs:
+        files["kenv-ca.crt"] = externals.ca_bundle
+    files["Dockerfile"] = render_template(
+        "Dockerfile.j2",
+        recipe_version=RECIPE_VERSION,
+        base_dockerfile=base_dockerfile(spec, externals),
+        base_image=spec.docker.base_image or externals.default_base_image,
+        ca_bundle="kenv-ca.crt" in files,
+        conda=conda,
+        pip=requirements is not None,
+        python=python_command(spec),
+        micromamba_image=externals.micromamba_image,
+    )
+    return BuildContext(files)

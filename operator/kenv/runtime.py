@@ -1,0 +1,94 @@
+"""Operator-wide state and the glue between kopf handlers and the pure/reconcile modules."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from kenv import gating, kube, metrics
+from kenv.certs import write_serving_certs
+from kenv.config import OperatorSettings, get_settings
+from kenv.models import GROUP, Phase
+from kenv.reconcile import REBUILD_ANNOTATION, EnvironmentRef, Outcome, Reconciler
+from kenv.registry import RegistryClient
+
+PREFIX = GROUP  # our own annotation prefix and finalizer, not kopf.zalando.org
+_reconciler: Reconciler | None = None
+
+
+def reconciler() -> Reconciler:
+    assert _reconciler is not None, "operator not started"
+    return _reconciler
+
+
+def configure(settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
+    global _reconciler
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.inactivity_timeout = 600
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    settings.execution.max_workers = 20
+    cert_dir = Path(config.webhook_cert_dir) if config.webhook_cert_dir else write_serving_certs(
+        Path(tempfile.mkdtemp(prefix="kenv-webhook-")), [config.webhook_url_host or config.webhook_host])
+    settings.admission.server = kopf.WebhookServer(
+        addr=config.webhook_host, port=config.webhook_port, host=config.webhook_url_host or config.webhook_host,
+        certfile=str(cert_dir / "tls.crt"), pkeyfile=str(cert_dir / "tls.key"), cafile=str(cert_dir / "ca.crt"))
+    if config.webhook_managed:
+        settings.admission.managed = GROUP
+    metrics.serve(config.metrics_port)
+    _reconciler = Reconciler(config, RegistryClient(config.insecure_registry_list))
+
+
+async def shutdown() -> None:
+    if _reconciler is not None:
+        await _reconciler.registry.close()
+    await kube.close()
+
+
+def environment_ref(kind: str, body: kopf.Body) -> EnvironmentRef:
+    return EnvironmentRef(kind=kind, namespace=body.metadata.namespace, name=body.metadata.name)
+
+
+def unsettled(body: kopf.Body, **_: Any) -> bool:
+    """Timer filter: only Environments that still have something to wait for get polled."""
+    status = body.get("status") or {}
+    token = (body.metadata.annotations or {}).get(REBUILD_ANNOTATION)
+    if token and token != status.get("rebuildToken"):
+        return True
+    if status.get("phase") == Phase.FAILED:
+        return status.get("failedGeneration") != body.metadata.get("generation")
+    return status.get("phase") != Phase.READY or status.get("observedGeneration") != body.metadata.get("generation")
+
+
+async def reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger) -> None:
+    ref = environment_ref(kind, body)
+    started = time.monotonic()
+    outcome = await reconciler().reconcile(ref, dict(body), logger)
+    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+    apply(body, patch, outcome)
+    merged = {**dict(body.get("status") or {}), **outcome.status}
+    await gating.follow_up(ref, merged, get_settings())
+
+
+def apply(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
+    for key, value in outcome.status.items():
+        patch.status[key] = value
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+async def registry_probe() -> str:
+    """Readiness: the destination registry answers the distribution API (a 404 for a probe tag is fine)."""
+    config = get_settings()
+    await reconciler().registry.digest(f"{config.destination_repo}:kenv-probe")
+    return "ok"

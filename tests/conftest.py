@@ -1,0 +1,116 @@
+"""Shared fixtures. Everything cluster-related is lazy: unit tests never start a control plane.
+
+Env vars:
+  KENV_TEST_KUBECONFIG  use this cluster instead of starting hack/localcluster.py (then KENV_TEST_REGISTRY
+                        names its registry, KENV_TEST_KUBECTL its kubectl, default: kubectl on PATH)
+  KENV_TEST_FAKELET=0   do not run the in-process fakelet (a cluster with real kubelets)
+  KUBEBUILDER_ASSETS    folder with etcd/kube-apiserver/... (else hack/build-binaries.sh builds or finds them)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "hack"))
+
+from fakelet import Fakelet  # noqa: E402
+from localcluster import KubeAPI, LocalCluster, _proc_start_time, ensure_no_proxy  # noqa: E402
+
+CLUSTER_DIRS = ("integration", "reliability")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(item.path).relative_to(ROOT / "tests").parts[0] in CLUSTER_DIRS:
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass
+class ExternalCluster:
+    """A cluster run by someone else (KENV_TEST_KUBECONFIG): LocalCluster's attributes, nothing to stop."""
+
+    kubeconfig: Path
+    registry: str
+    kubectl: str
+    state_dir: Path
+
+    @property
+    def server(self) -> str:
+        return KubeAPI(self.kubeconfig).server
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    ensure_no_proxy()  # this process talks to 127.0.0.1 too (apiserver, registry, webhooks under test)
+    if os.environ.get("KENV_TEST_KUBECONFIG"):
+        kubectl = os.environ.get("KENV_TEST_KUBECTL") or shutil.which("kubectl") or "kubectl"
+        registry = os.environ.get("KENV_TEST_REGISTRY", "")
+        yield ExternalCluster(Path(os.environ["KENV_TEST_KUBECONFIG"]), registry,
+                              kubectl, tmp_path_factory.mktemp("external"))
+        return
+    local = LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"))
+    local.start()
+    yield local
+    procs = list(local.procs)
+    local.stop()  # raises if anything survives SIGKILL
+    leftovers = [p["name"] for p in procs if _proc_start_time(p["pid"]) == p["start"]]
+    assert not leftovers, f"still running after stop(): {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster) -> Path:
+    return Path(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def registry(cluster) -> str:
+    return cluster.registry
+
+
+@pytest.fixture(scope="session")
+def kube(cluster) -> KubeAPI:
+    """A small synchronous admin client (hack/localcluster.KubeAPI) for test setup and polling."""
+    return KubeAPI(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def fakelet(cluster):
+    """The kubelet stand-in for the fake node; None against a cluster with real kubelets."""
+    if os.environ.get("KENV_TEST_FAKELET", "1") == "0":
+        yield None
+        return
+    agent = Fakelet(cluster.kubeconfig, registry=cluster.registry, logs_dir=cluster.state_dir / "logs/pods")
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def namespace(kube, fakelet) -> str:
+    """A fresh namespace per test, ready for pods (its `default` ServiceAccount exists), deleted after."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": {"kenv.dev/test": "1"}}})
+    # The ServiceAccount admission plugin rejects pods until serviceaccount-controller made `default`;
+    # a Job would then back off for seconds, so wait here instead.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            kube.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            break
+        except urllib.error.HTTPError as e:
+            if e.code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield name
+    # Not waited for: the namespace controller (and the fakelet, for pods) finish it in the background.
+    kube.request("DELETE", f"/api/v1/namespaces/{name}")

@@ -1,0 +1,382 @@
+"""The Helm chart (charts/kenv) against the session's real API server.
+
+- lint and render with a few value sets; every rendered object is validated by the API server itself
+  (`kubectl apply --dry-run=server`), i.e. against the pinned Kubernetes version's real schemas;
+- values the schema refuses fail `helm template` with the schema's message;
+- install / upgrade (the webhook CA and certificate stay) / uninstall on the session cluster;
+- RBAC sufficiency: the operator, run with the chart ServiceAccount's token, builds an Environment.
+
+The installed MutatingWebhookConfiguration has failurePolicy Fail and nothing serves it here (the chart's
+Deployment pod is a fakelet pod), so every install sets webhook.namespaceSelector to a label no namespace has:
+other tests sharing the cluster never see it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kenvfixtures import GROUP_PATH, create_env, get_env, kubectl, wait_for
+from operatorproc import OperatorProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kenv"
+CERT_MANAGER_KINDS = {"Issuer", "ClusterIssuer", "Certificate"}
+HARMLESS_WEBHOOK = {"webhook": {"namespaceSelector": {"matchLabels": {"kenv.dev/chart-test": "never-matches"}}}}
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def helm(cluster: Any) -> str:
+    """KENV_TEST_HELM, else the helm hack/build-binaries.sh built next to kubectl, else helm on PATH."""
+    candidates = [os.environ.get("KENV_TEST_HELM"), str(Path(cluster.kubectl).parent / "helm"), shutil.which("helm")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    out = subprocess.run(["bash", str(ROOT / "hack/build-binaries.sh")], check=True, capture_output=True, text=True)
+    return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")
+
+
+def run_helm(helm: str, cluster: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([helm, "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True, text=True,
+                            env={**os.environ, "HELM_CACHE_HOME": str(cluster.state_dir / "helm/cache"),
+                                 "HELM_CONFIG_HOME": str(cluster.state_dir / "helm/config"),
+                                 "HELM_DATA_HOME": str(cluster.state_dir / "helm/data")})
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
+    path = tmp_path / f"values-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def render(helm: str, cluster: Any, tmp_path: Path, namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    out = run_helm(helm, cluster, "template", "kenv", str(CHART), "-n", namespace, "--include-crds",
+                   "-f", values_file(tmp_path, values)).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def base_values(cluster: Any, **extra: Any) -> dict[str, Any]:
+    return {"destinationRepo": f"{cluster.registry or 'registry.example:5000'}/kenv/environments",
+            "insecureRegistries": [cluster.registry or "registry.example:5000"], **HARMLESS_WEBHOOK, **extra}
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def exists(kube: Any, path: str) -> bool:
+    try:
+        kube.request("GET", path)
+        return True
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return False
+        raise
+
+
+def make_namespace(kube: Any) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": {"kenv.dev/test": "1"}}})
+    return name
+
+
+# --- lint, render, validate -------------------------------------------------------------------------------
+
+def test_chart_crds_are_the_repository_crds() -> None:
+    repo = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    differing = sorted(n for n in repo.keys() | chart.keys() if repo.get(n) != chart.get(n))
+    assert repo and not differing, f"charts/kenv/crds/ differs from crds/ in {differing}: run `make crds`"
+
+
+def test_helm_lint(helm: str, cluster: Any, tmp_path: Path) -> None:
+    run_helm(helm, cluster, "lint", str(CHART))  # defaults alone: destinationRepo's `required` is lint-lenient
+    for values in (base_values(cluster), base_values(cluster, certManager={"enabled": True}),
+                   base_values(cluster, watchNamespaces=["team-a", "team-b"])):
+        run_helm(helm, cluster, "lint", "--strict", str(CHART), "-f", values_file(tmp_path, values))
+
+
+VALUE_SETS = {
+    "defaults": {},
+    "cert-manager": {"certManager": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}},
+                     "logFormat": "json", "pushSecret": "push-creds", "pullSecret": "pull-creds"},
+    "watch-namespaces": {"watchNamespaces": ["WATCHED"], "maxParallelBuilds": 2, "pendingImagePolicy": "reject"},
+}
+
+
+@pytest.mark.parametrize("case", list(VALUE_SETS))
+def test_rendered_manifests_pass_server_side_validation(helm, cluster, kube, namespace, tmp_path, case) -> None:
+    values = base_values(cluster, **VALUE_SETS[case])
+    watched = None
+    if case == "watch-namespaces":
+        watched = make_namespace(kube)
+        values["watchNamespaces"] = [watched]
+    try:
+        objects = render(helm, cluster, tmp_path, namespace, values)
+        kinds = {o["kind"] for o in objects}
+        assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                "RoleBinding", "Service", "Deployment", "MutatingWebhookConfiguration"} <= kinds
+
+        extra = [o for o in objects if o["kind"] in CERT_MANAGER_KINDS or o["kind"] == "ServiceMonitor"]
+        core = [o for o in objects if o not in extra]
+        result = kubectl(cluster, "apply", "--dry-run=server", "-f", "-",
+                         stdin=yaml.safe_dump_all(core), check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("(server dry run)") == len(core), result.stdout
+
+        deployment = by_kind(objects, "Deployment")[0]
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
+        assert container["command"] == ["kenv"]
+        assert container["args"] == ["operator", "--liveness=http://0.0.0.0:8080/healthz"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 65532
+        hardened = container["securityContext"]
+        assert hardened["readOnlyRootFilesystem"] and not hardened["allowPrivilegeEscalation"]
+        assert hardened["capabilities"]["drop"] == ["ALL"] and hardened["seccompProfile"]["type"] == "RuntimeDefault"
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {"/certs", "/tmp"}
+        assert env["KENV_BUILD_NAMESPACE"] == namespace and env["KENV_WEBHOOK_MANAGED"] == "false"
+        assert env["KENV_WEBHOOK_CERT_DIR"] == "/certs" and env["KENV_WEBHOOK_HOST"] == "0.0.0.0"
+        assert env["KENV_DESTINATION_REPO"] == values["destinationRepo"]
+
+        webhook_config = by_kind(objects, "MutatingWebhookConfiguration")[0]
+        hooks = {w["name"]: w for w in webhook_config["webhooks"]}
+        assert set(hooks) == {"inject-environment.kenv.dev", "inject-cluster-environment.kenv.dev"}
+        for name, label in (("inject-environment", "kenv.dev/environment"),
+                            ("inject-cluster-environment", "kenv.dev/cluster-environment")):
+            hook = hooks[f"{name}.kenv.dev"]
+            assert hook["clientConfig"]["service"]["path"] == f"/{name}"
+            assert hook["objectSelector"] == {"matchExpressions": [{"key": label, "operator": "Exists"}]}
+            assert (hook["failurePolicy"], hook["sideEffects"], hook["reinvocationPolicy"]) == ("Fail", "None", "Never")
+
+        if case == "defaults":
+            assert env["KENV_NAMESPACES"] == "" and env["KENV_MAX_PARALLEL_BUILDS"] == "4"
+            assert all(h["clientConfig"]["caBundle"] for h in hooks.values())
+            cluster_rules = by_kind(objects, "ClusterRole")[0]["rules"]
+            assert any("pods" in r["resources"] for r in cluster_rules)
+            assert next(r for r in cluster_rules if "secrets" in r["resources"])["verbs"] == ["get"]
+        elif case == "cert-manager":
+            assert env["KENV_LOG_FORMAT"] == "json" and env["KENV_PUSH_SECRET"] == "push-creds"
+            annotation = webhook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+            certificates = {o["metadata"]["name"]: o for o in by_kind(extra, "Certificate")}
+            assert annotation == f"{namespace}/kenv-webhook" and "kenv-webhook" in certificates
+            serving = certificates["kenv-webhook"]["spec"]
+            assert serving["secretName"] == next(v["secret"]["secretName"] for v in pod["volumes"]
+                                                 if v["name"] == "webhook-certs")
+            assert f"kenv.{namespace}.svc" in serving["dnsNames"]
+            issuers = {o["metadata"]["name"]: o["spec"] for o in by_kind(extra, "Issuer")}
+            assert serving["issuerRef"]["name"] in issuers
+            assert all(not h["clientConfig"].get("caBundle") for h in hooks.values())  # the cainjector's job
+            assert not by_kind(objects, "Secret")  # cert-manager writes the Secret
+            monitor = by_kind(extra, "ServiceMonitor")[0]
+            assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+            for obj in extra:
+                assert isinstance(obj.get("metadata"), dict) and isinstance(obj.get("spec"), dict)
+                assert obj["apiVersion"] in ("cert-manager.io/v1", "monitoring.coreos.com/v1")
+                assert obj["metadata"]["namespace"] == namespace
+        else:
+            assert env["KENV_NAMESPACES"] == watched and env["KENV_PENDING_IMAGE_POLICY"] == "reject"
+            roles = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind(objects, "Role")}
+            assert roles == {(namespace, "kenv-builds"), (watched, "kenv-watch")}
+            cluster_resources = {res for r in by_kind(objects, "ClusterRole")[0]["rules"] for res in r["resources"]}
+            assert not cluster_resources & {"pods", "secrets", "configmaps", "environments"}
+            selector = hooks["inject-environment.kenv.dev"]["namespaceSelector"]  # HARMLESS_WEBHOOK overrides
+            assert selector == HARMLESS_WEBHOOK["webhook"]["namespaceSelector"]
+    finally:
+        if watched:
+            kube.request("DELETE", f"/api/v1/namespaces/{watched}")
+
+
+def test_default_namespace_selector_excludes_release_namespace(helm, cluster, tmp_path) -> None:
+    values = base_values(cluster)
+    del values["webhook"]
+    objects = render(helm, cluster, tmp_path, "kenv-system", values)
+    for hook in by_kind(objects, "MutatingWebhookConfiguration")[0]["webhooks"]:
+        assert hook["namespaceSelector"] == {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kenv-system"]}]}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "maxParallelBuilds=0"], "at '/maxParallelBuilds': minimum: got 0, want 1"),
+    (["--set", "maxParallelBuilds=two"], "at '/maxParallelBuilds': got string, want integer"),
+    (["--set", "logFormat=xml"], "at '/logFormat': value must be one of 'text', 'json'"),
+    (["--set-string", "certManager.enabled=yes"], "at '/certManager/enabled': got string, want boolean"),
+    (["--set", "watchNamespaces={Team_A}"], "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
+    (["--set", "destinationRepo=not a repo"], "at '/destinationRepo': 'not a repo' does not match pattern"),
+    (["--set", "maxParalelBuilds=2"], "additional properties 'maxParalelBuilds' not allowed"),
+    (["--set", "destinationRepo="], "destinationRepo is required"),
+])
+def test_bad_values_are_refused_with_the_schema_message(helm, cluster, args, message) -> None:
+    base = ["--set", "destinationRepo=registry.example:5000/kenv/environments"]
+    result = run_helm(helm, cluster, "template", "kenv", str(CHART), "-n", "kenv-system", *base, *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+# --- install, upgrade, uninstall ------------------------------------------------------------------------------
+
+def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> None:
+    values = values_file(tmp_path, base_values(cluster))
+    name = f"kenv-{namespace}"  # cluster-scoped objects carry the release namespace
+    paths = {
+        "deployment": f"/apis/apps/v1/namespaces/{namespace}/deployments/kenv",
+        "serviceaccount": f"/api/v1/namespaces/{namespace}/serviceaccounts/kenv",
+        "service": f"/api/v1/namespaces/{namespace}/services/kenv",
+        "secret": f"/api/v1/namespaces/{namespace}/secrets/kenv-webhook-tls",
+        "webhook": f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
+        "clusterrole": f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}",
+        "clusterrolebinding": f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
+        "role": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/kenv-builds",
+    }
+    installed = False
+    try:
+        result = run_helm(helm, cluster, "install", "kenv", str(CHART), "-n", namespace, "-f", values)
+        installed = True
+        assert "kubectl get env -w" in result.stdout  # NOTES.txt
+        for what, path in paths.items():
+            assert exists(kube, path), what
+        for plural in ("environments", "clusterenvironments"):
+            assert exists(kube, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.kenv.dev")
+
+        secret = kube.request("GET", paths["secret"])
+        webhook = kube.request("GET", paths["webhook"])
+        assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+        for hook in webhook["webhooks"]:
+            assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        check_serving_certificate(secret["data"], f"kenv.{namespace}.svc")
+        service = kube.request("GET", paths["service"])
+        assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("webhook", 443), ("metrics", 8000)}
+
+        run_helm(helm, cluster, "upgrade", "kenv", str(CHART), "-n", namespace, "-f", values,
+                 "--set", "maxParallelBuilds=2")
+        assert kube.request("GET", paths["secret"])["data"] == secret["data"], "upgrade replaced the webhook cert"
+        upgraded = kube.request("GET", paths["webhook"])
+        assert [h["clientConfig"]["caBundle"] for h in upgraded["webhooks"]] == [secret["data"]["ca.crt"]] * 2
+        env = kube.request("GET", paths["deployment"])["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "KENV_MAX_PARALLEL_BUILDS", "value": "2"} in env
+
+        run_helm(helm, cluster, "uninstall", "kenv", "-n", namespace, "--wait")
+        installed = False
+        for what, path in paths.items():
+            assert not exists(kube, path), f"{what} left after uninstall"
+        assert exists(kube, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/environments.kenv.dev")
+    finally:
+        if installed:
+            run_helm(helm, cluster, "uninstall", "kenv", "-n", namespace, check=False)
+
+
+def check_serving_certificate(data: dict[str, str], dns_name: str) -> None:
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate(base64.b64decode(data["ca.crt"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+    assert dns_name in names
+    cert.verify_directly_issued_by(ca)
+
+
+# --- RBAC sufficiency -------------------------------------------------------------------------------------------
+
+def service_account_kubeconfig(cluster: Any, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount (a bound token), with the admin config's server/CA."""
+    token = kubectl(cluster, "create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    server = dict(next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"])
+    if "certificate-authority" in server:  # inline it: the file path may be relative to the admin kubeconfig
+        ca_path = Path(cluster.kubeconfig).parent / server.pop("certificate-authority")
+        server["certificate-authority-data"] = base64.b64encode(ca_path.read_bytes()).decode()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "cluster", "cluster": server}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "cluster", "user": account, "namespace": namespace}}],
+    }))
+    return path
+
+
+def can_i(cluster: Any, namespace: str, account: str, *args: str) -> str:
+    result = kubectl(cluster, "auth", "can-i", *args, f"--as=system:serviceaccount:{namespace}:{account}",
+                     check=False)
+    return result.stdout.strip()
+
+
+def test_operator_runs_with_the_chart_rbac(helm, cluster, kube, namespace, crds, base_image, tmp_path) -> None:
+    """Namespaced-only RBAC (watchNamespaces): the chart's ServiceAccount is enough to build an Environment."""
+    watched = make_namespace(kube)
+    values = values_file(tmp_path, base_values(cluster, watchNamespaces=[watched], replicaCount=0))
+    installed = False
+    process = None
+    try:
+        run_helm(helm, cluster, "install", "kenv", str(CHART), "-n", namespace, "-f", values)
+        installed = True
+        account = "kenv"
+        assert can_i(cluster, namespace, account, "create", "jobs", "-n", namespace) == "yes"
+        assert can_i(cluster, namespace, account, "get", "secrets", "-n", watched) == "yes"
+        assert can_i(cluster, namespace, account, "list", "secrets", "-n", watched) == "no"
+        assert can_i(cluster, namespace, account, "get", "secrets", "-n", "default") == "no"
+        assert can_i(cluster, namespace, account, "get", "configmaps", "-n", "default") == "no"
+        assert can_i(cluster, namespace, account, "patch", "pods", "-n", "default") == "no"
+        assert can_i(cluster, namespace, account, "list", "pods", "--all-namespaces") == "no"
+        assert can_i(cluster, namespace, account, "list", "environments.kenv.dev", "-n", watched) == "yes"
+        assert can_i(cluster, namespace, account, "list", "environments.kenv.dev", "-n", "default") == "no"
+        assert can_i(cluster, namespace, account, "create", "mutatingwebhookconfigurations") == "no"
+
+        sa_kubeconfig = service_account_kubeconfig(cluster, namespace, account, tmp_path / "sa.kubeconfig")
+        process = OperatorProcess(sa_kubeconfig, cluster.registry, tmp_path / "operator.log",
+                                  build_namespace=namespace, namespaces=watched, webhook_managed="false")
+        process.start()
+
+        # A rebuild token forces a build even when this content is already in the registry: the Job proves
+        # `create jobs` (and ConfigMaps) in the release namespace, Ready proves reading its pods and the registry.
+        create_env(kube, watched, "rbac", {"docker": {"baseImage": base_image},
+                                          "python": {"userManagedDependencies": True}},
+                   annotations={"kenv.dev/rebuild": uuid.uuid4().hex[:8]})
+
+        def building_or_ready() -> dict[str, Any] | None:
+            status = get_env(kube, watched, "rbac").get("status") or {}
+            return status if status.get("phase") in ("Building", "Ready", "Failed") else None
+        status = wait_for(building_or_ready, 60, "Building or Ready")
+        assert status["phase"] in ("Building", "Ready"), status
+        jobs = kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=kenv.dev%2Frole%3Dbuild")
+        assert len(jobs["items"]) == 1, jobs["items"]
+        assert status.get("buildJob", {}).get("namespace", namespace) == namespace
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and (get_env(kube, watched, "rbac").get("status") or {}).get(
+                "phase") not in ("Ready", "Failed"):
+            time.sleep(1)
+        final = get_env(kube, watched, "rbac")["status"]
+        assert final["phase"] == "Ready", final
+        assert final["image"].startswith(f"{cluster.registry}/kenv/environments@sha256:")
+        log = process.log_text()
+        assert "403" not in log and "Forbidden" not in log, log[-3000:]
+    finally:
+        # Delete the Environment while the operator still runs, so its finalizer is removed.
+        env_path = f"{GROUP_PATH}/namespaces/{watched}/environments/rbac"
+        if exists(kube, env_path):
+            kube.request("DELETE", env_path)
+            if process is not None:
+                wait_for(lambda: not exists(kube, env_path), 30, "the Environment to be deleted")
+        if process is not None:
+            process.stop()
+        if installed:
+            run_helm(helm, cluster, "uninstall", "kenv", "-n", namespace, check=False)
+        kube.request("DELETE", f"/api/v1/namespaces/{watched}")

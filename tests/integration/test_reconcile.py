@@ -1,0 +1,136 @@
+"""The reconciler end to end: real API server, real registry, real buildah builds (run by the fakelet)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from kenvfixtures import (
+    build_jobs,
+    create_env,
+    events_for,
+    get_env,
+    kubectl,
+    registry_digest,
+    wait_for,
+    wait_phase,
+)
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def pip_spec(base_image: str, ca: dict[str, str], requirements: str) -> dict:
+    return {"docker": {"baseImage": base_image}, "pip": {"requirements": requirements},
+            "build": {"caBundle": ca}, "environmentVariables": {"OMP_NUM_THREADS": "1"}}
+
+
+def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, base_image, ca_config_map):
+    create_env(kube, namespace, "sklearn", pip_spec(base_image, ca_config_map, "six==1.16.0\n"))
+    env = wait_phase(kube, namespace, "sklearn", {"Ready", "Failed"}, timeout=600)
+    status = env["status"]
+    assert status["phase"] == "Ready", status
+    repo, digest = status["image"].split("@")
+    assert repo == f"{cluster.registry}/kenv/environments"
+    tag = "kenv-" + status["hash"][:40]
+    assert registry_digest(cluster.registry, "kenv/environments", tag) == digest == status["digest"]
+    assert status["version"] == 1 and [h["version"] for h in status["history"]] == [1]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["reason"] == "BuildSucceeded"
+    assert ready["observedGeneration"] == env["metadata"]["generation"] == status["observedGeneration"]
+    jobs = build_jobs(kube, status["hash"])
+    assert len(jobs) == 1
+    job_name = jobs[0]["metadata"]["name"]
+    context = kube.request("GET", f"/api/v1/namespaces/kenv-system/configmaps/{job_name}-context")
+    assert context["metadata"]["ownerReferences"][0]["name"] == job_name  # garbage-collected with the Job
+    assert "six==1.16.0" in context["data"]["requirements.txt"]
+    reasons = {e["reason"] for e in events_for(kube, namespace, "sklearn")}
+    assert {"BuildStarted", "Ready"} <= reasons
+    shown = kubectl(cluster, "get", "env", "sklearn", "-n", namespace).stdout
+    assert "Ready" in shown and digest[:15] in shown
+
+    # Only injection-time fields change: no build, same version and digest.
+    kube.request("PATCH", f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/sklearn",
+                 {"spec": {"environmentVariables": {"OMP_NUM_THREADS": "4"}, "docker": {"shmSize": "1Gi"}}},
+                 content_type="application/merge-patch+json")
+    generation = get_env(kube, namespace, "sklearn")["metadata"]["generation"]
+    settled = wait_for(lambda: (e := get_env(kube, namespace, "sklearn"))["status"].get("observedGeneration")
+                       == generation and e, 30, "observedGeneration to follow the edit")
+    assert settled["status"]["digest"] == digest and settled["status"]["version"] == 1
+    assert len(build_jobs(kube, status["hash"])) == 1
+
+    # Same content in another namespace: one build serves both, cache hit.
+    other = f"t-{uuid.uuid4().hex[:8]}"
+    kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": other}})
+    try:
+        kube.request("POST", f"/api/v1/namespaces/{other}/configmaps",
+                     {"metadata": {"name": "kenv-ca"}, "data": context_ca(kube, namespace)})
+        create_env(kube, other, "copy", pip_spec(base_image, ca_config_map, "six==1.16.0\n"))
+        copy = wait_phase(kube, other, "copy", {"Ready", "Failed"}, timeout=60)["status"]
+        assert copy["digest"] == digest
+        assert next(c for c in copy["conditions"] if c["type"] == "Ready")["reason"] == "ImageFound"
+        assert len(build_jobs(kube, status["hash"])) == 1
+    finally:
+        kube.request("DELETE", f"/api/v1/namespaces/{other}")
+
+    # A rebuild token forces a new build; the new digest becomes version 2, version 1 stays in history.
+    kube.request("PATCH", f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/sklearn",
+                 {"metadata": {"annotations": {"kenv.dev/rebuild": "please"}}},
+                 content_type="application/merge-patch+json")
+    rebuilt = wait_for(lambda: (e := get_env(kube, namespace, "sklearn"))["status"].get("rebuildToken") == "please"
+                       and e["status"]["phase"] in ("Ready", "Failed") and e, 600, "the forced rebuild")
+    assert rebuilt["status"]["phase"] == "Ready", rebuilt["status"]
+    assert len(build_jobs(kube, status["hash"])) == 2
+    history = {h["version"]: h["image"] for h in rebuilt["status"]["history"]}
+    assert history[1] == status["image"]
+    if rebuilt["status"]["image"] != status["image"]:
+        assert rebuilt["status"]["version"] == 2 and history[2] == rebuilt["status"]["image"]
+
+
+def context_ca(kube, namespace: str) -> dict[str, str]:
+    return dict(kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/kenv-ca")["data"])
+
+
+def test_failing_build_reports_exit_code_and_log(kube, namespace, base_image, ca_config_map):
+    create_env(kube, namespace, "broken",
+               pip_spec(base_image, ca_config_map, "kenv-package-that-does-not-exist-xyz==0.0.1\n"))
+    env = wait_phase(kube, namespace, "broken", {"Ready", "Failed"}, timeout=600)
+    assert env["status"]["phase"] == "Failed"
+    built = next(c for c in env["status"]["conditions"] if c["type"] == "Built")
+    assert built["status"] == "False" and built["reason"] == "BuildFailed"
+    assert "exited with code" in built["message"]
+    assert "kenv-package-that-does-not-exist-xyz" in built["message"]  # the last log lines say what broke
+    assert env["status"]["failedGeneration"] == env["metadata"]["generation"]
+    assert any(e["reason"] == "BuildFailed" for e in events_for(kube, namespace, "broken"))
+
+
+def test_invalid_spec_is_refused_by_the_api_server_naming_the_field(cluster, namespace):
+    manifest = """
+apiVersion: kenv.dev/v1alpha1
+kind: Environment
+metadata: {name: both}
+spec:
+  docker: {baseImage: "python:3.11", dockerfile: "FROM scratch"}
+"""
+    result = kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=manifest, check=False)
+    assert result.returncode != 0
+    assert "mutually exclusive" in result.stderr and "baseImage" in result.stderr
+    result = kubectl(cluster, "apply", "-n", namespace, "-f", "-", check=False, stdin="""
+apiVersion: kenv.dev/v1alpha1
+kind: Environment
+metadata: {name: managed}
+spec:
+  python: {userManagedDependencies: true}
+  pip: {packages: [numpy]}
+""")
+    assert result.returncode != 0 and "userManagedDependencies forbids pip and conda" in result.stderr
+
+
+def test_missing_ca_config_map_waits_with_a_reason(kube, namespace, base_image):
+    create_env(kube, namespace, "noca", {"docker": {"baseImage": base_image}, "pip": {"packages": ["six"]},
+                                         "build": {"caBundle": {"name": "absent", "key": "ca.crt"}}})
+    env = wait_phase(kube, namespace, "noca", {"Pending"}, timeout=30)
+    built = next(c for c in env["status"]["conditions"] if c["type"] == "Built")
+    assert built["reason"] == "MissingReference" and "spec.build.caBundle" in built["message"]
+    assert not [j for j in build_jobs(kube) if j["metadata"]["annotations"]["kenv.dev/requested-by"].endswith(
+        f"{namespace}/noca")]

@@ -1,0 +1,306 @@
+"""Azure ML import/export: the sample folders, bare files, round trips, secrets and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kenv import azureml
+from kenv.azureml import NAME_ANNOTATION, TAGS_ANNOTATION, VERSION_ANNOTATION, export_azureml, import_azureml
+from kenv.errors import SpecError
+from kenv.models import EnvironmentSpec
+from kenv.render import render_context
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "azureml"
+V1, V2 = EXAMPLES / "v1-sklearn", EXAMPLES / "v2-pytorch"
+CONDA = "name: train\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n  - numpy=1.26\n"
+
+
+def v1_folder(tmp_path: Path, definition: dict | None = None, **files: str) -> Path:
+    """A copy of the v1 sample with `definition` merged into azureml_environment.json and files replaced."""
+    folder = tmp_path / "v1"
+    shutil.copytree(V1, folder)
+    doc = json.loads((folder / "azureml_environment.json").read_text())
+    for key, value in (definition or {}).items():
+        merge = isinstance(value, dict) and isinstance(doc.get(key), dict)
+        doc[key] = {**doc[key], **value} if merge else value
+    (folder / "azureml_environment.json").write_text(json.dumps(doc))
+    for name, content in files.items():
+        (folder / name).write_text(content)
+    return folder
+
+
+def only_environment(path: Path, name: str | None = None) -> tuple[dict, list[str]]:
+    manifests, warnings = import_azureml(path, name)
+    assert [m["kind"] for m in manifests] == ["Environment"]
+    return manifests[0], warnings
+
+
+def test_import_v1_sample_folder():
+    env, warnings = only_environment(V1)
+    assert warnings == []
+    assert env["apiVersion"] == "kenv.dev/v1alpha1"
+    assert env["metadata"] == {"name": "sklearn-train-env", "annotations": {
+        NAME_ANNOTATION: "sklearn_Train-Env", VERSION_ANNOTATION: "4"}}
+    spec = env["spec"]
+    assert spec["conda"]["environmentYaml"] == (V1 / "conda_dependencies.yml").read_text()
+    assert spec["python"] == {"version": "3.10.13"}
+    assert spec["docker"] == {"baseImage": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:20230509.v1",
+                              "shmSize": "2Gi"}
+    assert spec["environmentVariables"] == {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_AWAIT_TIMEOUT": "60"}
+    render_context(EnvironmentSpec.model_validate(spec))  # the imported spec renders
+
+
+def test_import_v2_sample_folder_and_file_agree():
+    env, warnings = only_environment(V2)
+    assert warnings == []
+    assert env["metadata"]["name"] == "pytorch-2-cuda12"
+    assert env["metadata"]["annotations"][VERSION_ANNOTATION] == "3"
+    tags = json.loads(env["metadata"]["annotations"][TAGS_ANNOTATION])
+    assert tags == {"framework": "pytorch", "team": "vision"}
+    assert env["spec"]["description"].startswith("PyTorch 2.3")
+    assert env["spec"]["conda"]["environmentYaml"] == (V2 / "conda.yaml").read_text()
+    assert env["spec"]["python"] == {"version": "3.10"}
+    assert env["spec"]["docker"]["baseImage"].startswith("mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8")
+    assert only_environment(V2 / "environment.yml") == (env, [])
+
+
+def test_import_bare_conda_file_uses_its_name_or_the_given_one(tmp_path):
+    (tmp_path / "env.yml").write_text(CONDA)
+    env, _ = only_environment(tmp_path / "env.yml")
+    assert env["metadata"]["name"] == "train"
+    assert env["spec"] == {"python": {"version": "3.11"}, "conda": {"environmentYaml": CONDA}}
+    assert only_environment(tmp_path / "env.yml", "My_Env")[0]["metadata"]["name"] == "my-env"
+
+
+def test_import_requirements_txt_needs_a_name(tmp_path):
+    (tmp_path / "requirements.txt").write_text("--index-url https://pypi.example.com/simple\ntorch==2.4.0\n")
+    env, _ = only_environment(tmp_path / "requirements.txt", "train")
+    assert env["spec"] == {"pip": {"requirements": "--index-url https://pypi.example.com/simple\ntorch==2.4.0\n"}}
+    with pytest.raises(SpecError, match=r"^requirements\.txt: no environment name .*--name"):
+        import_azureml(tmp_path / "requirements.txt")
+
+
+def test_registry_password_only_goes_into_a_secret(tmp_path):
+    registry = {"address": None, "username": "myacr", "password": "s3cr3t-Pa55"}
+    docker = {"baseImage": "myacr.azurecr.io/base/train:1.0", "baseImageRegistry": registry}
+    folder = v1_folder(tmp_path, {"docker": docker})
+    manifests, warnings = import_azureml(folder)
+    secret, env = manifests
+    assert secret["kind"] == "Secret" and secret["type"] == "kubernetes.io/basic-auth"
+    assert secret["metadata"]["name"] == "sklearn-train-env-registry"
+    assert secret["stringData"] == {"username": "myacr", "password": "s3cr3t-Pa55"}
+    assert env["spec"]["docker"]["baseImageRegistry"] == {"address": "myacr.azurecr.io",
+                                                          "secretName": "sklearn-train-env-registry"}
+    assert "s3cr3t-Pa55" not in json.dumps(env) and "s3cr3t-Pa55" not in yaml.safe_dump(env)
+    assert any("Secret sklearn-train-env-registry" in w and "password" in w for w in warnings)
+    assert list(yaml.safe_load_all(azureml.dump_manifests(manifests))) == manifests
+
+
+def test_unsupported_fields_are_warned_about_never_dropped(tmp_path):
+    folder = v1_folder(tmp_path, {
+        "spark": {"packages": [{"group": "com.x", "artifact": "y"}]}, "r": {"rVersion": "4.0"},
+        "inferencingStackVersion": "latest", "docker": {"arguments": ["--ipc=host"], "sharedVolumes": False},
+        "python": {"baseCondaEnvironment": "base"}, "futureField": 1})
+    definition = json.loads((folder / "azureml_environment.json").read_text())
+    definition["environmentVariables"] = {"EXAMPLE_ENV_VAR": "EXAMPLE_VALUE"}
+    (folder / "azureml_environment.json").write_text(json.dumps(definition))
+    env, warnings = only_environment(folder)
+    text = "\n".join(warnings)
+    for field in ("spark.packages", "r.rVersion", "inferencingStackVersion", "docker.arguments",
+                  "docker.sharedVolumes", "python.baseCondaEnvironment", "futureField", "EXAMPLE_ENV_VAR"):
+        assert f" {field}" in text, field
+    assert "environmentVariables" not in env["spec"]
+
+
+def test_user_managed_ignores_conda_with_a_warning(tmp_path):
+    folder = v1_folder(tmp_path, {"python": {"userManagedDependencies": True,
+                                             "interpreterPath": "/opt/conda/bin/python"}})
+    env, warnings = only_environment(folder)
+    assert env["spec"]["python"] == {"userManagedDependencies": True,
+                                     "interpreterPath": "/opt/conda/bin/python"}
+    assert "conda" not in env["spec"]
+    assert any(w.startswith("conda_dependencies.yml: ignored") for w in warnings)
+
+
+def test_base_dockerfile_wins_over_base_image(tmp_path):
+    folder = v1_folder(tmp_path, BaseDockerfile="FROM ubuntu:22.04\nRUN apt-get update\n")
+    env, warnings = only_environment(folder)
+    assert env["spec"]["docker"] == {"dockerfile": (folder / "BaseDockerfile").read_text(), "shmSize": "2Gi"}
+    assert any("docker.baseImage" in w and "ignored" in w for w in warnings)
+
+
+@pytest.mark.parametrize(("docker", "quantity"), [("2g", "2Gi"), ("512m", "512Mi"), ("1.5G", "1.5Gi"),
+                                                  ("64kb", "64Ki"), ("1073741824", 1073741824), (1024, 1024)])
+def test_shm_size_conversion(docker, quantity):
+    assert azureml.shm_to_quantity(docker, "f") == quantity
+    assert azureml.shm_to_quantity(azureml.quantity_to_shm(quantity), "f") == quantity
+
+
+def test_decimal_quantity_exports_as_bytes():
+    assert azureml.quantity_to_shm("2G") == "2000000000"
+    assert azureml.quantity_to_shm("lots") is None
+
+
+NAMES = [("AzureML-Minimal", "azureml-minimal"), ("my_env.v2", "my-env-v2"), ("__x__", "x"),
+         ("a" * 80, "a" * 63), ("Ünïcode env", "n-code-env")]
+
+
+@pytest.mark.parametrize(("name", "expected"), NAMES)
+def test_k8s_name(name, expected):
+    assert azureml.k8s_name(name) == expected
+
+
+def manifest(spec: dict, name: str = "train-env", **annotations: str) -> dict:
+    return {"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"name": name, "annotations": {NAME_ANNOTATION: name, **annotations}}, "spec": spec}
+
+
+ROUND_TRIPS: dict[str, list[dict]] = {
+    "v1": [
+        {"python": {"version": "3.11"}, "conda": {"environmentYaml": CONDA},
+         "docker": {"baseImage": "python:3.11-slim", "shmSize": "8Gi",
+                    "baseImageRegistry": {"address": "r.example:5000", "secretName": "train-env-registry"}},
+         "environmentVariables": {"OMP_NUM_THREADS": "4"}},
+        {"python": {"userManagedDependencies": True, "interpreterPath": "/opt/conda/bin/python"},
+         "docker": {"dockerfile": "FROM nvcr.io/nvidia/pytorch:24.05-py3\nRUN pip install flash-attn\n"}},
+    ],
+    "v2": [
+        {"description": "vision training", "python": {"version": "3.11"}, "conda": {"environmentYaml": CONDA},
+         "docker": {"baseImage": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"}},
+        {"docker": {"dockerfile": "FROM ubuntu:22.04\nRUN apt-get update\n"}},
+    ],
+}
+
+
+@pytest.mark.parametrize(("fmt", "spec"), [(f, s) for f, specs in ROUND_TRIPS.items() for s in specs])
+def test_export_then_import_gives_the_same_environment(tmp_path, fmt, spec):
+    annotations = {VERSION_ANNOTATION: "7"}
+    if fmt == "v2":
+        annotations[TAGS_ANNOTATION] = '{"team": "vision"}'
+    original = manifest(spec, **annotations)
+    export_azureml(original, tmp_path, fmt)
+    (env,) = [m for m in import_azureml(tmp_path)[0] if m["kind"] == "Environment"]
+    assert EnvironmentSpec.model_validate(env["spec"]) == EnvironmentSpec.model_validate(spec)
+    assert env["metadata"] == original["metadata"]
+
+
+def test_structured_conda_round_trips_to_the_same_image(tmp_path):
+    conda = {"channels": ["pytorch"], "packages": ["pytorch=2.3"], "pipPackages": ["rich"]}
+    spec = {"python": {"version": "3.12"}, "conda": conda, "docker": {"baseImage": "ubuntu:22.04"}}
+    export_azureml(manifest(spec), tmp_path, "v1")
+    env, _ = only_environment(tmp_path)
+    assert render_context(EnvironmentSpec.model_validate(env["spec"])).hash == \
+        render_context(EnvironmentSpec.model_validate(spec)).hash
+
+
+def test_export_v1_folder_layout_and_pip_conversion(tmp_path):
+    spec = {"pip": {"requirements": "torch==2.4.0  # gpu\n# comment\nnumpy \\\n  <2\n", "packages": ["rich"],
+                    "indexUrl": "https://pypi.example.com/simple"}, "docker": {"baseImage": "python:3.11"}}
+    warnings = export_azureml(manifest(spec), tmp_path, "v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [azureml.V1_DEFINITION, azureml.V1_CONDA]
+    conda = yaml.safe_load((tmp_path / "conda_dependencies.yml").read_text())
+    assert conda["dependencies"][:2] == ["python", "pip"]
+    assert conda["dependencies"][2]["pip"] == ["--index-url https://pypi.example.com/simple", "torch==2.4.0",
+                                              "numpy    <2", "rich"]
+    assert any(w.startswith("spec.pip: exported into the pip list") for w in warnings)
+    definition = json.loads((tmp_path / "azureml_environment.json").read_text())
+    assert definition["python"]["userManagedDependencies"] is False
+    assert definition["docker"]["baseImage"] == "python:3.11"
+
+
+def test_export_warns_about_what_azure_ml_cannot_hold(tmp_path):
+    spec = {"docker": {"dockerfileFrom": {"name": "base", "key": "Dockerfile"}, "shmSize": "2Gi"},
+            "environmentVariables": {"A": "1"}, "bootstrap": {"script": "echo"},
+            "build": {"builder": "buildah"},
+            "secretEnv": [{"name": "TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}}],
+            "secretEnvFrom": [{"secretName": "wandb"}]}
+    text = "\n".join(export_azureml(manifest(spec), tmp_path))
+    for expected in ("secretEnv TOKEN", "secretEnvFrom Secret wandb", "bootstrap", "spec.build",
+                     "dockerfileFrom", "environmentVariables A", "shmSize", "default python:3.11-slim"):
+        assert expected in text, expected
+    assert yaml.safe_load((tmp_path / "environment.yml").read_text())["image"] == "python:3.11-slim-bookworm"
+
+
+def test_export_v2_dockerfile_with_packages_writes_the_rendered_context(tmp_path):
+    spec = {"docker": {"dockerfile": "FROM ubuntu:22.04\n"}, "pip": {"packages": ["rich"]}}
+    warnings = export_azureml(manifest(spec), tmp_path, "v2")
+    context = tmp_path / "docker-context"
+    assert sorted(p.name for p in context.iterdir()) == ["Dockerfile", "requirements.txt"]
+    assert yaml.safe_load((tmp_path / "environment.yml").read_text())["build"] == {
+        "path": "docker-context", "dockerfile_path": "Dockerfile"}
+    assert any("rendered build context" in w for w in warnings)
+    _, reimport_warnings = import_azureml(tmp_path)
+    assert any("requirements.txt" in w and "not carried over" in w for w in reimport_warnings)
+
+
+def test_export_refuses_bad_input(tmp_path):
+    with pytest.raises(SpecError, match="format must be v1 or v2"):
+        export_azureml(manifest({}), tmp_path, "v3")
+    with pytest.raises(SpecError, match="^manifest: kind"):
+        export_azureml({"kind": "Pod"}, tmp_path)
+    with pytest.raises(SpecError, match=r"^manifest: spec\.pip\.packages\[0\]"):
+        export_azureml(manifest({"pip": {"packages": ["a\nb"]}}), tmp_path)
+
+
+J, C = r"^azureml_environment\.json: ", r"^conda_dependencies\.yml: "
+MALFORMED = [
+    ({"azureml_environment.json": "{not json"}, J + r"not valid JSON \(line 1"),
+    ({"azureml_environment.json": "[]"}, J + r"must be a JSON object"),
+    ({"python": "3.8"}, J + r'python must be a mapping, got "3\.8"$'),
+    ({"python": {"userManagedDependencies": "yes"}},
+     J + r'python\.userManagedDependencies must be a boolean, got "yes"$'),
+    ({"docker": {"baseImage": 42}}, J + r"docker\.baseImage must be a string, got 42$"),
+    ({"environmentVariables": {"N": 4}}, J + r"environmentVariables\.N must be a string"),
+    ({"docker": {"shmSize": "lots"}}, J + r'docker\.shmSize must be like 2g.*"lots"$'),
+    ({"docker": {"baseImage": "Bad Image"}}, J + r"spec\.docker\.baseImage: String"),
+    ({"environmentVariables": {"BAD-NAME": "1"}}, J + r"spec\.environmentVariables: "),
+    ({"name": "!!!"}, J + r"name '!!!' has no letters or digits"),
+    ({"docker": {"baseImage": "python:3.11", "baseImageRegistry": {"username": "u", "password": "p"}}},
+     J + r"docker\.baseImageRegistry\.address is required"),
+    ({"conda_dependencies.yml": "dependencies: [\n"}, C + r"not valid YAML \(line \d+\)$"),
+    ({"conda_dependencies.yml": "dependencies: numpy\n"}, C + r"dependencies must be a list"),
+    ({"conda_dependencies.yml": "- numpy\n"}, C + r"must be a conda environment mapping"),
+    ({"conda_dependencies.yml": "#" * (1024 * 1024 + 1)}, C + r"\d+ bytes is larger than"),
+]
+
+
+@pytest.mark.parametrize(("change", "pattern"), MALFORMED)
+def test_malformed_v1_folder_gives_one_line_error(tmp_path, change, pattern):
+    files = {k: v for k, v in change.items() if "." in k}
+    folder = v1_folder(tmp_path, {k: v for k, v in change.items() if k not in files}, **files)
+    with pytest.raises(SpecError, match=pattern) as info:
+        import_azureml(folder)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("document", "pattern"), [
+    ({"name": "x", "image": "ubuntu:22.04", "conda_file": "missing.yml"}, r"^missing\.yml: file not found"),
+    ({"name": "x", "image": "ubuntu", "build": {"path": "ctx"}}, r"^env\.yaml: build cannot be combined"),
+    ({"name": "x", "build": {"path": "https://github.com/x/y.git"}}, r"^env\.yaml: build\.path .* is remote"),
+    ({"name": "x", "build": {"path": "ctx"}}, r"^ctx/Dockerfile: file not found"),
+    ({"name": "x", "image": ["ubuntu"]}, r'^env\.yaml: image must be a string, got \["ubuntu"\]$'),
+    ({"name": "x", "image": "ubuntu", "os_type": "windows"}, r"^env\.yaml: os_type 'windows' is not"),
+    ({"name": "x", "conda_file": "c.yml"}, r"^env\.yaml: needs image or build$"),
+])
+def test_malformed_v2_file_gives_one_line_error(tmp_path, document, pattern):
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(document))
+    with pytest.raises(SpecError, match=pattern):
+        import_azureml(tmp_path / "env.yaml")
+
+
+def test_missing_or_unrecognised_inputs(tmp_path):
+    with pytest.raises(SpecError, match="no such file or directory"):
+        import_azureml(tmp_path / "nope")
+    with pytest.raises(SpecError, match="expected azureml_environment.json or one Azure ML v2 environment"):
+        import_azureml(tmp_path)
+    (tmp_path / "other.yml").write_text("foo: bar\n")
+    with pytest.raises(SpecError, match=r"^other\.yml: neither an Azure ML v2 environment"):
+        import_azureml(tmp_path / "other.yml")
+    (tmp_path / "requirements.txt").write_bytes(b"numpy\xff\n")
+    with pytest.raises(SpecError, match=r"^requirements\.txt: not UTF-8 text"):
+        import_azureml(tmp_path / "requirements.txt", "x")

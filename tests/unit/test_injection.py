@@ -1,0 +1,611 @@
+"""kenv.injection: every mutation is applied as JSON Patch to the pod and the result inspected; the bootstrap
+wrapper runs for real under /bin/sh, after the same $(VAR) expansion the kubelet does."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kenv.injection import (
+    EnvironmentView,
+    InjectionRefusal,
+    InjectionRefused,
+    InjectionSettings,
+    VersionChoice,
+    build_pod_mutation,
+    build_ungate_patch,
+    pod_is_awaiting_image,
+    render_bootstrap,
+    resolve_version,
+)
+from kenv.models import EnvironmentSpec
+
+REPO = "registry.local:5000/kenv/envs"
+IMAGES = {n: f"{REPO}@sha256:{str(n) * 64}" for n in (1, 2, 3)}
+READY = {
+    "phase": "Ready", "image": IMAGES[3], "digest": "sha256:" + "3" * 64, "version": 3,
+    "history": [{"version": n, "hash": f"h{n}", "image": IMAGES[n], "created": "2024-01-01T00:00:00Z"}
+                for n in (1, 2, 3)],
+}
+BUILDING = {"phase": "Building", "conditions": []}
+GATE = InjectionSettings(pull_secret=None, pending_image_policy="gate")
+
+
+# --- JSON Patch (RFC 6902) applier used to check patches against real documents -------------------
+
+def _parts(path: str) -> list[str]:
+    assert path.startswith("/"), path
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _walk(doc: Any, parts: list[str]) -> Any:
+    for part in parts:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc
+
+
+def apply_patch(doc: dict, patch: list[dict]) -> dict:
+    """Strict RFC 6902 subset (add/remove/replace/test): a missing parent or member raises, as the API server
+    would refuse the patch."""
+    doc = copy.deepcopy(doc)
+    for op in patch:
+        *parents, last = _parts(op["path"])
+        parent = _walk(doc, parents)
+        kind = op["op"]
+        if kind == "test":
+            assert _walk(parent, [last]) == op["value"], f"test failed: {op}"
+        elif isinstance(parent, list):
+            if kind == "add":
+                parent.insert(len(parent) if last == "-" else int(last), copy.deepcopy(op["value"]))
+            elif kind == "remove":
+                del parent[int(last)]
+            else:
+                parent[int(last)] = copy.deepcopy(op["value"])
+        elif kind == "add":
+            parent[last] = copy.deepcopy(op["value"])
+        elif kind in ("remove", "replace"):
+            if last not in parent:
+                raise KeyError(f"{kind} of missing member {op['path']}")
+            if kind == "remove":
+                del parent[last]
+            else:
+                parent[last] = copy.deepcopy(op["value"])
+        else:
+            raise ValueError(f"unsupported op {kind}")
+    return doc
+
+
+def make_env(spec: dict | None = None, status: dict | None = None, **kw: Any) -> EnvironmentView:
+    values: dict[str, Any] = {"kind": "Environment", "name": "torch", "namespace": "team-a"} | kw
+    return EnvironmentView(spec=EnvironmentSpec.model_validate(spec or {}),
+                           status=READY if status is None else status, **values)
+
+
+def make_pod(annotations: dict | None = None, **container: Any) -> dict:
+    main = {"name": "train", "image": "placeholder:latest", "command": ["python", "train.py"]} | container
+    metadata = {"name": "p", "namespace": "team-a"}
+    pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+                           "spec": {"containers": [main]}}
+    if annotations is not None:
+        pod["metadata"]["annotations"] = annotations
+    return pod
+
+
+def mutate(pod: dict, env: EnvironmentView, settings: InjectionSettings = GATE) -> tuple[dict, Any]:
+    mutation = build_pod_mutation(pod, env, settings)
+    return apply_patch(pod, mutation.patch), mutation
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def refusal(pod: dict, env: EnvironmentView, settings: InjectionSettings = GATE) -> str:
+    with pytest.raises(InjectionRefused) as caught:
+        build_pod_mutation(pod, env, settings)
+    return caught.value.message
+
+
+# --- the patch applier itself ---------------------------------------------------------------------
+
+def test_apply_patch_is_strict_and_agrees_with_jsonpatch():
+    with pytest.raises(KeyError):
+        apply_patch({"a": {}}, [{"op": "add", "path": "/a/b/-", "value": 1}])
+    pod = make_pod({"x/y": "1"}, env=[{"name": "A", "value": "1"}], args=["a"])
+    env = make_env({"environmentVariables": {"B": "2"}, "docker": {"shmSize": "1Gi"},
+                    "bootstrap": {"script": "true"}})
+    patch = build_pod_mutation(pod, env, InjectionSettings(pull_secret="pull")).patch
+    jsonpatch = pytest.importorskip("jsonpatch")
+    assert apply_patch(pod, patch) == jsonpatch.apply_patch(pod, patch)
+    bare = make_pod()
+    del bare["metadata"]
+    assert apply_patch(bare, build_pod_mutation(bare, env, GATE).patch) == jsonpatch.apply_patch(
+        bare, build_pod_mutation(bare, env, GATE).patch)
+
+
+# --- resolve_version ------------------------------------------------------------------------------
+
+def test_resolve_current_and_pinned_versions():
+    assert resolve_version(READY, None) == VersionChoice(version=3, image=IMAGES[3])
+    assert resolve_version(READY, "1") == VersionChoice(version=1, image=IMAGES[1], pinned=True)
+    assert resolve_version(READY, " 3 ") == VersionChoice(version=3, image=IMAGES[3], pinned=True)
+    # The current version need not be in the history.
+    only_current = {"image": IMAGES[2], "version": 2}
+    assert resolve_version(only_current, "2") == VersionChoice(2, IMAGES[2], pinned=True)
+
+
+def test_resolve_unknown_or_bad_version_is_refused_with_the_known_ones():
+    result = resolve_version(READY, "7", name="torch", namespace="team-a")
+    assert result == InjectionRefusal("Environment team-a/torch has no version 7 (known: 1, 2, 3); "
+                                      "see kubectl get env torch -n team-a -o yaml")
+    bad = resolve_version(READY, "latest", name="torch", namespace="team-a")
+    assert isinstance(bad, InjectionRefusal)
+    assert "has no version 'latest' (known: 1, 2, 3)" in bad.message
+    cluster = resolve_version(READY, "9", kind="ClusterEnvironment", name="base")
+    assert isinstance(cluster, InjectionRefusal)
+    assert cluster.message == ("ClusterEnvironment base has no version 9 (known: 1, 2, 3); "
+                               "see kubectl get cenv base -o yaml")
+    assert "known: none yet" in resolve_version(BUILDING, "1").message  # type: ignore[union-attr]
+
+
+def test_resolve_without_image_is_pending_and_tags_are_refused():
+    assert resolve_version(BUILDING, None) == VersionChoice(version=None, image=None)
+    assert resolve_version({}, None) == VersionChoice(version=None, image=None)
+    tagged = resolve_version({"image": f"{REPO}:kenv-abc", "version": 1}, None)
+    assert isinstance(tagged, InjectionRefusal) and "not pinned by digest" in tagged.message
+
+
+# --- basic injection ------------------------------------------------------------------------------
+
+def test_injects_image_variables_and_annotations():
+    env = make_env({"environmentVariables": {"OMP_NUM_THREADS": "4", "LITERAL": "a$$b $(HOME)"}})
+    pod = make_pod({"team": "x"}, env=[{"name": "USER_VAR", "value": "u"}])
+    result, mutation = mutate(pod, env)
+    container = result["spec"]["containers"][0]
+    assert container["image"] == IMAGES[3]
+    names = [e["name"] for e in container["env"]]
+    assert names[0] == "USER_VAR" and names[1:] == ["KENV_ENVIRONMENT", "KENV_VERSION", "KENV_IMAGE",
+                                                      "KENV_PYTHON", "OMP_NUM_THREADS", "LITERAL"]
+    values = {e["name"]: e.get("value") for e in container["env"]}
+    assert values["KENV_ENVIRONMENT"] == "team-a/torch"
+    assert values["KENV_VERSION"] == "3" and values["KENV_IMAGE"] == IMAGES[3]
+    assert values["LITERAL"] == "a$$$$b $$(HOME)"  # the kubelet turns it back into the literal value
+    assert result["metadata"]["annotations"] == {
+        "team": "x", "kenv.dev/injected-environment": "team-a/torch", "kenv.dev/injected-version": "3",
+        "kenv.dev/injected-image": IMAGES[3], "kenv.dev/injected": "true"}
+    assert mutation.annotations["kenv.dev/injected"] == "true"
+    assert not mutation.gated and not mutation.warnings
+    assert "imagePullSecrets" not in result["spec"] and "volumes" not in result["spec"]
+
+
+def test_patch_creates_missing_lists_and_maps():
+    pod = make_pod()  # no annotations, no env
+    result, _ = mutate(pod, make_env({"environmentVariables": {"A": "1"}}))
+    assert env_of(result["spec"]["containers"][0])["A"]["value"] == "1"
+    assert result["metadata"]["annotations"]["kenv.dev/injected"] == "true"
+    del pod["metadata"]
+    assert mutate(pod, make_env())[0]["metadata"]["annotations"]["kenv.dev/injected-version"] == "3"
+
+
+def test_annotation_keys_are_escaped_in_paths():
+    _, mutation = mutate(make_pod({"a": "b"}), make_env())
+    paths = [op["path"] for op in mutation.patch if op["path"].startswith("/metadata")]
+    assert "/metadata/annotations/kenv.dev~1injected" in paths
+    assert all(p.count("/") == 3 for p in paths)
+
+
+def test_cluster_environment_is_named_cluster_slash_name():
+    result, _ = mutate(make_pod(), make_env(kind="ClusterEnvironment", name="base", namespace=None))
+    assert result["metadata"]["annotations"]["kenv.dev/injected-environment"] == "cluster/base"
+    assert env_of(result["spec"]["containers"][0])["KENV_ENVIRONMENT"]["value"] == "cluster/base"
+
+
+def test_already_injected_pod_gets_an_empty_patch():
+    env = make_env({"environmentVariables": {"A": "1"}, "bootstrap": {"script": "true"}})
+    once, _ = mutate(make_pod(), env)
+    again = build_pod_mutation(once, env, GATE)
+    assert again.patch == [] and not again.warnings
+    assert build_pod_mutation(make_pod({"kenv.dev/injected": "true"}), env, GATE).patch == []
+
+
+# --- container choice and versions ----------------------------------------------------------------
+
+def test_container_annotation_picks_the_target():
+    pod = make_pod({"kenv.dev/container": "worker"})
+    pod["spec"]["containers"].append({"name": "worker", "image": "w"})
+    result, _ = mutate(pod, make_env())
+    first, worker = result["spec"]["containers"]
+    assert first["image"] == "placeholder:latest" and "env" not in first
+    assert worker["image"] == IMAGES[3] and "KENV_IMAGE" in env_of(worker)
+
+
+def test_unknown_container_is_refused_with_the_names():
+    pod = make_pod({"kenv.dev/container": "nope"})
+    pod["spec"]["containers"].append({"name": "sidecar", "image": "s"})
+    message = refusal(pod, make_env())
+    assert "kenv.dev/container" in message and "'nope'" in message and "train, sidecar" in message
+
+
+def test_version_annotation_pins_an_older_image_even_while_building():
+    status = dict(READY, phase="Building")
+    result, mutation = mutate(make_pod({"kenv.dev/version": "1"}), make_env(status=status))
+    assert result["spec"]["containers"][0]["image"] == IMAGES[1]
+    assert result["metadata"]["annotations"]["kenv.dev/injected-version"] == "1"
+    assert env_of(result["spec"]["containers"][0])["KENV_VERSION"]["value"] == "1"
+    assert not mutation.gated
+
+
+def test_unknown_version_annotation_is_refused():
+    message = refusal(make_pod({"kenv.dev/version": "7"}), make_env())
+    assert message == ("Environment team-a/torch has no version 7 (known: 1, 2, 3); "
+                       "see kubectl get env torch -n team-a -o yaml")
+
+
+def test_tag_only_status_image_is_refused():
+    message = refusal(make_pod(), make_env(status={"phase": "Ready", "image": f"{REPO}:v1", "version": 1}))
+    assert "not pinned by digest" in message
+
+
+# --- no image yet: gate or reject -----------------------------------------------------------------
+
+@pytest.mark.parametrize("phase", ["Pending", "Queued", "Building", "Failed"])
+def test_gate_policy_admits_gated_pod_with_everything_else(phase):
+    env = make_env({"environmentVariables": {"A": "1"}, "docker": {"shmSize": "2Gi"}},
+                   status={"phase": phase})
+    pod = make_pod()
+    pod["spec"]["schedulingGates"] = [{"name": "other.io/gate"}]
+    result, mutation = mutate(pod, env, InjectionSettings(pull_secret="regcred"))
+    assert mutation.gated
+    spec = result["spec"]
+    assert spec["schedulingGates"] == [{"name": "other.io/gate"}, {"name": "kenv.dev/image"}]
+    container = spec["containers"][0]
+    assert container["image"] == "placeholder:latest"
+    env_vars = env_of(container)
+    assert env_vars["A"]["value"] == "1"
+    assert env_vars["KENV_IMAGE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['kenv.dev/injected-image']"}}
+    assert env_vars["KENV_VERSION"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['kenv.dev/injected-version']"}}
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}] and spec["volumes"][0]["name"] == "kenv-dshm"
+    annotations = result["metadata"]["annotations"]
+    assert annotations["kenv.dev/awaiting-image"] == "true" and annotations["kenv.dev/injected"] == "true"
+    assert "kenv.dev/injected-image" not in annotations and "kenv.dev/injected-version" not in annotations
+    assert pod_is_awaiting_image(result) and not pod_is_awaiting_image(pod)
+
+
+def test_gated_container_without_image_gets_a_placeholder():
+    pod = make_pod()
+    del pod["spec"]["containers"][0]["image"]
+    result, _ = mutate(pod, make_env(status=BUILDING))
+    assert result["spec"]["containers"][0]["image"].startswith("kenv.invalid/")
+
+
+def test_custom_gate_name():
+    result, _ = mutate(make_pod(), make_env(status=BUILDING), InjectionSettings(gate_name="x.io/wait"))
+    assert result["spec"]["schedulingGates"] == [{"name": "x.io/wait"}]
+    assert pod_is_awaiting_image(result, gate_name="x.io/wait") and not pod_is_awaiting_image(result)
+
+
+def test_reject_policy_refuses_with_kubectl_wait():
+    reject = InjectionSettings(pending_image_policy="reject")
+    message = refusal(make_pod(), make_env(status=BUILDING), reject)
+    assert "Environment team-a/torch is still building (phase Building)" in message
+    assert "kubectl wait --for=condition=Ready env/torch -n team-a" in message
+    failed = refusal(make_pod(), make_env(status={"phase": "Failed"}, kind="ClusterEnvironment", name="b",
+                                          namespace=None), reject)
+    assert "failed to build" in failed and "kubectl wait --for=condition=Ready cenv/b`" in failed
+    assert mutate(make_pod(), make_env(), reject)[0]["spec"]["containers"][0]["image"] == IMAGES[3]
+
+
+# --- variables, secrets, clashes ------------------------------------------------------------------
+
+def test_secret_references_by_name_never_values():
+    spec = {"secretEnv": [{"name": "TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}},
+                          {"name": "OPT", "secretKeyRef": {"name": "x", "key": "k", "optional": True}}],
+            "secretEnvFrom": [{"secretName": "aws", "prefix": "AWS_"},
+                              {"secretName": "misc", "optional": True}]}
+    pod = make_pod(envFrom=[{"configMapRef": {"name": "cm"}}])
+    result, _ = mutate(pod, make_env(spec))
+    container = result["spec"]["containers"][0]
+    variables = env_of(container)
+    token_ref = {"name": "hf", "key": "token", "optional": False}
+    assert variables["TOKEN"] == {"name": "TOKEN", "valueFrom": {"secretKeyRef": token_ref}}
+    assert variables["OPT"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert container["envFrom"] == [{"configMapRef": {"name": "cm"}},
+                                    {"secretRef": {"name": "aws", "optional": False}, "prefix": "AWS_"},
+                                    {"secretRef": {"name": "misc", "optional": True}}]
+    assert "namespace" not in json.dumps(container)  # the pod's own namespace, always
+    fresh, _ = mutate(make_pod(), make_env({"secretEnvFrom": [{"secretName": "aws"}]}))
+    assert fresh["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "aws", "optional": False}}]
+
+
+def test_container_env_wins_and_the_clash_is_reported():
+    spec = {"environmentVariables": {"A": "env", "B": "env", "C": "env"},
+            "secretEnv": [{"name": "D", "secretKeyRef": {"name": "s", "key": "k"}}]}
+    pod = make_pod(env=[{"name": "A", "value": "pod"}, {"name": "D", "value": "pod"},
+                        {"name": "KENV_PYTHON", "value": "/my/python"}])
+    result, mutation = mutate(pod, make_env(spec))
+    variables = env_of(result["spec"]["containers"][0])
+    assert variables["A"]["value"] == "pod" and variables["D"] == {"name": "D", "value": "pod"}
+    assert variables["KENV_PYTHON"]["value"] == "/my/python"
+    assert variables["B"]["value"] == "env"
+    assert [e["name"] for e in result["spec"]["containers"][0]["env"]].count("A") == 1
+    assert result["metadata"]["annotations"]["kenv.dev/overridden-env"] == "KENV_PYTHON,A,D"
+    assert len(mutation.warnings) == 1 and "KENV_PYTHON, A, D" in mutation.warnings[0]
+
+
+def test_environment_duplicate_keeps_the_first_and_warns():
+    secret = {"name": "X", "secretKeyRef": {"name": "s", "key": "k"}}
+    spec = {"environmentVariables": {"X": "plain"}, "secretEnv": [secret]}
+    result, mutation = mutate(make_pod(), make_env(spec))
+    assert env_of(result["spec"]["containers"][0])["X"]["value"] == "plain"
+    assert any("defines X twice" in w for w in mutation.warnings)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"python": {"interpreterPath": "/usr/local/bin/python3.12"}}, "/usr/local/bin/python3.12"),
+    ({"conda": {"packages": ["numpy"]}}, "/opt/kenv/env/bin/python"),
+    ({"python": {"version": "3.11"}}, "/opt/kenv/env/bin/python"),
+    ({"pip": {"packages": ["requests"]}}, "python3"),
+    ({}, "python3"),
+])
+def test_kenv_python(spec, expected):
+    result, _ = mutate(make_pod(), make_env(spec))
+    assert env_of(result["spec"]["containers"][0])["KENV_PYTHON"]["value"] == expected
+
+
+def test_pull_secret_added_once():
+    settings = InjectionSettings(pull_secret="regcred")
+    result, _ = mutate(make_pod(), make_env(), settings)
+    assert result["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    pod = make_pod()
+    pod["spec"]["imagePullSecrets"] = [{"name": "mine"}]
+    assert mutate(pod, make_env(), settings)[0]["spec"]["imagePullSecrets"] == [{"name": "mine"},
+                                                                                 {"name": "regcred"}]
+    pod["spec"]["imagePullSecrets"] = [{"name": "regcred"}]
+    assert mutate(pod, make_env(), settings)[0]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+# --- shm ------------------------------------------------------------------------------------------
+
+def test_shm_size_mounts_a_memory_empty_dir():
+    pod = make_pod(volumeMounts=[{"name": "data", "mountPath": "/data"}])
+    pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    result, mutation = mutate(pod, make_env({"docker": {"shmSize": "8Gi"}}))
+    assert result["spec"]["volumes"][1] == {"name": "kenv-dshm", "emptyDir": {"medium": "Memory",
+                                                                               "sizeLimit": "8Gi"}}
+    mounts = result["spec"]["containers"][0]["volumeMounts"]
+    assert mounts == [{"name": "data", "mountPath": "/data"}, {"name": "kenv-dshm", "mountPath": "/dev/shm"}]
+    assert not mutation.warnings
+    fresh, _ = mutate(make_pod(), make_env({"docker": {"shmSize": "1Gi"}}))
+    assert fresh["spec"]["containers"][0]["volumeMounts"] == [{"name": "kenv-dshm", "mountPath": "/dev/shm"}]
+
+
+def test_existing_dev_shm_mount_is_kept_with_a_warning():
+    pod = make_pod(volumeMounts=[{"name": "mine", "mountPath": "/dev/shm/"}])
+    pod["spec"]["volumes"] = [{"name": "mine", "emptyDir": {"medium": "Memory"}}]
+    result, mutation = mutate(pod, make_env({"docker": {"shmSize": "8Gi"}}))
+    assert result["spec"]["volumes"] == pod["spec"]["volumes"]
+    assert result["spec"]["containers"][0]["volumeMounts"] == pod["spec"]["containers"][0]["volumeMounts"]
+    assert any("/dev/shm" in w for w in mutation.warnings)
+
+
+# --- bootstrap: admission checks ------------------------------------------------------------------
+
+def test_bootstrap_needs_an_explicit_command():
+    pod = make_pod()
+    del pod["spec"]["containers"][0]["command"]
+    message = refusal(pod, make_env({"bootstrap": {"script": "echo hi"}}))
+    assert ("pods using a bootstrap script must set command: the image's ENTRYPOINT is not visible at "
+            "admission") in message
+
+
+def test_bootstrap_wraps_command_and_args():
+    env = make_env({"bootstrap": {"script": "echo SCRIPT-TEXT"}})
+    result, _ = mutate(make_pod(command=["python"], args=["train.py", "--lr", "0.1"]), env)
+    container = result["spec"]["containers"][0]
+    assert "args" not in container
+    assert container["command"][:2] == ["/bin/sh", "-c"]
+    assert container["command"][3:] == ["kenv-bootstrap", "python", "train.py", "--lr", "0.1"]
+    assert "SCRIPT-TEXT" not in container["command"][2]  # the script is data, not part of the wrapper
+    assert env_of(container)["KENV_BOOTSTRAP_SCRIPT"]["value"] == "echo SCRIPT-TEXT"
+
+
+def test_reserved_bootstrap_variable_is_refused():
+    pod = make_pod(env=[{"name": "KENV_BOOTSTRAP_SCRIPT", "value": "x"}])
+    assert "KENV_BOOTSTRAP_SCRIPT" in refusal(pod, make_env({"bootstrap": {"script": "true"}}))
+
+
+def test_rank_zero_needs_a_mounted_marker_dir():
+    env = make_env({"bootstrap": {"script": "true", "mode": "RankZero", "markerDir": "/shared/kenv"}})
+    message = refusal(make_pod(volumeMounts=[{"name": "d", "mountPath": "/sharedx"}]), env)
+    assert "mount" in message and "/shared/kenv" in message and "shared by all ranks" in message
+    pod = make_pod(volumeMounts=[{"name": "d", "mountPath": "/shared"}])
+    pod["spec"]["volumes"] = [{"name": "d", "persistentVolumeClaim": {"claimName": "rwx"}}]
+    result, mutation = mutate(pod, env)
+    variables = env_of(result["spec"]["containers"][0])
+    assert variables["KENV_BOOTSTRAP_MARKER_DIR"]["value"] == "/shared/kenv"
+    assert variables["KENV_JOB_NAME"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
+    assert not mutation.warnings
+    pod["spec"]["volumes"] = [{"name": "d", "emptyDir": {}}]
+    assert any("emptyDir" in w for w in mutate(pod, env)[1].warnings)
+    all_mode = make_env({"bootstrap": {"script": "true"}})  # All mode needs no marker volume
+    assert "KENV_BOOTSTRAP_MARKER_DIR" not in env_of(mutate(make_pod(), all_mode)[0]["spec"]["containers"][0])
+
+
+def test_wrapper_is_posix_sh():
+    for mode in ("All", "RankZero"):
+        script = render_bootstrap(EnvironmentSpec.model_validate(
+            {"bootstrap": {"script": "true", "mode": mode, "rankVariable": "OMPI_COMM_WORLD_RANK"}}))
+        for bashism in ("[[", "function ", "==", "local ", "$'", "<<<", "pipefail", "source "):
+            assert bashism not in script, (mode, bashism)
+        subprocess.run(["/bin/sh", "-n", "-c", script], check=True)
+
+
+# --- bootstrap: the wrapper run for real ----------------------------------------------------------
+
+def kubelet_expand(text: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion: $$ -> $, $(NAME) -> value of an earlier variable, else unchanged."""
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", replace, text)
+
+
+def run_container(pod: dict, extra: dict[str, str], background: bool = False) -> Any:
+    """Start the mutated pod's container like the kubelet would (env in order, fieldRefs, $(VAR))."""
+    container = pod["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = kubelet_expand(entry["value"], env)
+        elif "fieldRef" in entry.get("valueFrom", {}):
+            kind, key = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]",
+                                     entry["valueFrom"]["fieldRef"]["fieldPath"]).groups()  # type: ignore[union-attr]
+            env[entry["name"]] = pod["metadata"].get(kind, {}).get(key, "")
+    argv = [kubelet_expand(part, env) for part in container["command"]] + container.get("args", [])
+    process_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")} | env | extra
+    if background:
+        return subprocess.Popen(argv, env=process_env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(argv, env=process_env, capture_output=True, text=True, timeout=60)
+
+
+ARGS = ["a b", 'c"d', "e'f", "$x", "", "  two  spaces ", "\\n", "*", "--flag=1 2"]
+PRINT_ARGS = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))"]
+
+
+def bootstrapped(tmp_path: Path, script: str, **bootstrap: Any) -> dict:
+    spec = {"bootstrap": {"script": script, **bootstrap}, "environmentVariables": {"OUT": str(tmp_path)}}
+    pod = make_pod(command=PRINT_ARGS[:2], args=PRINT_ARGS[2:] + ARGS,
+                   volumeMounts=[{"name": "shared", "mountPath": str(tmp_path)}])
+    pod["metadata"]["labels"] = {"batch.kubernetes.io/job-name": "job-1"}
+    return mutate(pod, make_env(spec))[0]
+
+
+def test_all_mode_runs_script_then_exec_with_exact_args(tmp_path):
+    script = "echo '$(KENV_PYTHON) $$ $HOME' > \"$OUT/ran\"; test \"$KENV_VERSION\" = 3"
+    done = run_container(bootstrapped(tmp_path, script), {})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == ARGS
+    # literal: neither the kubelet's $(VAR)/$$ expansion nor the wrapper's shell rewrote the script
+    assert (tmp_path / "ran").read_text() == "$(KENV_PYTHON) $$ $HOME\n"
+
+
+def test_all_mode_script_failure_propagates_exit_code(tmp_path):
+    done = run_container(bootstrapped(tmp_path, "echo boom >&2; exit 7"), {})
+    assert done.returncode == 7
+    assert "kenv: bootstrap script failed with exit code 7" in done.stderr
+    assert done.stdout == ""  # the training command never ran
+
+
+def test_rank_zero_runs_script_and_writes_done_marker(tmp_path):
+    pod = bootstrapped(tmp_path, 'touch "$OUT/ran"', mode="RankZero", markerDir=str(tmp_path))
+    done = run_container(pod, {"RANK": "0"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ran").exists() and (tmp_path / "kenv-bootstrap-job-1.done").exists()
+    assert json.loads(done.stdout.splitlines()[-1]) == ARGS
+
+
+def test_other_rank_waits_for_marker_then_runs(tmp_path):
+    pod = bootstrapped(tmp_path, 'touch "$OUT/ran-by-rank1"', mode="RankZero", markerDir=str(tmp_path))
+    process = run_container(pod, {"RANK": "1"}, background=True)
+    try:
+        time.sleep(1.0)
+        assert process.poll() is None  # still waiting
+        (tmp_path / "kenv-bootstrap-job-1.done").write_text("0\n")
+        stdout, stderr = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout.splitlines()[-1]) == ARGS
+    assert not (tmp_path / "ran-by-rank1").exists()  # only rank 0 runs the script
+
+
+def test_other_rank_stops_on_failed_marker(tmp_path):
+    (tmp_path / "kenv-bootstrap-job-1.failed").write_text("3\n")
+    pod = bootstrapped(tmp_path, "true", mode="RankZero", markerDir=str(tmp_path))
+    done = run_container(pod, {"JOB_COMPLETION_INDEX": "2"})
+    assert done.returncode == 1 and "kenv: rank 0 bootstrap failed (see its log)" in done.stderr
+    assert done.stdout == ""
+
+
+def test_other_rank_times_out(tmp_path):
+    pod = bootstrapped(tmp_path, "true", mode="RankZero", markerDir=str(tmp_path), timeoutSeconds=1)
+    started = time.monotonic()
+    done = run_container(pod, {"RANK": "1"})
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1 and done.stdout == ""
+    assert (f"kenv: waited 1s for rank 0's bootstrap marker in {tmp_path}; "
+            f"is {tmp_path} a volume shared by all ranks?") in done.stderr
+
+
+def test_rank_zero_failure_writes_failed_marker(tmp_path):
+    pod = bootstrapped(tmp_path, "exit 5", mode="RankZero", markerDir=str(tmp_path))
+    done = run_container(pod, {})  # no rank variable at all: rank 0
+    assert done.returncode == 5 and "exit code 5" in done.stderr
+    assert (tmp_path / "kenv-bootstrap-job-1.failed").read_text().strip() == "5"
+    assert not (tmp_path / "kenv-bootstrap-job-1.done").exists()
+
+
+def test_rank_variable_and_run_id(tmp_path):
+    pod = bootstrapped(tmp_path, "true", mode="RankZero", markerDir=str(tmp_path),
+                       rankVariable="OMPI_COMM_WORLD_RANK", timeoutSeconds=1)
+    waiting = run_container(pod, {"OMPI_COMM_WORLD_RANK": "1", "RANK": "0"})  # the configured one wins
+    assert waiting.returncode == 1 and "waited 1s" in waiting.stderr
+    done = run_container(pod, {"OMPI_COMM_WORLD_RANK": "0", "KENV_RUN_ID": "run-42"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "kenv-bootstrap-run-42.done").exists()
+    bad = run_container(pod, {"RANK": "one"})
+    assert bad.returncode == 1 and "is not a non-negative integer" in bad.stderr
+
+
+# --- un-gating ------------------------------------------------------------------------------------
+
+def test_ungate_sets_image_and_lifts_only_kenv_gate():
+    pod = make_pod()
+    pod["spec"]["schedulingGates"] = [{"name": "a.io/x"}]
+    gated, _ = mutate(pod, make_env(status=BUILDING))
+    gated["spec"]["schedulingGates"].append({"name": "b.io/y"})
+    assert pod_is_awaiting_image(gated)
+    result = apply_patch(gated, build_ungate_patch(gated, IMAGES[2], version=2))
+    assert result["spec"]["containers"][0]["image"] == IMAGES[2]
+    assert result["spec"]["schedulingGates"] == [{"name": "a.io/x"}, {"name": "b.io/y"}]
+    annotations = result["metadata"]["annotations"]
+    assert annotations["kenv.dev/injected-image"] == IMAGES[2]
+    assert annotations["kenv.dev/injected-version"] == "2"
+    assert "kenv.dev/awaiting-image" not in annotations
+    assert not pod_is_awaiting_image(result)
+
+
+def test_ungate_targets_named_container_and_refuses_tags():
+    pod = make_pod({"kenv.dev/container": "worker"})
+    pod["spec"]["containers"].append({"name": "worker", "image": "w"})
+    gated, _ = mutate(pod, make_env(status=BUILDING))
+    result = apply_patch(gated, build_ungate_patch(gated, IMAGES[1]))
+    assert [c["image"] for c in result["spec"]["containers"]] == ["placeholder:latest", IMAGES[1]]
+    assert "schedulingGates" in result["spec"] and result["spec"]["schedulingGates"] == []
+    explicit = apply_patch(gated, build_ungate_patch(gated, IMAGES[1], "train"))
+    assert explicit["spec"]["containers"][0]["image"] == IMAGES[1]
+    with pytest.raises(InjectionRefused):
+        build_ungate_patch(gated, f"{REPO}:latest")
+
+
+def test_ungate_patch_fails_on_a_changed_pod():
+    gated, _ = mutate(make_pod(), make_env(status=BUILDING))
+    patch = build_ungate_patch(gated, IMAGES[1])
+    changed = copy.deepcopy(gated)
+    changed["spec"]["schedulingGates"] = [{"name": "someone.else/gate"}]
+    with pytest.raises(AssertionError, match="test failed"):
+        apply_patch(changed, patch)

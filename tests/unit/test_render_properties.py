@@ -1,0 +1,180 @@
+"""Property tests: no spec value can add a Dockerfile instruction or a shell command, or split a data line.
+
+For arbitrary strings in the fields a user types, either validation refuses the spec with a one-line
+message that names the field (starts with `spec.`), or the Dockerfile is byte-for-byte the one rendered from
+a harmless spec of the same shape (same base image, same layers): spec values never reach it except the
+validated base image.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from kenv.errors import SpecError, describe_validation_error
+from kenv.models import IMAGE_REF_PATTERN, EnvironmentSpec, spec_from_body
+from kenv.render import Externals, render_context, uses_conda
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+EXTERNALS = Externals(ca_bundle=CA)
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Characters that break out of lines, quotes or shell words, plus everything str.splitlines() splits on.
+NASTY = list("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\\\"'`$;&|#<> \t-=:/@")
+FRAGMENTS = st.sampled_from(NASTY + ["RUN ", "FROM ", "-r ", "${X}", "$(id)", "\\\n", "\nRUN id\n"])
+text = st.lists(st.characters(codec="utf-8") | FRAGMENTS, max_size=12).map("".join)
+word = st.lists(st.sampled_from(list("abcxyz019._-=<>")) | FRAGMENTS, min_size=1, max_size=10).map("".join)
+strings = st.one_of(word, text)
+urls = st.one_of(st.builds("https://{}/simple".format, word), text)
+# Valid references (a simple subset of IMAGE_REF_PATTERN, cheap to generate) or anything at all.
+IMAGE_SUBSET = r"([a-z0-9.]{1,12}(:[0-9]{2,4})?/)?[a-z0-9]{1,10}(:[A-Za-z0-9_.-]{1,12})?"
+valid_images = st.from_regex(IMAGE_SUBSET, fullmatch=True)
+images = st.one_of(valid_images.filter(lambda s: re.fullmatch(IMAGE_REF_PATTERN, s) is not None), text)
+
+
+@st.composite
+def bodies(draw) -> dict:
+    body: dict = {}
+    if draw(st.booleans()):
+        body["pip"] = {
+            k: v
+            for k, v in {
+                "packages": draw(st.lists(strings, max_size=3)),
+                "requirements": draw(st.one_of(st.none(), strings)),
+                "indexUrl": draw(st.one_of(st.none(), urls)),
+                "extraIndexUrls": draw(st.lists(urls, max_size=2)),
+            }.items()
+            if v is not None
+        }
+    if draw(st.booleans()):
+        if draw(st.booleans()):
+            body["conda"] = {
+                "environmentYaml": draw(
+                    st.one_of(strings, st.builds("dependencies:\n  - {}\n".format, strings))
+                )
+            }
+        else:
+            body["conda"] = {
+                "channels": draw(st.lists(strings, max_size=2)),
+                "packages": draw(st.lists(strings, max_size=3)),
+                "pipPackages": draw(st.lists(strings, max_size=2)),
+            }
+    if draw(st.booleans()):
+        body["docker"] = {"baseImage": draw(images)}
+    if draw(st.booleans()):
+        body["environmentVariables"] = draw(st.dictionaries(strings, strings, max_size=2))
+    return body
+
+
+def reference(spec: EnvironmentSpec) -> EnvironmentSpec:
+    """A spec with the same base image and layers as `spec` but only harmless, fixed values."""
+    body: dict = {}
+    if spec.docker.base_image:
+        body["docker"] = {"baseImage": spec.docker.base_image}
+    if uses_conda(spec):
+        body["conda"] = {"packages": ["numpy"]}
+    if "requirements.txt" in render_context(spec).files:
+        body["pip"] = {"packages": ["rich"]}
+    return spec_from_body(body)
+
+
+def instruction_lines(dockerfile: str) -> list[str]:
+    """Dockerfile instruction lines: not comments, not blank, not continuations of the previous line."""
+    lines, continued = [], False
+    for line in dockerfile.split("\n"):
+        if line.strip() and not line.startswith("#") and not continued:
+            lines.append(line)
+        continued = line.endswith("\\")
+    return lines
+
+
+def template_lines() -> set[str]:
+    """Every instruction line the templates can produce for a fixed base image."""
+    lines: set[str] = set()
+    for body in ({"pip": {"packages": ["a"]}}, {"conda": {"packages": ["a"]}, "pip": {"packages": ["a"]}}):
+        lines |= set(instruction_lines(render_context(spec_from_body(body), EXTERNALS).files["Dockerfile"]))
+    return lines
+
+
+TEMPLATE = template_lines()
+
+
+def assert_refusal_names_a_field(error: Exception) -> None:
+    message = describe_validation_error(error) if isinstance(error, ValidationError) else str(error)
+    assert message.startswith("spec."), message
+    assert "\n" not in message and "\r" not in message, message
+
+
+@SETTINGS
+@given(body=bodies())
+def test_no_spec_value_reaches_the_dockerfile(body):
+    try:
+        spec = spec_from_body(body)
+        context = render_context(spec, EXTERNALS)
+    except (ValidationError, SpecError) as error:
+        assert_refusal_names_a_field(error)
+        return
+    dockerfile = context.files["Dockerfile"]
+    assert dockerfile == render_context(reference(spec), EXTERNALS).files["Dockerfile"]
+    for line in instruction_lines(dockerfile):
+        if line.startswith("FROM "):
+            assert line.split() == ["FROM", spec.docker.base_image or EXTERNALS.default_base_image]
+        else:
+            assert line in TEMPLATE, line
+
+
+@SETTINGS
+@given(
+    packages=st.lists(strings, min_size=1, max_size=3),
+    index=st.one_of(st.none(), urls),
+    extra=st.lists(urls, max_size=2),
+    conda_pip=st.lists(strings, max_size=2),
+)
+def test_every_list_item_stays_one_line_of_requirements(packages, index, extra, conda_pip):
+    """pip reads requirements files with str.splitlines(): each package or URL must stay exactly one line."""
+    body: dict = {"pip": {"packages": packages, "extraIndexUrls": extra}}
+    if index is not None:
+        body["pip"]["indexUrl"] = index
+    if conda_pip:
+        body["conda"] = {"pipPackages": conda_pip}
+    try:
+        spec = spec_from_body(body)
+        requirements = render_context(spec).files.get("requirements.txt")
+    except (ValidationError, SpecError) as error:
+        assert_refusal_names_a_field(error)
+        return
+    if requirements is None or spec.pip is None:
+        return
+    lines = requirements.splitlines()
+    expected = ([f"--index-url {spec.pip.index_url}"] if spec.pip.index_url else []) + [
+        f"--extra-index-url {url}" for url in spec.pip.extra_index_urls
+    ]
+    assert lines[: len(expected)] == expected
+    if spec.pip.packages:
+        assert lines[-len(spec.pip.packages) :] == spec.pip.packages
+    assert not any(re.match(r"\s*(-r|-c|--requirement|--constraint)", line) for line in lines)
+    assert all(len(item.splitlines()) == 1 for item in spec.conda.pip_packages) if spec.conda else True
+
+
+@SETTINGS
+@given(
+    path=st.one_of(st.builds("/usr/{}".format, text), st.from_regex(r"/[a-z0-9/._+-]{0,30}", fullmatch=True))
+)
+def test_interpreter_path_is_a_single_plain_shell_word(path):
+    body = {"python": {"interpreterPath": path}, "pip": {"packages": ["rich"]}}
+    try:
+        spec = spec_from_body(body)
+    except ValidationError as error:
+        assert describe_validation_error(error).startswith("spec.python.interpreterPath:")
+        return
+    run = [
+        line
+        for line in instruction_lines(render_context(spec).files["Dockerfile"])
+        if line.startswith("RUN ")
+    ]
+    assert len(run) == 1
+    assert run[0].split()[:4] == ["RUN", path, "-m", "pip"]
+    assert re.fullmatch(r"/[A-Za-z0-9._+/-]*", path)
