@@ -1,7 +1,8 @@
 """The Helm chart (charts/kenv) against the session's real API server.
 
 - lint and render with a few value sets; every rendered object is validated by the API server itself
-  (`kubectl apply --dry-run=server`), i.e. against the pinned Kubernetes version's real schemas;
+  (`kubectl apply --dry-run=server`), i.e. against the pinned Kubernetes version's real schemas
+  (tests/unit/test_chart_values.py has the checks that need no cluster);
 - values the schema refuses fail `helm template` with the schema's message;
 - install / upgrade (the webhook CA and certificate stay) / uninstall on the session cluster;
 - RBAC sufficiency: the operator, run with the chart ServiceAccount's token, builds an Environment.
@@ -96,13 +97,6 @@ def make_namespace(kube: Any) -> str:
 
 
 # --- lint, render, validate -------------------------------------------------------------------------------
-
-def test_chart_crds_are_the_repository_crds() -> None:
-    repo = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
-    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
-    differing = sorted(n for n in repo.keys() | chart.keys() if repo.get(n) != chart.get(n))
-    assert repo and not differing, f"charts/kenv/crds/ differs from crds/ in {differing}: run `make crds`"
-
 
 def test_helm_lint(helm: str, cluster: Any, tmp_path: Path) -> None:
     run_helm(helm, cluster, "lint", str(CHART))  # defaults alone: destinationRepo's `required` is lint-lenient
