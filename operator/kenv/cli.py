@@ -141,7 +141,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     import kenv.main  # noqa: F401 - registers the handlers (and validates KENV_* settings)
 
-    namespaces = kenv.main.SETTINGS.namespace_list
+    settings = kenv.main.SETTINGS
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(log_format=log_format, verbose=args.verbose)
+    namespaces = settings.namespace_list
     asyncio.run(kopf.operator(
         clusterwide=not namespaces, namespaces=namespaces, standalone=True,
         liveness_endpoint=args.liveness or None,
@@ -161,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("operator", help="run the operator against the current kubeconfig")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="health endpoint URL ('' = off)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(run=cmd_operator)
     p = sub.add_parser("crd", help="print the CRDs generated from the models")
     p.add_argument("--write", metavar="DIR", help="write crds/<group>_<plural>.yaml files into DIR")

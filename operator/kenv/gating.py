@@ -24,7 +24,10 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
     if phase not in (Phase.READY, Phase.FAILED) or (phase == Phase.READY and not status.get("image")):
         return
     label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
-    pods = [p for p in await kube.list_pods(ref.namespace, f"{label}={ref.name}") if pod_is_awaiting_image(p)]
+    # A ClusterEnvironment's pods may be anywhere; with namespaced RBAC we may only list the watched ones.
+    namespaces: list[str | None] = [ref.namespace] if ref.namespace else list(settings.namespace_list) or [None]
+    pods = [p for namespace in namespaces for p in await kube.list_pods(namespace, f"{label}={ref.name}")
+            if pod_is_awaiting_image(p)]
     for pod in pods:
         meta = pod["metadata"]
         if phase == Phase.READY:

@@ -138,9 +138,11 @@ class Reconciler:
         push_config = await self._push_config()
         push_credentials = credentials_for(builds.registry_of(plan.destination), push_config)
         own = await kube.read_job(plan.namespace, plan.job_name)
-        waited = forced or current.get("phase") == Phase.BUILDING
-        if own is not None and jobstate.job_finished(own) and waited:
-            return await self._finished(ref, own, plan, current, generation, token, push_credentials)
+        if own is not None and (forced or current.get("phase") == Phase.BUILDING):
+            # We were waiting on this Job: its outcome decides, even if the pushed tag shows up first.
+            if jobstate.job_finished(own):
+                return await self._finished(ref, own, plan, current, generation, token, push_credentials)
+            return self._building(current, plan, own, generation)
         if not forced:
             digest = await self.registry.digest(plan.destination, push_credentials)
             if digest:
@@ -148,7 +150,7 @@ class Reconciler:
                 self.queued.discard(ref.display)
                 return self._ready(current, plan, digest, generation, token, "ImageFound",
                                    "image with this content is in the registry; no build needed")
-        if own is not None and jobstate.job_finished(own):
+        if own is not None and jobstate.job_finished(own):  # this attempt already failed, no image since
             return await self._finished(ref, own, plan, current, generation, token, push_credentials)
         job = own
         if job is None:
@@ -156,20 +158,26 @@ class Reconciler:
                                                       f"{builds.hash_label(plan.hash)}")
                       if not jobstate.job_finished(j)]
             job = active[0] if active else None
-        events = []
+        if job is not None:
+            return self._building(current, plan, job, generation)
+        job, created = await self._start_build(ref, spec, context, plan, push_config, log)
         if job is None:
-            job, created = await self._start_build(ref, spec, context, plan, push_config, log)
-            if job is None:
-                message = f"waiting for a build slot ({self.settings.max_parallel_builds} builds run at once)"
-                return Outcome(status.progress(current, Phase.QUEUED, "Queued", message, generation, plan.hash))
-            if created:
-                events.append(("Normal", "BuildStarted", f"building {plan.destination} in Job "
-                               f"{plan.namespace}/{job['metadata']['name']}"))
+            message = f"waiting for a build slot ({self.settings.max_parallel_builds} builds run at once)"
+            return Outcome(status.progress(current, Phase.QUEUED, "Queued", message, generation, plan.hash))
+        outcome = self._building(current, plan, job, generation)
+        if created:
+            outcome.events.append(("Normal", "BuildStarted", f"building {plan.destination} in Job "
+                                   f"{plan.namespace}/{job['metadata']['name']}"))
+        return outcome
+
+    @staticmethod
+    def _building(current: dict[str, Any], plan: builds.BuildPlan, job: dict[str, Any],
+                  generation: int | None) -> Outcome:
         name = job["metadata"]["name"]
         patch = status.progress(current, Phase.BUILDING, "Building", f"build Job {plan.namespace}/{name} is "
                                 f"building {plan.destination}", generation, plan.hash)
         patch["buildJob"] = {"namespace": plan.namespace, "name": name}
-        return Outcome(patch, events)
+        return Outcome(patch)
 
     async def _finished(self, ref: EnvironmentRef, job: dict[str, Any], plan: builds.BuildPlan,
                         current: dict[str, Any], generation: int | None, token: str | None,
