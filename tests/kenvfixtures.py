@@ -111,7 +111,8 @@ def operator(cluster: Any, crds: None, build_namespace: str, fakelet: Any,
              tmp_path_factory: pytest.TempPathFactory) -> Any:
     process = OperatorProcess(cluster.kubeconfig, cluster.registry,
                               tmp_path_factory.mktemp("operator") / "operator.log",
-                              max_parallel_builds="2", webhook_url_host="127.0.0.1")
+                              max_parallel_builds="2", webhook_url_host="127.0.0.1",
+                              base_image_check_seconds="2")
     process.start()
     wait_for(lambda: kubectl(cluster, "get", "mutatingwebhookconfiguration", "kenv.dev", check=False).returncode == 0,
              30, "kopf to register the webhook configuration")

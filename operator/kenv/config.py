@@ -49,6 +49,9 @@ class OperatorSettings(BaseSettings):
     history_limit: int = Field(20, ge=1, le=500, description="Versions kept in status.history.")
     build_ttl_seconds: int = Field(3600, ge=0, description="ttlSecondsAfterFinished of build Jobs.")
     poll_seconds: float = Field(5.0, gt=0, description="How often unfinished environments are re-checked.")
+    base_image_check_seconds: float = Field(
+        60.0, gt=0, description="Timer granularity of base image tracking (each spec sets its own interval)."
+    )
     webhook_host: str = Field("127.0.0.1", description="Address the admission webhook listens on.")
     webhook_port: int = Field(9443, ge=0, le=65535)
     webhook_url_host: str | None = Field(

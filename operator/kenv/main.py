@@ -64,6 +64,17 @@ async def cluster_environment_poll(body: kopf.Body, patch: kopf.Patch, logger: l
     await runtime.reconcile("ClusterEnvironment", body, patch, logger)
 
 
+@kopf.timer(*ENVIRONMENTS, interval=SETTINGS.base_image_check_seconds, when=runtime.tracks_base_image)
+async def environment_base_image(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    await runtime.check_base_image("Environment", body, patch, logger)
+
+
+@kopf.timer(*CLUSTER_ENVIRONMENTS, interval=SETTINGS.base_image_check_seconds, when=runtime.tracks_base_image)
+async def cluster_environment_base_image(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                                         **_: Any) -> None:
+    await runtime.check_base_image("ClusterEnvironment", body, patch, logger)
+
+
 # --- In-memory indexes: admission never calls the API server on its hot path ------------------------------
 
 @kopf.index(*ENVIRONMENTS)

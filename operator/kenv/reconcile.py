@@ -235,7 +235,7 @@ class Reconciler:
                            plan: builds.BuildPlan, push_config: dict[str, Any],
                            log: logging.Logger) -> tuple[dict[str, Any] | None, bool]:
         """Create the build objects if a slot is free: (job, created); (None, False) means queued."""
-        base_config = await self._base_registry_config(ref, spec)
+        base_config = await self.base_registry_config(ref, spec)
         docker_config = builds.merge_docker_configs(base_config, push_config)
         ca_bundle = context.files.get(builds.CA_KEY) or (await self._externals(ref, spec)).ca_bundle
         async with self.build_slots:
@@ -266,7 +266,7 @@ class Reconciler:
         log.info("started build Job %s/%s for %s", plan.namespace, plan.job_name, ref.display)
         return job, True
 
-    async def _base_registry_config(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> dict[str, Any]:
+    async def base_registry_config(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> dict[str, Any]:
         registry = spec.docker.base_image_registry
         if registry is None:
             return {"auths": {}}

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from kenv import gating, kube, metrics
+from kenv import gating, kube, metrics, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
 from kenv.models import GROUP, Phase
@@ -85,6 +85,14 @@ def apply(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
         patch.status[key] = value
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+def tracks_base_image(body: kopf.Body, **_: Any) -> bool:
+    return tracking.tracked_spec(dict(body)) is not None
+
+
+async def check_base_image(kind: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger) -> None:
+    await tracking.check_base_image(environment_ref(kind, body), body, patch, reconciler(), logger)
 
 
 async def registry_probe() -> str:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from kenvfixtures import GROUP_PATH, build_jobs, create_env, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
