@@ -26,7 +26,8 @@ def kubectl(cluster: Any, *args: str, stdin: str | None = None, check: bool = Tr
                           capture_output=True, text=True, check=check)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition", interval: float = 0.5) -> Any:
+    """Poll predicate() until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

@@ -25,7 +25,13 @@ def pip_spec(base_image: str, ca: dict[str, str], requirements: str) -> dict:
             "build": {"caBundle": ca}, "environmentVariables": {"OMP_NUM_THREADS": "1"}}
 
 
-def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, base_image, ca_config_map):
+def metric(operator, name: str) -> float:
+    lines = [line for line in operator.metrics().splitlines() if line.startswith(name + " ")]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
+def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, base_image, ca_config_map, operator):
+    succeeded_before = metric(operator, "kenv_builds_succeeded_total")
     create_env(kube, namespace, "sklearn", pip_spec(base_image, ca_config_map, "six==1.16.0\n"))
     env = wait_phase(kube, namespace, "sklearn", {"Ready", "Failed"}, timeout=600)
     status = env["status"]
@@ -44,6 +50,7 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     context = kube.request("GET", f"/api/v1/namespaces/kenv-system/configmaps/{job_name}-context")
     assert context["metadata"]["ownerReferences"][0]["name"] == job_name  # garbage-collected with the Job
     assert "six==1.16.0" in context["data"]["requirements.txt"]
+    assert metric(operator, "kenv_builds_succeeded_total") == succeeded_before + 1  # /metrics moves
     reasons = {e["reason"] for e in events_for(kube, namespace, "sklearn")}
     assert {"BuildStarted", "Ready"} <= reasons
     shown = kubectl(cluster, "get", "env", "sklearn", "-n", namespace).stdout
@@ -70,6 +77,7 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
         assert copy["digest"] == digest
         assert next(c for c in copy["conditions"] if c["type"] == "Ready")["reason"] == "ImageFound"
         assert len(build_jobs(kube, status["hash"])) == 1
+        assert metric(operator, "kenv_cache_hits_total") >= 1
     finally:
         kube.request("DELETE", f"/api/v1/namespaces/{other}")
 

@@ -8,7 +8,6 @@ import json
 import ssl
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client, config
 
+from kenvfixtures import wait_for
 from localcluster import LocalCluster, cert_pem, issue_cert, key_pem, make_ca
 
 MANIFEST_TYPES = ", ".join([
@@ -27,17 +27,6 @@ MANIFEST_TYPES = ", ".join([
 ])
 
 POD_SPEC = {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox:1.36"}]}
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = "condition"):
-    """Poll predicate() until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def kubectl(cluster, *args: str, stdin: str | None = None) -> str:

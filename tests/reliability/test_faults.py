@@ -174,3 +174,24 @@ def test_deleted_environment_leaves_running_pods_and_refuses_new_ones(kube, name
         return None
     message = wait_for(refused, 30, "the index to forget the Environment")
     assert "does not exist" in message and "kubectl get env gone" in message
+
+
+def test_etcd_restart_is_survived(kube, cluster, namespace, base_image):
+    cluster.stop_component("etcd")
+    cluster.start_component("etcd")
+    started = time.monotonic()
+    create_env(kube, namespace, "afteretcd", quick_spec(base_image, namespace))
+    assert_ready_with_registry_digest(kube, cluster, namespace, "afteretcd")
+    report("etcd restart (to a new Environment Ready)", time.monotonic() - started)
+
+
+def test_build_exceeding_its_deadline_fails_with_the_reason(kube, namespace, base_image, fakelet):
+    hold_builds(fakelet)
+    try:
+        spec = {**quick_spec(base_image, namespace), "build": {"timeoutSeconds": 60}}
+        create_env(kube, namespace, "slowbuild", spec)
+        env = wait_phase(kube, namespace, "slowbuild", {"Failed"}, timeout=150)
+    finally:
+        release_builds(fakelet)
+    built = next(c for c in env["status"]["conditions"] if c["type"] == "Built")
+    assert built["reason"] == "BuildFailed" and "DeadlineExceeded" in built["message"]
