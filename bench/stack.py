@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fakelet import Fakelet
-from localcluster import KubeAPI, LocalCluster
+from kubeapi import KubeAPI
+from localcluster import LocalCluster
 from operatorproc import BUILD_NAMESPACE, OperatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localcluster import NODE_NAME, KubeAPI  # noqa: E402
+from kubeapi import KubeAPI  # noqa: E402
+from localcluster import NODE_NAME  # noqa: E402
 
 BUILD_LABEL = ("kenv.dev/role", "build")
 EXIT_ANNOTATION = "kenv.dev/fakelet-exit"

@@ -16,7 +16,6 @@ import atexit
 import base64
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -25,17 +24,17 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kubeapi import KubeAPI
+from pki import cert_pem, issue_cert, key_pem, make_ca
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_NAME = "kenv-node"
@@ -64,107 +63,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------- certificates
-
-
-def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (
-        _cert_builder(name, name, key.public_key(), days=3650)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def issue_cert(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], common_name: str, *,
-               orgs: tuple[str, ...] = (), hosts: tuple[str, ...] = (), client: bool = False):
-    """A leaf cert signed by `ca`: a server cert with SANs `hosts`, or a client cert (CN=user, O=groups)."""
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-    subject = x509.Name(attrs + [x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    # Key identifiers too: Python 3.13's default VERIFY_X509_STRICT rejects chains without them.
-    builder = (_cert_builder(subject, ca_cert.subject, key.public_key(), days=365)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                              critical=False))
-    if hosts:
-        sans = []
-        for h in hosts:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-            except ValueError:
-                sans.append(x509.DNSName(h))
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(ca_key, hashes.SHA256()), key
-
-
-def _cert_builder(subject, issuer, public_key, days: int) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.UTC)
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days)))
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-# ---------------------------------------------------------------- a minimal API client
-
-
-class KubeAPI:
-    """Just enough of a Kubernetes client (stdlib only) for bootstrapping and for the fakelet."""
-
-    def __init__(self, kubeconfig: str | Path):
-        cfg = yaml.safe_load(Path(kubeconfig).read_text())
-        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
-        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-        user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
-        self.server = cluster["server"].rstrip("/")
-        # Local clusters embed everything (*-data); files and bearer tokens cover most other kubeconfigs.
-        def blob(section: dict, key: str) -> bytes:
-            inline = section.get(f"{key}-data")
-            return base64.b64decode(inline) if inline else Path(section[key]).read_bytes()
-
-        self.ssl = ssl.create_default_context(cadata=blob(cluster, "certificate-authority").decode())
-        self.headers = {"Authorization": f"Bearer {user['token']}"} if "token" in user else {}
-        if "client-certificate-data" in user or "client-certificate" in user:
-            # ssl wants files for the client cert: a private temp dir that lives as long as this object.
-            self._tmp = tempfile.TemporaryDirectory(prefix="kenv-kubeapi-")
-            crt, key = Path(self._tmp.name, "c.crt"), Path(self._tmp.name, "c.key")
-            crt.write_bytes(blob(user, "client-certificate"))
-            key.write_bytes(blob(user, "client-key"))
-            self.ssl.load_cert_chain(crt, key)
-        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                                  urllib.request.HTTPSHandler(context=self.ssl))
-
-    def request(self, method: str, path: str, body=None, content_type="application/json", timeout=30):
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": content_type, "Accept": "application/json", **self.headers}
-        req = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
-        with self.opener.open(req, timeout=timeout) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw.startswith(b"{") else raw.decode()
-
-    def stream(self, path: str, timeout: float):
-        """Open a streaming GET (a watch); the caller reads lines and closes it."""
-        req = urllib.request.Request(self.server + path, headers=self.headers)
-        return self.opener.open(req, timeout=timeout)
 
 
 # ---------------------------------------------------------------- processes

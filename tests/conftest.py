@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
 
 from fakelet import Fakelet  # noqa: E402
-from localcluster import KubeAPI, LocalCluster, _proc_start_time, ensure_no_proxy  # noqa: E402
+from kubeapi import KubeAPI  # noqa: E402
+from localcluster import LocalCluster, _proc_start_time, ensure_no_proxy  # noqa: E402
 
 CLUSTER_DIRS = ("integration", "reliability")
 
@@ -79,7 +80,7 @@ def registry(cluster) -> str:
 
 @pytest.fixture(scope="session")
 def kube(cluster) -> KubeAPI:
-    """A small synchronous admin client (hack/localcluster.KubeAPI) for test setup and polling."""
+    """A small synchronous admin client (hack/kubeapi.KubeAPI) for test setup and polling."""
     return KubeAPI(cluster.kubeconfig)
 
 

@@ -128,7 +128,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from kenv.azureml import export_azureml
+    from kenv.azureml_export import export_azureml
 
     for warning in export_azureml(load_manifest(args.file), args.output, fmt=args.format):
         print(f"kenv: warning: {warning}", file=sys.stderr)

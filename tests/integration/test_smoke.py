@@ -18,7 +18,8 @@ import yaml
 from kubernetes_asyncio import client, config
 
 from kenvfixtures import wait_for
-from localcluster import LocalCluster, cert_pem, issue_cert, key_pem, make_ca
+from localcluster import LocalCluster
+from pki import cert_pem, issue_cert, key_pem, make_ca
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kenv import azureml
-from kenv.azureml import NAME_ANNOTATION, TAGS_ANNOTATION, VERSION_ANNOTATION, export_azureml, import_azureml
+from kenv import azureml, azureml_common
+from kenv.azureml import import_azureml
+from kenv.azureml_common import NAME_ANNOTATION, TAGS_ANNOTATION, VERSION_ANNOTATION
+from kenv.azureml_export import export_azureml
 from kenv.errors import SpecError
 from kenv.models import EnvironmentSpec
 from kenv.render import render_context
@@ -137,13 +139,13 @@ def test_base_dockerfile_wins_over_base_image(tmp_path):
 @pytest.mark.parametrize(("docker", "quantity"), [("2g", "2Gi"), ("512m", "512Mi"), ("1.5G", "1.5Gi"),
                                                   ("64kb", "64Ki"), ("1073741824", 1073741824), (1024, 1024)])
 def test_shm_size_conversion(docker, quantity):
-    assert azureml.shm_to_quantity(docker, "f") == quantity
-    assert azureml.shm_to_quantity(azureml.quantity_to_shm(quantity), "f") == quantity
+    assert azureml_common.shm_to_quantity(docker, "f") == quantity
+    assert azureml_common.shm_to_quantity(azureml_common.quantity_to_shm(quantity), "f") == quantity
 
 
 def test_decimal_quantity_exports_as_bytes():
-    assert azureml.quantity_to_shm("2G") == "2000000000"
-    assert azureml.quantity_to_shm("lots") is None
+    assert azureml_common.quantity_to_shm("2G") == "2000000000"
+    assert azureml_common.quantity_to_shm("lots") is None
 
 
 NAMES = [("AzureML-Minimal", "azureml-minimal"), ("my_env.v2", "my-env-v2"), ("__x__", "x"),
@@ -202,7 +204,7 @@ def test_export_v1_folder_layout_and_pip_conversion(tmp_path):
     spec = {"pip": {"requirements": "torch==2.4.0  # gpu\n# comment\nnumpy \\\n  <2\n", "packages": ["rich"],
                     "indexUrl": "https://pypi.example.com/simple"}, "docker": {"baseImage": "python:3.11"}}
     warnings = export_azureml(manifest(spec), tmp_path, "v1")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [azureml.V1_DEFINITION, azureml.V1_CONDA]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [azureml_common.V1_DEFINITION, azureml_common.V1_CONDA]
     conda = yaml.safe_load((tmp_path / "conda_dependencies.yml").read_text())
     assert conda["dependencies"][:2] == ["python", "pip"]
     assert conda["dependencies"][2]["pip"] == ["--index-url https://pypi.example.com/simple", "torch==2.4.0",
