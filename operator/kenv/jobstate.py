@@ -6,6 +6,17 @@ import re
 from typing import Any
 
 DIGEST_PATTERN = re.compile(r"sha256:[a-f0-9]{64}")
+# What builders print when a registry (push destination or base image source) could not be reached: worth a
+# retry once the registry answers, unlike a failing RUN step.
+REGISTRY_TRANSIENT = re.compile(
+    r"connection refused|pinging container registry|i/o timeout|no such host|TLS handshake timeout|"
+    r"connection reset|50[234] (Bad Gateway|Service Unavailable|Gateway Timeout)",
+    re.IGNORECASE,
+)
+
+
+def looks_transient(message: str) -> bool:
+    return REGISTRY_TRANSIENT.search(message) is not None
 
 
 def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:

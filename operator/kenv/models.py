@@ -333,6 +333,9 @@ class EnvironmentStatus(KenvModel):
     failed_generation: int | None = Field(
         None, description="Generation whose build failed (no retry until it changes)."
     )
+    transient_retries: int | None = Field(
+        None, description="Builds retried because they failed talking to a registry (reset when Ready)."
+    )
     base_image_digest: str | None = Field(None, description="Base image digest seen at the last check.")
     base_image_checked: str | None = Field(None, description="When the base image digest was last checked.")
     conditions: list[Condition] = Field(default_factory=list, description="Built and Ready conditions.")

@@ -26,6 +26,7 @@ from kenv.registry import Credentials, RegistryClient, RegistryError, credential
 from kenv.render import BuildContext, Externals, render_context
 
 REBUILD_ANNOTATION = "kenv.dev/rebuild"
+MAX_TRANSIENT_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,10 @@ class Reconciler:
         retrying = current.get("failedGeneration") is not None and current.get("desiredHash") == context.hash
         if not forced and retrying and current.get("failedGeneration") == generation:
             return Outcome({})  # failed for this generation: wait for an edit or a rebuild token
+        transient = current.get("transientRetries") or 0
         attempt_key = "|".join(filter(None, [f"rebuild:{token}" if forced else "",
-                                             f"retry:{generation}" if retrying else ""]))
+                                             f"retry:{generation}" if retrying else "",
+                                             f"transient:{transient}" if transient else ""]))
         plan = builds.plan_build(context, self.settings, attempt_key)
         try:
             return await self._converge(ref, spec, context, plan, current, generation, forced, token, log)
@@ -201,6 +204,13 @@ class Reconciler:
         if pods:
             tail = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"])
         message = jobstate.failure_message(job, pods, tail)
+        retries = current.get("transientRetries") or 0
+        if retries < MAX_TRANSIENT_RETRIES and jobstate.looks_transient(message):
+            wait = (f"build Job {plan.job_name} could not reach a registry; retry {retries + 1} of "
+                    f"{MAX_TRANSIENT_RETRIES} once it answers: {message}")
+            patch = status.progress(current, Phase.PENDING, "RegistryUnavailable", wait, generation, plan.hash)
+            patch["transientRetries"] = retries + 1
+            return Outcome(patch, [("Warning", "RegistryUnavailable", wait.splitlines()[0])])
         reason = (jobstate.job_condition(job, "Failed") or {}).get("reason", "BuildFailed")
         if current.get("failedGeneration") != generation or current.get("phase") != Phase.FAILED:
             metrics.BUILDS_FAILED.labels(reason).inc()

@@ -195,3 +195,24 @@ def test_build_exceeding_its_deadline_fails_with_the_reason(kube, namespace, bas
         release_builds(fakelet)
     built = next(c for c in env["status"]["conditions"] if c["type"] == "Built")
     assert built["reason"] == "BuildFailed" and "DeadlineExceeded" in built["message"]
+
+
+def test_registry_down_during_push_retries_by_itself(kube, cluster, namespace, base_image, fakelet):
+    hold_builds(fakelet)
+    try:
+        create_env(kube, namespace, "pushfail", quick_spec(base_image, namespace))
+        wait_phase(kube, namespace, "pushfail", {"Building"}, timeout=60)
+        wait_for(fakelet.held, 30, "the build pod to be held")
+        cluster.stop_component("registry")
+        release_builds(fakelet)  # the build runs now, and its push meets a dead registry
+        env = wait_for(lambda: (e := get_env(kube, namespace, "pushfail"))["status"].get("transientRetries") and e,
+                       180, "the failed push to be classified as a registry outage")
+    finally:
+        fakelet.hold = None
+        cluster.start_component("registry")
+    built = next(c for c in env["status"]["conditions"] if c["type"] == "Built")
+    assert built["reason"] == "RegistryUnavailable" and env["status"]["phase"] == "Pending"
+    started = time.monotonic()
+    env = assert_ready_with_registry_digest(kube, cluster, namespace, "pushfail")
+    report("registry down during push (after it is back)", time.monotonic() - started)
+    assert env["status"].get("transientRetries") is None
