@@ -50,8 +50,15 @@ crds: venv ## regenerate crds/ and the chart's copy from the models
 	$(VENV)/bin/kenv crd --write crds
 	mkdir -p charts/kenv/crds && cp crds/*.yaml charts/kenv/crds/
 
+# BASE_IMAGE=host/repo:tag builds on another Debian/python3 base (e.g. the local registry's, see hack/base-image.sh);
+# the host's CA bundle is mounted for pip so builds work behind a TLS-intercepting proxy.
+BASE_IMAGE ?= python:3.11-slim-bookworm
+HOST_CA := /etc/ssl/certs/ca-certificates.crt
 image: apt ## the operator image, built with buildah (no Docker engine needed)
-	buildah --storage-driver vfs bud --isolation chroot -f hack/operator.Dockerfile -t kenv-operator:dev .
+	buildah --storage-driver vfs bud --isolation chroot --tls-verify=$(if $(INSECURE),false,true) \
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  $(if $(wildcard $(HOST_CA)),-v $(HOST_CA):/run/kenv-ca.crt:ro --build-arg PIP_CERT=/run/kenv-ca.crt) \
+	  -f hack/operator.Dockerfile -t kenv-operator:dev .
 
 bench: deps
 	$(PY) bench/run.py

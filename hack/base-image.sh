@@ -7,7 +7,7 @@ set -euo pipefail
 : "${KENV_REGISTRY:?set KENV_REGISTRY (eval \"\$(hack/cluster up)\")}"
 CACHE_ROOT=${KENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kenv}
 SUITE=bookworm
-TARBALL="$CACHE_ROOT/base/debian-$SUITE-python3-v1.tar"
+TARBALL="$CACHE_ROOT/base/debian-$SUITE-python3-v2.tar"
 REF="$KENV_REGISTRY/kenv/base/python:3.11-$SUITE"
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
@@ -19,7 +19,7 @@ if [ ! -f "$TARBALL" ]; then
   command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
   root=$(mktemp -d "$CACHE_ROOT/rootfs.XXXXXX"); mkdir -p "$(dirname "$TARBALL")"
   echo "[base-image] debootstrap $SUITE into $root (first time only, a few minutes)" >&2
-  debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates "$SUITE" "$root" "$MIRROR" >&2
+  debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates "$SUITE" "$root" "$MIRROR" >&2
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   tar -C "$root" -cf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL" && rm -rf "$root"
 fi

@@ -4,12 +4,15 @@ It watches the pods bound to the fake node and writes their status through the `
 - build pods (label kenv.dev/role=build, Kaniko-style args) are really built on the host with buildah from
   the ConfigMap-backed context and pushed to the registry; the digest lands in the termination message, as
   Kaniko's --digest-file=/dev/termination-log would;
+- with a Kaniko executor configured (`kaniko=PATH`, --kaniko or KENV_FAKELET_KANIKO; hack/build-kaniko.sh
+  builds one), build pods whose image names kaniko run that real executor with the pod's args, env and
+  volumes, in a chroot that stands in for the container (hack/kanikoroot.py);
 - a pod annotated kenv.dev/fakelet-exit: "N" terminates with exit code N;
 - any other pod is reported Running (and Ready) forever;
 - a pod being deleted is confirmed gone (grace period 0), as a kubelet does after killing its containers.
 `hold` keeps matching pods Running until `complete()` is called, for concurrency tests.
 
-    python hack/fakelet.py --kubeconfig PATH [--node kenv-node] [--logs-dir DIR]
+    python hack/fakelet.py --kubeconfig PATH [--node kenv-node] [--logs-dir DIR] [--kaniko EXECUTOR]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kanikoroot import ContainerRoot, container_env  # noqa: E402
 from kubeapi import KubeAPI  # noqa: E402
 from localcluster import NODE_NAME  # noqa: E402
 
@@ -69,13 +73,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 class BuildFailed(Exception):
-    pass
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Fakelet:
     def __init__(self, kubeconfig: str | Path, node_name: str = NODE_NAME, registry: str | None = None,
-                 logs_dir: str | Path | None = None, hold: HoldSpec = None, max_parallel_builds: int = 2):
+                 logs_dir: str | Path | None = None, hold: HoldSpec = None, max_parallel_builds: int = 2,
+                 kaniko: str | None = None):
         self.api = KubeAPI(kubeconfig)
+        # The real Kaniko executor for Kaniko build pods; None: build them with buildah on the host. Read at
+        # each build, so a test may set it on a running fakelet.
+        self.kaniko = kaniko or os.environ.get("KENV_FAKELET_KANIKO") or None
         self.node_name = node_name
         self.registry = registry
         self.logs_dir = Path(logs_dir or tempfile.mkdtemp(prefix="fakelet-logs-"))
@@ -84,7 +94,7 @@ class Fakelet:
         self.builds: list[dict] = []  # one record per successful build: namespace, pod, digest, seconds...
         self._held: dict[PodKey, dict] = {}
         self._seen: set[str] = set()  # pod uids already started
-        self._running: dict[PodKey, subprocess.Popen] = {}  # live buildah processes, to kill on pod deletion
+        self._running: dict[PodKey, subprocess.Popen] = {}  # live build processes, to kill on pod deletion
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_parallel_builds, thread_name_prefix="fakelet-build")
@@ -213,7 +223,7 @@ class Fakelet:
             try:
                 self._set_terminated(pod, 0, self._build(pod))
             except BuildFailed as e:
-                self._set_terminated(pod, 1, str(e))
+                self._set_terminated(pod, e.exit_code, str(e))
         except Exception as e:  # noqa: BLE001 - a thread pool would swallow it silently
             print(f"[fakelet] {_key(pod)}: {e!r}", file=sys.stderr)
 
@@ -270,7 +280,7 @@ class Fakelet:
     # -- building
 
     def _build(self, pod: dict) -> str:
-        """Build and push with buildah as the pod's Kaniko container would; return the pushed digest."""
+        """Build and push as the pod's Kaniko container would; return the pushed digest."""
         ns, name = _key(pod)
         container = pod["spec"]["containers"][0]
         args = kaniko_args(container)
@@ -278,8 +288,18 @@ class Fakelet:
         if not destinations:
             raise BuildFailed("no --destination in the build container's args")
         t0 = time.monotonic()
-        log_path = self.log_path(ns, name)
-        with tempfile.TemporaryDirectory(prefix="fakelet-ctx-") as tmp, open(log_path, "w") as log:
+        with open(self.log_path(ns, name), "w") as log:
+            kaniko = self.kaniko if "kaniko" in container["image"] else None
+            digest = self._build_with_kaniko(pod, container, kaniko, log) if kaniko else \
+                self._build_with_buildah(pod, container, args, destinations, log)
+        self.builds.append({"namespace": ns, "pod": name, "destination": destinations, "digest": digest,
+                            "builder": "kaniko" if kaniko else "buildah",
+                            "seconds": round(time.monotonic() - t0, 2)})
+        return digest
+
+    def _build_with_buildah(self, pod: dict, container: dict, args: dict[str, list[str]],
+                            destinations: list[str], log) -> str:
+        with tempfile.TemporaryDirectory(prefix="fakelet-ctx-") as tmp:
             ctx = Path(tmp, "context")
             context_root = (args.get("context") or ["dir:///workspace"])[-1].removeprefix("dir://")
             self._materialize_context(pod, container, context_root, ctx)
@@ -296,16 +316,31 @@ class Fakelet:
             steps.append([*BUILDAH, "rmi", destinations[0]])  # vfs copies every layer: free the space now
             for step in steps:
                 self._run_step(pod, [str(a) for a in step], log, fatal=step[3] != "rmi")
-            digest = digest_file.read_text().strip()
-        self.builds.append({"namespace": ns, "pod": name, "destination": destinations, "digest": digest,
-                            "seconds": round(time.monotonic() - t0, 2)})
+            return digest_file.read_text().strip()
+
+    def _build_with_kaniko(self, pod: dict, container: dict, executor: str, log) -> str:
+        """Run the real executor with the pod's args, env and volumes in a stand-in container (kanikoroot)."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        root = ContainerRoot(executor, hostname=pod["metadata"]["name"])
+        try:
+            for mount in container.get("volumeMounts") or []:
+                root.add_volume(mount["mountPath"], self._volume_files(pod, volumes[mount["name"]]))
+            args = list(container.get("args") or [])
+            shown = f"chroot {root.root} /kaniko/executor {' '.join(args)}"
+            self._run_step(pod, root.command(args, container_env(container, pod["metadata"]["name"])), log,
+                           fatal=True, shown=shown)
+            digest = root.termination_message()
+        finally:
+            root.cleanup()
+        if not digest.startswith("sha256:"):
+            raise BuildFailed(f"kaniko exited 0 but wrote no digest to /dev/termination-log: {digest!r}")
         return digest
 
-    def _run_step(self, pod: dict, argv: list[str], log, fatal: bool) -> None:
-        log.write(f"$ {' '.join(argv)}\n")
+    def _run_step(self, pod: dict, argv: list[str], log, fatal: bool, shown: str | None = None) -> None:
+        log.write(f"$ {shown or ' '.join(argv)}\n")
         log.flush()
         key = _key(pod)
-        # Own process group so deleting the pod can kill buildah and everything it started.
+        # Own process group so deleting the pod can kill the builder and everything it started.
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         with self._lock:
@@ -316,33 +351,47 @@ class Fakelet:
         if code != 0 and fatal:
             log.flush()
             tail = Path(log.name).read_text(errors="replace").splitlines()[-20:]
-            raise BuildFailed("\n".join(tail))
+            raise BuildFailed("\n".join(tail), code if code > 0 else 128 - code)
 
     def _insecure(self, destination: str) -> bool:
         host = destination.split("/", 1)[0]
         return host == self.registry or host.startswith(("127.0.0.1", "localhost"))
 
     def _materialize_context(self, pod: dict, container: dict, context_root: str, target: Path) -> None:
-        """Write the ConfigMap volumes mounted at or under context_root into target, honouring `items`."""
+        """Write the volumes mounted at or under context_root into target, honouring `items`."""
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
-        ns = pod["metadata"]["namespace"]
         target.mkdir(parents=True)
         for mount in container.get("volumeMounts") or []:
             rel = os.path.relpath(mount["mountPath"], context_root)
             if rel.startswith(".."):
                 continue
-            volume = volumes[mount["name"]]
-            sources = [volume["configMap"]] if "configMap" in volume else [
-                s["configMap"] for s in volume.get("projected", {}).get("sources", []) if "configMap" in s]
-            for source in sources:
-                cm = self.api.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{source['name']}")
-                files = {k: v.encode() for k, v in (cm.get("data") or {}).items()}
-                files |= {k: base64.b64decode(v) for k, v in (cm.get("binaryData") or {}).items()}
-                paths = {i["key"]: i["path"] for i in source.get("items") or []} or {k: k for k in files}
-                for key, path in paths.items():
-                    dest = target / rel / path
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(files[key])
+            for path, content in self._volume_files(pod, volumes[mount["name"]]).items():
+                dest = target / rel / path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(content)
+
+    def _volume_files(self, pod: dict, volume: dict) -> dict[str, bytes]:
+        """The files a kubelet would write for a configMap, secret or projected volume: {path: content}."""
+        ns = pod["metadata"]["namespace"]
+        sources = [volume] if "configMap" in volume or "secret" in volume else \
+            volume.get("projected", {}).get("sources", [])
+        out: dict[str, bytes] = {}
+        for source in sources:
+            if "configMap" in source:
+                spec = source["configMap"]
+                obj = self.api.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{spec['name']}")
+                files = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+                files |= {k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}
+            elif "secret" in source:
+                spec = source["secret"]
+                name = spec.get("secretName") or spec.get("name")
+                obj = self.api.request("GET", f"/api/v1/namespaces/{ns}/secrets/{name}")
+                files = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+            else:
+                continue
+            paths = {i["key"]: i["path"] for i in spec.get("items") or []} or {k: k for k in files}
+            out |= {path: files[key] for key, path in paths.items()}
+        return out
 
 
 def main() -> int:
@@ -352,8 +401,10 @@ def main() -> int:
     parser.add_argument("--node", default=NODE_NAME)
     parser.add_argument("--registry", default=os.environ.get("KENV_REGISTRY"))
     parser.add_argument("--logs-dir", default=None)
+    parser.add_argument("--kaniko", default=None, help="Kaniko executor to run Kaniko build pods with "
+                        "(default: $KENV_FAKELET_KANIKO; unset: buildah on the host)")
     args = parser.parse_args()
-    fakelet = Fakelet(args.kubeconfig, args.node, args.registry, args.logs_dir).start()
+    fakelet = Fakelet(args.kubeconfig, args.node, args.registry, args.logs_dir, kaniko=args.kaniko).start()
     print(f"[fakelet] watching pods on {args.node}; build logs in {fakelet.logs_dir}", file=sys.stderr)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +89,22 @@ def crds(cluster: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def base_image(cluster: Any) -> str:
+def base_image(cluster: Any) -> Iterator[str]:
     """A real Debian+python3 image in the test registry (hack/base-image.sh; rootfs cached across runs)."""
     result = subprocess.run([str(ROOT / "hack/base-image.sh")], env={**os.environ, "KENV_REGISTRY": cluster.registry},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip().splitlines()[-1]
+    yield result.stdout.strip().splitlines()[-1]
+    remove_local_images(cluster.registry)
+
+
+def remove_local_images(registry: str) -> None:
+    """buildah's vfs store keeps a full copy of every image built or pulled; drop this session's."""
+    listing = subprocess.run(["buildah", "--storage-driver", "vfs", "images", "--format", "{{.ID}} {{.Name}}"],
+                             capture_output=True, text=True).stdout.split("\n")
+    ids = sorted({line.split()[0] for line in listing if f" {registry}/" in f" {line.partition(' ')[2]}"})
+    if ids:
+        subprocess.run(["buildah", "--storage-driver", "vfs", "rmi", "--force", *ids], capture_output=True)
 
 
 @pytest.fixture(scope="session")
