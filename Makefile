@@ -22,8 +22,9 @@ apt: ## Debian packages a fresh machine of this kind lacks
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  (apt-get update -q || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
-binaries: ## control-plane binaries built from the Go module proxy into ~/.cache/kenv (once)
+binaries: ## control-plane binaries and the Kaniko executor, built from the Go module proxy into ~/.cache/kenv (once)
 	@hack/build-binaries.sh >/dev/null
+	@hack/build-kaniko.sh >/dev/null
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -32,6 +32,9 @@ def main() -> int:
     step("local control plane, registry and fakelet (hack/cluster up --fakelet)")
     cluster = LocalCluster.attach()
     if not (cluster and cluster.healthy()):
+        # The fakelet runs build pods with the real Kaniko executor (built once from the Go module proxy).
+        kaniko = subprocess.run([str(HACK / "build-kaniko.sh")], check=True, capture_output=True, text=True)
+        os.environ["KENV_FAKELET_KANIKO"] = kaniko.stdout.strip().splitlines()[-1]
         subprocess.run([str(HACK / "cluster"), "up", "--fakelet"], check=True, stdout=subprocess.DEVNULL)
         cluster = LocalCluster.attach()
     assert cluster is not None

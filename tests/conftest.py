@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 import urllib.error
@@ -84,13 +85,26 @@ def kube(cluster) -> KubeAPI:
     return KubeAPI(cluster.kubeconfig)
 
 
+def kaniko_executor() -> str | None:
+    """The real Kaniko executor (hack/build-kaniko.sh, cached) so build Jobs run the default builder itself;
+    KENV_TEST_BUILDER=buildah makes the fakelet build with buildah on the host instead."""
+    if os.environ.get("KENV_TEST_BUILDER", "kaniko") != "kaniko":
+        return None
+    result = subprocess.run([str(ROOT / "hack/build-kaniko.sh")], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"[conftest] Kaniko executor unavailable, building with buildah: {result.stderr[-500:]}")
+        return None
+    return result.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
 def fakelet(cluster):
     """The kubelet stand-in for the fake node; None against a cluster with real kubelets."""
     if os.environ.get("KENV_TEST_FAKELET", "1") == "0":
         yield None
         return
-    agent = Fakelet(cluster.kubeconfig, registry=cluster.registry, logs_dir=cluster.state_dir / "logs/pods")
+    agent = Fakelet(cluster.kubeconfig, registry=cluster.registry, logs_dir=cluster.state_dir / "logs/pods",
+                    kaniko=kaniko_executor())
     agent.start()
     yield agent
     agent.stop()

@@ -135,6 +135,7 @@ def builder_container(
             destination_arg,
             "--digest-file=/dev/termination-log",
             f"--cache={'true' if build.cache else 'false'}",
+            "--log-format=text",  # no ANSI colours in logs and in the failure message's log tail
         ]
         if build.cache:
             args.append(f"--cache-repo={settings.destination_repo}/cache")
