@@ -12,8 +12,10 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from kenv import validation
 
 GROUP = "kenv.dev"
 VERSION = "v1alpha1"
@@ -34,7 +36,11 @@ LINE_BREAKS = r"\r\n\x0b\x0c\x1c\x1d\x1e\x{85}\x{2028}\x{2029}"
 SingleLine = Annotated[str, StringConstraints(pattern=f"^[^{LINE_BREAKS}]+$", min_length=1, max_length=1024)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=256)]
 K8sName = Annotated[str, StringConstraints(pattern=K8S_NAME_PATTERN, max_length=253)]
-Url = Annotated[str, StringConstraints(pattern=f"^https?://[^\\s'\"\\\\{LINE_BREAKS}]+$", max_length=2048)]
+# Printable ASCII without spaces, quotes, backslashes or backticks: no line breaks, no look-alike hosts (IDNs
+# are written in punycode).
+Url = Annotated[
+    str, StringConstraints(pattern=r"^https?://[\x21\x23-\x26\x28-\x5b\x5d-\x5f\x61-\x7e]+$", max_length=2048)
+]
 Quantity = Annotated[
     int | str,
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
@@ -67,31 +73,34 @@ class PipSection(KenvModel):
 
     requirements: str | None = Field(
         None,
-        description="Body of a requirements.txt: one requirement per line, with markers, --hash options and "
-        "--index-url/--extra-index-url lines as pip accepts them. `-r`/`-c` includes are refused: "
-        "the file is rendered alone into the build context.",
+        description="Body of a requirements.txt: per line a PEP 508 requirement (markers, `--hash` options and "
+        "comments allowed), a URL, or one of the options -i/--index-url, --extra-index-url, -f/--find-links, "
+        "--trusted-host, --pre, --prefer-binary, --only-binary, --no-binary, --require-hashes. `-r`/`-c` "
+        "includes are refused: the file is rendered alone into the build context.",
         max_length=262144,
     )
     packages: list[SingleLine] = Field(
         default_factory=list,
-        description="Extra requirements, one pip requirement specifier each (e.g. `torch==2.4.0`).",
+        description="Extra requirements, one PEP 508 requirement each (e.g. `torch==2.4.0`, `pkg @ https://...`).",
     )
     index_url: Url | None = Field(None, description="pip --index-url for every pip install of this build.")
     extra_index_urls: list[Url] = Field(default_factory=list, description="pip --extra-index-url values.")
 
-    @model_validator(mode="after")
-    def _no_includes(self) -> PipSection:
-        include = r"^\s*(-r|-c|--requirement\b|--constraint\b)"  # pip also reads -rfile.txt
-        for number, line in enumerate((self.requirements or "").splitlines(), 1):
-            if re.match(include, line):
-                raise ValueError(
-                    f"spec.pip.requirements line {number}: includes (-r/-c) cannot be resolved in the build "
-                    "context; paste the included file's lines instead"
-                )
-        for index, package in enumerate(self.packages):
-            if re.match(include, package):
-                raise ValueError(f"spec.pip.packages[{index}]: includes (-r/-c) are refused; list each one")
-        return self
+    @field_validator("requirements")
+    @classmethod
+    def _requirements_lines(cls, value: str | None) -> str | None:
+        """Each line (continuations joined as pip does) is an allowed option, a PEP 508 requirement with
+        optional --hash options and comment, or a URL. Includes (-r/-c) are refused."""
+        if value is not None:
+            validation.check_requirements_body(value, "spec.pip.requirements")
+        return value
+
+    @field_validator("packages")
+    @classmethod
+    def _pep508_packages(cls, value: list[str]) -> list[str]:
+        for index, package in enumerate(value):
+            validation.check_requirement(package, f"spec.pip.packages[{index}]")
+        return value
 
 
 class CondaSection(KenvModel):
@@ -103,13 +112,49 @@ class CondaSection(KenvModel):
         "Mutually exclusive with the structured channels/packages/pipPackages fields.",
         max_length=262144,
     )
-    channels: list[SingleLine] = Field(default_factory=list, description="Conda channels, in priority order.")
+    channels: list[SingleLine] = Field(
+        default_factory=list,
+        description="Conda channels, in priority order: names (e.g. `conda-forge`) or http(s) URLs.",
+    )
     packages: list[SingleLine] = Field(
-        default_factory=list, description="Conda package specs (e.g. `numpy=1.26`)."
+        default_factory=list,
+        description="Conda match specs: `[channel::]name[ ][version[ build]]` (e.g. `numpy=1.26`, "
+        "`numpy >=1.26,<2`).",
     )
     pip_packages: list[SingleLine] = Field(
-        default_factory=list, description="pip requirements installed inside the conda environment."
+        default_factory=list,
+        description="PEP 508 requirements installed by pip inside the conda environment.",
     )
+
+    @field_validator("environment_yaml")
+    @classmethod
+    def _environment_file(cls, value: str | None) -> str | None:
+        """A mapping whose channels are channel names or URLs and whose dependencies are conda match specs or
+        one `pip:` list of requirement lines."""
+        if value is not None:
+            validation.parse_environment_yaml(value, "spec.conda.environmentYaml")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: list[str]) -> list[str]:
+        for index, channel in enumerate(value):
+            validation.check_channel(channel, f"spec.conda.channels[{index}]")
+        return value
+
+    @field_validator("packages")
+    @classmethod
+    def _match_specs(cls, value: list[str]) -> list[str]:
+        for index, package in enumerate(value):
+            validation.check_conda_spec(package, f"spec.conda.packages[{index}]")
+        return value
+
+    @field_validator("pip_packages")
+    @classmethod
+    def _pep508_pip_packages(cls, value: list[str]) -> list[str]:
+        for index, package in enumerate(value):
+            validation.check_requirement(package, f"spec.conda.pipPackages[{index}]")
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> CondaSection:
@@ -285,7 +330,7 @@ class EnvironmentSpec(KenvModel):
             raise ValueError(
                 "spec.python.userManagedDependencies forbids pip and conda: remove them or set it false"
             )
-        bad = [k for k in self.environment_variables if not re.match(ENV_NAME_PATTERN, k)]
+        bad = [k for k in self.environment_variables if not re.fullmatch(ENV_NAME_PATTERN, k)]
         if bad:
             raise ValueError(f"spec.environmentVariables: {bad[0]!r} is not a valid variable name")
         return self

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import jinja2
 import yaml
 
+from kenv import validation
 from kenv.errors import SpecError
 from kenv.models import EnvironmentSpec
 
-# Bump when the templates change what an image contains: every hash moves and images are rebuilt.
-RECIPE_VERSION = "1"
+# Bump when the templates or the rendering change what an image contains: every hash moves and images are
+# rebuilt. 2: canonical files (whitespace-only edits, YAML comments and key order no longer move the hash).
+RECIPE_VERSION = "2"
 DEFAULT_MICROMAMBA_IMAGE = "mambaorg/micromamba:2.0.5"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 TAG_PREFIX = "kenv-"
@@ -72,6 +74,8 @@ def uses_conda(spec: EnvironmentSpec) -> bool:
 
 
 def requirements_txt(spec: EnvironmentSpec) -> str | None:
+    """Index options, then the requirements body as pip reads it (continuations joined, lines stripped, blank
+    lines dropped), then the packages: a whitespace-only edit renders the same file."""
     pip = spec.pip
     if pip is None or not (pip.requirements or pip.packages):
         return None
@@ -80,42 +84,58 @@ def requirements_txt(spec: EnvironmentSpec) -> str | None:
         lines.append(f"--index-url {pip.index_url}")
     lines += [f"--extra-index-url {url}" for url in pip.extra_index_urls]
     if pip.requirements:
-        lines.append(pip.requirements.rstrip("\n"))
-    lines += pip.packages
+        lines += validation.canonical_requirements(pip.requirements)
+    lines += [package.strip() for package in pip.packages]
     return "\n".join(lines) + "\n"
 
 
-def environment_yml(spec: EnvironmentSpec) -> str:
+def canonical_yaml(document: object) -> str:
+    """One serialisation per document: sorted keys, block style, no line folding."""
+    return yaml.safe_dump(document, sort_keys=True, default_flow_style=False, width=1_000_000)
+
+
+def environment_document(spec: EnvironmentSpec) -> dict[str, object]:
+    """The conda environment as data: the parsed environmentYaml, or built from the structured fields."""
     conda = spec.conda
     if conda is not None and conda.environment_yaml:
-        try:
-            parsed = yaml.safe_load(conda.environment_yaml)
-        except yaml.YAMLError as error:
-            raise SpecError(f"spec.conda.environmentYaml: not valid YAML ({error.__class__.__name__})") from error
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("dependencies", []), list):
-            raise SpecError("spec.conda.environmentYaml: must be a mapping with a `dependencies` list")
-        return conda.environment_yaml if conda.environment_yaml.endswith("\n") else conda.environment_yaml + "\n"
+        try:  # validated by the model already; checked again for specs built without validation
+            return validation.parse_environment_yaml(conda.environment_yaml, "spec.conda.environmentYaml")
+        except ValueError as error:
+            raise SpecError(str(error)) from None
     dependencies: list[object] = []
     if spec.python.version:
         dependencies.append(f"python={spec.python.version}")
     if conda is not None:
-        dependencies += conda.packages
+        dependencies += [package.strip() for package in conda.packages]
         if conda.pip_packages:
-            dependencies += ["pip", {"pip": list(conda.pip_packages)}]
+            dependencies += ["pip", {"pip": [package.strip() for package in conda.pip_packages]}]
     channels = list(conda.channels) if conda is not None and conda.channels else ["conda-forge"]
-    document = {"name": "kenv", "channels": channels, "dependencies": dependencies}
+    return {"name": "kenv", "channels": channels, "dependencies": dependencies}
+
+
+def environment_yml(spec: EnvironmentSpec) -> str:
+    """The environment file as the user wrote it (environmentYaml verbatim, comments kept), for export."""
+    conda = spec.conda
+    document = environment_document(spec)  # raises SpecError for a bad environmentYaml
+    if conda is not None and conda.environment_yaml:
+        return conda.environment_yaml if conda.environment_yaml.endswith("\n") else conda.environment_yaml + "\n"
     return yaml.safe_dump(document, sort_keys=False)
 
 
+def canonical_environment_yml(spec: EnvironmentSpec) -> str:
+    """The environment.yml of the build context: comments, whitespace and key order do not matter."""
+    return canonical_yaml(environment_document(spec))
+
+
 def base_dockerfile(spec: EnvironmentSpec, externals: Externals) -> str | None:
-    if spec.docker.dockerfile:
-        return spec.docker.dockerfile.rstrip("\n")
-    if spec.docker.dockerfile_from:
+    """The user's Dockerfile with trailing whitespace and blank lines dropped (heredoc bodies kept as is)."""
+    text = spec.docker.dockerfile
+    if not text and spec.docker.dockerfile_from:
         if externals.dockerfile is None:
             ref = spec.docker.dockerfile_from
             raise SpecError(f"spec.docker.dockerfileFrom: ConfigMap {ref.name} key {ref.key} was not resolved")
-        return externals.dockerfile.rstrip("\n")
-    return None
+        text = externals.dockerfile
+    return validation.canonical_dockerfile(text) if text else None
 
 
 def python_command(spec: EnvironmentSpec) -> str:
@@ -132,7 +152,7 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
     requirements = None if spec.python.user_managed_dependencies else requirements_txt(spec)
     conda = uses_conda(spec)
     if conda:
-        files["environment.yml"] = environment_yml(spec)
+        files["environment.yml"] = canonical_environment_yml(spec)
     if requirements:
         files["requirements.txt"] = requirements
     installs = conda or requirements is not None

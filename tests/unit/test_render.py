@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from kenv.errors import SpecError
-from kenv.models import spec_from_body
-from kenv.render import DEFAULT_BASE_IMAGE, RECIPE_VERSION, Externals, content_hash, render_context
+from kenv.errors import SpecError, describe_validation_error
+from kenv.models import CondaSection, EnvironmentSpec, spec_from_body
+from kenv.render import (
+    DEFAULT_BASE_IMAGE,
+    RECIPE_VERSION,
+    Externals,
+    content_hash,
+    environment_yml,
+    render_context,
+)
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -92,18 +102,38 @@ def test_python_version_alone_creates_a_conda_env():
     assert "ENV PATH=/opt/kenv/env/bin:$PATH" in context.files["Dockerfile"]
 
 
-def test_environment_yaml_is_kept_byte_for_byte():
+def test_environment_yaml_is_rendered_canonically():
     text = (
         "# keep me\nname: x\nchannels: [conda-forge]\ndependencies:\n  - python=3.10  # pinned\n  - numpy\n"
     )
-    assert render({"conda": {"environmentYaml": text}}).files["environment.yml"] == text
-    assert render({"conda": {"environmentYaml": text.rstrip("\n")}}).files["environment.yml"] == text
+    rendered = render({"conda": {"environmentYaml": text}}).files["environment.yml"]
+    assert rendered == "channels:\n- conda-forge\ndependencies:\n- python=3.10\n- numpy\nname: x\n"
+    assert yaml.safe_load(rendered) == yaml.safe_load(text)
+    assert render({"conda": {"environmentYaml": text.rstrip("\n")}}).files["environment.yml"] == rendered
 
 
-@pytest.mark.parametrize("text", ["dependencies: [\n", "- just\n- a list\n", "dependencies: numpy\n"])
-def test_bad_environment_yaml_is_a_spec_error(text):
-    with pytest.raises(SpecError, match=r"^spec\.conda\.environmentYaml: "):
-        render({"conda": {"environmentYaml": text}})
+def test_environment_yml_keeps_the_users_text_for_export():
+    text = "# keep me\nname: x\ndependencies:\n  - numpy\n"
+    assert environment_yml(spec_from_body({"conda": {"environmentYaml": text}})) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dependencies: [\n", r"^spec\.conda\.environmentYaml line 2: not valid YAML"),
+        ("- just\n- a list\n", r"^spec\.conda\.environmentYaml: must be a mapping"),
+        ("dependencies: numpy\n", r"^spec\.conda\.environmentYaml: must be a mapping"),
+        ("dependencies:\n  - numpy && id\n", r"^spec\.conda\.environmentYaml: dependencies\[0\]: "),
+    ],
+)
+def test_bad_environment_yaml_is_refused_at_validation(text, message):
+    with pytest.raises(ValidationError) as info:
+        spec_from_body({"conda": {"environmentYaml": text}})
+    assert re.match(message, describe_validation_error(info.value))
+    # A spec built without validation still fails to render, with the same field path.
+    spec = EnvironmentSpec.model_construct(conda=CondaSection.model_construct(environment_yaml=text))
+    with pytest.raises(SpecError, match=message):
+        render_context(spec)
 
 
 def test_ca_bundle_only_when_something_is_installed():
@@ -197,3 +227,121 @@ def test_hash_is_deterministic_and_tag_is_derived_from_it():
 def test_content_hash_separates_names_from_contents():
     assert content_hash({"ab": "c"}) != content_hash({"a": "bc"})
     assert content_hash({"a": "1", "b": "2"}) == content_hash({"b": "2", "a": "1"})
+
+
+def test_recipe_version_is_2():
+    assert RECIPE_VERSION == "2"
+    assert "(recipe 2)" in render(BASE).files["Dockerfile"]
+
+
+ENV_YAML = (
+    "name: train\nchannels:\n  - pytorch\n  - conda-forge\ndependencies:\n  - python=3.11\n  - pytorch=2.3\n"
+    "  - pip\n  - pip:\n      - rich==13.7.1\n"
+)
+
+
+@pytest.mark.parametrize(
+    "edited",
+    [
+        # comments, blank lines, indentation and trailing spaces
+        "# the training env\n\nname: train   \nchannels:\n- pytorch\n- conda-forge\n\ndependencies:\n"
+        "- python=3.11   # pinned\n- pytorch=2.3\n- pip\n- pip:\n  - rich==13.7.1\n\n",
+        # key order and flow style
+        "dependencies: [python=3.11, pytorch=2.3, pip, {pip: [rich==13.7.1]}]\nchannels: [pytorch, conda-forge]\n"
+        "name: train",
+        # CRLF line ends
+        ENV_YAML.replace("\n", "\r\n"),
+    ],
+)
+def test_environment_yaml_whitespace_comments_and_key_order_do_not_change_the_hash(edited):
+    assert render({"conda": {"environmentYaml": edited}}).hash == render({"conda": {"environmentYaml": ENV_YAML}}).hash
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        ENV_YAML.replace("pytorch=2.3", "pytorch=2.4"),
+        ENV_YAML.replace("  - pytorch\n  - conda-forge\n", "  - conda-forge\n  - pytorch\n"),  # priority order
+        ENV_YAML.replace("rich==13.7.1", "rich==13.7.0"),
+        ENV_YAML.replace("name: train", "name: other"),
+    ],
+)
+def test_environment_yaml_content_changes_change_the_hash(changed):
+    assert render({"conda": {"environmentYaml": changed}}).hash != render({"conda": {"environmentYaml": ENV_YAML}}).hash
+
+
+REQUIREMENTS = "--extra-index-url https://download.pytorch.org/whl/cu121\ntorch==2.4.0\nnumpy<2  # pinned\n"
+
+
+@pytest.mark.parametrize(
+    "edited",
+    [
+        "\n  --extra-index-url https://download.pytorch.org/whl/cu121   \n\n\ttorch==2.4.0\t\nnumpy<2  # pinned",
+        REQUIREMENTS.replace("\n", "\r\n"),
+        REQUIREMENTS + "\n\n   \n",
+    ],
+)
+def test_requirements_whitespace_does_not_change_the_hash(edited):
+    assert render({"pip": {"requirements": edited}}).hash == render({"pip": {"requirements": REQUIREMENTS}}).hash
+
+
+def test_requirements_are_rendered_one_stripped_line_each():
+    body = "  numpy==1.26.4 \\\n   --hash=sha256:" + "a" * 64 + "\n\n# note  \n rich  \n"
+    assert render({"pip": {"requirements": body, "packages": [" mlflow "]}}).files["requirements.txt"] == (
+        "numpy==1.26.4    --hash=sha256:" + "a" * 64 + "\n# note\nrich\nmlflow\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        REQUIREMENTS.replace("torch==2.4.0", "torch==2.4.1"),
+        REQUIREMENTS.replace("cu121", "cu124"),
+        "torch==2.4.0\n--extra-index-url https://download.pytorch.org/whl/cu121\nnumpy<2  # pinned\n",  # order
+    ],
+)
+def test_requirements_content_changes_change_the_hash(changed):
+    assert render({"pip": {"requirements": changed}}).hash != render({"pip": {"requirements": REQUIREMENTS}}).hash
+
+
+DOCKERFILE = "FROM ubuntu:22.04\nRUN apt-get update && \\\n    apt-get install -y git\nENV A=1\n"
+
+
+@pytest.mark.parametrize(
+    "edited",
+    [
+        "FROM ubuntu:22.04   \n\n\nRUN apt-get update && \\  \n    apt-get install -y git\t\n\nENV A=1",
+        DOCKERFILE.replace("\n", "\r\n"),
+        "\n\n" + DOCKERFILE + "\n\n",
+    ],
+)
+def test_dockerfile_whitespace_does_not_change_the_hash(edited):
+    assert render({"docker": {"dockerfile": edited}}).hash == render({"docker": {"dockerfile": DOCKERFILE}}).hash
+    body = {"docker": {"dockerfileFrom": {"name": "base", "key": "Dockerfile"}}}
+    assert render(body, Externals(dockerfile=edited)).hash == render(body, Externals(dockerfile=DOCKERFILE)).hash
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        DOCKERFILE.replace("ENV A=1", "ENV A=2"),
+        DOCKERFILE.replace("    apt-get", "    apt-get -q"),
+        "FROM ubuntu:22.04\nENV A=1\nRUN apt-get update && \\\n    apt-get install -y git\n",  # order
+    ],
+)
+def test_dockerfile_content_changes_change_the_hash(changed):
+    assert render({"docker": {"dockerfile": changed}}).hash != render({"docker": {"dockerfile": DOCKERFILE}}).hash
+
+
+def test_dockerfile_heredoc_bodies_are_kept_byte_for_byte():
+    body = (
+        "FROM alpine:3.20  \n\nRUN <<EOF\necho 'a  '   \n\n  echo b\nEOF\n\n"
+        "COPY <<-'CFG' /etc/x.conf\nkey = v  \n\n\tCFG\nENV A=1  \n"
+    )
+    rendered = render({"docker": {"dockerfile": body}}).files["Dockerfile"]
+    assert (
+        "FROM alpine:3.20\nRUN <<EOF\necho 'a  '   \n\n  echo b\nEOF\n"
+        "COPY <<-'CFG' /etc/x.conf\nkey = v  \n\n\tCFG\nENV A=1\n"
+    ) in rendered
+    edited = body.replace("key = v  \n", "key = v \n")  # whitespace inside a heredoc is content
+    assert render({"docker": {"dockerfile": edited}}).hash != render({"docker": {"dockerfile": body}}).hash

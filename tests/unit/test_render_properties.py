@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import IMAGE_REF_PATTERN, EnvironmentSpec, spec_from_body
-from kenv.render import Externals, render_context, uses_conda
+from kenv.render import Externals, canonical_yaml, render_context, uses_conda
+from kenv.validation import canonical_requirements, check_requirements_body
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 EXTERNALS = Externals(ca_bundle=CA)
@@ -178,3 +180,129 @@ def test_interpreter_path_is_a_single_plain_shell_word(path):
     assert len(run) == 1
     assert run[0].split()[:4] == ["RUN", path, "-m", "pip"]
     assert re.fullmatch(r"/[A-Za-z0-9._+/-]*", path)
+
+
+# --- canonical content hash ------------------------------------------------------------------------------
+
+requirement_names = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True)
+specifiers = st.sampled_from(["", "==1.0", ">=1,<2", "~=2.4", "[extra]==3", " ; python_version >= \"3.10\""])
+requirements = st.builds("{}{}".format, requirement_names, specifiers)
+option_lines = st.sampled_from(
+    ["--index-url https://pypi.example.com/simple", "--extra-index-url https://x.example/whl", "--pre",
+     "--only-binary :all:", "-f https://x.example/wheels", "# a comment", "numpy  # pinned"]
+)
+spaces = st.sampled_from(["", " ", "  ", "\t", " \t "])
+line_ends = st.sampled_from(["\n", "\r\n", "\n\n", "\n  \n", "\n\t\n"])
+
+
+@st.composite
+def requirement_bodies(draw) -> tuple[str, str]:
+    """The same requirements body twice: once plain, once with whitespace-only edits."""
+    lines = draw(st.lists(st.one_of(requirements, option_lines), min_size=1, max_size=8))
+    plain = "\n".join(lines) + "\n"
+    noisy = draw(line_ends) if draw(st.booleans()) else ""
+    for line in lines:
+        noisy += draw(spaces) + line + draw(spaces) + draw(line_ends)
+    return plain, noisy
+
+
+@SETTINGS
+@given(bodies=requirement_bodies())
+def test_whitespace_only_edits_of_requirements_keep_the_hash(bodies):
+    plain, noisy = bodies
+    first, second = spec_from_body({"pip": {"requirements": plain}}), spec_from_body({"pip": {"requirements": noisy}})
+    assert render_context(first).hash == render_context(second).hash
+    assert render_context(first).files["requirements.txt"] == plain
+
+
+@SETTINGS
+@given(bodies=requirement_bodies(), extra=requirement_names)
+def test_content_edits_of_requirements_move_the_hash(bodies, extra):
+    plain, _ = bodies
+    edited = plain + extra + "==9.9.9\n"
+    assert render_context(spec_from_body({"pip": {"requirements": plain}})).hash != render_context(
+        spec_from_body({"pip": {"requirements": edited}})
+    ).hash
+
+
+conda_specs = st.builds("{}{}".format, requirement_names, st.sampled_from(["", "=1.2", " >=1,<2", "=1.2=py*"]))
+
+
+@st.composite
+def environment_documents(draw) -> dict:
+    document: dict = {"dependencies": draw(st.lists(conda_specs, min_size=1, max_size=5, unique=True))}
+    if draw(st.booleans()):
+        document["channels"] = draw(st.lists(st.sampled_from(["conda-forge", "pytorch", "nvidia"]), unique=True))
+    if draw(st.booleans()):
+        document["name"] = draw(requirement_names)
+    if draw(st.booleans()):
+        document["dependencies"].append({"pip": draw(st.lists(requirements, min_size=1, max_size=3))})
+    return document
+
+
+def shuffled_dump(document: dict, order: list[int], flow: bool, indent: int) -> str:
+    keys = sorted(document)
+    keys = [keys[i % len(keys)] for i in order if keys[i % len(keys)]] + keys
+    reordered = {k: document[k] for k in dict.fromkeys(keys)}
+    return "# generated\n" + yaml.safe_dump(reordered, sort_keys=False, default_flow_style=flow, indent=indent)
+
+
+@SETTINGS
+@given(
+    document=environment_documents(),
+    order=st.lists(st.integers(0, 5), max_size=3),
+    flow=st.sampled_from([False, True, None]),
+    indent=st.integers(2, 6),
+)
+def test_key_order_comments_and_layout_of_environment_yaml_keep_the_hash(document, order, flow, indent):
+    reference = render_context(spec_from_body({"conda": {"environmentYaml": yaml.safe_dump(document)}}))
+    edited = render_context(
+        spec_from_body({"conda": {"environmentYaml": shuffled_dump(document, order, flow, indent)}})
+    )
+    assert edited.hash == reference.hash
+    assert yaml.safe_load(edited.files["environment.yml"]) == document
+
+
+@SETTINGS
+@given(document=environment_documents(), extra=requirement_names)
+def test_content_edits_of_environment_yaml_move_the_hash(document, extra):
+    edited = {**document, "dependencies": [*document["dependencies"], extra + "=0.0.1"]}
+    assert render_context(spec_from_body({"conda": {"environmentYaml": yaml.safe_dump(document)}})).hash != (
+        render_context(spec_from_body({"conda": {"environmentYaml": yaml.safe_dump(edited)}})).hash
+    )
+
+
+dockerfile_lines = st.sampled_from(
+    ["FROM ubuntu:22.04", "RUN apt-get update && \\", "    apt-get install -y git", "ENV A=1", "# comment",
+     "WORKDIR /app", "COPY --from=a:1 /x /y", "RUN echo \"a  b\""]
+)
+
+
+@SETTINGS
+@given(lines=st.lists(dockerfile_lines, min_size=1, max_size=8), data=st.data())
+def test_whitespace_only_edits_of_the_dockerfile_keep_the_hash(lines, data):
+    plain = "\n".join(lines) + "\n"
+    noisy = "".join(line + data.draw(spaces) + data.draw(line_ends) for line in lines)
+    first = render_context(spec_from_body({"docker": {"dockerfile": plain}}))
+    second = render_context(spec_from_body({"docker": {"dockerfile": noisy}}))
+    assert first.hash == second.hash
+    assert plain in first.files["Dockerfile"]
+
+
+@SETTINGS
+@given(body=bodies())
+def test_rendered_requirements_are_a_fixed_point(body):
+    """The rendered requirements.txt is what pip reads: re-reading it gives the same lines, all valid."""
+    try:
+        spec = spec_from_body(body)
+        context = render_context(spec, EXTERNALS)
+    except (ValidationError, SpecError) as error:
+        assert_refusal_names_a_field(error)
+        return
+    requirements = context.files.get("requirements.txt")
+    if requirements is not None:
+        assert canonical_requirements(requirements) == requirements.splitlines()
+        check_requirements_body(requirements, "requirements.txt")
+    if "environment.yml" in context.files:
+        text = context.files["environment.yml"]
+        assert canonical_yaml(yaml.safe_load(text)) == text
