@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 DIGEST_PATTERN = re.compile(r"sha256:[a-f0-9]{64}")
+TAIL_CHARS = 1400  # conditions carry at most 2048 characters (status.set_condition)
 # What builders print when a registry (push destination or base image source) could not be reached: worth a
 # retry once the registry answers, unlike a failing RUN step.
 REGISTRY_TRANSIENT = re.compile(
@@ -70,9 +71,10 @@ def failure_message(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: s
         if state:
             parts.append(f"pod {pod['metadata']['name']} exited with code {state.get('exitCode')}"
                          f" ({state.get('reason', 'Error')})")
-            tail = (log_tail or state.get("message") or "").strip()
+            tail = "\n".join((log_tail or state.get("message") or "").strip().splitlines()[-20:])
             if tail:
-                parts.append("last log lines:\n" + "\n".join(tail.splitlines()[-20:]))
+                # The end of a build log says what broke; keep it within the condition's message budget.
+                parts.append("last log lines:\n" + (tail if len(tail) <= TAIL_CHARS else "…" + tail[-TAIL_CHARS:]))
             break
     else:
         if pods:

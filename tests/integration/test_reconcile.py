@@ -20,8 +20,10 @@ from kenvfixtures import (
 pytestmark = pytest.mark.usefixtures("operator")
 
 
-def pip_spec(base_image: str, ca: dict[str, str], requirements: str) -> dict:
-    return {"docker": {"baseImage": base_image}, "pip": {"requirements": requirements},
+def pip_spec(base_image: str, ca: dict[str, str], requirements: str, unique: str) -> dict:
+    """A pip build on the base image; `unique` (a label) keeps other tests' images from being cache hits."""
+    return {"docker": {"dockerfile": f"FROM {base_image}\nLABEL kenv.test={unique}"},
+            "pip": {"requirements": requirements},
             "build": {"caBundle": ca}, "environmentVariables": {"OMP_NUM_THREADS": "1"}}
 
 
@@ -32,7 +34,7 @@ def metric(operator, name: str) -> float:
 
 def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, base_image, ca_config_map, operator):
     succeeded_before = metric(operator, "kenv_builds_succeeded_total")
-    create_env(kube, namespace, "sklearn", pip_spec(base_image, ca_config_map, "six==1.16.0\n"))
+    create_env(kube, namespace, "sklearn", pip_spec(base_image, ca_config_map, "six==1.16.0\n", namespace))
     env = wait_phase(kube, namespace, "sklearn", {"Ready", "Failed"}, timeout=600)
     status = env["status"]
     assert status["phase"] == "Ready", status
@@ -72,7 +74,7 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     try:
         kube.request("POST", f"/api/v1/namespaces/{other}/configmaps",
                      {"metadata": {"name": "kenv-ca"}, "data": context_ca(kube, namespace)})
-        create_env(kube, other, "copy", pip_spec(base_image, ca_config_map, "six==1.16.0\n"))
+        create_env(kube, other, "copy", pip_spec(base_image, ca_config_map, "six==1.16.0\n", namespace))
         copy = wait_phase(kube, other, "copy", {"Ready", "Failed"}, timeout=60)["status"]
         assert copy["digest"] == digest
         assert next(c for c in copy["conditions"] if c["type"] == "Ready")["reason"] == "ImageFound"
@@ -101,7 +103,7 @@ def context_ca(kube, namespace: str) -> dict[str, str]:
 
 def test_failing_build_reports_exit_code_and_log(kube, namespace, base_image, ca_config_map):
     create_env(kube, namespace, "broken",
-               pip_spec(base_image, ca_config_map, "kenv-package-that-does-not-exist-xyz==0.0.1\n"))
+               pip_spec(base_image, ca_config_map, "kenv-package-that-does-not-exist-xyz==0.0.1\n", namespace))
     env = wait_phase(kube, namespace, "broken", {"Ready", "Failed"}, timeout=600)
     assert env["status"]["phase"] == "Failed"
     built = next(c for c in env["status"]["conditions"] if c["type"] == "Built")

@@ -211,7 +211,9 @@ def run_build_job(kube, namespace: str, destination: str, dockerfile: str, hello
            "spec": {"backoffLimit": 0, "template": {
                "metadata": {"labels": {"kenv.dev/role": "build"}},
                "spec": {"restartPolicy": "Never", "containers": [{
-                   "name": "kaniko", "image": "gcr.io/kaniko-project/executor:v1.23.2",
+                   # A buildah-image pod: the fakelet builds it with buildah on the host (test_kaniko.py
+                   # covers the Kaniko path).
+                   "name": "build", "image": "quay.io/buildah/stable:v1.38",
                    "args": ["--dockerfile=Dockerfile", "--context=dir:///workspace",
                             f"--destination={destination}", "--digest-file=/dev/termination-log"],
                    "volumeMounts": [{"name": "context", "mountPath": "/workspace"}]}],
