@@ -20,15 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
 
 from fakelet import Fakelet  # noqa: E402
+
+# kenv's own session fixtures, registered here once: a conftest per directory would start one operator each.
+from kenvfixtures import base_image, build_namespace, ca_config_map, crds, operator  # noqa: E402, F401
 from kubeapi import KubeAPI  # noqa: E402
 from localcluster import LocalCluster, _proc_start_time, ensure_no_proxy  # noqa: E402
 
 CLUSTER_DIRS = ("integration", "reliability")
+
+# Property tests explore the same examples on every CI run (a red CI must be reproducible); set
+# HYPOTHESIS_PROFILE=explore locally to search new random examples.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -86,6 +86,8 @@ def requirements_txt(spec: EnvironmentSpec) -> str | None:
     if pip.requirements:
         lines += validation.canonical_requirements(pip.requirements)
     lines += [package.strip() for package in pip.packages]
+    if len(lines) == len(pip.extra_index_urls) + bool(pip.index_url):
+        return None  # only blank lines: nothing to install, same as no pip section
     return "\n".join(lines) + "\n"
 
 

@@ -156,7 +156,7 @@ def test_every_list_item_stays_one_line_of_requirements(packages, index, extra, 
     ]
     assert lines[: len(expected)] == expected
     if spec.pip.packages:
-        assert lines[-len(spec.pip.packages) :] == spec.pip.packages
+        assert lines[-len(spec.pip.packages) :] == [p.strip() for p in spec.pip.packages]  # rendered stripped
     assert not any(re.match(r"\s*(-r|-c|--requirement|--constraint)", line) for line in lines)
     assert all(len(item.splitlines()) == 1 for item in spec.conda.pip_packages) if spec.conda else True
 
