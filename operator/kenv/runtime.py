@@ -32,7 +32,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings) -> None
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING  # our own Events carry the story; one per kopf log line is API load
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.inactivity_timeout = 600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
@@ -53,6 +54,7 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     assert context["metadata"]["ownerReferences"][0]["name"] == job_name  # garbage-collected with the Job
     assert "six==1.16.0" in context["data"]["requirements.txt"]
     assert metric(operator, "kenv_builds_succeeded_total") == succeeded_before + 1  # /metrics moves
+    assert "1.16.0" in run_in_image(status["image"], "import six; print(six.__version__)")
     reasons = {e["reason"] for e in events_for(kube, namespace, "sklearn")}
     assert {"BuildStarted", "Ready"} <= reasons
     shown = kubectl(cluster, "get", "env", "sklearn", "-n", namespace).stdout
@@ -95,6 +97,18 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     assert history[1] == status["image"]
     if rebuilt["status"]["image"] != status["image"]:
         assert rebuilt["status"]["version"] == 2 and history[2] == rebuilt["status"]["image"]
+
+
+def run_in_image(image: str, code: str) -> str:
+    """Pull the image by digest with buildah and run python in it: the package really is inside."""
+    buildah = ["buildah", "--storage-driver", "vfs"]
+    container = subprocess.run([*buildah, "from", "--tls-verify=false", "--pull-always", image], check=True,
+                               capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    try:
+        return subprocess.run([*buildah, "run", "--isolation", "chroot", container, "--", "python3", "-c", code],
+                              check=True, capture_output=True, text=True).stdout
+    finally:
+        subprocess.run([*buildah, "rm", container], capture_output=True)
 
 
 def context_ca(kube, namespace: str) -> dict[str, str]:

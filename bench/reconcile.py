@@ -1,0 +1,169 @@
+"""Reconcile throughput when every image already exists (the cache-hit path the operator takes most often).
+
+  python bench/reconcile.py [--envs 1000] [--contents 200] [--namespaces 5]
+
+Pushes one tiny image per distinct content under the tag the operator will look up, applies the Environments,
+and prints apply→Ready p50/p99, the total time, builds started (must be 0), the operator's peak RSS, and the same
+figures for a floor loop that does only the API round trips one reconcile needs (read the Environment, HEAD the
+registry, look for a Job, patch the status), run in this process against the same cluster.
+Targets (issue 4): all Ready ≤ 60 s, p50 ≤ 1 s, ratio to the floor ≤ 3, RSS ≤ 250 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import statistics
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "operator")]
+
+from kenv.models import EnvironmentSpec  # noqa: E402
+from kenv.render import render_context  # noqa: E402
+from stack import GROUP_PATH, Stack  # noqa: E402
+
+
+def spec_for(content: int) -> dict:
+    return {"docker": {"dockerfile": f"FROM scratch\nLABEL kenv.bench={content}"},
+            "python": {"userManagedDependencies": True}}
+
+
+def push_tiny_image(registry: str, repository: str, tag: str, label: str) -> str:
+    """An image with no layers, pushed with the distribution API (blob upload, then manifest)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+                         "config": {"Labels": {"kenv.bench": label}}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    start = opener.open(urllib.request.Request(f"http://{registry}/v2/{repository}/blobs/uploads/", method="POST"))
+    location = start.headers["Location"]
+    upload = location if location.startswith("http") else f"http://{registry}{location}"
+    separator = "&" if "?" in upload else "?"
+    opener.open(urllib.request.Request(f"{upload}{separator}digest={config_digest}", data=config, method="PUT",
+                                       headers={"Content-Type": "application/octet-stream"}))
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": config_digest, "size": len(config)}, "layers": []}).encode()
+    response = opener.open(urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{tag}", data=manifest, method="PUT",
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+    return str(response.headers["Docker-Content-Digest"])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def watch_ready(stack: Stack, ready_at: dict[str, float], expected: int, stop: threading.Event) -> None:
+    """Record when each Environment is first seen Ready (a watch across namespaces)."""
+    while not stop.is_set() and len(ready_at) < expected:
+        try:
+            stream = stack.kube.stream(f"{GROUP_PATH}/environments?watch=1&timeoutSeconds=60", timeout=70)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        with stream:
+            for line in stream:
+                event = json.loads(line)
+                obj = event["object"]
+                if (obj.get("status") or {}).get("phase") == "Ready":
+                    key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+                    ready_at.setdefault(key, time.monotonic())
+                if stop.is_set() or len(ready_at) >= expected:
+                    return
+
+
+def floor_loop(stack: Stack, keys: list[tuple[str, str, str]], workers: int) -> list[float]:
+    """The API round trips of one cache-hit reconcile, for every Environment, with the operator's concurrency."""
+    destination = f"{stack.cluster.registry}/kenv/environments"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def one(key: tuple[str, str, str]) -> float:
+        namespace, name, tag = key
+        started = time.monotonic()
+        stack.kube.request("GET", f"{GROUP_PATH}/namespaces/{namespace}/environments/{name}")
+        head = urllib.request.Request(f"http://{destination.split('/', 1)[0]}/v2/kenv/environments/manifests/{tag}",
+                                      method="HEAD", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        opener.open(head).close()
+        with contextlib.suppress(urllib.error.HTTPError):  # 404: no Job, as on the cache-hit path
+            stack.kube.request("GET", f"/apis/batch/v1/namespaces/kenv-system/jobs/floor-{tag[:20]}")
+        stack.kube.request("PATCH", f"{GROUP_PATH}/namespaces/{namespace}/environments/{name}/status",
+                           {"status": {"observedGeneration": 1}}, content_type="application/merge-patch+json")
+        return time.monotonic() - started
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, keys))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", type=int, default=1000)
+    parser.add_argument("--contents", type=int, default=200)
+    parser.add_argument("--namespaces", type=int, default=5)
+    args = parser.parse_args()
+    stack = Stack(max_parallel_builds=4).start()
+    try:
+        registry = stack.cluster.registry
+        tags = [render_context(EnvironmentSpec.model_validate(spec_for(i))).tag for i in range(args.contents)]
+        for i, tag in enumerate(tags):
+            push_tiny_image(registry, "kenv/environments", tag, str(i))
+        namespaces = [f"{stack.namespace}-{n}" for n in range(args.namespaces)]
+        for namespace in namespaces:
+            stack.kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+        plan = [(namespaces[i % len(namespaces)], f"env-{i}", i % args.contents) for i in range(args.envs)]
+
+        ready_at: dict[str, float] = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_ready, args=(stack, ready_at, args.envs, stop), daemon=True)
+        watcher.start()
+        time.sleep(1)
+        applied_at: dict[str, float] = {}
+        started = time.monotonic()
+        for namespace, name, content in plan:
+            applied_at[f"{namespace}/{name}"] = time.monotonic()
+            stack.kube.request("POST", f"{GROUP_PATH}/namespaces/{namespace}/environments", {
+                "apiVersion": "kenv.dev/v1alpha1", "kind": "Environment", "metadata": {"name": name},
+                "spec": spec_for(content)})
+        watcher.join(timeout=600)
+        stop.set()
+        total = max(ready_at.values()) - started if ready_at else float("nan")
+        latencies = [ready_at[k] - applied_at[k] for k in applied_at if k in ready_at]
+        jobs = stack.kube.request("GET", "/apis/batch/v1/namespaces/kenv-system/jobs")["items"]
+        rss = peak_rss_mib(stack.operator.popen.pid) if stack.operator.popen else float("nan")
+
+        floor_started = time.monotonic()
+        floor = floor_loop(stack, [(ns, name, tags[c]) for ns, name, c in plan], workers=20)
+        floor_total = time.monotonic() - floor_started
+        print(f"reconcile: {len(latencies)}/{args.envs} Environments Ready ({args.contents} contents, "
+              f"{args.namespaces} namespaces) in {total:.1f}s; apply→Ready p50 {statistics.median(latencies):.2f}s "
+              f"p99 {percentile(latencies, 0.99):.2f}s; builds started {len(jobs)}; operator peak RSS {rss:.0f} MiB")
+        print(f"floor (same API round trips, 20 workers): total {floor_total:.1f}s, per reconcile p50 "
+              f"{statistics.median(floor) * 1000:.0f} ms p99 {percentile(floor, 0.99) * 1000:.0f} ms; "
+              f"ratio operator/floor total {total / floor_total:.2f}")
+        met = (len(latencies) == args.envs and total <= 60 and statistics.median(latencies) <= 1
+               and total / floor_total <= 3 and rss <= 250 and not jobs)
+        print("targets (all Ready ≤ 60 s, p50 ≤ 1 s, ratio ≤ 3, RSS ≤ 250 MiB, 0 builds):",
+              "met" if met else "missed")
+        return 0 if len(latencies) == args.envs and not jobs else 1
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
