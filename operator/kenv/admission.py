@@ -12,14 +12,11 @@ import jsonpatch  # kopf's own dependency
 import kopf
 from pydantic import ValidationError
 
-from kenv import metrics
+from kenv import gating, metrics
 from kenv.config import get_settings
 from kenv.errors import describe_validation_error
 from kenv.injection import EnvironmentView, InjectionRefused, InjectionSettings, build_pod_mutation
-from kenv.models import EnvironmentSpec
-
-ENVIRONMENT_LABEL = "kenv.dev/environment"
-CLUSTER_ENVIRONMENT_LABEL = "kenv.dev/cluster-environment"
+from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, EnvironmentSpec
 
 
 def indexed(spec: kopf.Spec, status: kopf.Status) -> dict[str, Any]:
@@ -54,11 +51,14 @@ def inject(kind: str, body: kopf.Body, patch: kopf.Patch, warnings: list[str], i
     settings = InjectionSettings(pull_secret=config.pull_secret,
                                  pending_image_policy=config.pending_image_policy.value)
     try:
-        mutation = build_pod_mutation(dict(body), lookup(kind, body, index), settings)
+        view = lookup(kind, body, index)
+        mutation = build_pod_mutation(dict(body), view, settings)
     except InjectionRefused as refusal:
         metrics.ADMISSIONS.labels("refused").inc()
         raise kopf.AdmissionError(f"kenv: {refusal.message}", code=400) from refusal
     metrics.ADMISSIONS.labels("gated" if mutation.gated else "injected").inc()
+    if mutation.gated:
+        gating.remember_gated(kind, view.namespace, view.name)
     warnings.extend(mutation.warnings)
     if mutation.patch:
         ops = mutation.patch

@@ -10,19 +10,47 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import kube
-from kenv.admission import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL
 from kenv.config import OperatorSettings
 from kenv.injection import InjectionRefused, build_ungate_patch, pod_is_awaiting_image
-from kenv.models import Phase
+from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, Phase
 from kenv.reconcile import EnvironmentRef
 
 log = logging.getLogger(__name__)
+
+
+# Which Environments may have gated pods, so the hot path never lists pods for nothing: the webhook (same
+# process) remembers every pod it gates; Environments found at start-up (on.resume) are checked once, for pods
+# a previous operator process gated.
+Key = tuple[str, str | None, str]
+_awaiting: set[Key] = set()
+_unchecked: set[Key] = set()
+
+
+def key_of(ref: EnvironmentRef) -> Key:
+    return (ref.kind, ref.namespace, ref.name)
+
+
+def remember_gated(kind: str, namespace: str | None, name: str) -> None:
+    _awaiting.add((kind, namespace, name))
+
+
+def check_after_restart(ref: EnvironmentRef) -> None:
+    _unchecked.add(key_of(ref))
+
+
+def may_have_gated_pods(ref: EnvironmentRef) -> bool:
+    return key_of(ref) in _awaiting or key_of(ref) in _unchecked
 
 
 async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: OperatorSettings) -> None:
     phase = status.get("phase")
     if phase not in (Phase.READY, Phase.FAILED) or (phase == Phase.READY and not status.get("image")):
         return
+    if not may_have_gated_pods(ref):
+        return
+    _unchecked.discard(key_of(ref))
+    if phase == Phase.READY:
+        _awaiting.discard(key_of(ref))  # re-added by the webhook if it gates another pod meanwhile
     label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
     # A ClusterEnvironment's pods may be anywhere; with namespaced RBAC we may only list the watched ones.
     namespaces: list[str | None] = [ref.namespace] if ref.namespace else list(settings.namespace_list) or [None]

@@ -12,7 +12,7 @@ import kopf
 
 from kenv import admission, runtime
 from kenv.config import get_settings
-from kenv.models import GROUP, VERSION
+from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, GROUP, VERSION
 
 SETTINGS = get_settings()  # fails at import, i.e. at start, with every bad KENV_* variable named
 ENVIRONMENTS = (GROUP, VERSION, "environments")
@@ -37,6 +37,10 @@ async def registry_probe(**_: Any) -> str:
 # --- Environments and ClusterEnvironments: build the image, record the digest -------------------------------
 
 @kopf.on.resume(*ENVIRONMENTS)
+async def environment_resumed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("Environment", body, patch, logger, resumed=True)
+
+
 @kopf.on.create(*ENVIRONMENTS)
 @kopf.on.update(*ENVIRONMENTS)
 async def environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
@@ -50,6 +54,11 @@ async def environment_poll(body: kopf.Body, patch: kopf.Patch, logger: logging.L
 
 
 @kopf.on.resume(*CLUSTER_ENVIRONMENTS)
+async def cluster_environment_resumed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                                      **_: Any) -> None:
+    await runtime.reconcile("ClusterEnvironment", body, patch, logger, resumed=True)
+
+
 @kopf.on.create(*CLUSTER_ENVIRONMENTS)
 @kopf.on.update(*CLUSTER_ENVIRONMENTS)
 async def cluster_environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
@@ -92,14 +101,14 @@ def cluster_environments(name: str, spec: kopf.Spec, status: kopf.Status, **_: A
 # asked for an environment must not start without it; every other pod never reaches this webhook.
 
 @kopf.on.mutate("", "v1", "pods", id="inject-environment", operation="CREATE", ignore_failures=False,
-                labels={admission.ENVIRONMENT_LABEL: kopf.PRESENT})
+                labels={ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str], environments: kopf.Index,
                        **_: Any) -> None:
     admission.inject("Environment", body, patch, warnings, environments)
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject-cluster-environment", operation="CREATE", ignore_failures=False,
-                labels={admission.CLUSTER_ENVIRONMENT_LABEL: kopf.PRESENT})
+                labels={CLUSTER_ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_cluster_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
                                cluster_environments: kopf.Index, **_: Any) -> None:
     admission.inject("ClusterEnvironment", body, patch, warnings, cluster_environments)

@@ -20,6 +20,8 @@ from kenv import validation
 GROUP = "kenv.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+ENVIRONMENT_LABEL = "kenv.dev/environment"  # pods opt in with it (or the ClusterEnvironment one)
+CLUSTER_ENVIRONMENT_LABEL = "kenv.dev/cluster-environment"
 
 # Conservative image reference: registry[:port]/path[:tag][@sha256:hex]. Anything with whitespace, quotes or
 # newlines is refused so a base image can never smuggle an extra Dockerfile instruction.

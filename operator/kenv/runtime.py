@@ -32,6 +32,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings) -> None
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request is noise
     settings.posting.level = logging.WARNING  # our own Events carry the story; one per kopf log line is API load
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
@@ -67,11 +68,16 @@ def unsettled(body: kopf.Body, **_: Any) -> bool:
         return True
     if status.get("phase") == Phase.FAILED:
         return status.get("failedGeneration") != body.metadata.get("generation")
+    if gating.may_have_gated_pods(environment_ref(str(body.get("kind")), body)):
+        return True  # a pod was gated after the last look (e.g. while the Ready status was being written)
     return status.get("phase") != Phase.READY or status.get("observedGeneration") != body.metadata.get("generation")
 
 
-async def reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger) -> None:
+async def reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                    resumed: bool = False) -> None:
     ref = environment_ref(kind, body)
+    if resumed:
+        gating.check_after_restart(ref)
     started = time.monotonic()
     outcome = await reconciler().reconcile(ref, dict(body), logger)
     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
