@@ -7,7 +7,7 @@ APT_PACKAGES := buildah docker-registry debootstrap curl
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 
-.PHONY: run test deps apt binaries venv lint unit integration reliability crds image bench clean-cluster
+.PHONY: run test deps apt binaries venv lint unit integration reliability crds image bench bench-load clean-cluster
 
 run: deps ## local control plane + registry + operator + a sample Environment built to Ready
 	$(PY) hack/run.py
@@ -61,8 +61,14 @@ image: apt ## the operator image, built with buildah (no Docker engine needed)
 	  $(if $(wildcard $(HOST_CA)),-v $(HOST_CA):/run/kenv-ca.crt:ro --build-arg PIP_CERT=/run/kenv-ca.crt) \
 	  -f hack/operator.Dockerfile -t kenv-operator:dev .
 
-bench: deps
-	$(PY) bench/run.py
+bench: deps ## figures, printed (see README): render, webhook latency, a real build vs plain buildah, reconcile throughput
+	$(PY) bench/run.py render
+	$(PY) bench/webhook.py
+	$(PY) bench/build.py
+	$(PY) bench/reconcile.py
+
+bench-load: deps ## the full-size load test (300 Environments, real builds; about an hour on 2 cores)
+	$(PY) bench/load.py
 
 clean-cluster:
 	hack/cluster down || true

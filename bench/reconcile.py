@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import statistics
 import sys
 import threading
@@ -70,6 +71,11 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def watch_ready(stack: Stack, ready_at: dict[str, float], expected: int, stop: threading.Event) -> None:
     """Record when each Environment is first seen Ready (a watch across namespaces)."""
     while not stop.is_set() and len(ready_at) < expected:
@@ -117,7 +123,7 @@ def main() -> int:
     parser.add_argument("--contents", type=int, default=200)
     parser.add_argument("--namespaces", type=int, default=5)
     args = parser.parse_args()
-    stack = Stack(max_parallel_builds=4).start()
+    stack = Stack(max_parallel_builds=4, poll_seconds="5").start()  # the operator's production poll interval
     try:
         registry = stack.cluster.registry
         tags = [render_context(EnvironmentSpec.model_validate(spec_for(i))).tag for i in range(args.contents)]
@@ -134,6 +140,9 @@ def main() -> int:
         watcher.start()
         time.sleep(1)
         applied_at: dict[str, float] = {}
+        pid = stack.operator.popen.pid if stack.operator.popen else os.getpid()
+        cpu_before = cpu_seconds(pid)
+        print(f"operator pid {pid}", flush=True)
         started = time.monotonic()
         for namespace, name, content in plan:
             applied_at[f"{namespace}/{name}"] = time.monotonic()
@@ -145,14 +154,16 @@ def main() -> int:
         total = max(ready_at.values()) - started if ready_at else float("nan")
         latencies = [ready_at[k] - applied_at[k] for k in applied_at if k in ready_at]
         jobs = stack.kube.request("GET", "/apis/batch/v1/namespaces/kenv-system/jobs")["items"]
-        rss = peak_rss_mib(stack.operator.popen.pid) if stack.operator.popen else float("nan")
+        rss = peak_rss_mib(pid)
+        cpu = cpu_seconds(pid) - cpu_before
 
         floor_started = time.monotonic()
         floor = floor_loop(stack, [(ns, name, tags[c]) for ns, name, c in plan], workers=20)
         floor_total = time.monotonic() - floor_started
         print(f"reconcile: {len(latencies)}/{args.envs} Environments Ready ({args.contents} contents, "
               f"{args.namespaces} namespaces) in {total:.1f}s; apply→Ready p50 {statistics.median(latencies):.2f}s "
-              f"p99 {percentile(latencies, 0.99):.2f}s; builds started {len(jobs)}; operator peak RSS {rss:.0f} MiB")
+              f"p99 {percentile(latencies, 0.99):.2f}s; builds started {len(jobs)}; operator peak RSS {rss:.0f} MiB, "
+              f"CPU {cpu:.1f}s")
         print(f"floor (same API round trips, 20 workers): total {floor_total:.1f}s, per reconcile p50 "
               f"{statistics.median(floor) * 1000:.0f} ms p99 {percentile(floor, 0.99) * 1000:.0f} ms; "
               f"ratio operator/floor total {total / floor_total:.2f}")

@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,53 +22,109 @@ GROUP_PATH = "/apis/kenv.dev/v1alpha1"
 
 
 class Stack:
-    def __init__(self, max_parallel_builds: int) -> None:
+    def __init__(self, max_parallel_builds: int, fakelet_parallel_builds: int = 2, kaniko: str | None = None,
+                 **operator_settings: str) -> None:
+        """max_parallel_builds: the operator's cap; fakelet_parallel_builds: builds the fakelet runs at once (the
+        "node"); kaniko: a Kaniko executor for build pods (None: the fakelet's buildah path, unless
+        KENV_FAKELET_KANIKO is set)."""
         self.state = Path(tempfile.mkdtemp(prefix="kenv-bench-"))
         self.cap = max_parallel_builds
+        self.fakelet_parallel_builds = fakelet_parallel_builds
+        self.kaniko = kaniko
+        self.operator_settings = operator_settings  # extra KENV_* settings, e.g. poll_seconds="5"
         self.namespace = f"bench-{uuid.uuid4().hex[:6]}"
 
     def start(self) -> Stack:
         self.cluster = LocalCluster(self.state / "cluster").start()
+        try:
+            return self._start_rest()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_rest(self) -> Stack:
         self.kube = KubeAPI(self.cluster.kubeconfig)
         env = {**os.environ, "KENV_REGISTRY": self.cluster.registry}
         self.base_image = subprocess.run([str(ROOT / "hack/base-image.sh")], env=env, check=True, text=True,
                                          capture_output=True).stdout.strip().splitlines()[-1]
         subprocess.run([self.cluster.kubectl, "--kubeconfig", str(self.cluster.kubeconfig), "apply", "-f",
                         str(ROOT / "crds")], check=True, capture_output=True)
-        subprocess.run([self.cluster.kubectl, "--kubeconfig", str(self.cluster.kubeconfig), "wait",
-                        "--for=condition=Established", "crd/environments.kenv.dev"], check=True, capture_output=True)
+        self._wait_established(["environments.kenv.dev", "clusterenvironments.kenv.dev"])
         for name in (BUILD_NAMESPACE, self.namespace):
             self.kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-        self.fakelet = Fakelet(self.cluster.kubeconfig, registry=self.cluster.registry,
-                               max_parallel_builds=2).start()
+        self.fakelet = Fakelet(self.cluster.kubeconfig, registry=self.cluster.registry, logs_dir=self.state / "builds",
+                               max_parallel_builds=self.fakelet_parallel_builds, kaniko=self.kaniko).start()
         self.operator = OperatorProcess(self.cluster.kubeconfig, self.cluster.registry, self.state / "operator.log",
-                                        max_parallel_builds=str(self.cap)).start()
+                                        max_parallel_builds=str(self.cap), **self.operator_settings).start()
         return self
 
+    def _wait_established(self, crds: list[str], timeout: float = 60) -> None:
+        """Poll the CRDs until Established (`kubectl wait` right after `apply` may find none yet and fail)."""
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            try:
+                body = self.kube.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{pending[0]}")
+                if any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (body.get("status") or {}).get("conditions") or []):
+                    pending.pop(0)
+                    continue
+            except urllib.error.HTTPError as error:
+                if error.code != 404:
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {pending[0]} not Established after {timeout:.0f}s")
+            time.sleep(0.2)
+
     def stop(self) -> None:
-        self.operator.stop()
-        self.fakelet.stop()
-        self.cluster.stop()
+        for part in ("operator", "fakelet", "cluster"):
+            if hasattr(self, part):
+                getattr(self, part).stop()
 
     def environments(self) -> list[dict[str, Any]]:
         return list(self.kube.request("GET", f"{GROUP_PATH}/namespaces/{self.namespace}/environments")["items"])
 
-    def ready_environment(self, name: str) -> dict[str, Any]:
+    @property
+    def builder(self) -> str:
+        """Which builder runs the build pods here: the fakelet's buildah on the host, or the real Kaniko executor."""
+        return "kaniko" if self.fakelet.kaniko else "buildah"
+
+    def create_environment(self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> None:
         self.kube.request("POST", f"{GROUP_PATH}/namespaces/{self.namespace}/environments", {
-            "apiVersion": "kenv.dev/v1alpha1", "kind": "Environment", "metadata": {"name": name},
-            "spec": {"docker": {"baseImage": self.base_image}, "python": {"userManagedDependencies": True}}})
+            "apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec})
+
+    def wait_ready(self, name: str, timeout: float = 900) -> dict[str, Any]:
+        """The Environment once Ready; RuntimeError if it Fails, TimeoutError after timeout seconds."""
+        deadline = time.monotonic() + timeout
         while True:
             body = self.kube.request("GET", f"{GROUP_PATH}/namespaces/{self.namespace}/environments/{name}")
-            if (body.get("status") or {}).get("phase") == "Ready":
+            status = body.get("status") or {}
+            if status.get("phase") == "Ready":
                 return dict(body)
-            time.sleep(0.5)
+            if status.get("phase") == "Failed":
+                raise RuntimeError(f"Environment {name} Failed: {status.get('conditions')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Environment {name} not Ready after {timeout:.0f}s: {status}")
+            time.sleep(0.2)
+
+    def ready_environment(self, name: str) -> dict[str, Any]:
+        self.create_environment(name, {"docker": {"baseImage": self.base_image},
+                                       "python": {"userManagedDependencies": True}})
+        return self.wait_ready(name)
+
+    def build_jobs(self, content_hash: str | None = None) -> list[dict[str, Any]]:
+        selector = f"?labelSelector=kenv.dev%2Fhash%3D{content_hash[:40]}" if content_hash else ""
+        return list(self.kube.request("GET", f"/apis/batch/v1/namespaces/{BUILD_NAMESPACE}/jobs{selector}")["items"])
 
     def active_builds(self) -> int:
         jobs = self.kube.request("GET", f"/apis/batch/v1/namespaces/{BUILD_NAMESPACE}/jobs")["items"]
         return sum(1 for j in jobs if not any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
                                               for c in j["status"].get("conditions", [])))
 
-    def load(self, count: int) -> dict[str, Any]:
+    def load(self, count: int, timeout: float = 7200) -> dict[str, Any]:
+        """count Environments of distinct content (FROM base + one LABEL each), created at once; samples the
+        active build Jobs every 0.5 s until all are Ready (or one Failed, or timeout)."""
         samples: list[int] = []
         done = threading.Event()
 
@@ -79,24 +136,33 @@ class Stack:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.monotonic()
-        for i in range(count):
-            self.kube.request("POST", f"{GROUP_PATH}/namespaces/{self.namespace}/environments", {
-                "apiVersion": "kenv.dev/v1alpha1", "kind": "Environment", "metadata": {"name": f"load-{i}"},
-                "spec": {"docker": {"dockerfile": f"FROM {self.base_image}\nLABEL kenv.load={i}"},
-                         "python": {"userManagedDependencies": True}}})
-        while True:
-            items = self.environments()
-            if len(items) == count and all((e.get("status") or {}).get("phase") == "Ready" for e in items):
-                break
-            time.sleep(2)
-        seconds = time.monotonic() - started
-        done.set()
-        sampler.join()
-        jobs = self.kube.request("GET", f"/apis/batch/v1/namespaces/{BUILD_NAMESPACE}/jobs")["items"]
+        try:
+            for i in range(count):
+                self.create_environment(f"load-{i}", {
+                    "docker": {"dockerfile": f"FROM {self.base_image}\nLABEL kenv.load={self.namespace}-{i}"},
+                    "python": {"userManagedDependencies": True}})
+            while True:
+                items = self.environments()
+                phases = [(e.get("status") or {}).get("phase") for e in items]
+                if len(items) == count and all(p == "Ready" for p in phases):
+                    break
+                failed = [e["metadata"]["name"] for e, p in zip(items, phases, strict=True) if p == "Failed"]
+                if failed:
+                    raise RuntimeError(f"Environments Failed: {failed[:5]}")
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"not all Ready after {timeout:.0f}s: "
+                                       f"{ {p: phases.count(p) for p in set(phases)} }")
+                time.sleep(1)
+            seconds = time.monotonic() - started
+        finally:
+            done.set()
+            sampler.join()
         per_content: dict[str, int] = {}
-        for job in jobs:
+        for job in self.build_jobs():
             key = job["metadata"]["labels"]["kenv.dev/hash"]
             per_content[key] = per_content.get(key, 0) + 1
-        lost = count - len({e["status"]["digest"] for e in items})
+        digests = {e["status"]["digest"] for e in items}
         return {"max_active": max(samples), "samples": len(samples), "seconds": seconds,
-                "jobs_per_content": max(per_content.values()), "lost": lost}
+                "contents": len({e["status"]["hash"] for e in items}), "jobs": sum(per_content.values()),
+                "jobs_per_content_max": max(per_content.values()), "jobs_per_content_min": min(per_content.values()),
+                "digests": len(digests), "lost": count - len(digests)}
