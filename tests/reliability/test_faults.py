@@ -127,13 +127,14 @@ def test_registry_down_waits_with_reason_and_recovers(kube, cluster, namespace, 
     report("registry down during lookup", time.monotonic() - started)
 
 
-def test_apiserver_restart_is_survived_by_the_watches(kube, cluster, namespace, base_image):
-    cluster.stop_component("kube-apiserver")
-    cluster.start_component("kube-apiserver")
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_control_plane_restart_is_survived_by_the_watches(kube, cluster, namespace, base_image, component):
+    cluster.stop_component(component)
+    cluster.start_component(component)
     started = time.monotonic()
     create_env(kube, namespace, "afterrestart", quick_spec(base_image, namespace))
     assert_ready_with_registry_digest(kube, cluster, namespace, "afterrestart")
-    report("kube-apiserver restart (to a new Environment Ready)", time.monotonic() - started)
+    report(f"{component} restart (to a new Environment Ready)", time.monotonic() - started)
 
 
 def test_webhook_down_refuses_labelled_pods_only(kube, namespace, base_image, operator):
@@ -174,15 +175,6 @@ def test_deleted_environment_leaves_running_pods_and_refuses_new_ones(kube, name
         return None
     message = wait_for(refused, 30, "the index to forget the Environment")
     assert "does not exist" in message and "kubectl get env gone" in message
-
-
-def test_etcd_restart_is_survived(kube, cluster, namespace, base_image):
-    cluster.stop_component("etcd")
-    cluster.start_component("etcd")
-    started = time.monotonic()
-    create_env(kube, namespace, "afteretcd", quick_spec(base_image, namespace))
-    assert_ready_with_registry_digest(kube, cluster, namespace, "afteretcd")
-    report("etcd restart (to a new Environment Ready)", time.monotonic() - started)
 
 
 def test_build_exceeding_its_deadline_fails_with_the_reason(kube, namespace, base_image, fakelet):
