@@ -74,7 +74,8 @@ class Reconciler:
         except ValidationError as error:
             return self._invalid(current, describe_validation_error(error), generation)
         try:
-            context = render_context(spec, await self._externals(ref, spec))
+            externals = await self._externals(ref, spec)
+            context = render_context(spec, externals)
         except MissingReference as missing:
             return Outcome(status.progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
         except SpecError as error:
@@ -94,7 +95,8 @@ class Reconciler:
                                              f"transient:{transient}" if transient else ""]))
         plan = builds.plan_build(context, self.settings, attempt_key)
         try:
-            return await self._converge(ref, spec, context, plan, current, generation, forced, token, log)
+            return await self._converge(ref, spec, context, externals.ca_bundle, plan, current, generation,
+                                        forced, token, log)
         except MissingReference as missing:
             return Outcome(status.progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
         except RegistryError as error:
@@ -136,7 +138,7 @@ class Reconciler:
         return config
 
     async def _converge(self, ref: EnvironmentRef, spec: EnvironmentSpec, context: BuildContext,
-                        plan: builds.BuildPlan, current: dict[str, Any], generation: int | None,
+                        ca_bundle: str | None, plan: builds.BuildPlan, current: dict[str, Any], generation: int | None,
                         forced: bool, token: str | None, log: logging.Logger) -> Outcome:
         push_config = await self._push_config()
         push_credentials = credentials_for(builds.registry_of(plan.destination), push_config)
@@ -163,7 +165,7 @@ class Reconciler:
             job = active[0] if active else None
         if job is not None:
             return self._building(current, plan, job, generation)
-        job, created = await self._start_build(ref, spec, context, plan, push_config, log)
+        job, created = await self._start_build(ref, spec, context, ca_bundle, plan, push_config, log)
         if job is None:
             message = f"waiting for a build slot ({self.settings.max_parallel_builds} builds run at once)"
             return Outcome(status.progress(current, Phase.QUEUED, "Queued", message, generation, plan.hash))
@@ -242,12 +244,11 @@ class Reconciler:
             metrics.BUILD_DURATION.observe((parse(str(end)) - parse(str(start))).total_seconds())
 
     async def _start_build(self, ref: EnvironmentRef, spec: EnvironmentSpec, context: BuildContext,
-                           plan: builds.BuildPlan, push_config: dict[str, Any],
+                           ca_bundle: str | None, plan: builds.BuildPlan, push_config: dict[str, Any],
                            log: logging.Logger) -> tuple[dict[str, Any] | None, bool]:
         """Create the build objects if a slot is free: (job, created); (None, False) means queued."""
         base_config = await self.base_registry_config(ref, spec)
         docker_config = builds.merge_docker_configs(base_config, push_config)
-        ca_bundle = context.files.get(builds.CA_KEY) or (await self._externals(ref, spec)).ca_bundle
         async with self.build_slots:
             existing = await kube.read_job(plan.namespace, plan.job_name)  # a concurrent reconcile won
             if existing is not None:
