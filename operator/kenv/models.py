@@ -100,9 +100,7 @@ class PipSection(KenvModel):
     @field_validator("packages")
     @classmethod
     def _pep508_packages(cls, value: list[str]) -> list[str]:
-        for index, package in enumerate(value):
-            validation.check_requirement(package, f"spec.pip.packages[{index}]")
-        return value
+        return validation.check_each(value, validation.check_requirement, "spec.pip.packages")
 
 
 class CondaSection(KenvModel):
@@ -140,23 +138,17 @@ class CondaSection(KenvModel):
     @field_validator("channels")
     @classmethod
     def _channel_names(cls, value: list[str]) -> list[str]:
-        for index, channel in enumerate(value):
-            validation.check_channel(channel, f"spec.conda.channels[{index}]")
-        return value
+        return validation.check_each(value, validation.check_channel, "spec.conda.channels")
 
     @field_validator("packages")
     @classmethod
     def _match_specs(cls, value: list[str]) -> list[str]:
-        for index, package in enumerate(value):
-            validation.check_conda_spec(package, f"spec.conda.packages[{index}]")
-        return value
+        return validation.check_each(value, validation.check_conda_spec, "spec.conda.packages")
 
     @field_validator("pip_packages")
     @classmethod
     def _pep508_pip_packages(cls, value: list[str]) -> list[str]:
-        for index, package in enumerate(value):
-            validation.check_requirement(package, f"spec.conda.pipPackages[{index}]")
-        return value
+        return validation.check_each(value, validation.check_requirement, "spec.conda.pipPackages")
 
     @model_validator(mode="after")
     def _one_form(self) -> CondaSection:

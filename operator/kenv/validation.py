@@ -9,7 +9,7 @@ nor hide a look-alike name. Errors surface at validation time (`kubectl apply`, 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import yaml
@@ -250,6 +250,13 @@ def check_requirements_body(text: str, where: str) -> None:
         problem = requirement_line_problem(line)
         if problem:
             raise ValueError(f"{where} line {number}: {problem}")
+
+
+def check_each(values: list[str], check: Callable[[str, str], None], field: str) -> list[str]:
+    """Run `check` on every item, naming it `field[index]` in the error; returns the list unchanged."""
+    for index, value in enumerate(values):
+        check(value, f"{field}[{index}]")
+    return values
 
 
 def check_requirement(value: str, where: str) -> None:
