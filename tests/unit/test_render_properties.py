@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import IMAGE_REF_PATTERN, EnvironmentSpec, spec_from_body
-from kenv.render import Externals, canonical_yaml, render_context, uses_conda
+from kenv.render import BuildContext, Externals, canonical_yaml, render_context, uses_conda
 from kenv.validation import canonical_requirements, check_requirements_body
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -110,15 +110,23 @@ def assert_refusal_names_a_field(error: Exception) -> None:
     assert "\n" not in message and "\r" not in message, message
 
 
+def render_or_refuse(body: dict) -> tuple[EnvironmentSpec, BuildContext] | None:
+    """The validated spec and its context, or None after checking that the refusal names a field."""
+    try:
+        spec = spec_from_body(body)
+        return spec, render_context(spec, EXTERNALS)
+    except (ValidationError, SpecError) as error:
+        assert_refusal_names_a_field(error)
+        return None
+
+
 @SETTINGS
 @given(body=bodies())
 def test_no_spec_value_reaches_the_dockerfile(body):
-    try:
-        spec = spec_from_body(body)
-        context = render_context(spec, EXTERNALS)
-    except (ValidationError, SpecError) as error:
-        assert_refusal_names_a_field(error)
+    rendered = render_or_refuse(body)
+    if rendered is None:
         return
+    spec, context = rendered
     dockerfile = context.files["Dockerfile"]
     assert dockerfile == render_context(reference(spec), EXTERNALS).files["Dockerfile"]
     for line in instruction_lines(dockerfile):
@@ -293,12 +301,10 @@ def test_whitespace_only_edits_of_the_dockerfile_keep_the_hash(lines, data):
 @given(body=bodies())
 def test_rendered_requirements_are_a_fixed_point(body):
     """The rendered requirements.txt is what pip reads: re-reading it gives the same lines, all valid."""
-    try:
-        spec = spec_from_body(body)
-        context = render_context(spec, EXTERNALS)
-    except (ValidationError, SpecError) as error:
-        assert_refusal_names_a_field(error)
+    rendered = render_or_refuse(body)
+    if rendered is None:
         return
+    _, context = rendered
     requirements = context.files.get("requirements.txt")
     if requirements is not None:
         assert canonical_requirements(requirements) == requirements.splitlines()
