@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from localcluster import ensure_no_proxy
+
 BUILD_NAMESPACE = "kenv-system"
 
 
@@ -34,8 +36,6 @@ class OperatorProcess:
         self.env = {
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
-            "NO_PROXY": "127.0.0.1,localhost," + os.environ.get("NO_PROXY", ""),
-            "no_proxy": "127.0.0.1,localhost," + os.environ.get("no_proxy", ""),
             "KENV_DESTINATION_REPO": f"{registry}/kenv/environments",
             "KENV_INSECURE_REGISTRIES": registry,
             "KENV_BUILD_NAMESPACE": BUILD_NAMESPACE,
@@ -44,6 +44,7 @@ class OperatorProcess:
             "KENV_POLL_SECONDS": "1",
             **{f"KENV_{k.upper()}": v for k, v in settings.items()},
         }
+        ensure_no_proxy(self.env)  # the webhook and registry on 127.0.0.1 must not go through a proxy
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
