@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := buildah docker-registry debootstrap curl
+# The local node: containerd + runc (crun fails on this cgroup v1 hybrid), CNI plugins, iptables and conntrack for
+# kube-proxy; buildah and debootstrap build the images pods run; docker-registry serves them.
+APT_PACKAGES := containerd runc containernetworking-plugins iptables conntrack buildah docker-registry debootstrap curl
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 
@@ -22,9 +24,10 @@ apt: ## Debian packages a fresh machine of this kind lacks
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  (apt-get update -q || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
-binaries: ## control-plane binaries and the Kaniko executor, built from the Go module proxy into ~/.cache/kenv (once)
+binaries: ## control-plane and node binaries, Kaniko, BuildKit: built from the Go module proxy into ~/.cache/kenv (once)
 	@hack/build-binaries.sh >/dev/null
 	@hack/build-kaniko.sh >/dev/null
+	@hack/build-buildkit.sh >/dev/null
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,17 +54,10 @@ crds: venv ## regenerate crds/ and the chart's copy from the models
 	$(VENV)/bin/kenv crd --write crds
 	mkdir -p charts/kenv/crds && cp crds/*.yaml charts/kenv/crds/
 
-# BASE_IMAGE=host/repo:tag builds on another Debian/python3 base (e.g. the local registry's, see hack/base-image.sh);
-# the host's CA bundle is mounted for pip so builds work behind a TLS-intercepting proxy.
-BASE_IMAGE ?= python:3.11-slim-bookworm
-HOST_CA := /etc/ssl/certs/ca-certificates.crt
-image: apt ## the operator image, built with buildah (no Docker engine needed)
-	buildah --storage-driver vfs bud --isolation chroot --tls-verify=$(if $(INSECURE),false,true) \
-	  --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	  $(if $(wildcard $(HOST_CA)),-v $(HOST_CA):/run/kenv-ca.crt:ro --build-arg PIP_CERT=/run/kenv-ca.crt) \
-	  -f hack/operator.Dockerfile -t kenv-operator:dev .
+image: apt ## the operator image (hack/operator.Dockerfile) on the local Debian/python3 base, built with buildah, tagged kenv-operator:dev
+	ref=$$($(PYTHON) hack/images.py build operator) && buildah --storage-driver vfs tag "$$ref" kenv-operator:dev && echo "$$ref"
 
-bench: deps ## figures, printed (see README): render, webhook latency, a real build vs plain buildah, reconcile throughput
+bench: deps ## figures, printed (see README): render, webhook latency, a real build vs a plain Dockerfile build, reconcile throughput
 	$(PY) bench/run.py render
 	$(PY) bench/webhook.py
 	$(PY) bench/build.py

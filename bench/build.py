@@ -1,37 +1,30 @@
-"""A real pip Environment end to end vs. a plain `buildah bud` + push of the same context, and a one-package edit.
+"""A real pip Environment end to end vs. a plain Kaniko Job of the same context, and a one-package edit.
 
-    python bench/build.py [--rounds 2] [--kaniko EXECUTOR]
+    python bench/build.py [--rounds 2]
 
-Starts its own stack (bench/stack.py) and, in one run:
+Starts its own stack (bench/stack.py: a real node, kenv by Helm) and, in one run:
   (a) applies an Environment (the stack's base image, pip `six==1.16.0`, build.caBundle from a ConfigMap holding
       /etc/ssl/certs/ca-certificates.crt) and times it from the POST to Ready: operator reconcile, registry lookup,
-      build Job, the build itself (pip through the network), push, digest read back, status written;
-  (b) renders the same context with kenv.render.render_context (what `kenv render --ca-bundle` writes) and times
-      a plain `buildah bud` + `buildah push` of it to the same registry, with the flags the fakelet uses;
-      prints both times and the ratio (target ≤ 1.2); --rounds repeats (a) and (b) in ABBA order (a later (a)
-      is a new Environment of the same content with a kenv.dev/rebuild token, which forces its build);
+      build Job, the Kaniko pod (pip through the network), push, digest read back, status written;
+  (b) renders the same context with kenv.render.render_context (what `kenv render --ca-bundle` writes) and times a
+      plain Kaniko Job of it (the same executor image and flags, no operator) from its POST to Complete;
+      prints both and the ratio; --rounds repeats (a) and (b) in ABBA order (a later (a) is a new Environment of
+      the same content with a kenv.dev/rebuild token, which forces its build; each (b) pushes to its own tag and
+      cache repository, so it never reuses (a)'s layers);
   (c) applies a second Environment that differs only by one pip package (`idna==3.7`), times it, and shows which
-      build steps were reused (buildah: "Using cache" in the build log; Kaniko: "Using caching version of cmd")
-      and which image layers it shares with (a)'s image in the registry.
-The base image is pulled into local storage first and one plain build of the same context runs (both untimed),
-so neither (a) nor (b) pays for the pull or for being the run's first build.
-
-Build pods run on the fakelet's buildah path by default (hack/fakelet.py: `buildah bud --isolation chroot` on the
-host, vfs storage). That path keeps no layer cache between builds: `buildah bud` runs without --layers, and the
-fakelet's `buildah rmi` after each push also removes the intermediate images that BUILDAH_LAYERS=true would keep
-(checked: with it, (c) still reuses 0 of 9 steps). Reuse there is the registry's only (the base image's layer).
---kaniko runs the build pods with the real Kaniko executor (hack/build-kaniko.sh builds one), whose cache repo
-(--cache-repo, on by default) is what reuses layers on a cluster.
+      build steps Kaniko reused ("Using caching version of cmd" in the build pod's log) and which image layers it
+      shares with (a)'s image in the registry.
+One untimed plain build runs first, so neither (a) nor (b) pays for being the run's first (image pulls, caches).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import re
-import subprocess
 import sys
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +38,6 @@ from stack import Stack  # noqa: E402
 
 CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
 TARGET_RATIO = 1.2
-BUILDAH = ["buildah", "--storage-driver", "vfs"]  # as hack/fakelet.py runs it
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, "
                   "application/vnd.docker.distribution.manifest.v2+json")
 
@@ -55,60 +47,68 @@ def pip_spec(base_image: str, requirements: str) -> dict[str, Any]:
             "build": {"caBundle": {"name": "kenv-ca", "key": "ca.crt"}}}
 
 
+def container_seconds(pod: dict[str, Any]) -> float:
+    state = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    parse = dt.datetime.fromisoformat
+    return (parse(state["finishedAt"]) - parse(state["startedAt"])).total_seconds()
+
+
+def job_pod(stack: Stack, namespace: str, job: str) -> dict[str, Any]:
+    pods = stack.kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=job-name%3D{job}")["items"]
+    if len(pods) != 1:
+        raise RuntimeError(f"Job {namespace}/{job}: expected one pod, found {len(pods)}")
+    return dict(pods[0])
+
+
 def timed_environment(stack: Stack, name: str, spec: dict[str, Any],
                       annotations: dict[str, str] | None = None) -> tuple[float, dict[str, Any], dict[str, Any]]:
-    """(seconds from POST to Ready, the Environment, the fakelet's record of the build it requested)."""
+    """(seconds from POST to Ready, the Environment, its build pod)."""
     started = time.monotonic()
     stack.create_environment(name, spec, annotations)
     env = stack.wait_ready(name)
     seconds = time.monotonic() - started
-    jobs = [j["metadata"]["name"] for j in stack.build_jobs(env["status"]["hash"])
-            if j["metadata"]["annotations"]["kenv.dev/requested-by"].endswith(f"{stack.namespace}/{name}")]
-    builds = [b for b in stack.fakelet.builds if any(b["pod"].startswith(job + "-") for job in jobs)]
-    if len(jobs) != 1 or len(builds) != 1:
-        raise RuntimeError(f"{name}: expected one build Job and one build, got {jobs} and {builds}")
-    return seconds, env, builds[0]
+    job = env["status"]["buildJob"]
+    return seconds, env, job_pod(stack, job["namespace"], job["name"])
 
 
-def plain_build(registry: str, files: dict[str, str], tag: str) -> tuple[float, float, str]:
-    """`buildah bud` + push of the rendered context; (bud+push seconds, rmi seconds, digest)."""
-    destination = f"{registry}/bench/plain:{tag}"
-    with tempfile.TemporaryDirectory(prefix="kenv-plain-") as tmp:
-        context = Path(tmp, "context")
-        for name, text in files.items():  # what `kenv render -o DIR` writes
-            (context / name).parent.mkdir(parents=True, exist_ok=True)
-            (context / name).write_text(text)
-        digest_file = Path(tmp, "digest")
-        log_path = Path(tmp, "log")
-        started = time.monotonic()
-        with log_path.open("w") as log:
-            for step in ([*BUILDAH, "bud", "--isolation", "chroot", "--tls-verify=false",
-                          "-f", str(context / "Dockerfile"), "-t", destination, str(context)],
-                         [*BUILDAH, "push", "--tls-verify=false", "--digestfile", str(digest_file), destination,
-                          f"docker://{destination}"]):
-                if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-                    log.flush()
-                    raise RuntimeError(f"plain build failed: {' '.join(step)}\n{log_path.read_text()[-3000:]}")
-        seconds = time.monotonic() - started
-        started = time.monotonic()
-        subprocess.run([*BUILDAH, "rmi", destination], capture_output=True)  # the fakelet does this too
-        return seconds, time.monotonic() - started, digest_file.read_text().strip()
+def plain_kaniko_job(stack: Stack, files: dict[str, str], tag: str) -> tuple[float, dict[str, Any]]:
+    """A Kaniko Job of the rendered context, shaped like the operator's (context ConfigMap one level down, digest
+    file, cache on) but to its own tag and cache repository; (seconds from POST to Complete, its pod)."""
+    namespace, registry = stack.namespace, stack.cluster.registry
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    stack.kube.request("POST", f"/api/v1/namespaces/{namespace}/configmaps",
+                       {"metadata": {"name": name}, "data": files})
+    args = ["--context=dir:///workspace/context", "--dockerfile=/workspace/context/Dockerfile",
+            f"--destination={registry}/bench/plain:{tag}", "--digest-file=/dev/termination-log", "--cache=true",
+            f"--cache-repo={registry}/bench/plain-cache-{tag}", "--log-format=text", f"--insecure-registry={registry}"]
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"backoffLimit": 0,
+           "template": {"spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [
+               {"name": "build", "image": stack.operator.images["kaniko"], "args": args,
+                "env": [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}],
+                "volumeMounts": [{"name": "context", "mountPath": "/workspace", "readOnly": True},
+                                 {"name": "ca", "mountPath": "/kenv/ca", "readOnly": True}]}],
+               "volumes": [{"name": "context", "configMap": {"name": name, "items": [
+                   {"key": key, "path": f"context/{key}"} for key in sorted(files)]}},
+                   {"name": "ca", "configMap": {"name": name, "items": [{"key": "kenv-ca.crt", "path": "ca.crt"}]}}]}}}}
+    started = time.monotonic()
+    stack.kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job)
+    while True:
+        status = stack.kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}").get("status", {})
+        finished = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
+        if "Complete" in finished:
+            return time.monotonic() - started, job_pod(stack, namespace, name)
+        if "Failed" in finished:
+            raise RuntimeError(f"plain Kaniko Job {name} failed: {status}")
+        time.sleep(0.2)
 
 
-def build_steps(log: str, builder: str) -> list[tuple[str, bool]]:
-    """(step, reused?) for each build step in a builder's log."""
+def build_steps(log: str) -> list[tuple[str, bool]]:
+    """(step, reused?) for each cacheable step in a Kaniko log (--log-format=text)."""
     steps: list[tuple[str, bool]] = []
-    if builder == "buildah":
-        for line in log.splitlines():
-            if match := re.match(r"^STEP \d+/\d+: (.*)$", line):
-                steps.append((match.group(1), False))
-            elif line.startswith("--> Using cache") and steps:
-                steps[-1] = (steps[-1][0], True)
-        return steps
-    for line in log.splitlines():  # Kaniko, --log-format=text
-        if match := re.search(r"Using caching version of cmd: (.*)$", line):
+    for line in log.splitlines():
+        if match := re.search(r"Using caching version of cmd: (.*?)\"?$", line):
             steps.append((match.group(1), True))
-        elif match := re.search(r"No cached layer found for cmd (.*)$", line):
+        elif match := re.search(r"No cached layer found for cmd (.*?)\"?$", line):
             steps.append((match.group(1), False))
     return steps
 
@@ -120,77 +120,59 @@ def layers(registry: str, repository: str, reference: str) -> list[str]:
     return [layer["digest"] for layer in response.json()["layers"]]
 
 
-def run(kaniko: str | None, rounds: int, warmup: bool) -> int:
-    stack = Stack(max_parallel_builds=4, kaniko=kaniko).start()
+def run(rounds: int, warmup: bool) -> int:
+    stack = Stack(max_parallel_builds=4).start()
     try:
         registry, base = stack.cluster.registry, stack.base_image
-        builder = stack.builder
-        print(f"build: builder of the build pods: {builder} "
-              + ("(the fakelet's buildah path: `buildah bud --isolation chroot` on the host, vfs storage"
-                 ", no layer cache kept between builds)"
-                 if builder == "buildah" else f"(the real Kaniko executor {stack.fakelet.kaniko}, cache repo on)"))
+        print(f"build: Kaniko build pods ({stack.operator.images['kaniko']}) on the local node, cache repo on")
         ca_text = CA_FILE.read_text()
         stack.kube.request("POST", f"/api/v1/namespaces/{stack.namespace}/configmaps",
                            {"metadata": {"name": "kenv-ca"}, "data": {"ca.crt": ca_text}})
-
-        # Both (a) and (b) start from the base image in local storage: the first build would pay for its pull
-        # (and vfs extraction) alone otherwise.
-        pull = subprocess.run([*BUILDAH, "pull", "--tls-verify=false", base], capture_output=True, text=True)
-        if pull.returncode != 0:
-            raise RuntimeError(f"buildah pull {base}: {pull.stderr[-2000:]}")
         spec_a = pip_spec(base, "six==1.16.0\n")
         context = render_context(EnvironmentSpec.model_validate(spec_a), Externals(ca_bundle=ca_text))
-        if warmup:  # the run's first build is slower whoever runs it (page cache, pip's first connections)
-            seconds, _, _ = plain_build(registry, context.files, f"{context.tag}-warmup")
-            print(f"warm-up: one plain build of the same context, not counted: {seconds:.1f} s")
+        files = dict(context.files) | {"kenv-ca.crt": ca_text}
+        if warmup:
+            seconds, _ = plain_kaniko_job(stack, files, f"{context.tag}-warmup")
+            print(f"warm-up: one plain Kaniko Job of the same context, not counted: {seconds:.1f} s")
 
-        # (a) the operator, end to end, and (b) the same context built by hand; rounds in ABBA order (a b, b a,
-        # a b...) so that a drift in the machine's load hits both alike. Later rounds force a build of the same
-        # content with a kenv.dev/rebuild token on a new Environment.
         e2e: list[float] = []
         pods: list[float] = []
         plain: list[float] = []
-        plain_rmi: list[float] = []
         for round_ in range(rounds):
             for part in ("ab" if round_ % 2 == 0 else "ba"):
                 if part == "a":
                     name = "six" if round_ == 0 else f"six-{round_}"
                     annotations = {"kenv.dev/rebuild": f"bench-{round_}"} if round_ else None
-                    seconds, env, build = timed_environment(stack, name, spec_a, annotations)
+                    seconds, env, pod = timed_environment(stack, name, spec_a, annotations)
                     if round_ == 0:
                         env_a = env
                     if context.hash != env["status"]["hash"]:
                         raise RuntimeError(f"rendered hash {context.hash} != the operator's {env['status']['hash']}")
                     e2e.append(seconds)
-                    pods.append(build["seconds"])
+                    pods.append(container_seconds(pod))
                     print(f"(a) round {round_ + 1}: Environment {name} (pip six==1.16.0, caBundle) applied -> Ready: "
-                          f"{seconds:.1f} s; its build pod (the same buildah bud + push, then `buildah rmi`): "
-                          f"{build['seconds']:.1f} s; the rest (operator, Job, scheduling, status): "
-                          f"{seconds - build['seconds']:.1f} s")
+                          f"{seconds:.1f} s; its Kaniko container ran {pods[-1]:.1f} s; the rest (operator, Job, "
+                          f"pod start, status): {seconds - pods[-1]:.1f} s")
                 else:
-                    seconds, rmi, _ = plain_build(registry, context.files, f"{context.tag}-{round_}")
+                    seconds, pod = plain_kaniko_job(stack, files, f"{context.tag}-{round_}")
                     plain.append(seconds)
-                    plain_rmi.append(seconds + rmi)
-                    print(f"(b) round {round_ + 1}: plain `buildah bud` + push of the same rendered context "
-                          f"({', '.join(sorted(context.files))}; hash equal to (a)'s): {seconds:.1f} s "
-                          f"(+ {rmi:.1f} s `buildah rmi`, not counted)")
+                    print(f"(b) round {round_ + 1}: plain Kaniko Job of the same rendered context "
+                          f"({', '.join(sorted(context.files))}): {seconds:.1f} s "
+                          f"(container {container_seconds(pod):.1f} s)")
         ratio = sum(e2e) / sum(plain)
         print(f"(a) {' '.join(f'{v:.1f}' for v in e2e)} s vs (b) {' '.join(f'{v:.1f}' for v in plain)} s: "
               f"ratio (a)/(b) = {ratio:.2f} (target ≤ {TARGET_RATIO}: "
               f"{'target met' if ratio <= TARGET_RATIO else 'missed'})")
-        print(f"    like for like with the fakelet (which also runs `buildah rmi`): (a)/(b + rmi) = "
-              f"{sum(e2e) / sum(plain_rmi):.2f}; build pod alone / (b + rmi) = {sum(pods) / sum(plain_rmi):.2f}")
         seconds_a = sum(e2e) / len(e2e)
 
-        # (c) one more pip package
-        seconds_c, env_c, build_c = timed_environment(stack, "six-idna", pip_spec(base, "six==1.16.0\nidna==3.7\n"))
+        seconds_c, env_c, pod_c = timed_environment(stack, "six-idna", pip_spec(base, "six==1.16.0\nidna==3.7\n"))
         print(f"(c) Environment six-idna (+ idna==3.7) applied -> Ready: {seconds_c:.1f} s "
-              f"(build pod {build_c['seconds']:.1f} s); {seconds_c / seconds_a:.2f}x (a)")
-        log = stack.fakelet.log_path(build_c["namespace"], build_c["pod"]).read_text(errors="replace")
-        steps = build_steps(log, builder)
-        marker = "Using cache" if builder == "buildah" else "Using caching version of cmd"
-        print(f"    build steps ({sum(r for _, r in steps)} of {len(steps)} reused, \"{marker}\" in "
-              f"{stack.fakelet.log_path(build_c['namespace'], build_c['pod'])}):")
+              f"(Kaniko container {container_seconds(pod_c):.1f} s); {seconds_c / seconds_a:.2f}x (a)")
+        log = stack.kube.text(f"/api/v1/namespaces/{pod_c['metadata']['namespace']}/pods/"
+                              f"{pod_c['metadata']['name']}/log")
+        steps = build_steps(log)
+        print(f"    build steps ({sum(r for _, r in steps)} of {len(steps)} reused, \"Using caching version of "
+              f"cmd\" in the build pod's log):")
         for step, reused in steps:
             print(f"      {'reused ' if reused else 'rebuilt'}  {step[:100]}")
         base_repository, base_tag = base.split("/", 1)[1].rsplit(":", 1)
@@ -208,11 +190,10 @@ def run(kaniko: str | None, rounds: int, warmup: bool) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kaniko", default=None, help="run build pods with this Kaniko executor instead of buildah")
     parser.add_argument("--rounds", type=int, default=2, help="(a)/(b) pairs, in ABBA order")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up build")
     args = parser.parse_args()
-    return run(args.kaniko, args.rounds, not args.no_warmup)
+    return run(args.rounds, not args.no_warmup)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,9 @@
 
     python bench/load.py [--envs 300] [--cap 4] [--timeout 7200]
 
-Starts its own stack (bench/stack.py) with the operator's KENV_MAX_PARALLEL_BUILDS=--cap and a fakelet that runs
-as many builds at once (so the operator's cap, not the fake node, is what limits), creates --envs Environments at
-once, each FROM the base image + one LABEL (distinct content, userManagedDependencies: a real buildah build and
-push each, no pip), samples the active build Jobs every 0.5 s, and waits until all are Ready.
+Starts its own stack (bench/stack.py) with the operator's KENV_MAX_PARALLEL_BUILDS=--cap, creates --envs
+Environments at once, each FROM the base image + one LABEL (distinct content, userManagedDependencies: a real
+Kaniko build pod and push each, no pip), samples the active build Jobs every 0.5 s, and waits until all are Ready.
 Prints: max active build Jobs (must be ≤ cap), time to all Ready, build Jobs per content (must be 1), and lost
 updates (distinct digests must equal --envs). Exits 1 if an invariant fails.
 """
@@ -26,10 +25,10 @@ def check(ok: bool) -> str:
 
 
 def run(envs: int, cap: int, timeout: float) -> int:
-    stack = Stack(max_parallel_builds=cap, fakelet_parallel_builds=cap).start()
+    stack = Stack(max_parallel_builds=cap).start()
     try:
         print(f"load: {envs} Environments of distinct content (FROM base + one LABEL), operator cap {cap}, "
-              f"fakelet runs up to {cap} builds at once ({stack.builder})")
+              f"Kaniko build pods on the local node")
         result = stack.load(envs, timeout=timeout)
     finally:
         stack.stop()

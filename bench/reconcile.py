@@ -140,7 +140,7 @@ def main() -> int:
         watcher.start()
         time.sleep(1)
         applied_at: dict[str, float] = {}
-        pid = stack.operator.popen.pid if stack.operator.popen else os.getpid()
+        pid = stack.operator.main_pid()  # the operator container's process, seen from this host
         cpu_before = cpu_seconds(pid)
         print(f"operator pid {pid}", flush=True)
         started = time.monotonic()

@@ -1,8 +1,8 @@
-"""A whole kenv stack for benchmarks: local control plane, registry, fakelet, base image, CRDs, operator."""
+"""A whole kenv stack for benchmarks: the local cluster (control plane, registry, a real node), the base image,
+the CRDs and kenv installed by Helm (the operator a real pod; builds are real Kaniko pods)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 import threading
@@ -12,26 +12,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fakelet import Fakelet
+import images
 from kubeapi import KubeAPI
 from localcluster import LocalCluster
-from operatorproc import BUILD_NAMESPACE, OperatorProcess
+from release import BUILD_NAMESPACE, KenvRelease
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_PATH = "/apis/kenv.dev/v1alpha1"
 
 
 class Stack:
-    def __init__(self, max_parallel_builds: int, fakelet_parallel_builds: int = 2, kaniko: str | None = None,
-                 **operator_settings: str) -> None:
-        """max_parallel_builds: the operator's cap; fakelet_parallel_builds: builds the fakelet runs at once (the
-        "node"); kaniko: a Kaniko executor for build pods (None: the fakelet's buildah path, unless
-        KENV_FAKELET_KANIKO is set)."""
+    def __init__(self, max_parallel_builds: int, **operator_settings: str) -> None:
+        """max_parallel_builds: the operator's cap; operator_settings: extra KENV_* settings (poll_seconds="5")."""
         self.state = Path(tempfile.mkdtemp(prefix="kenv-bench-"))
         self.cap = max_parallel_builds
-        self.fakelet_parallel_builds = fakelet_parallel_builds
-        self.kaniko = kaniko
-        self.operator_settings = operator_settings  # extra KENV_* settings, e.g. poll_seconds="5"
+        self.operator_settings = operator_settings
         self.namespace = f"bench-{uuid.uuid4().hex[:6]}"
 
     def start(self) -> Stack:
@@ -44,18 +39,13 @@ class Stack:
 
     def _start_rest(self) -> Stack:
         self.kube = KubeAPI(self.cluster.kubeconfig)
-        env = {**os.environ, "KENV_REGISTRY": self.cluster.registry}
-        self.base_image = subprocess.run([str(ROOT / "hack/base-image.sh")], env=env, check=True, text=True,
-                                         capture_output=True).stdout.strip().splitlines()[-1]
+        self.base_image = images.build(["base"], self.cluster.registry)["base"]
         subprocess.run([self.cluster.kubectl, "--kubeconfig", str(self.cluster.kubeconfig), "apply", "-f",
                         str(ROOT / "crds")], check=True, capture_output=True)
         self._wait_established(["environments.kenv.dev", "clusterenvironments.kenv.dev"])
-        for name in (BUILD_NAMESPACE, self.namespace):
-            self.kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-        self.fakelet = Fakelet(self.cluster.kubeconfig, registry=self.cluster.registry, logs_dir=self.state / "builds",
-                               max_parallel_builds=self.fakelet_parallel_builds, kaniko=self.kaniko).start()
-        self.operator = OperatorProcess(self.cluster.kubeconfig, self.cluster.registry, self.state / "operator.log",
-                                        max_parallel_builds=str(self.cap), **self.operator_settings).start()
+        self.kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": self.namespace}})
+        self.operator = KenvRelease(self.cluster, settings=self.operator_settings,
+                                    values={"maxParallelBuilds": self.cap}).install()
         return self
 
     def _wait_established(self, crds: list[str], timeout: float = 60) -> None:
@@ -77,17 +67,11 @@ class Stack:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        for part in ("operator", "fakelet", "cluster"):
-            if hasattr(self, part):
-                getattr(self, part).stop()
+        if hasattr(self, "cluster"):
+            self.cluster.stop()
 
     def environments(self) -> list[dict[str, Any]]:
         return list(self.kube.request("GET", f"{GROUP_PATH}/namespaces/{self.namespace}/environments")["items"])
-
-    @property
-    def builder(self) -> str:
-        """Which builder runs the build pods here: the fakelet's buildah on the host, or the real Kaniko executor."""
-        return "kaniko" if self.fakelet.kaniko else "buildah"
 
     def create_environment(self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> None:
         self.kube.request("POST", f"{GROUP_PATH}/namespaces/{self.namespace}/environments", {

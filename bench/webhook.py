@@ -2,13 +2,14 @@
 
     python bench/webhook.py [--rate 20] [--seconds 60] [--warmup 20]
 
-Starts its own stack (bench/stack.py: control plane, registry, fakelet, base image, CRDs, operator), makes one
+Starts its own stack (bench/stack.py: the local cluster, base image, CRDs, kenv by Helm), makes one
 Environment Ready, then creates pods at --rate pods/s (open loop: a request is sent on schedule whether or not the
 previous ones have answered) for --seconds, alternating a pod labelled kenv.dev/environment (the webhook is called)
 with an unlabelled one (the webhook's objectSelector skips it), so machine noise hits both kinds alike. Every pod
-carries a scheduling gate: nothing schedules or runs it. Latency is the client's POST round trip over kept-alive
-connections. Prints p50/p99 of both kinds, the difference (what the webhook adds) next to the issue's targets, and
-the failed admissions (a refused labelled pod, or one admitted without a digest-pinned image); exits 1 if any.
+carries a scheduling gate: the admission is what is measured, so nothing schedules or runs it. Latency is the
+client's POST round trip over kept-alive connections. Prints p50/p99 of both kinds, the difference (what the
+webhook adds) next to the issue's targets, and the failed admissions (a refused labelled pod, or one admitted
+without a digest-pinned image); exits 1 if any.
 """
 
 from __future__ import annotations

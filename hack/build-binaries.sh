@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from the Go module proxy into a cache outside the repo,
 # keyed by version, and does nothing when they are already there.
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes $KUBE_VERSION)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+#   kubelet, kube-proxy                                            (k8s.io/kubernetes $KUBE_VERSION)
 #   etcd                                                           (go.etcd.io/etcd/server/v3 $ETCD_VERSION)
 #   helm                                                           (helm.sh/helm/v3 $HELM_VERSION)
 # Prints the folder holding the binaries (the envtest KUBEBUILDER_ASSETS convention).
@@ -21,7 +22,9 @@ mkdir -p "$OUT" "$WORK"
 
 # Kubernetes: a wrapper module that replaces every staging module (k8s.io/X => ./staging/...) with its
 # published v0.MINOR.PATCH tag, because `go install k8s.io/kubernetes/cmd/...@v` refuses replace directives.
-if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
+# shellcheck disable=SC2086
+if need $KUBE_CMDS; then
   dir="$WORK/kube-$KUBE_VERSION"; mkdir -p "$dir"; cd "$dir"
   staging_tag="v0.${KUBE_VERSION#v1.}"
   gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
@@ -30,14 +33,15 @@ if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
     echo "require k8s.io/kubernetes $KUBE_VERSION"; echo
     grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk -v t="$staging_tag" '{print "replace " $1 " => " $1 " " t}'
   } > go.mod
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in $KUBE_CMDS; do
     go get "k8s.io/kubernetes/cmd/$cmd@$KUBE_VERSION" >&2
   done
   minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
   ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1"
   ld="$ld -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
   ld="$ld -X k8s.io/component-base/version.gitTreeState=clean"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in $KUBE_CMDS; do
+    [ -x "$OUT/$cmd" ] && continue
     log "building $cmd $KUBE_VERSION"
     go build -trimpath -ldflags "$ld" -o "$OUT/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" && mv "$OUT/$cmd.tmp" "$OUT/$cmd"
   done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Kaniko executor from the Go module proxy into a cache outside the repo, keyed by version, and does
-# nothing when it is already there. Used by the fakelet to run the real default builder (tests/integration/
-# test_kaniko.py). The maintained fork is built by default; KANIKO_MODULE=github.com/GoogleContainerTools/kaniko
+# nothing when it is already there. hack/images.py packages it as the Kaniko executor image the build pods run.
+# The maintained fork is built by default; KANIKO_MODULE=github.com/GoogleContainerTools/kaniko
 # KANIKO_VERSION=v1.24.0 builds the last upstream release instead (neither go.mod has replace directives).
 # Prints the executor's path on its last stdout line.
 set -euo pipefail
@@ -24,7 +24,7 @@ if [ ! -x "$OUT/executor" ]; then
   [ -f go.mod ] || go mod init kenv.dev/localkaniko >&2 2>&1
   go get "$KANIKO_MODULE/cmd/executor@$KANIKO_VERSION" >&2
   echo "[build-kaniko] building $KANIKO_MODULE/cmd/executor $KANIKO_VERSION" >&2
-  # Static, like the upstream image's binary: it runs inside a chroot that holds nothing but itself.
+  # Static, like the upstream image's binary: its image holds nothing else (FROM scratch, hack/images.py).
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X $KANIKO_MODULE/pkg/version.version=$KANIKO_VERSION" \
     -o "$OUT/executor.tmp" "$KANIKO_MODULE/cmd/executor"
   mv "$OUT/executor.tmp" "$OUT/executor"

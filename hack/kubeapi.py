@@ -1,4 +1,4 @@
-"""A minimal Kubernetes API client (hack/localcluster.py bootstraps with it, hack/fakelet.py runs on it).
+"""A minimal Kubernetes API client (hack/localcluster.py bootstraps with it; tests poll and set up with it).
 
 Only stdlib and pyyaml, so it works before the project itself is installed.
 """
@@ -16,7 +16,7 @@ import yaml
 
 
 class KubeAPI:
-    """Just enough of a Kubernetes client (stdlib only) for bootstrapping and for the fakelet."""
+    """Just enough of a Kubernetes client (stdlib only) for bootstrapping and for tests."""
 
     def __init__(self, kubeconfig: str | Path):
         cfg = yaml.safe_load(Path(kubeconfig).read_text())
@@ -48,6 +48,12 @@ class KubeAPI:
         with self.opener.open(req, timeout=timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw.startswith(b"{") else raw.decode()
+
+    def text(self, path: str, timeout: float = 30) -> str:
+        """A plain-text GET, e.g. a pod's log (which may hold JSON lines that request() would try to parse)."""
+        req = urllib.request.Request(self.server + path, headers=self.headers)
+        with self.opener.open(req, timeout=timeout) as resp:
+            return str(resp.read().decode(errors="replace"))
 
     def stream(self, path: str, timeout: float):
         """Open a streaming GET (a watch); the caller reads lines and closes it."""

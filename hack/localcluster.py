@@ -1,8 +1,8 @@
-"""A real Kubernetes control plane on 127.0.0.1, without Docker or a kubelet.
+"""A real Kubernetes cluster on this machine, without Docker: control plane, registry and one real node.
 
-etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built from source by
-hack/build-binaries.sh), one hand-made Node object the scheduler binds pods to, and Debian's
-docker-registry. Pods never run: hack/fakelet.py plays the kubelet.
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy (built from source by
+hack/build-binaries.sh), Debian's containerd + runc and CNI plugins (hack/node.py), and Debian's
+docker-registry. The images the node needs (pause first) are built here by hack/images.py.
 
     python hack/localcluster.py up|down|status      # or hack/cluster up|down|status
 
@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import base64
-import contextlib
-import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,129 +28,116 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import images
 from kubeapi import KubeAPI
+from node import Node, pids_alive
+from nodeconfig import NODE_IP, POD_SUBNET, SERVICE_CIDR, kubeconfig, node_name
 from pki import cert_pem, issue_cert, key_pem, make_ca
+from procs import alive, ensure_no_proxy, free_port, proc_start_time, spawn, stop_all
 
 REPO = Path(__file__).resolve().parent.parent
-NODE_NAME = "kenv-node"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet",
+            "kube-proxy")
 REGISTRY_BIN = "/usr/bin/docker-registry"
 CONTROLLERS = ",".join([
     "job-controller", "garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
     "serviceaccount-token-controller", "ttl-after-finished-controller",
     "root-ca-certificate-publisher-controller",  # kube-root-ca.crt, which the pods' token volumes reference
-    "deployment-controller", "replicaset-controller",  # so an installed chart's Deployment gets its pod
+    "deployment-controller", "replicaset-controller", "statefulset-controller", "daemonset-controller",
+    "endpoints-controller", "endpointslice-controller",  # Service endpoints, which kube-proxy routes to
+    "node-lifecycle-controller", "pod-garbage-collector-controller", "disruption-controller",
+    "clusterrole-aggregation-controller",
 ])
+# Pods, the node and host tools reach these without any proxy.
+LOCAL_HOSTS = (NODE_IP, POD_SUBNET, SERVICE_CIDR, ".svc", ".cluster.local")
 
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("KENV_CLUSTER_DIR") or Path.home() / ".cache/kenv/cluster")
 
 
-def ensure_no_proxy(env: dict[str, str] | os._Environ = os.environ) -> None:
-    """Keep loopback traffic (apiserver -> webhooks, clients -> apiserver) away from any HTTP(S) proxy."""
-    for key in ("NO_PROXY", "no_proxy"):
-        have = [h for h in env.get(key, "").split(",") if h]
-        env[key] = ",".join(have + [h for h in ("127.0.0.1", "localhost", "::1") if h not in have])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------- processes
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """Kernel start time of pid, to guard against pid reuse between `up` and `down`; None if gone/zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _stop_pids(procs: list[dict], timeout: float = 15) -> None:
-    """SIGTERM each process group (last started first), SIGKILL what is left, insist they are all gone."""
-    def alive(p):
-        if p.get("popen") is not None:
-            return p["popen"].poll() is None
-        return _proc_start_time(p["pid"]) == p["start"]
-
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        for p in reversed(procs):
-            if alive(p):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p["pid"], sig)
-        deadline = time.monotonic() + wait
-        while any(alive(p) for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    survivors = [f"{p['name']}({p['pid']})" for p in procs if alive(p)]
-    if survivors:
-        raise RuntimeError(f"processes survived SIGKILL: {survivors}")
-
-
 class LocalCluster:
-    def __init__(self, state_dir: str | Path | None = None, bin_dir: str | Path | None = None,
-                 registry: bool = True, fakelet: bool = False):
+    def __init__(self, state_dir: str | Path | None = None, bin_dir: str | Path | None = None):
         self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.bin_dir = Path(bin_dir) if bin_dir else None
-        self.with_registry = registry
-        self.with_fakelet = fakelet  # a hack/fakelet.py daemon, for clusters used by hand (`up --fakelet`)
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.ca_pem = self.state_dir / "pki/ca.crt"
         self.state_file = self.state_dir / "state.json"
+        self.node = Node(self.state_dir)
         self.server = ""
         self.registry = ""
+        self.images: dict[str, str] = {}  # harness images in the registry: pause, kaniko, base, ...
         self.procs: list[dict] = []
-        ensure_no_proxy()
+        ensure_no_proxy(hosts=LOCAL_HOSTS)
 
     @property
     def kubectl(self) -> str:
         return str(self._bins() / "kubectl")
+
+    @property
+    def node_name(self) -> str:
+        return self.node.name
 
     # -- lifecycle
 
     def start(self) -> LocalCluster:
         t0 = time.monotonic()
         bins = self._bins()
-        # Every start is a fresh cluster (new CA, empty etcd); registry contents are kept as a cache.
+        pause = images.build(["pause"])["pause"]  # before anything runs: a build failure leaves nothing behind
+        # Every start is a fresh cluster (new CA, empty etcd, empty node); registry contents are kept as a cache.
         shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
+        shutil.rmtree(self.state_dir / "node", ignore_errors=True)
         for d in ("pki", "etcd", "logs", "registry"):
             (self.state_dir / d).mkdir(parents=True, exist_ok=True)
-        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "registry")}
-        self.server = f"https://127.0.0.1:{ports['apiserver']}"
-        pki = self._write_pki()
+        self.node.claim(pids_alive)
         try:
+            pki = self._write_pki()
+            ports = {k: free_port() for k in ("etcd", "etcd_peer", "kcm", "scheduler", "proxy_healthz",
+                                              "proxy_metrics")}
+            self.node.prepare_network()
+            ports |= {"apiserver": free_port(NODE_IP), "registry": free_port(NODE_IP)}
+            self.server = f"https://{NODE_IP}:{ports['apiserver']}"
+            self.registry = f"{NODE_IP}:{ports['registry']}"
+            self._write_kubeconfigs(pki)
+            self.node.configure(pki, self.registry, f"{self.registry}/{pause.split('/', 1)[1]}",
+                                (ports["proxy_healthz"], ports["proxy_metrics"]), self._node_kubeconfigs(pki))
             self._start_etcd(bins, ports)
             self._start_apiserver(bins, ports, pki)
             self._wait_ready("kube-apiserver")
             self._start_controllers(bins, ports, pki)
-            if self.with_registry:
-                self._start_registry(ports["registry"])
-            self._create_node()
+            self._start_registry()
+            self.images["pause"] = images.push(pause, self.registry)
+            self._start_node(bins, ports)
             self._wait_ready("kube-controller-manager")
             self._wait_ready("kube-scheduler")
-            if self.with_fakelet:
-                self._spawn("fakelet", [sys.executable, REPO / "hack/fakelet.py", "--kubeconfig",
-                                        self.kubeconfig, "--registry", self.registry,
-                                        "--logs-dir", self.state_dir / "logs/pods"])
         except BaseException:
             self.stop()
             raise
         self._save_state()
         atexit.register(self.stop)  # an in-process cluster never outlives its Python process (`up` opts out)
-        print(f"[localcluster] ready in {time.monotonic() - t0:.1f}s: {self.server}", file=sys.stderr)
+        print(f"[localcluster] ready in {time.monotonic() - t0:.1f}s: {self.server}, node {self.node_name}",
+              file=sys.stderr)
         return self
 
     def stop(self) -> None:
-        if self.procs:
-            _stop_pids(self.procs)
-        self.procs = []
-        self.state_file.unlink(missing_ok=True)
+        """Controllers and scheduler first (nothing recreates or places pods), then the node is drained and its
+        daemons stopped and cleaned up, then the rest."""
+        try:
+            if self.procs:
+                early = [p for p in self.procs if p["name"] in ("kube-controller-manager", "kube-scheduler")]
+                stop_all(early)
+                if any(p["name"] == "kubelet" and alive(p) for p in self.procs) and self._apiserver_up():
+                    self.node.drain(KubeAPI(self.kubeconfig))
+                stop_all([p for p in self.procs if p["name"] in ("kube-proxy", "kubelet", "containerd")])
+        finally:
+            self.node.cleanup()
+            if self.procs:  # etcd last: an API server that lost etcd waits out its whole shutdown timeout.
+                # The API server's graceful shutdown takes ~15 s even with no client left (its endpoint
+                # reconciler); nothing is lost by cutting it short once its clients are gone.
+                stop_all([p for p in self.procs if p["name"] != "etcd"], timeout=3)
+                stop_all(self.procs)
+            self.procs = []
+            self.state_file.unlink(missing_ok=True)
 
     def pids(self) -> list[int]:
         return [p["pid"] for p in self.procs]
@@ -164,7 +146,7 @@ class LocalCluster:
         """Stop one process (etcd, kube-apiserver, registry...) for an outage; start_component undoes it.
         SIGKILL after `timeout`: with clients still connected, apiserver and etcd drain for 7-15s+."""
         proc = self._proc(name)
-        _stop_pids([proc], timeout)
+        stop_all([proc], timeout)
         proc["stopped"] = True
 
     def start_component(self, name: str, timeout: float = 60) -> None:
@@ -183,20 +165,24 @@ class LocalCluster:
 
     @classmethod
     def attach(cls, state_dir: str | Path | None = None) -> LocalCluster | None:
-        """The cluster a previous `up` left running in state_dir, if all its processes are still there."""
+        """The cluster a previous `up` left in state_dir (running or not), or None."""
         self = cls(state_dir)
         if not self.state_file.exists():
             return None
         state = json.loads(self.state_file.read_text())
         self.server, self.registry, self.procs = state["server"], state["registry"], state["procs"]
+        self.images = state.get("images", {})
         self.bin_dir = Path(state["bin_dir"])
         return self
 
     def healthy(self) -> bool:
-        if not self.procs or any(_proc_start_time(p["pid"]) != p["start"] for p in self.procs):
+        if not self.procs or any(proc_start_time(p["pid"]) != p["start"] for p in self.procs):
             return False
+        return self._apiserver_up()
+
+    def _apiserver_up(self) -> bool:
         try:
-            return KubeAPI(self.kubeconfig).request("GET", "/readyz", timeout=5) == "ok"
+            return bool(KubeAPI(self.kubeconfig).request("GET", "/readyz", timeout=5) == "ok")
         except (OSError, urllib.error.URLError):
             return False
 
@@ -218,17 +204,13 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: list, health: str | None = None, replace: dict | None = None) -> None:
         env = dict(os.environ)
-        ensure_no_proxy(env)
-        with open(self.state_dir / "logs" / f"{name}.log", "ab") as log:
-            # A new session per component: killpg reaches its children, and it survives the CLI exiting.
-            popen = subprocess.Popen([str(a) for a in argv], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        proc = {"name": name, "pid": popen.pid, "start": _proc_start_time(popen.pid), "popen": popen,
-                "argv": [str(a) for a in argv], "health": health}
+        ensure_no_proxy(env, LOCAL_HOSTS)
+        proc = spawn(name, argv, self.state_dir / "logs", env) | {"health": health}
         if replace is None:
             self.procs.append(proc)
         else:  # keep its place: stop() goes through the list backwards, dependants first
             self.procs[self.procs.index(replace)] = proc
+        self.node.record_pids([(p["pid"], p["start"]) for p in self.procs])
 
     def _wait_ready(self, name: str, timeout: float = 60) -> None:
         health = self._proc(name)["health"]
@@ -236,34 +218,45 @@ class LocalCluster:
             self._wait_http(health, name, timeout)
 
     def _write_pki(self) -> Path:
+        """The cluster CA and every certificate signed by it: API server serving (reachable as NODE_IP and as the
+        `kubernetes` Service), admin, kubelet (client as its node, serving for logs/exec), the API server's
+        client for kubelets, kube-proxy's client, and the service-account signing key."""
         pki = self.state_dir / "pki"
         ca = make_ca("kenv-local-ca")
-        serving = issue_cert(ca, "kube-apiserver", hosts=(
-            "127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default",
-            "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
-        admin = issue_cert(ca, "kenv-admin", orgs=("system:masters",), client=True)
+        node = node_name()
+        certs = {
+            "apiserver": issue_cert(ca, "kube-apiserver", hosts=(
+                "127.0.0.1", "localhost", NODE_IP, "10.0.0.1", "kubernetes", "kubernetes.default",
+                "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")),
+            "admin": issue_cert(ca, "kenv-admin", orgs=("system:masters",), client=True),
+            "kubelet": issue_cert(ca, f"system:node:{node}", orgs=("system:nodes",), client=True),
+            "kubelet-serving": issue_cert(ca, node, hosts=(NODE_IP, node, "127.0.0.1")),
+            "apiserver-kubelet-client": issue_cert(ca, "kube-apiserver-kubelet-client",
+                                                   orgs=("system:masters",), client=True),
+            "kube-proxy": issue_cert(ca, "system:kube-proxy", client=True),
+        }
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        files = {"ca.crt": cert_pem(ca[0]), "ca.key": key_pem(ca[1]), "apiserver.crt": cert_pem(serving[0]),
-                 "apiserver.key": key_pem(serving[1]), "admin.crt": cert_pem(admin[0]),
-                 "admin.key": key_pem(admin[1]), "sa.key": key_pem(sa_key),
+        files = {"ca.crt": cert_pem(ca[0]), "ca.key": key_pem(ca[1]), "sa.key": key_pem(sa_key),
                  "sa.pub": sa_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                            serialization.PublicFormat.SubjectPublicKeyInfo)}
+        for name, (cert, key) in certs.items():
+            files[f"{name}.crt"], files[f"{name}.key"] = cert_pem(cert), key_pem(key)
         for name, data in files.items():
             (pki / name).write_bytes(data)
             (pki / name).chmod(0o600)
-        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-        kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "kenv-local",
-            "clusters": [{"name": "kenv-local", "cluster": {
-                "server": self.server, "certificate-authority-data": b64(files["ca.crt"])}}],
-            "users": [{"name": "kenv-admin", "user": {
-                "client-certificate-data": b64(files["admin.crt"]),
-                "client-key-data": b64(files["admin.key"])}}],
-            "contexts": [{"name": "kenv-local", "context": {"cluster": "kenv-local", "user": "kenv-admin"}}],
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig))
-        self.kubeconfig.chmod(0o600)
         return pki
+
+    def _write_kubeconfigs(self, pki: Path) -> None:
+        self.kubeconfig.write_text(yaml.safe_dump(self._kubeconfig_for(pki, "admin", "kenv-admin")))
+        self.kubeconfig.chmod(0o600)
+
+    def _kubeconfig_for(self, pki: Path, cert: str, user: str) -> dict:
+        return kubeconfig(self.server, (pki / "ca.crt").read_bytes(), (pki / f"{cert}.crt").read_bytes(),
+                          (pki / f"{cert}.key").read_bytes(), user)
+
+    def _node_kubeconfigs(self, pki: Path) -> dict[str, dict]:
+        return {"kubelet": self._kubeconfig_for(pki, "kubelet", f"system:node:{node_name()}"),
+                "kube-proxy": self._kubeconfig_for(pki, "kube-proxy", "system:kube-proxy")}
 
     def _start_etcd(self, bins: Path, ports: dict) -> None:
         client, peer = f"http://127.0.0.1:{ports['etcd']}", f"http://127.0.0.1:{ports['etcd_peer']}"
@@ -275,10 +268,11 @@ class LocalCluster:
         self._wait_ready("etcd")
 
     def _start_apiserver(self, bins: Path, ports: dict, pki: Path) -> None:
+        """Serves on the node address only: the host, the kubelet and (through the `kubernetes` Service and
+        kube-proxy) every pod reach it there, and the default endpoint reconciler publishes it."""
         self._spawn("kube-apiserver", health=f"{self.server}/readyz", argv=[
             bins / "kube-apiserver", f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            f"--secure-port={ports['apiserver']}", "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}", f"--bind-address={NODE_IP}", f"--advertise-address={NODE_IP}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", "--authorization-mode=Node,RBAC",
             # Without a front-proxy CA, every component's delegated authn logs "missing content for CA
@@ -289,15 +283,14 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,"
-            "ValidatingAdmissionWebhook",
-            # It taints every new Node not-ready until the node-lifecycle controller, which we don't run
-            # (nothing would heartbeat), lifts it: the scheduler would never bind to kenv-node.
-            "--disable-admission-plugins=TaintNodesByCondition",
-            # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service endpoint, which
-            # Endpoints validation rejects (loopback); nothing in-cluster needs to reach the apiserver here.
-            "--endpoint-reconciler-type=none",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
+            "--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+            # logs, exec and port-forward: the API server calls the kubelet with a client certificate the
+            # kubelet's webhook authorizer accepts, and checks the kubelet's serving certificate.
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             f"--cert-dir={pki / 'apiserver-certs'}"])
 
     def _start_controllers(self, bins: Path, ports: dict, pki: Path) -> None:
@@ -308,13 +301,13 @@ class LocalCluster:
             bins / "kube-controller-manager", *common, f"--secure-port={ports['kcm']}",
             f"--controllers={CONTROLLERS}", "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cert-dir={pki / 'kcm'}"])
+            f"--service-cluster-ip-range={SERVICE_CIDR}", f"--cert-dir={pki / 'kcm'}"])
         self._spawn("kube-scheduler", health=f"https://127.0.0.1:{ports['scheduler']}/healthz", argv=[
             bins / "kube-scheduler", *common, f"--secure-port={ports['scheduler']}",
             f"--cert-dir={pki / 'scheduler'}"])
 
-    def _start_registry(self, port: int) -> None:
-        self.registry = f"127.0.0.1:{port}"
+    def _start_registry(self) -> None:
+        """On the node address: containerd pulls and pods push under the same name."""
         config = {"version": 0.1, "log": {"level": "info"},
                   "storage": {"filesystem": {"rootdirectory": str(self.state_dir / "registry")},
                               "delete": {"enabled": True}},
@@ -324,29 +317,16 @@ class LocalCluster:
         self._spawn("registry", [REGISTRY_BIN, "serve", cfg], health=f"http://{self.registry}/v2/")
         self._wait_ready("registry")
 
-    def _create_node(self) -> None:
-        """A Node with no kubelet behind it. The node-lifecycle controller is not started, so nothing marks it
-        NotReady or taints it when its heartbeat never comes."""
-        api = KubeAPI(self.kubeconfig)
-        resources = {"cpu": "32", "memory": "64Gi", "pods": "500", "ephemeral-storage": "500Gi"}
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_NAME, "labels": {
-            "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-            "kenv.dev/fake-node": "true"}}}
-        try:
-            api.request("POST", "/api/v1/nodes", node)
-        except urllib.error.HTTPError as e:
-            if e.code != 409:
-                raise
-        status = {"status": {
-            "capacity": resources, "allocatable": resources,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fakelet",
-                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": NODE_NAME}],
-            "nodeInfo": {"kubeletVersion": "fakelet", "containerRuntimeVersion": "buildah://host",
-                         "operatingSystem": "linux", "architecture": "amd64"}}}
-        api.request("PATCH", f"/api/v1/nodes/{NODE_NAME}/status", status, "application/merge-patch+json")
+    def _start_node(self, bins: Path, ports: dict) -> None:
+        """containerd, then the kubelet (which registers the Node), then kube-proxy (Service routing)."""
+        for name, argv, health in self.node.commands(bins, ports["proxy_healthz"]):
+            self._spawn(name, argv, health)
+            if name == "containerd":
+                self.node.wait_containerd()
+            else:
+                self._wait_ready(name)
+            if name == "kubelet":
+                self.node.wait_ready(KubeAPI(self.kubeconfig))
 
     def _wait_http(self, url: str, what: str, timeout: float) -> None:
         """Poll until url answers 200, failing early (with the log tail) if the process died."""
@@ -375,14 +355,14 @@ class LocalCluster:
     def _save_state(self) -> None:
         procs = [{k: v for k, v in p.items() if k != "popen"} for p in self.procs]
         self.state_file.write_text(json.dumps({"server": self.server, "registry": self.registry,
-                                               "bin_dir": str(self.bin_dir), "procs": procs}, indent=1))
+                                               "images": self.images, "bin_dir": str(self.bin_dir),
+                                               "procs": procs}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--fakelet", action="store_true", help="up: also run hack/fakelet.py as a daemon")
     parser.add_argument("--state-dir", help="default: $KENV_CLUSTER_DIR or ~/.cache/kenv/cluster")
     args = parser.parse_args(argv)
     running = LocalCluster.attach(args.state_dir)
@@ -392,19 +372,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if running:  # stale or half-dead: clean up before starting afresh
             running.stop()
-        cluster = LocalCluster(args.state_dir, fakelet=args.fakelet).start()
+        cluster = LocalCluster(args.state_dir).start()
         atexit.unregister(cluster.stop)  # detached: the processes outlive this CLI until `down`
         print(cluster.exports())
     elif args.command == "down":
-        if running:
-            count = len(running.pids())
-            running.stop()
-            print(f"stopped {count} processes", file=sys.stderr)
-        else:
-            print("not running", file=sys.stderr)
+        cluster = running or LocalCluster(args.state_dir)
+        count = len(cluster.pids())
+        cluster.stop()
+        left = cluster.node.leftovers()
+        print(f"stopped {count} processes" if count else "not running", file=sys.stderr)
+        if left:
+            print("left on this machine:\n  " + "\n  ".join(left), file=sys.stderr)
+            return 1
     else:
         up = bool(running and running.healthy())
-        print(f"up {running.server} registry={running.registry}" if up else "down")
+        print(f"up {running.server} registry={running.registry} node={running.node_name}"
+              if up and running else "down")
         return 0 if up else 1
     return 0
 

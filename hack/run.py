@@ -1,6 +1,7 @@
-"""`make run`: local control plane + registry + fakelet, the base image, the CRDs, the operator, and the sample
-Environment built to Ready. Then a labelled pod shows the injection. Stays in the foreground until Ctrl-C
-(KENV_RUN_ONCE=1: exit as soon as the sample is Ready); the cluster keeps running until `hack/cluster down`.
+"""`make run`: the local cluster (control plane, registry, a real node), kenv installed by Helm with the operator
+image built here, the sample Environment built to Ready by a Kaniko pod, and a training pod that runs in its
+digest-pinned image. Exits once the training pod's log is shown (the cluster keeps running until
+`hack/cluster down`); KENV_RUN_WAIT=1 stays in the foreground until Ctrl-C instead.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ HACK = Path(__file__).resolve().parent
 ROOT = HACK.parent
 sys.path.insert(0, str(HACK))
 
-from localcluster import LocalCluster, ensure_no_proxy  # noqa: E402
-from operatorproc import BUILD_NAMESPACE, OperatorProcess  # noqa: E402
+import images  # noqa: E402
+from localcluster import LOCAL_HOSTS, LocalCluster  # noqa: E402
+from procs import ensure_no_proxy  # noqa: E402
+from release import KenvRelease  # noqa: E402
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -27,15 +30,12 @@ def step(message: str) -> None:
 
 
 def main() -> int:
-    ensure_no_proxy()
+    ensure_no_proxy(hosts=LOCAL_HOSTS)
     started = time.monotonic()
-    step("local control plane, registry and fakelet (hack/cluster up --fakelet)")
+    step("local cluster: control plane, registry and a real node (hack/cluster up)")
     cluster = LocalCluster.attach()
     if not (cluster and cluster.healthy()):
-        # The fakelet runs build pods with the real Kaniko executor (built once from the Go module proxy).
-        kaniko = subprocess.run([str(HACK / "build-kaniko.sh")], check=True, capture_output=True, text=True)
-        os.environ["KENV_FAKELET_KANIKO"] = kaniko.stdout.strip().splitlines()[-1]
-        subprocess.run([str(HACK / "cluster"), "up", "--fakelet"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([str(HACK / "cluster"), "up"], check=True, stdout=subprocess.DEVNULL)
         cluster = LocalCluster.attach()
     assert cluster is not None
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "KENV_REGISTRY": cluster.registry}
@@ -47,45 +47,39 @@ def main() -> int:
         return result.stdout
 
     print(cluster.exports())
-    step("base image (debootstrap + buildah, pushed to the local registry)")
-    subprocess.run([str(HACK / "base-image.sh")], env=env, check=True)
-    step("CRDs, build namespace and the CA bundle ConfigMap")
-    kubectl("apply", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/environments.kenv.dev", "--timeout=60s")
-    kubectl("apply", "-f", "-", stdin=f"{{'apiVersion': 'v1', 'kind': 'Namespace', "
-                                      f"'metadata': {{'name': '{BUILD_NAMESPACE}'}}}}")
+    print(kubectl("get", "nodes", "-o", "wide"))
+    step("images built here and pushed to the local registry (hack/images.py; cached by content)")
+    for name, ref in images.build(["base", "kaniko", "operator"], cluster.registry).items():
+        print(f"{name:9} {ref}")
+    step("kenv installed by Helm (charts/kenv), the operator a pod of the image above")
+    release = KenvRelease(cluster).install()
+    print(kubectl("get", "pods", "-n", release.namespace, "-o", "wide"))
+    step("the CA bundle builds trust (this machine reaches PyPI through a TLS proxy)")
     ca = kubectl("create", "configmap", "kenv-ca", "-n", "default", f"--from-file=ca.crt={CA_BUNDLE}",
                  "--dry-run=client", "-o", "yaml")
     kubectl("apply", "-f", "-", stdin=ca)
-    step("operator (kenv operator)")
-    log_path = Path(cluster.state_dir) / "operator.log"
-    operator = OperatorProcess(cluster.kubeconfig, cluster.registry, log_path).start()
-    print(f"operator log: {log_path}\nmetrics: {operator.metrics_url}")
-    try:
-        step("sample Environment (examples/sample-environment.yaml)")
-        manifest = (ROOT / "examples/sample-environment.yaml").read_text().replace("${KENV_REGISTRY}",
-                                                                                   cluster.registry)
-        kubectl("apply", "-f", "-", stdin=manifest)
-        kubectl("wait", "--for=jsonpath={.status.phase}=Ready", "env/sample", "-n", "default", "--timeout=900s")
-        print(kubectl("get", "env", "-n", "default", "-o", "wide"))
-        step("a training pod labelled kenv.dev/environment=sample gets the digest-pinned image")
-        kubectl("delete", "pod", "train", "-n", "default", "--ignore-not-found")
-        kubectl("apply", "-f", str(ROOT / "examples/training-pod.yaml"))
-        print(kubectl("get", "pod", "train", "-n", "default", "-o",
-                      "jsonpath={.spec.containers[0].image}{'\\n'}{.metadata.annotations}{'\\n'}"))
-        print(f"ready in {time.monotonic() - started:.0f}s")
-        if os.environ.get("KENV_RUN_ONCE") == "1":
-            return 0
-        print("\nThe operator runs until Ctrl-C; the cluster until `hack/cluster down`. Try:\n"
-              "  eval \"$(hack/cluster up)\"; kubectl get env -A; kenv logs sample -n default")
+    step("sample Environment (examples/sample-environment.yaml), built by a Kaniko pod")
+    manifest = (ROOT / "examples/sample-environment.yaml").read_text().replace("${KENV_REGISTRY}", cluster.registry)
+    kubectl("apply", "-f", "-", stdin=manifest)
+    kubectl("wait", "--for=jsonpath={.status.phase}=Ready", "env/sample", "-n", "default", "--timeout=900s")
+    print(kubectl("get", "env", "-n", "default", "-o", "wide"))
+    step("a training pod labelled kenv.dev/environment=sample runs in the digest-pinned image")
+    kubectl("delete", "pod", "train", "-n", "default", "--ignore-not-found")
+    kubectl("apply", "-f", str(ROOT / "examples/training-pod.yaml"))
+    kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/train", "-n", "default", "--timeout=300s")
+    print(kubectl("get", "pod", "train", "-n", "default", "-o", "jsonpath={.spec.containers[0].image}{'\\n'}"))
+    print("kubectl logs train:", kubectl("logs", "train", "-n", "default").strip())
+    print(f"\nready in {time.monotonic() - started:.0f}s. The cluster runs until `hack/cluster down`. Try:\n"
+          "  eval \"$(hack/cluster up)\"; kubectl get env -A; kenv logs sample -n default; "
+          "kubectl logs -n kenv-system deploy/kenv")
+    if os.environ.get("KENV_RUN_WAIT") == "1":
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             return 0
-    finally:
-        operator.stop()
+    return 0
 
 
 if __name__ == "__main__":

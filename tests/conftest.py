@@ -1,17 +1,16 @@
-"""Shared fixtures. Everything cluster-related is lazy: unit tests never start a control plane.
+"""Shared fixtures. Everything cluster-related is lazy: unit tests never start a cluster.
 
 Env vars:
   KENV_TEST_KUBECONFIG  use this cluster instead of starting hack/localcluster.py (then KENV_TEST_REGISTRY
-                        names its registry, KENV_TEST_KUBECTL its kubectl, default: kubectl on PATH)
-  KENV_TEST_FAKELET=0   do not run the in-process fakelet (a cluster with real kubelets)
-  KUBEBUILDER_ASSETS    folder with etcd/kube-apiserver/... (else hack/build-binaries.sh builds or finds them)
+                        names a registry both this machine and the cluster's nodes reach, KENV_TEST_KUBECTL its
+                        kubectl, default: kubectl on PATH)
+  KUBEBUILDER_ASSETS    folder with etcd/kube-apiserver/kubelet/... (else hack/build-binaries.sh builds or finds them)
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -25,12 +24,11 @@ from hypothesis import settings
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
 
-from fakelet import Fakelet  # noqa: E402
-
 # kenv's own session fixtures, registered here once: a conftest per directory would start one operator each.
-from kenvfixtures import base_image, build_namespace, ca_config_map, crds, operator  # noqa: E402, F401
+from kenvfixtures import base_image, build_namespace, ca_config_map, crds, operator, pause_image  # noqa: E402, F401
 from kubeapi import KubeAPI  # noqa: E402
-from localcluster import LocalCluster, _proc_start_time, ensure_no_proxy  # noqa: E402
+from localcluster import LOCAL_HOSTS, LocalCluster  # noqa: E402
+from procs import ensure_no_proxy, proc_start_time  # noqa: E402
 
 CLUSTER_DIRS = ("integration", "reliability")
 
@@ -45,6 +43,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(item.path).relative_to(ROOT / "tests").parts[0] in CLUSTER_DIRS:
             item.add_marker(pytest.mark.integration)
+    # One node per machine: a test with its own cluster must run before the shared one starts (stable sort).
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ExternalCluster:
     registry: str
     kubectl: str
     state_dir: Path
+    node = None  # no access to its nodes: faults are injected through the API only
 
     @property
     def server(self) -> str:
@@ -63,7 +64,7 @@ class ExternalCluster:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    ensure_no_proxy()  # this process talks to 127.0.0.1 too (apiserver, registry, webhooks under test)
+    ensure_no_proxy(hosts=LOCAL_HOSTS)  # this process talks to the node address too (apiserver, registry, pods)
     if os.environ.get("KENV_TEST_KUBECONFIG"):
         kubectl = os.environ.get("KENV_TEST_KUBECTL") or shutil.which("kubectl") or "kubectl"
         registry = os.environ.get("KENV_TEST_REGISTRY", "")
@@ -75,8 +76,9 @@ def cluster(tmp_path_factory):
     yield local
     procs = list(local.procs)
     local.stop()  # raises if anything survives SIGKILL
-    leftovers = [p["name"] for p in procs if _proc_start_time(p["pid"]) == p["start"]]
+    leftovers = [p["name"] for p in procs if proc_start_time(p["pid"]) == p["start"]]
     assert not leftovers, f"still running after stop(): {leftovers}"
+    assert not local.node.leftovers(), "the node left traces on this machine (see tests/integration/test_node.py)"
 
 
 @pytest.fixture(scope="session")
@@ -95,33 +97,8 @@ def kube(cluster) -> KubeAPI:
     return KubeAPI(cluster.kubeconfig)
 
 
-def kaniko_executor() -> str | None:
-    """The real Kaniko executor (hack/build-kaniko.sh, cached) so build Jobs run the default builder itself;
-    KENV_TEST_BUILDER=buildah makes the fakelet build with buildah on the host instead."""
-    if os.environ.get("KENV_TEST_BUILDER", "kaniko") != "kaniko":
-        return None
-    result = subprocess.run([str(ROOT / "hack/build-kaniko.sh")], capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"[conftest] Kaniko executor unavailable, building with buildah: {result.stderr[-500:]}")
-        return None
-    return result.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
-def fakelet(cluster):
-    """The kubelet stand-in for the fake node; None against a cluster with real kubelets."""
-    if os.environ.get("KENV_TEST_FAKELET", "1") == "0":
-        yield None
-        return
-    agent = Fakelet(cluster.kubeconfig, registry=cluster.registry, logs_dir=cluster.state_dir / "logs/pods",
-                    kaniko=kaniko_executor())
-    agent.start()
-    yield agent
-    agent.stop()
-
-
 @pytest.fixture
-def namespace(kube, fakelet) -> str:
+def namespace(kube) -> str:
     """A fresh namespace per test, ready for pods (its `default` ServiceAccount exists), deleted after."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": {"kenv.dev/test": "1"}}})
@@ -137,5 +114,5 @@ def namespace(kube, fakelet) -> str:
                 raise
             time.sleep(0.1)
     yield name
-    # Not waited for: the namespace controller (and the fakelet, for pods) finish it in the background.
+    # Not waited for: the namespace controller and the kubelet (for pods) finish it in the background.
     kube.request("DELETE", f"/api/v1/namespaces/{name}")

@@ -1,4 +1,4 @@
-"""Fixtures for tests that run kenv itself against the cluster: CRDs, base image, the operator process."""
+"""Fixtures for tests that run kenv itself against the cluster: CRDs, images, the Helm-installed operator."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from operatorproc import BUILD_NAMESPACE, OperatorProcess
+import images
+from release import BUILD_NAMESPACE, KenvRelease
 
 ROOT = Path(__file__).resolve().parent.parent
 CA_BUNDLE = Path(os.environ.get("KENV_TEST_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
@@ -89,22 +90,15 @@ def crds(cluster: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def base_image(cluster: Any) -> Iterator[str]:
-    """A real Debian+python3 image in the test registry (hack/base-image.sh; rootfs cached across runs)."""
-    result = subprocess.run([str(ROOT / "hack/base-image.sh")], env={**os.environ, "KENV_REGISTRY": cluster.registry},
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    yield result.stdout.strip().splitlines()[-1]
-    remove_local_images(cluster.registry)
+def base_image(cluster: Any) -> str:
+    """A real Debian+python3 image in the test registry (hack/images.py; rootfs and image cached across runs)."""
+    return images.build(["base"], cluster.registry)["base"]
 
 
-def remove_local_images(registry: str) -> None:
-    """buildah's vfs store keeps a full copy of every image built or pulled; drop this session's."""
-    listing = subprocess.run(["buildah", "--storage-driver", "vfs", "images", "--format", "{{.ID}} {{.Name}}"],
-                             capture_output=True, text=True).stdout.split("\n")
-    ids = sorted({line.split()[0] for line in listing if f" {registry}/" in f" {line.partition(' ')[2]}"})
-    if ids:
-        subprocess.run(["buildah", "--storage-driver", "vfs", "rmi", "--force", *ids], capture_output=True)
+@pytest.fixture(scope="session")
+def pause_image(cluster: Any) -> str:
+    """The smallest image there is (hack/images/pause.c): for pods whose container only has to exist."""
+    return images.build(["pause"], cluster.registry)["pause"]
 
 
 @pytest.fixture(scope="session")
@@ -117,18 +111,17 @@ def build_namespace(kube: Any) -> str:
     return BUILD_NAMESPACE
 
 
+# The session operator's settings: quick polling so tests do not wait on production intervals.
+OPERATOR_SETTINGS = {"poll_seconds": "1", "base_image_check_seconds": "2"}
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: Any, crds: None, build_namespace: str, fakelet: Any,
-             tmp_path_factory: pytest.TempPathFactory) -> Any:
-    process = OperatorProcess(cluster.kubeconfig, cluster.registry,
-                              tmp_path_factory.mktemp("operator") / "operator.log",
-                              max_parallel_builds="2", webhook_url_host="127.0.0.1",
-                              base_image_check_seconds="2")
-    process.start()
-    wait_for(lambda: kubectl(cluster, "get", "mutatingwebhookconfiguration", "kenv.dev", check=False).returncode == 0,
-             30, "kopf to register the webhook configuration")
-    yield process
-    process.stop()
+def operator(cluster: Any, crds: None, build_namespace: str) -> Iterator[KenvRelease]:
+    """kenv installed by Helm into the build namespace, as users install it: the operator is a real pod."""
+    release = KenvRelease(cluster, settings=OPERATOR_SETTINGS, values={"maxParallelBuilds": 2})
+    release.install()
+    yield release
+    release.uninstall()
 
 
 @pytest.fixture
@@ -146,3 +139,22 @@ def events_for(kube: Any, namespace: str, name: str) -> list[dict[str, Any]]:
 
 def dump(obj: Any) -> str:
     return yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False)
+
+
+def run_pod(kube: Any, namespace: str, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None,
+            timeout: float = 180) -> tuple[dict[str, Any], str]:
+    """Create a pod (restartPolicy Never), wait until it ends, return (pod, its log)."""
+    body = {"metadata": {"name": name, "labels": labels or {}}, "spec": {"restartPolicy": "Never", **spec}}
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)
+
+    def finished() -> dict[str, Any] | None:
+        pod = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+        return pod if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+    pod = wait_for(finished, timeout, f"pod {namespace}/{name} to finish")
+    return pod, kube.text(f"/api/v1/namespaces/{namespace}/pods/{name}/log")
+
+
+def exit_code(pod: dict[str, Any], container: str | None = None) -> int:
+    statuses = pod["status"]["containerStatuses"]
+    status = next(s for s in statuses if container in (None, s["name"]))
+    return int(status["state"]["terminated"]["exitCode"])

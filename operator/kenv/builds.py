@@ -26,16 +26,53 @@ ANNOTATION_HASH = "kenv.dev/hash"
 ANNOTATION_DESTINATION = "kenv.dev/destination"
 ANNOTATION_REQUESTED_BY = "kenv.dev/requested-by"
 CA_KEY = "kenv-ca.crt"
+# The context ConfigMap is mounted at /workspace with every key under context/: a ConfigMap volume's top-level
+# entries are symlinks into a hidden ..data folder, which builders would COPY as dangling links; one level down
+# they are plain files.
+CONTEXT_MOUNT = "/workspace"
+CONTEXT_DIR = f"{CONTEXT_MOUNT}/context"
 
 # The builder scripts get the destination as "$1" (--destination=...) and never by interpolation.
 BUILDAH_SCRIPT = """set -eu
 dest="${1#--destination=}"
-buildah bud --isolation chroot --storage-driver vfs $KENV_TLS -f /workspace/Dockerfile -t "$dest" /workspace
+[ -f "$REGISTRY_AUTH_FILE" ] || unset REGISTRY_AUTH_FILE  # no credentials mounted: anonymous
+buildah bud --isolation chroot --storage-driver vfs $KENV_TLS -f /workspace/context/Dockerfile -t "$dest" \\
+  /workspace/context
 buildah push --storage-driver vfs $KENV_TLS --digestfile /dev/termination-log "$dest" "docker://$dest"
 """
+# The least privilege buildah needs in a pod, found by trying (README, "Builders"): it runs its build in a user
+# namespace of its own, so it needs unshare(CLONE_NEWUSER) (not allowed by the RuntimeDefault seccomp profile
+# without CAP_SYS_ADMIN, hence Unconfined) and, as root in the pod, CAP_SETUID/CAP_SETGID to write the id maps and
+# CAP_SETFCAP to map uid 0. Every other capability is dropped; never privileged, no privilege escalation.
+BUILDAH_SECURITY_CONTEXT = {
+    "privileged": False,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]},
+    "seccompProfile": {"type": "Unconfined"},
+}
+# Rootless BuildKit (moby/buildkit's rootless layout, user 1000): rootlesskit makes a user namespace through the
+# setuid newuidmap (so privilege escalation stays allowed) and needs unshare(CLONE_NEWUSER) and mounts in it,
+# which the RuntimeDefault seccomp and AppArmor profiles forbid; --oci-worker-no-process-sandbox spares it a /proc
+# mount it could not make unprivileged. Not root, not privileged, no capability added.
+BUILDKIT_SECURITY_CONTEXT = {
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "runAsNonRoot": True,
+    "privileged": False,
+    "seccompProfile": {"type": "Unconfined"},
+    "appArmorProfile": {"type": "Unconfined"},
+}
+BUILDKIT_STATE = "/home/user/.local/share/buildkit"
 BUILDKIT_SCRIPT = """set -eu
 dest="${1#--destination=}"
-buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=/workspace --local dockerfile=/workspace \\
+config="${TMPDIR:-/tmp}/kenv-buildkitd.toml"
+: > "$config"
+for registry in $KENV_INSECURE_REGISTRIES; do
+  printf '[registry."%s"]\n  http = true\n  insecure = true\n' "$registry" >> "$config"
+done
+export BUILDKITD_FLAGS="--oci-worker-no-process-sandbox --config=$config"
+buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=/workspace/context \\
+  --local dockerfile=/workspace/context \\
   --output "type=image,name=$dest,push=true$KENV_REGISTRY_INSECURE" --metadata-file /tmp/kenv-metadata.json
 sed -n 's/.*"containerimage.digest": *"\\([^"]*\\)".*/\\1/p' /tmp/kenv-metadata.json > /dev/termination-log
 """
@@ -130,8 +167,8 @@ def builder_container(
     destination_arg = f"--destination={plan.destination}"
     if builder is Builder.KANIKO:
         args = [
-            "--context=dir:///workspace",
-            "--dockerfile=/workspace/Dockerfile",
+            f"--context=dir://{CONTEXT_DIR}",
+            f"--dockerfile={CONTEXT_DIR}/Dockerfile",
             destination_arg,
             "--digest-file=/dev/termination-log",
             f"--cache={'true' if build.cache else 'false'}",
@@ -142,23 +179,27 @@ def builder_container(
         args += [f"--insecure-registry={registry}" for registry in insecure]
         env = [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}] if has_ca else []
         return {"image": settings.kaniko_image, "command": None, "args": args, "env": env,
-                "docker_config_dir": "/kaniko/.docker", "security_context": None}
+                "docker_config_dir": "/kaniko/.docker", "security_context": None, "mounts": [], "volumes": []}
     tls = "--tls-verify=false" if destination_insecure else ("--cert-dir=/kenv/ca" if has_ca else "")
     if builder is Builder.BUILDAH:
         env = [{"name": "KENV_TLS", "value": tls},
                {"name": "REGISTRY_AUTH_FILE", "value": "/kenv/docker/config.json"}]
         return {"image": settings.buildah_image, "command": ["/bin/sh", "-c", BUILDAH_SCRIPT, "kenv-build"],
                 "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker",
-                "security_context": {"privileged": False, "capabilities": {"add": ["SETUID", "SETGID"]}}}
+                "security_context": BUILDAH_SECURITY_CONTEXT, "mounts": [], "volumes": []}
     env = [
         {"name": "KENV_REGISTRY_INSECURE", "value": ",registry.insecure=true" if destination_insecure else ""},
-        {"name": "BUILDKITD_FLAGS", "value": "--oci-worker-no-process-sandbox"},
+        {"name": "KENV_INSECURE_REGISTRIES", "value": " ".join(insecure)},
         {"name": "DOCKER_CONFIG", "value": "/kenv/docker"},
     ]
+    if has_ca:
+        env.append({"name": "SSL_CERT_DIR", "value": "/etc/ssl/certs:/kenv/ca"})
+    # BuildKit's state must not be on the container's overlay root (no overlay on overlay): an emptyDir.
+    state = {"name": "buildkit-state", "mountPath": BUILDKIT_STATE}
     return {"image": settings.buildkit_image, "command": ["/bin/sh", "-c", BUILDKIT_SCRIPT, "kenv-build"],
             "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker",
-            "security_context": {"seccompProfile": {"type": "Unconfined"},
-                                 "appArmorProfile": {"type": "Unconfined"}}}
+            "security_context": BUILDKIT_SECURITY_CONTEXT, "mounts": [state],
+            "volumes": [{"name": "buildkit-state", "emptyDir": {}}]}
 
 
 def build_job(
@@ -167,9 +208,11 @@ def build_job(
     settings: OperatorSettings,
     *,
     requested_by: str,
+    context_files: list[str],
     has_docker_config: bool,
     has_ca: bool,
 ) -> dict[str, Any]:
+    """context_files: the keys of the context ConfigMap (build_context_config_map), each mounted as a file."""
     container = builder_container(build.builder, plan, build, settings, has_ca)
     labels = {LABEL_ROLE: "build", LABEL_HASH: hash_label(plan.hash), "app.kubernetes.io/managed-by": "kenv"}
     resources = build.resources.model_dump(exclude_none=True) if build.resources else {}
@@ -192,8 +235,10 @@ def build_job(
         docker_config_dir=container["docker_config_dir"],
         ca_bundle=has_ca,
         context_config_map=plan.context_config_map,
-        extra_mounts=[],
-        extra_volumes=[],
+        context_mount=CONTEXT_MOUNT,
+        context_items=[{"key": key, "path": f"context/{key}"} for key in sorted(context_files)],
+        extra_mounts=container["mounts"],
+        extra_volumes=container["volumes"],
     )
     job: dict[str, Any] = yaml.safe_load(rendered)
     return job

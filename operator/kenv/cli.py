@@ -92,15 +92,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         return fail("no buildah, podman or docker on PATH; install one to build locally")
     with tempfile.TemporaryDirectory(prefix="kenv-build-") as directory:
         write_context(context, Path(directory))
-        build = [tool, "build", "-t", destination, directory]
+        tls = ["--tls-verify=false"] if args.insecure and tool != "docker" else []
+        build = [tool, "build", *tls, "-t", destination, directory]
         if tool == "buildah":
-            build = [tool, "--storage-driver", "vfs", "bud", "--isolation", "chroot", "-t", destination, directory]
+            build = [tool, "--storage-driver", "vfs", "bud", "--isolation", "chroot", *tls, "-t", destination,
+                     directory]
         subprocess.run(build, check=True)
         if args.push:
             digest_file = Path(directory, "digest")
             push = [tool, "push", destination]
             if tool == "buildah":
-                tls = ["--tls-verify=false"] if args.insecure else []
                 push = [tool, "--storage-driver", "vfs", "push", *tls, "--digestfile", str(digest_file),
                         destination, f"docker://{destination}"]
             subprocess.run(push, check=True)
@@ -176,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
     p = with_file(sub.add_parser("build", help="build the image locally (Azure ML build_local)"))
     p.add_argument("--destination-repo", default="localhost/kenv", help="repository to tag (and push) into")
     p.add_argument("--push", action="store_true", help="push under the content tag")
-    p.add_argument("--insecure", action="store_true", help="push over plain HTTP")
+    p.add_argument("--insecure", action="store_true", help="pull and push over plain HTTP (a development registry)")
     p.set_defaults(run=cmd_build)
     p = sub.add_parser("logs", help="show the build log of an Environment's latest build")
     p.add_argument("name")

@@ -39,7 +39,7 @@ class OperatorSettings(BaseSettings):
     max_parallel_builds: int = Field(4, ge=1, le=1000, description="Build Jobs allowed to run at once.")
     kaniko_image: str = Field("gcr.io/kaniko-project/executor:v1.23.2", pattern=IMAGE_REF_PATTERN)
     buildah_image: str = Field("quay.io/buildah/stable:v1.38", pattern=IMAGE_REF_PATTERN)
-    buildkit_image: str = Field("moby/buildkit:v0.18.2-rootless", pattern=IMAGE_REF_PATTERN)
+    buildkit_image: str = Field("moby/buildkit:v0.34.2-rootless", pattern=IMAGE_REF_PATTERN)
     micromamba_image: str = Field("mambaorg/micromamba:2.0.5", pattern=IMAGE_REF_PATTERN)
     default_base_image: str = Field("python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN)
     insecure_registries: str = Field(

@@ -262,7 +262,12 @@ class BaseImageTracking(KenvModel):
 
 
 class BuildSettings(KenvModel):
-    builder: Builder = Field(Builder.KANIKO, description="Image builder run by the build Job.")
+    builder: Builder = Field(
+        Builder.KANIKO,
+        description="Image builder run by the build Job: kaniko (default; root in the pod, no capability added), "
+        "buildah (in a user namespace of its own: seccomp Unconfined and only SETUID, SETGID, SETFCAP) or buildkit "
+        "(rootless BuildKit as user 1000: seccomp and AppArmor Unconfined). Each is tested in real pods.",
+    )
     cache: bool = Field(True, description="Reuse layers from the cache repository between builds.")
     timeout_seconds: int = Field(3600, ge=60, le=86400, description="activeDeadlineSeconds of the build Job.")
     resources: ResourceRequirements | None = Field(None, description="Resources of the build container.")

@@ -268,7 +268,7 @@ class Reconciler:
                 secret = await kube.create(builds.build_docker_config_secret(plan, docker_config))
             job = await kube.create(builds.build_job(
                 plan, spec.build, self.settings, requested_by=f"{ref.kind}/{ref.display}",
-                has_docker_config=secret is not None, has_ca=bool(ca_bundle)))
+                context_files=list(config_map["data"]), has_docker_config=secret is not None, has_ca=bool(ca_bundle)))
         owner = builds.owner_reference(job)
         await kube.set_owner("ConfigMap", plan.namespace, config_map["metadata"]["name"], owner)
         if secret is not None:

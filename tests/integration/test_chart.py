@@ -4,31 +4,37 @@
   (`kubectl apply --dry-run=server`), i.e. against the pinned Kubernetes version's real schemas
   (tests/unit/test_chart_values.py has the checks that need no cluster);
 - values the schema refuses fail `helm template` with the schema's message;
-- install / upgrade (the webhook CA and certificate stay) / uninstall on the session cluster;
-- RBAC sufficiency: the operator, run with the chart ServiceAccount's token, builds an Environment.
+- install / upgrade (the webhook CA and certificate stay) / uninstall on the session cluster, the operator a real
+  pod of the image built here that must become Ready through its real probes;
+- RBAC sufficiency: the operator pod, running as the chart's ServiceAccount with namespaced-only RBAC, builds an
+  Environment.
 
-The installed MutatingWebhookConfiguration has failurePolicy Fail and nothing serves it here (the chart's
-Deployment pod is a fakelet pod), so every install sets webhook.namespaceSelector to a label no namespace has:
-other tests sharing the cluster never see it.
+The session's own operator (tests/kenvfixtures.py) is a release of this chart too. A second release here sets
+webhook.namespaceSelector to a label no namespace has, so other tests never meet its webhook, and watches only
+its own namespaces; where it must act on an Environment, the session operator is paused meanwhile.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
+import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from kenvfixtures import GROUP_PATH, create_env, get_env, kubectl, wait_for
-from operatorproc import OperatorProcess
+import images
+from kenvfixtures import GROUP_PATH, create_env, get_env, kubectl, wait_for, wait_phase
+from release import KenvRelease
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kenv"
@@ -74,6 +80,33 @@ def render(helm: str, cluster: Any, tmp_path: Path, namespace: str, values: dict
 def base_values(cluster: Any, **extra: Any) -> dict[str, Any]:
     return {"destinationRepo": f"{cluster.registry or 'registry.example:5000'}/kenv/environments",
             "insecureRegistries": [cluster.registry or "registry.example:5000"], **HARMLESS_WEBHOOK, **extra}
+
+
+def runnable_values(cluster: Any, **extra: Any) -> dict[str, Any]:
+    """base_values plus the images built here, so the release's pods really run (and pull nothing upstream)."""
+    built = images.build(["operator", "kaniko"], cluster.registry)
+    repository, _, tag = built["operator"].rpartition(":")
+    return base_values(cluster, image={"repository": repository, "tag": tag},
+                       builderImages={"kaniko": built["kaniko"]}, **extra)
+
+
+@contextlib.contextmanager
+def session_operator_paused(cluster: Any) -> Iterator[None]:
+    """Scale the session's operator (if it was started) to 0 while another release acts on Environments."""
+    session = KenvRelease(cluster)
+    try:
+        running = session.replicas() > 0
+    except urllib.error.HTTPError as error:
+        if error.code != 404:
+            raise
+        running = False
+    if running:
+        session.scale(0)
+    try:
+        yield
+    finally:
+        if running:
+            session.scale(1)
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -226,7 +259,7 @@ def test_bad_values_are_refused_with_the_schema_message(helm, cluster, args, mes
 # --- install, upgrade, uninstall ------------------------------------------------------------------------------
 
 def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> None:
-    values = values_file(tmp_path, base_values(cluster))
+    values = values_file(tmp_path, runnable_values(cluster, watchNamespaces=[namespace]))
     name = f"kenv-{namespace}"  # cluster-scoped objects carry the release namespace
     paths = {
         "deployment": f"/apis/apps/v1/namespaces/{namespace}/deployments/kenv",
@@ -240,9 +273,13 @@ def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> 
     }
     installed = False
     try:
-        result = run_helm(helm, cluster, "install", "kenv", str(CHART), "-n", namespace, "-f", values)
+        # --wait: the operator pod must pass its real readiness probe (kopf's, which asks the registry).
+        result = run_helm(helm, cluster, "install", "kenv", str(CHART), "-n", namespace, "-f", values,
+                          "--wait", "--timeout=5m")
         installed = True
         assert "kubectl get env -w" in result.stdout  # NOTES.txt
+        release = KenvRelease(cluster, namespace=namespace)
+        assert release.ready() and release.pod()["spec"]["serviceAccountName"] == "kenv"
         for what, path in paths.items():
             assert exists(kube, path), what
         for plural in ("environments", "clusterenvironments"):
@@ -258,7 +295,9 @@ def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> 
         assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("webhook", 443), ("metrics", 8000)}
 
         run_helm(helm, cluster, "upgrade", "kenv", str(CHART), "-n", namespace, "-f", values,
-                 "--set", "maxParallelBuilds=2")
+                 "--set", "maxParallelBuilds=2", "--wait", "--timeout=5m")
+        operator_env = release.pod()["spec"]["containers"][0]["env"]
+        assert {"name": "KENV_MAX_PARALLEL_BUILDS", "value": "2"} in operator_env  # the new pod runs
         assert kube.request("GET", paths["secret"])["data"] == secret["data"], "upgrade replaced the webhook cert"
         upgraded = kube.request("GET", paths["webhook"])
         assert [h["clientConfig"]["caBundle"] for h in upgraded["webhooks"]] == [secret["data"]["ca.crt"]] * 2
@@ -288,89 +327,78 @@ def check_serving_certificate(data: dict[str, str], dns_name: str) -> None:
 
 # --- RBAC sufficiency -------------------------------------------------------------------------------------------
 
-def service_account_kubeconfig(cluster: Any, namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount (a bound token), with the admin config's server/CA."""
-    token = kubectl(cluster, "create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    server = dict(next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"])
-    if "certificate-authority" in server:  # inline it: the file path may be relative to the admin kubeconfig
-        ca_path = Path(cluster.kubeconfig).parent / server.pop("certificate-authority")
-        server["certificate-authority-data"] = base64.b64encode(ca_path.read_bytes()).decode()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "cluster", "cluster": server}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "cluster", "user": account, "namespace": namespace}}],
-    }))
-    return path
-
-
 def can_i(cluster: Any, namespace: str, account: str, *args: str) -> str:
     result = kubectl(cluster, "auth", "can-i", *args, f"--as=system:serviceaccount:{namespace}:{account}",
                      check=False)
     return result.stdout.strip()
 
 
+FORBIDDEN = re.compile(r"Forbidden|\b(status|code)[=:]\s*403\b")
+
+
+def forbidden_records(log: str) -> list[dict[str, Any]]:
+    """The operator's JSON log records that report a refused API call. Matching structured records and the
+    status code as a field, never a bare "403" in free text (a random namespace name may hold those digits)."""
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert records, log[-2000:]
+    return [r for r in records if FORBIDDEN.search(json.dumps({k: v for k, v in r.items() if k != "message"}))
+            or FORBIDDEN.search(re.sub(r"t-[0-9a-f]{8}", "t-NAMESPACE", str(r.get("message", ""))))]
+
+
 def test_operator_runs_with_the_chart_rbac(helm, cluster, kube, namespace, crds, base_image, tmp_path) -> None:
     """Namespaced-only RBAC (watchNamespaces): the chart's ServiceAccount is enough to build an Environment."""
     watched = make_namespace(kube)
-    values = values_file(tmp_path, base_values(cluster, watchNamespaces=[watched], replicaCount=0))
+    values = values_file(tmp_path, runnable_values(cluster, watchNamespaces=[watched], logFormat="json",
+                                                   extraEnv=[{"name": "KENV_POLL_SECONDS", "value": "1"}]))
+    release = KenvRelease(cluster, namespace=namespace)
     installed = False
-    process = None
     try:
-        run_helm(helm, cluster, "install", "kenv", str(CHART), "-n", namespace, "-f", values)
-        installed = True
-        account = "kenv"
-        assert can_i(cluster, namespace, account, "create", "jobs", "-n", namespace) == "yes"
-        assert can_i(cluster, namespace, account, "get", "secrets", "-n", watched) == "yes"
-        assert can_i(cluster, namespace, account, "list", "secrets", "-n", watched) == "no"
-        assert can_i(cluster, namespace, account, "get", "secrets", "-n", "default") == "no"
-        assert can_i(cluster, namespace, account, "get", "configmaps", "-n", "default") == "no"
-        assert can_i(cluster, namespace, account, "patch", "pods", "-n", "default") == "no"
-        assert can_i(cluster, namespace, account, "list", "pods", "--all-namespaces") == "no"
-        assert can_i(cluster, namespace, account, "list", "environments.kenv.dev", "-n", watched) == "yes"
-        assert can_i(cluster, namespace, account, "list", "environments.kenv.dev", "-n", "default") == "no"
-        assert can_i(cluster, namespace, account, "create", "mutatingwebhookconfigurations") == "no"
+        with session_operator_paused(cluster):
+            run_helm(helm, cluster, "install", "kenv", str(CHART), "-n", namespace, "-f", values,
+                     "--wait", "--timeout=5m")
+            installed = True
+            account = "kenv"
+            assert can_i(cluster, namespace, account, "create", "jobs", "-n", namespace) == "yes"
+            assert can_i(cluster, namespace, account, "get", "secrets", "-n", watched) == "yes"
+            assert can_i(cluster, namespace, account, "list", "secrets", "-n", watched) == "no"
+            assert can_i(cluster, namespace, account, "get", "secrets", "-n", "default") == "no"
+            assert can_i(cluster, namespace, account, "get", "configmaps", "-n", "default") == "no"
+            assert can_i(cluster, namespace, account, "patch", "pods", "-n", "default") == "no"
+            assert can_i(cluster, namespace, account, "list", "pods", "--all-namespaces") == "no"
+            assert can_i(cluster, namespace, account, "list", "environments.kenv.dev", "-n", watched) == "yes"
+            assert can_i(cluster, namespace, account, "list", "environments.kenv.dev", "-n", "default") == "no"
+            assert can_i(cluster, namespace, account, "create", "mutatingwebhookconfigurations") == "no"
+            assert release.pod()["spec"]["serviceAccountName"] == account
 
-        sa_kubeconfig = service_account_kubeconfig(cluster, namespace, account, tmp_path / "sa.kubeconfig")
-        process = OperatorProcess(sa_kubeconfig, cluster.registry, tmp_path / "operator.log",
-                                  build_namespace=namespace, namespaces=watched, webhook_managed="false")
-        process.start()
+            # A rebuild token forces a build even when this content is already in the registry: the Job proves
+            # `create jobs` (and ConfigMaps) in the release namespace, Ready proves reading its pods and the
+            # registry.
+            create_env(kube, watched, "rbac", {"docker": {"baseImage": base_image},
+                                              "python": {"userManagedDependencies": True}},
+                       annotations={"kenv.dev/rebuild": uuid.uuid4().hex[:8]})
 
-        # A rebuild token forces a build even when this content is already in the registry: the Job proves
-        # `create jobs` (and ConfigMaps) in the release namespace, Ready proves reading its pods and the registry.
-        create_env(kube, watched, "rbac", {"docker": {"baseImage": base_image},
-                                          "python": {"userManagedDependencies": True}},
-                   annotations={"kenv.dev/rebuild": uuid.uuid4().hex[:8]})
+            def building_or_ready() -> dict[str, Any] | None:
+                status = get_env(kube, watched, "rbac").get("status") or {}
+                return status if status.get("phase") in ("Building", "Ready", "Failed") else None
+            status = wait_for(building_or_ready, 60, "Building or Ready")
+            assert status["phase"] in ("Building", "Ready"), status
+            jobs = kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector="
+                                       "kenv.dev%2Frole%3Dbuild")
+            assert len(jobs["items"]) == 1, jobs["items"]
+            assert status.get("buildJob", {}).get("namespace", namespace) == namespace
 
-        def building_or_ready() -> dict[str, Any] | None:
-            status = get_env(kube, watched, "rbac").get("status") or {}
-            return status if status.get("phase") in ("Building", "Ready", "Failed") else None
-        status = wait_for(building_or_ready, 60, "Building or Ready")
-        assert status["phase"] in ("Building", "Ready"), status
-        jobs = kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=kenv.dev%2Frole%3Dbuild")
-        assert len(jobs["items"]) == 1, jobs["items"]
-        assert status.get("buildJob", {}).get("namespace", namespace) == namespace
-
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and (get_env(kube, watched, "rbac").get("status") or {}).get(
-                "phase") not in ("Ready", "Failed"):
-            time.sleep(1)
-        final = get_env(kube, watched, "rbac")["status"]
-        assert final["phase"] == "Ready", final
-        assert final["image"].startswith(f"{cluster.registry}/kenv/environments@sha256:")
-        log = process.log_text()
-        assert "403" not in log and "Forbidden" not in log, log[-3000:]
-    finally:
-        # Delete the Environment while the operator still runs, so its finalizer is removed.
-        env_path = f"{GROUP_PATH}/namespaces/{watched}/environments/rbac"
-        if exists(kube, env_path):
+            final = wait_phase(kube, watched, "rbac", {"Ready", "Failed"}, timeout=180)["status"]
+            assert final["phase"] == "Ready", final
+            assert final["image"].startswith(f"{cluster.registry}/kenv/environments@sha256:")
+            refused = forbidden_records(release.log_text())
+            assert not refused, refused[:5]
+            # Delete the Environment while this operator still runs, so its finalizer is removed.
+            env_path = f"{GROUP_PATH}/namespaces/{watched}/environments/rbac"
             kube.request("DELETE", env_path)
-            if process is not None:
-                wait_for(lambda: not exists(kube, env_path), 30, "the Environment to be deleted")
-        if process is not None:
-            process.stop()
+            wait_for(lambda: not exists(kube, env_path), 30, "the Environment to be deleted")
+            run_helm(helm, cluster, "uninstall", "kenv", "-n", namespace, "--wait")
+            installed = False
+    finally:
         if installed:
             run_helm(helm, cluster, "uninstall", "kenv", "-n", namespace, check=False)
         kube.request("DELETE", f"/api/v1/namespaces/{watched}")

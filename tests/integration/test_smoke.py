@@ -1,10 +1,13 @@
-"""Smoke tests of the local test bed itself: control plane, controllers, scheduler, fakelet, webhooks,
-buildah, registry. If these fail, every other integration test fails for reasons unrelated to kenv."""
+"""Smoke tests of the local test bed itself: control plane, controllers, scheduler, the real node (kubelet,
+containerd, runc, CNI, kube-proxy), webhooks, the registry and the Kaniko executor image. If these fail, every
+other integration test fails for reasons unrelated to kenv."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -17,8 +20,10 @@ import pytest
 import yaml
 from kubernetes_asyncio import client, config
 
-from kenvfixtures import wait_for
+import images
+from kenvfixtures import exit_code, run_pod, wait_for
 from localcluster import LocalCluster
+from nodeconfig import NODE_IP
 from pki import cert_pem, issue_cert, key_pem, make_ca
 
 MANIFEST_TYPES = ", ".join([
@@ -27,7 +32,6 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ])
 
-POD_SPEC = {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox:1.36"}]}
 
 
 def kubectl(cluster, *args: str, stdin: str | None = None) -> str:
@@ -91,58 +95,126 @@ def _try(fn):
         raise
 
 
-def test_job_pod_is_scheduled_run_by_fakelet_and_job_completes(kube, namespace, fakelet):
-    if fakelet is None:
-        pytest.skip("the fakelet is disabled (KENV_TEST_FAKELET=0)")
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "smoke"},
-           "spec": {"backoffLimit": 0, "template": {
-               "metadata": {"annotations": {"kenv.dev/fakelet-exit": "0"}},
-               "spec": POD_SPEC}}}
-    kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job)
+def test_node_is_registered_by_a_real_kubelet(cluster, kube):
+    nodes = kube.request("GET", "/api/v1/nodes")["items"]
+    assert nodes, "no node registered"
+    ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
+                                     for c in n["status"]["conditions"])]
+    assert ready, [n["status"]["conditions"] for n in nodes]
+    if isinstance(cluster, LocalCluster):
+        (node,) = nodes
+        info = node["status"]["nodeInfo"]
+        assert node["metadata"]["name"] == cluster.node_name
+        assert info["kubeletVersion"] == "v1.34.4" and info["containerRuntimeVersion"].startswith("containerd://1.")
+        assert {"type": "InternalIP", "address": NODE_IP} in node["status"]["addresses"]
+        assert node["metadata"]["labels"]["kubernetes.io/hostname"] == cluster.node_name
+        assert not node["spec"].get("taints")
 
-    pod = wait_for(lambda: job_pods(kube, namespace, "smoke"), what="the job controller's pod")[0]
-    wait_for(lambda: job_condition(kube, namespace, "smoke") == "Complete", what="Job Complete")
-    pod = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}")
-    assert pod["spec"]["nodeName"] == "kenv-node"  # bound by the real scheduler
-    assert pod["status"]["phase"] == "Succeeded"
-    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+def test_job_runs_in_a_real_container_and_its_exit_code_counts(kube, namespace, base_image):
+    def job(name: str, code: str) -> None:
+        kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", {
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                {"name": "main", "image": base_image, "command": ["python3", "-c", code]}]}}}})
+
+    job("ok", "import os, platform; print('hello from', platform.node(), os.getpid())")
+    job("fails", "import sys; print('failing on purpose'); sys.exit(3)")
+    assert wait_for(lambda: job_condition(kube, namespace, "ok"), 120, what="Job ok to finish") == "Complete"
+    assert wait_for(lambda: job_condition(kube, namespace, "fails"), 120, what="Job fails to finish") == "Failed"
+    ok = job_pods(kube, namespace, "ok")[0]
+    log = kube.text(f"/api/v1/namespaces/{namespace}/pods/{ok['metadata']['name']}/log")
+    # the container has its own PID namespace (PID 1) and the pod's name as host name
+    assert log.strip() == f"hello from {ok['metadata']['name']} 1"
+    assert ok["spec"]["nodeName"] and ok["status"]["podIP"].startswith("10.244.")
+    failed = job_pods(kube, namespace, "fails")[0]
+    assert failed["status"]["phase"] == "Failed" and exit_code(failed) == 3
 
 
-def test_fakelet_holds_completes_and_finalizes_deletion(kube, namespace, fakelet):
-    if fakelet is None:
-        pytest.skip("the fakelet is disabled (KENV_TEST_FAKELET=0)")
-    fakelet.hold = lambda pod: pod["metadata"].get("labels", {}).get("smoke") == "hold"
+POD_FEATURES = """
+import hashlib, os, pathlib
+shm = os.statvfs("/dev/shm")
+mounts = [line.split() for line in open("/proc/self/mounts")]
+report = {
+    "secret_file_sha256": hashlib.sha256(pathlib.Path("/secret/token").read_bytes()).hexdigest(),
+    "secret_env_sha256": hashlib.sha256(os.environ["TOKEN"].encode()).hexdigest(),
+    "shm_bytes": shm.f_blocks * shm.f_frsize,
+    "shm_fs": next(m[2] for m in mounts if m[1] == "/dev/shm"),
+    "pod_name": os.environ["POD_NAME"],
+}
+pathlib.Path("/dev/termination-log").write_text(repr(report))
+"""
+
+
+def test_secret_volume_secret_env_shm_and_termination_message(kube, namespace, base_image):
+    token = uuid.uuid4().hex
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", {
+        "metadata": {"name": "s"}, "data": {"token": base64.b64encode(token.encode()).decode()}})
+    pod, _ = run_pod(kube, namespace, "features", {
+        "containers": [{"name": "main", "image": base_image, "command": ["python3", "-c", POD_FEATURES],
+                        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}},
+                                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                        "volumeMounts": [{"name": "secret", "mountPath": "/secret"},
+                                         {"name": "shm", "mountPath": "/dev/shm"}]}],
+        "volumes": [{"name": "secret", "secret": {"secretName": "s"}},
+                    {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "96Mi"}}]})
+    assert exit_code(pod) == 0
+    report = eval(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])  # noqa: S307 (our repr)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert report == {"secret_file_sha256": digest, "secret_env_sha256": digest, "shm_bytes": 96 * 1024 * 1024,
+                      "shm_fs": "tmpfs", "pod_name": "features"}
+
+
+IN_CLUSTER_CALL = """
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+request = urllib.request.Request(f"https://{host}:{port}/version",
+                                 headers={"Authorization": "Bearer " + open(f"{sa}/token").read()})
+with urllib.request.urlopen(request, context=context, timeout=10) as response:
+    print(host, json.load(response)["gitVersion"])
+"""
+
+
+def test_pod_reaches_the_api_server_through_the_kubernetes_service(kube, namespace, base_image):
+    service = kube.request("GET", "/api/v1/namespaces/default/services/kubernetes")
+    pod, log = run_pod(kube, namespace, "incluster", {"containers": [
+        {"name": "main", "image": base_image, "command": ["python3", "-c", IN_CLUSTER_CALL]}]})
+    assert exit_code(pod) == 0, log
+    host, version = log.split()
+    assert host == service["spec"]["clusterIP"] and version == kube.request("GET", "/version")["gitVersion"]
+
+
+def free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_kubectl_logs_exec_and_port_forward(cluster, kube, namespace, base_image):
+    marker = uuid.uuid4().hex
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": "web"}, "spec": {
+        "containers": [{"name": "main", "image": base_image, "workingDir": "/srv",
+                        "command": ["sh", "-c", f"mkdir -p /srv && echo {marker} > /srv/index.html && "
+                                                "echo serving && exec python3 -m http.server 8080"],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}]}})
+    wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in kube.request(
+        "GET", f"/api/v1/namespaces/{namespace}/pods/web").get("status", {}).get("conditions", [])),
+             120, what="the web pod to be Ready (a real readiness probe)")
+    assert kubectl(cluster, "logs", "-n", namespace, "web").splitlines()[0] == "serving"
+    assert kubectl(cluster, "exec", "-n", namespace, "web", "--", "cat", "/srv/index.html").strip() == marker
+    port = free_local_port()
+    forward = subprocess.Popen([cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), "port-forward", "-n",
+                                namespace, "pod/web", f"{port}:8080"], stdout=subprocess.PIPE, text=True)
     try:
-        for name in ("held-a", "held-b"):
-            kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
-                "metadata": {"name": name, "labels": {"smoke": "hold"}},
-                "spec": POD_SPEC})
-        both = {(namespace, "held-a"), (namespace, "held-b")}
-        wait_for(lambda: both <= set(fakelet.held()), what="held pods")
-        pods = f"/api/v1/namespaces/{namespace}/pods"
-        running = kube.request("GET", f"{pods}/held-a")
-        assert running["status"]["phase"] == "Running"
-        assert running["status"]["containerStatuses"][0]["ready"] is True
-
-        fakelet.complete((namespace, "held-a"), exit_code=3)
-        failed = kube.request("GET", f"{pods}/held-a")["status"]
-        assert failed["phase"] == "Failed"
-        assert failed["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
-
-        # Without a kubelet confirming, a bound pod would stay Terminating forever.
-        kube.request("DELETE", f"{pods}/held-b")
-        wait_for(lambda: _gone(kube, f"{pods}/held-b"), what="deleted pod to disappear")
-        assert (namespace, "held-b") not in fakelet.held()
+        assert "Forwarding from" in (forward.stdout.readline() if forward.stdout else "")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/index.html", timeout=10) as response:
+            assert response.read().decode().strip() == marker
     finally:
-        fakelet.hold = None
-
-
-def _gone(kube, path: str) -> bool:
-    try:
-        kube.request("GET", path)
-        return False
-    except urllib.error.HTTPError as e:
-        return e.code == 404
+        forward.terminate()
+        forward.wait(10)
 
 
 class _Mutator(BaseHTTPRequestHandler):
@@ -202,24 +274,29 @@ def test_apiserver_calls_a_mutating_webhook_on_127_0_0_1(kube, namespace, tmp_pa
         server.shutdown()
 
 
-def run_build_job(kube, namespace: str, destination: str, dockerfile: str, hello: str) -> tuple[str, dict]:
-    """A Kaniko-style build Job, as the operator makes them; returns its outcome and its pod's final state."""
-    # Keys are flat; `items` lays them out as a directory tree, as the operator's context ConfigMaps do.
+@pytest.fixture(scope="module")
+def kaniko_image(cluster) -> str:
+    return images.build(["kaniko"], cluster.registry)["kaniko"]
+
+
+def run_build_job(kube, namespace: str, image: str, destination: str, dockerfile: str,
+                  hello: str) -> tuple[str, dict]:
+    """A Kaniko build Job shaped like the operator's; returns its outcome and its pod's final state."""
+    # Keys are flat; `items` puts them one level down (context/...), as the operator's build Jobs do.
     kube.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", {"metadata": {"name": "ctx"}, "data": {
         "Dockerfile": dockerfile, "hello": hello}})
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "build"},
            "spec": {"backoffLimit": 0, "template": {
-               "metadata": {"labels": {"kenv.dev/role": "build"}},
+               "metadata": {"labels": {"kenv.dev/role": "smoke-build"}},
                "spec": {"restartPolicy": "Never", "containers": [{
-                   # A buildah-image pod: the fakelet builds it with buildah on the host (test_kaniko.py
-                   # covers the Kaniko path).
-                   "name": "build", "image": "quay.io/buildah/stable:v1.38",
-                   "args": ["--dockerfile=Dockerfile", "--context=dir:///workspace",
-                            f"--destination={destination}", "--digest-file=/dev/termination-log"],
+                   "name": "build", "image": image,
+                   "args": ["--dockerfile=/workspace/context/Dockerfile", "--context=dir:///workspace/context",
+                            f"--destination={destination}", "--digest-file=/dev/termination-log",
+                            f"--insecure-registry={destination.split('/')[0]}"],
                    "volumeMounts": [{"name": "context", "mountPath": "/workspace"}]}],
                    "volumes": [{"name": "context", "configMap": {"name": "ctx", "items": [
-                       {"key": "Dockerfile", "path": "Dockerfile"},
-                       {"key": "hello", "path": "files/hello.txt"}]}}],
+                       {"key": "Dockerfile", "path": "context/Dockerfile"},
+                       {"key": "hello", "path": "context/files/hello.txt"}]}}],
                }}}}
     kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job)
     outcome = wait_for(lambda: job_condition(kube, namespace, "build"), timeout=300, interval=0.5,
@@ -228,14 +305,13 @@ def run_build_job(kube, namespace: str, destination: str, dockerfile: str, hello
     return outcome, pod
 
 
-def test_build_pod_is_built_with_buildah_and_pushed_to_registry(kube, namespace, fakelet, registry):
-    if fakelet is None:
-        pytest.skip("the fakelet is disabled (KENV_TEST_FAKELET=0)")
+def test_kaniko_pod_builds_and_pushes_to_the_registry(kube, namespace, registry, kaniko_image):
     tag = uuid.uuid4().hex[:10]
-    outcome, pod = run_build_job(kube, namespace, f"{registry}/smoke/hello:{tag}",
+    outcome, pod = run_build_job(kube, namespace, kaniko_image, f"{registry}/smoke/hello:{tag}",
                                  "FROM scratch\nCOPY files/hello.txt /hello.txt\n", f"hello {tag}\n")
+    log = kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log")
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert outcome == "Complete", terminated.get("message")
+    assert outcome == "Complete", log[-3000:]
     digest = terminated["message"]
     assert digest.startswith("sha256:") and len(digest) == 71
 
@@ -244,16 +320,15 @@ def test_build_pod_is_built_with_buildah_and_pushed_to_registry(kube, namespace,
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=10) as resp:
         assert resp.headers["Docker-Content-Digest"] == digest
-    assert fakelet.log_path(namespace, pod["metadata"]["name"]).read_text().count("$ buildah") >= 2
+    assert f"Pushed {registry}/smoke/hello@{digest}" in log
 
 
-def test_failed_build_reports_exit_code_and_log_tail(kube, namespace, fakelet, registry):
-    if fakelet is None:
-        pytest.skip("the fakelet is disabled (KENV_TEST_FAKELET=0)")
-    outcome, pod = run_build_job(kube, namespace, f"{registry}/smoke/broken:1",
+def test_failed_kaniko_build_reports_exit_code_and_log(kube, namespace, registry, kaniko_image):
+    outcome, pod = run_build_job(kube, namespace, kaniko_image, f"{registry}/smoke/broken:1",
                                  "FROM scratch\nCOPY files/missing.txt /\n", "unused\n")
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert outcome == "Failed"
     assert pod["status"]["phase"] == "Failed"
-    assert terminated["exitCode"] != 0 and terminated["reason"] == "Error"  # buildah's own code (125)
-    assert "missing.txt" in terminated["message"]
+    assert terminated["exitCode"] != 0 and terminated["reason"] == "Error"
+    log = kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log")
+    assert "missing.txt" in log

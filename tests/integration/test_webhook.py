@@ -6,6 +6,7 @@ import urllib.error
 
 import pytest
 
+from buildgate import BuildGate
 from kenvfixtures import GROUP_PATH, create_env, get_env, wait_for, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -70,7 +71,7 @@ def test_bare_pod_gets_digest_variables_secrets_and_shm(kube, namespace, ready_e
     assert annotations["kenv.dev/injected-version"] == str(status["version"])
 
 
-def test_job_pods_are_injected_and_unlabelled_pods_untouched(kube, namespace, ready_env):
+def test_job_pods_are_injected_and_unlabelled_pods_untouched(kube, namespace, ready_env, pause_image):
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "train"},
            "spec": {"backoffLimit": 0, "template": pod("x", {"kenv.dev/environment": "tools"},
                                                        command=["python3", "-c", "print(1)"])}}
@@ -79,8 +80,9 @@ def test_job_pods_are_injected_and_unlabelled_pods_untouched(kube, namespace, re
     pods = wait_for(lambda: kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector="
                                                 "job-name%3Dtrain")["items"], 30, "the job controller's pod")
     assert pods[0]["spec"]["containers"][0]["image"] == ready_env["status"]["image"]
-    plain = create_pod(kube, namespace, pod("plain", {"app": "other"}, command=["true"]))
-    assert plain["spec"]["containers"][0]["image"] == "placeholder"
+    plain = create_pod(kube, namespace, {**pod("plain", {"app": "other"}), "spec": {
+        "containers": [{"name": "c", "image": pause_image}]}})
+    assert plain["spec"]["containers"][0]["image"] == pause_image
     assert "kenv.dev/injected" not in (plain["metadata"].get("annotations") or {})
 
 
@@ -136,23 +138,23 @@ def test_cluster_environment_and_bootstrap_wrapping(kube, namespace, base_image)
         kube.request("DELETE", f"{GROUP_PATH}/clusterenvironments/{name}")
 
 
-def test_pod_waits_gated_while_the_image_builds(kube, namespace, base_image, fakelet):
-    fakelet.hold = lambda p: p["metadata"].get("labels", {}).get("kenv.dev/role") == "build"
+def test_pod_waits_gated_while_the_image_builds(kube, namespace, base_image):
+    gate = BuildGate()
     try:
-        create_env(kube, namespace, "slow", {"docker": {"dockerfile": f"FROM {base_image}\nLABEL gated={namespace}"},
-                                             "python": {"userManagedDependencies": True},
-                                             "environmentVariables": {"A": "1"}})
+        spec = gate.spec(base_image, f"gated-{namespace}")
+        create_env(kube, namespace, "slow", {**spec, "environmentVariables": {"A": "1"}})
         wait_phase(kube, namespace, "slow", {"Building"}, timeout=60)
-        created = create_pod(kube, namespace, pod("waiting", {"kenv.dev/environment": "slow"}, command=["true"]))
+        created = create_pod(kube, namespace, pod("waiting", {"kenv.dev/environment": "slow"},
+                                                  command=["python3", "-c", "print('trained')"]))
         assert {"name": "kenv.dev/image"} in created["spec"]["schedulingGates"]
         assert created["metadata"]["annotations"]["kenv.dev/awaiting-image"] == "true"
         assert env_vars(created["spec"]["containers"][0])["A"] == "1"  # what is known is injected already
-        held = wait_for(lambda: fakelet.held(), 60, "the held build pod")
+        wait_for(lambda: gate.waiting(f"gated-{namespace}"), 120, "the build pod to reach the gated step")
+        assert kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/waiting")["spec"]["schedulingGates"]
+        gate.release(f"gated-{namespace}")
+        env = wait_phase(kube, namespace, "slow", {"Ready", "Failed"}, timeout=300)
     finally:
-        fakelet.hold = None
-    for key in held:
-        fakelet.complete(key)
-    env = wait_phase(kube, namespace, "slow", {"Ready", "Failed"}, timeout=300)
+        gate.close()
     assert env["status"]["phase"] == "Ready", env["status"]
 
     def released() -> dict | None:
@@ -162,3 +164,10 @@ def test_pod_waits_gated_while_the_image_builds(kube, namespace, base_image, fak
     assert current["spec"]["containers"][0]["image"] == env["status"]["image"]
     assert current["metadata"]["annotations"]["kenv.dev/injected-image"] == env["status"]["image"]
     assert "kenv.dev/awaiting-image" not in current["metadata"]["annotations"]
+
+    def ran() -> dict | None:  # the released pod really runs, in the image that was built meanwhile
+        body = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/waiting")
+        return body if body["status"].get("phase") in ("Succeeded", "Failed") else None
+    finished = wait_for(ran, 120, "the released pod to run")
+    assert finished["status"]["phase"] == "Succeeded"
+    assert kube.text(f"/api/v1/namespaces/{namespace}/pods/waiting/log").strip() == "trained"

@@ -36,7 +36,7 @@ def test_secret_values_appear_nowhere_but_secrets(kube, namespace, base_image, o
     assert env["status"]["phase"] == "Ready", env["status"]
     pod = kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
         "metadata": {"name": "consumer", "labels": {"kenv.dev/environment": "secretive"}},
-        "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}})
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x", "command": ["true"]}]}})
 
     job = build_jobs(kube, env["status"]["hash"])[0]
     context = kube.request("GET", f"/api/v1/namespaces/kenv-system/configmaps/{job['metadata']['name']}-context")
@@ -87,7 +87,7 @@ def test_cluster_environment_secrets_resolve_in_the_pods_namespace(kube, namespa
     try:
         pod = kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
             "metadata": {"name": "p", "labels": {"kenv.dev/cluster-environment": name}},
-            "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}})
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x", "command": ["true"]}]}})
         reference = next(e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "TOKEN")
         # A secretKeyRef has no namespace field: the kubelet can only read the pod's own namespace.
         assert reference["valueFrom"]["secretKeyRef"] == {"name": "token", "key": "t", "optional": False}

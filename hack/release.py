@@ -1,0 +1,228 @@
+"""kenv as its users install it: `helm upgrade --install` of charts/kenv with the operator image built here, the
+operator a real pod on the local node, its webhook reached by the API server through the chart's Service.
+
+Used by `make run`, the tests and the benchmarks. Only stdlib and pyyaml besides the sibling hack modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import images
+from kubeapi import KubeAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts/kenv"
+BUILD_NAMESPACE = "kenv-system"
+
+
+class KenvRelease:
+    """One Helm release of the chart. `settings` become KENV_* variables (extraEnv), `values` chart values."""
+
+    def __init__(self, cluster: Any, namespace: str = BUILD_NAMESPACE, name: str = "kenv",
+                 settings: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.name = name
+        self.settings = settings or {}
+        self.extra_values = values or {}
+        self.api = KubeAPI(cluster.kubeconfig)
+        self.helm = str(Path(cluster.kubectl).parent / "helm")
+        self.images: dict[str, str] = {}
+
+    # -- Helm
+
+    def values(self) -> dict[str, Any]:
+        registry = self.cluster.registry
+        operator_repo, _, operator_tag = self.images["operator"].rpartition(":")
+        values: dict[str, Any] = {
+            "destinationRepo": f"{registry}/kenv/environments",
+            "insecureRegistries": [registry],
+            "image": {"repository": operator_repo, "tag": operator_tag},
+            "builderImages": {name: self.images[name] for name in ("kaniko", "buildah", "buildkit")},
+            "extraEnv": [{"name": f"KENV_{k.upper()}", "value": str(v)} for k, v in self.settings.items()],
+        }
+        return _merge(values, self.extra_values)
+
+    def run_helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        home = Path(self.cluster.state_dir) / "helm"
+        env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+               "HELM_DATA_HOME": str(home / "data")}
+        result = subprocess.run([self.helm, "--kubeconfig", str(self.cluster.kubeconfig), *args],
+                                capture_output=True, text=True, env=env)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def install(self, timeout: float = 300, **values: Any) -> KenvRelease:
+        """Build and push the images (cached by content), `helm upgrade --install --wait`, then wait until the
+        webhook answers admission requests."""
+        self.images = images.build(["operator", "kaniko", "buildah", "buildkit"], self.cluster.registry)
+        self.extra_values = _merge(self.extra_values, values)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(self.values(), f)
+        try:
+            self.run_helm("upgrade", "--install", self.name, str(CHART), "-n", self.namespace, "--create-namespace",
+                          "-f", f.name, "--wait", f"--timeout={int(timeout)}s")
+        finally:
+            os.unlink(f.name)
+        if self.replicas():
+            self.wait_admitting(timeout)
+        return self
+
+    def uninstall(self) -> None:
+        self.run_helm("uninstall", self.name, "-n", self.namespace, "--wait", check=False)
+
+    # -- the operator pod
+
+    @property
+    def deployment_path(self) -> str:
+        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.name}"
+
+    def replicas(self) -> int:
+        return int(self.api.request("GET", self.deployment_path)["spec"].get("replicas", 1))
+
+    def pods(self) -> list[dict]:
+        selector = f"app.kubernetes.io/instance={self.name}"
+        pods = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")["items"]
+        return [p for p in pods if "deletionTimestamp" not in p["metadata"]]
+
+    def pod(self) -> dict:
+        pods = self.pods()
+        if len(pods) != 1:
+            raise RuntimeError(f"expected one operator pod, found {[p['metadata']['name'] for p in pods]}")
+        return pods[0]
+
+    def ready(self) -> bool:
+        pods = self.pods()
+        return bool(pods) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+            for p in pods)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        _wait(self.ready, timeout, "the operator pod to be Ready")
+
+    def wait_admitting(self, timeout: float = 120) -> None:
+        """Ready is not enough for the API server to reach the webhook: a dry-run of a labelled pod must come
+        back refused by kenv itself (the probe Environment does not exist), not by a failed webhook call."""
+        namespace = self._probe_namespace()
+        pod = {"metadata": {"generateName": "kenv-probe-", "labels": {
+            "kenv.dev/environment": f"kenv-probe-{uuid.uuid4().hex[:6]}"}},
+               "spec": {"containers": [{"name": "c", "image": "probe"}]}}
+
+        def answered() -> bool:
+            try:
+                self.api.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod)
+            except urllib.error.HTTPError as error:
+                return "does not exist" in error.read().decode(errors="replace")
+            except OSError:
+                return False
+            return False
+        _wait(answered, timeout, "the webhook to answer through its Service")
+
+    def _probe_namespace(self) -> str:
+        """A namespace the webhook applies to (never the release's own)."""
+        return "default" if self.namespace != "default" else "kube-public"
+
+    def scale(self, replicas: int, timeout: float = 180) -> None:
+        self.api.request("PATCH", f"{self.deployment_path}/scale", {"spec": {"replicas": replicas}},
+                         "application/merge-patch+json")
+        if replicas == 0:
+            _wait(lambda: not self.pods() and not self._terminating(), timeout, "the operator pods to be gone")
+        else:
+            self.wait_ready(timeout)
+            self.wait_admitting(timeout)
+
+    def _terminating(self) -> bool:
+        selector = f"app.kubernetes.io/instance={self.name}"
+        return bool(self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")[
+            "items"])
+
+    def stop(self) -> None:
+        """No operator (and no webhook) until start(): the Deployment scaled to 0."""
+        self.scale(0)
+
+    def start(self) -> None:
+        self.scale(1)
+
+    def restart_count(self) -> int:
+        return sum(s.get("restartCount", 0) for s in self.pod()["status"].get("containerStatuses", []))
+
+    def kill(self) -> None:
+        """SIGKILL the operator container's processes, as the kernel's OOM killer would; the kubelet restarts
+        the container (same pod) and wait_ready() sees it back."""
+        pod = self.pod()
+        node = getattr(self.cluster, "node", None)
+        if node is None:  # a cluster whose nodes we cannot reach: the closest is a pod deleted without grace
+            self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}",
+                             {"gracePeriodSeconds": 0})
+            _wait(lambda: [p for p in self.pods() if p["metadata"]["uid"] != pod["metadata"]["uid"]], 60,
+                  "the Deployment to replace the operator pod")
+            return
+        before = self.restart_count()
+        status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
+        node.kill_container(pod["metadata"]["uid"], status["containerID"])
+        _wait(lambda: self.restart_count() > before, 60, "the kubelet to restart the operator container")
+
+    def main_pid(self) -> int:
+        """The operator container's main process as this host sees it (for RSS and CPU figures)."""
+        pod = self.pod()
+        status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
+        pids = self.cluster.node.container_pids(pod["metadata"]["uid"], status["containerID"])
+        if not pids:
+            raise RuntimeError(f"no process found for the operator container {status['containerID']}")
+        return min(pids)
+
+    # -- what the operator says
+
+    def metrics(self) -> str:
+        pod = self.pod()
+        port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "metrics")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://{pod['status']['podIP']}:{port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    def log_text(self) -> str:
+        """The logs of every operator container this release runs (the previous instance's too)."""
+        parts = []
+        for pod in self.pods():
+            base = f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}/log?container=operator"
+            statuses = pod.get("status", {}).get("containerStatuses", [])
+            if any(s.get("restartCount") for s in statuses):
+                with contextlib.suppress(urllib.error.HTTPError):
+                    parts.append(self.api.text(base + "&previous=true"))
+            with contextlib.suppress(urllib.error.HTTPError):
+                parts.append(self.api.text(base))
+        return "\n".join(parts)
+
+    def describe(self) -> str:
+        return json.dumps([{"name": p["metadata"]["name"], "status": p.get("status", {})} for p in self.pods()],
+                          indent=1)[:4000]
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")

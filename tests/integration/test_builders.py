@@ -1,0 +1,52 @@
+"""The other builders, each in a real build pod with the least privilege that works (operator/kenv/builds.py):
+buildah (Debian's, packaged by hack/images.py) and rootless BuildKit (built from the Go module proxy by
+hack/build-buildkit.sh)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kenvfixtures import create_env, exit_code, run_pod, wait_phase
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def build_with(kube, namespace: str, base_image: str, ca_config_map: dict, builder: str) -> tuple[dict, dict, str]:
+    """A pip Environment of its own content built by `builder`: (Environment, build pod, build log)."""
+    create_env(kube, namespace, builder, {
+        "docker": {"dockerfile": f"FROM {base_image}\nLABEL kenv.test={builder}-{namespace}"},
+        "pip": {"requirements": "six==1.16.0\n"},
+        "build": {"builder": builder, "caBundle": ca_config_map}})
+    env = wait_phase(kube, namespace, builder, {"Ready", "Failed"}, timeout=600)
+    job = env["status"]["buildJob"]
+    (build,) = kube.request("GET", f"/api/v1/namespaces/{job['namespace']}/pods?labelSelector="
+                                   f"job-name%3D{job['name']}")["items"]
+    log = kube.text(f"/api/v1/namespaces/{job['namespace']}/pods/{build['metadata']['name']}/log")
+    assert env["status"]["phase"] == "Ready", (env["status"], log[-3000:])
+    assert f"kenv/{builder}:" in build["spec"]["containers"][0]["image"] and exit_code(build) == 0
+    assert "Successfully installed six-1.16.0" in log
+    # the builder wrote the pushed digest to the termination message, as Kaniko's --digest-file does
+    assert build["status"]["containerStatuses"][0]["state"]["terminated"]["message"].strip() == env["status"]["digest"]
+    return env, build, log
+
+
+def test_buildah_pod_builds_a_pip_environment_without_privileges(kube, namespace, base_image, ca_config_map):
+    env, build, _ = build_with(kube, namespace, base_image, ca_config_map, "buildah")
+    context = build["spec"]["containers"][0]["securityContext"]
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]}
+    assert context["privileged"] is False and context["allowPrivilegeEscalation"] is False
+
+    check = ["python3", "-c", "import six; print(six.__version__)"]
+    pod, out = run_pod(kube, namespace, "check", {"containers": [
+        {"name": "c", "image": env["status"]["image"], "command": check}]})
+    assert exit_code(pod) == 0 and out.strip() == "1.16.0"
+
+
+def test_rootless_buildkit_pod_builds_a_pip_environment(kube, namespace, base_image, ca_config_map):
+    env, build, _ = build_with(kube, namespace, base_image, ca_config_map, "buildkit")
+    context = build["spec"]["containers"][0]["securityContext"]
+    assert context["runAsUser"] == 1000 and context["runAsNonRoot"] is True and "capabilities" not in context
+    check = ["python3", "-c", "import six; print(six.__version__)"]
+    pod, out = run_pod(kube, namespace, "check", {"containers": [
+        {"name": "c", "image": env["status"]["image"], "command": check}]})
+    assert exit_code(pod) == 0 and out.strip() == "1.16.0"
