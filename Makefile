@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The local node: containerd + runc (crun fails on this cgroup v1 hybrid), CNI plugins, iptables and conntrack for
 # kube-proxy; buildah and debootstrap build the images pods run; docker-registry serves them.
-APT_PACKAGES := containerd runc containernetworking-plugins iptables conntrack buildah docker-registry debootstrap curl
+APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 conntrack gcc libc6-dev buildah \
+	docker-registry debootstrap curl
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 
@@ -57,8 +58,9 @@ crds: venv ## regenerate crds/ and the chart's copy from the models
 image: apt ## the operator image (hack/operator.Dockerfile) on the local Debian/python3 base, built with buildah, tagged kenv-operator:dev
 	ref=$$($(PYTHON) hack/images.py build operator) && buildah --storage-driver vfs tag "$$ref" kenv-operator:dev && echo "$$ref"
 
-bench: deps ## figures, printed (see README): render, webhook latency, a real build vs a plain Dockerfile build, reconcile throughput
+bench: deps ## figures, printed (see README): render, pod start, webhook latency, a build vs a plain Kaniko Job, reconcile
 	$(PY) bench/run.py render
+	$(PY) bench/pods.py
 	$(PY) bench/webhook.py
 	$(PY) bench/build.py
 	$(PY) bench/reconcile.py

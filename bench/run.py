@@ -3,6 +3,7 @@
   python bench/run.py [render]          # rendering + hashing, as a ratio to yaml.safe_dump of the same spec
 
 The others start their own local cluster (a real node) and kenv by Helm (bench/stack.py):
+  python bench/pods.py [--pods 10]                   # pod start latency on the local node
   python bench/webhook.py [--rate 20 --seconds 60]   # pod CREATE with vs. without the webhook, p50/p99
   python bench/build.py                              # Environment to Ready vs. a plain Kaniko Job; one-package edit
   python bench/load.py [--envs 300 --cap 4]          # build cap, one Job per content, lost updates

@@ -42,12 +42,17 @@ def log(message: str) -> None:
     print(f"[images] {message}", file=sys.stderr, flush=True)
 
 
+def _is_build_input(path: Path) -> bool:
+    """What .dockerignore lets into a build: no bytecode, no egg-info from an editable install."""
+    return path.is_file() and not any(p == "__pycache__" or p.endswith(".egg-info") for p in path.parts)
+
+
 def digest_of(*parts: bytes | str | Path) -> str:
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
             if part.is_dir():
-                for f in sorted(p for p in part.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+                for f in sorted(p for p in part.rglob("*") if _is_build_input(p)):
                     h.update(str(f.relative_to(part)).encode() + b"\0" + f.read_bytes())
             else:
                 h.update(part.read_bytes())
