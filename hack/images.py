@@ -239,11 +239,35 @@ def push(local_ref: str, registry: str, tag: str | None = None) -> str:
     return remote
 
 
+def local_images() -> list[tuple[str, str]]:
+    """(name:tag, image id) of every image in buildah's local storage."""
+    listing = buildah("images", "--format", "{{.Name}}:{{.Tag}} {{.ID}}").splitlines()
+    return [(line.split()[0], line.split()[1]) for line in listing if line.strip()]
+
+
+def prune_older(ref: str) -> None:
+    """Drop the other tags of ref's repository: every input change would otherwise keep one more full copy."""
+    repository = ref.rpartition(":")[0]
+    stale = [name for name, _ in local_images() if name.rpartition(":")[0] == repository and name != ref]
+    if stale:
+        subprocess.run([*BUILDAH, "rmi", *stale], capture_output=True)
+
+
+def remove_pushed_copies(registry: str) -> None:
+    """Images a test or a tool left in local storage under a registry's name (e.g. `kenv build`), and dangling
+    ones, so that buildah's storage does not grow with every cluster."""
+    names = [name for name, _ in local_images() if name.startswith(f"{registry}/")]
+    if names:
+        subprocess.run([*BUILDAH, "rmi", "--force", *names], capture_output=True)
+    subprocess.run([*BUILDAH, "rmi", "--prune"], capture_output=True)
+
+
 def build(names: list[str], registry: str | None = None) -> dict[str, str]:
     """Build (if needed) and, with a registry, push each named image; returns name -> reference."""
     refs = {}
     for name in names:
         local = BUILDERS[name]()
+        prune_older(local)
         # The base keeps the tag the examples and docs name; everything else is addressed by content.
         refs[name] = push(local, registry, f"3.11-{DEBIAN_SUITE}" if name == "base" else None) if registry else local
     return refs

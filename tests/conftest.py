@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
 
 # kenv's own session fixtures, registered here once: a conftest per directory would start one operator each.
+import images  # noqa: E402
 from kenvfixtures import base_image, build_namespace, ca_config_map, crds, operator, pause_image  # noqa: E402, F401
 from kubeapi import KubeAPI  # noqa: E402
 from localcluster import LOCAL_HOSTS, LocalCluster  # noqa: E402
@@ -75,6 +76,7 @@ def cluster(tmp_path_factory):
     local.start()
     yield local
     procs = list(local.procs)
+    images.remove_pushed_copies(local.registry)
     local.stop()  # raises if anything survives SIGKILL
     leftovers = [p["name"] for p in procs if proc_start_time(p["pid"]) == p["start"]]
     assert not leftovers, f"still running after stop(): {leftovers}"
