@@ -6,6 +6,7 @@ It runs before the session's shared cluster starts (marker own_cluster, see conf
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,3 +72,4 @@ def test_cluster_up_runs_pods_and_down_leaves_the_machine_clean() -> None:
     assert iptables_chains() == chains_before
     assert not Path(f"/sys/class/net/{BRIDGE}").exists()
     assert cluster_cli(state_dir, "status").stdout.strip() == "down"
+    shutil.rmtree(state_dir)  # only once clean: a failure leaves it for inspection
