@@ -25,6 +25,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from procs import script_output
+
 HACK = Path(__file__).resolve().parent
 ROOT = HACK.parent
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
@@ -114,8 +116,7 @@ def pause() -> str:
 
 
 def kaniko_executor_binary() -> Path:
-    out = subprocess.run([str(HACK / "build-kaniko.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
-    return Path(out.strip().splitlines()[-1])
+    return Path(script_output(HACK / "build-kaniko.sh"))
 
 
 def public_ca_bundle() -> bytes:
@@ -201,8 +202,7 @@ def buildah_builder() -> str:
 
 def buildkit_builder() -> str:
     """Rootless BuildKit: the binaries hack/build-buildkit.sh built, copied into a build context of their own."""
-    out = subprocess.run([str(HACK / "build-buildkit.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
-    binaries = Path(out.strip().splitlines()[-1])
+    binaries = Path(script_output(HACK / "build-buildkit.sh"))
     with tempfile.TemporaryDirectory(prefix="kenv-buildkit-") as context:
         for name in ("buildkitd", "buildctl", "rootlesskit", "buildctl-daemonless.sh"):
             (Path(context) / name).write_bytes((binaries / name).read_bytes())

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import time
 import urllib.error
@@ -30,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import images
 from kubeapi import KubeAPI
-from node import Node, pids_alive
+from node import Node
 from nodeconfig import NODE_IP, POD_SUBNET, SERVICE_CIDR, kubeconfig, node_name
 from pki import cert_pem, issue_cert, key_pem, make_ca
-from procs import alive, ensure_no_proxy, free_port, proc_start_time, spawn, stop_all
+from procs import alive, ensure_no_proxy, free_port, proc_start_time, script_output, spawn, stop_all
 
 REPO = Path(__file__).resolve().parent.parent
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet",
@@ -89,7 +88,7 @@ class LocalCluster:
         shutil.rmtree(self.state_dir / "node", ignore_errors=True)
         for d in ("pki", "etcd", "logs", "registry"):
             (self.state_dir / d).mkdir(parents=True, exist_ok=True)
-        self.node.claim(pids_alive)
+        self.node.claim()
         try:
             pki = self._write_pki()
             ports = {k: free_port() for k in ("etcd", "etcd_peer", "kcm", "scheduler", "proxy_healthz",
@@ -197,9 +196,7 @@ class LocalCluster:
             if assets and all((Path(assets) / b).exists() for b in BINARIES):
                 self.bin_dir = Path(assets)
             else:  # cached after the first (slow) run; the folder is its last stdout line
-                out = subprocess.run(["bash", str(REPO / "hack/build-binaries.sh")], check=True,
-                                     stdout=subprocess.PIPE, text=True).stdout
-                self.bin_dir = Path(out.strip().splitlines()[-1])
+                self.bin_dir = Path(script_output(REPO / "hack/build-binaries.sh"))
         return self.bin_dir
 
     def _spawn(self, name: str, argv: list, health: str | None = None, replace: dict | None = None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import time
 import urllib.error
@@ -79,13 +80,13 @@ class Node:
 
     # -- before the daemons start
 
-    def claim(self, pids_alive) -> None:
+    def claim(self) -> None:
         """Take the machine's one node slot; clean up after a dead previous owner first."""
         if os.geteuid() != 0:
             raise PermissionError("a real node needs root (containerd, runc, the kubelet, iptables)")
         if MARKER.exists():
             previous = json.loads(MARKER.read_text())
-            if previous["state_dir"] != str(self.state_dir) and pids_alive(previous.get("pids", [])):
+            if previous["state_dir"] != str(self.state_dir) and _any_alive(previous.get("pids", [])):
                 raise NodeBusy(f"another local node runs from {previous['state_dir']}: stop it with "
                                f"`KENV_CLUSTER_DIR={previous['state_dir']} hack/cluster down`, or point the "
                                f"tests at it with KENV_TEST_KUBECONFIG")
@@ -223,7 +224,7 @@ class Node:
 
     def cleanup(self, sysctls: dict[str, str] | None = None) -> None:
         """Remove what the node left, whatever state it died in. Idempotent."""
-        kill_and_wait([pid for pid in pids_mentioning(str(self.paths.root)) if pid != os.getpid()])
+        kill_and_wait(list(pids_mentioning(str(self.paths.root))))
         self._kill_cgroup_members()
         self._unmount_under(self.paths.root)
         self._remove_cgroups()
@@ -279,19 +280,15 @@ class Node:
 
     @staticmethod
     def _remove_iptables_chains() -> None:
-        for tool in ("iptables", "ip6tables"):
-            for table in ("filter", "nat", "mangle", "raw"):
-                rules = _run(tool, "-t", table, "-S", check=False).stdout.splitlines()
-                ours = {r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(
-                    OUR_CHAIN_PREFIXES)}
-                for rule in rules:  # jumps from the built-in chains first, then our chains themselves
-                    words = rule.split()
-                    if words[:1] == ["-A"] and words[1] in BUILTIN_CHAINS and _jump_target(words) in ours:
-                        _run(tool, "-t", table, "-D", *_unquote(rule[3:]), check=False)
-                for chain in ours:
-                    _run(tool, "-t", table, "-F", chain, check=False)
-                for chain in ours:
-                    _run(tool, "-t", table, "-X", chain, check=False)
+        for tool, table, rules, ours in _our_chains():
+            for rule in rules:  # jumps from the built-in chains first, then our chains themselves
+                words = rule.split()
+                if words[:1] == ["-A"] and words[1] in BUILTIN_CHAINS and _jump_target(words) in ours:
+                    _run(tool, "-t", table, "-D", *shlex.split(rule[3:]), check=False)
+            for chain in ours:
+                _run(tool, "-t", table, "-F", chain, check=False)
+            for chain in ours:
+                _run(tool, "-t", table, "-X", chain, check=False)
 
     @staticmethod
     def _remove_shim_sockets() -> None:
@@ -317,11 +314,8 @@ class Node:
         found += [f"cgroup {d}" for d in self._cgroup_dirs()]
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             found.append(f"network interface {BRIDGE}")
-        for tool in ("iptables", "ip6tables"):
-            for table in ("filter", "nat", "mangle", "raw"):
-                chains = [r.split()[1] for r in _run(tool, "-t", table, "-S", check=False).stdout.splitlines()
-                          if r.startswith("-N ") and r.split()[1].startswith(OUR_CHAIN_PREFIXES)]
-                found += [f"{tool} -t {table} chain {c}" for c in chains]
+        for tool, table, _, ours in _our_chains():
+            found += [f"{tool} -t {table} chain {c}" for c in sorted(ours)]
         found += [f"CNI cache entry {e}" for e in (CNI_CACHE / "results").glob(f"{CNI_NETWORK}-*")]
         found += [f"route to {POD_SUBNET}"] if POD_SUBNET in _run("ip", "route", check=False).stdout else []
         return found
@@ -345,10 +339,13 @@ def _jump_target(words: list[str]) -> str | None:
     return None
 
 
-def _unquote(rule: str) -> list[str]:
-    import shlex
-
-    return shlex.split(rule)
+def _our_chains():
+    """(tool, table, that table's rules, the KUBE-*/CNI-* chains in it) for every iptables table."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle", "raw"):
+            rules = _run(tool, "-t", table, "-S", check=False).stdout.splitlines()
+            ours = {r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(OUR_CHAIN_PREFIXES)}
+            yield tool, table, rules, ours
 
 
 def _cmdline(pid: int) -> str:
@@ -357,5 +354,5 @@ def _cmdline(pid: int) -> str:
     return "?"
 
 
-def pids_alive(pids: list) -> bool:
+def _any_alive(pids: list) -> bool:
     return any(proc_start_time(pid) == start for pid, start in pids)

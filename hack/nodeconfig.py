@@ -8,6 +8,7 @@ containerd (pulls), pods (pushes, API calls) and host tools use the same names.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from dataclasses import dataclass
@@ -219,8 +220,6 @@ def kube_proxy_config(paths: NodePaths, healthz_port: int, metrics_port: int) ->
 
 
 def kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, user: str) -> dict:
-    import base64
-
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     return {
         "apiVersion": "v1", "kind": "Config", "current-context": "kenv-local",

@@ -24,6 +24,12 @@ def ensure_no_proxy(env: dict[str, str] | os._Environ = os.environ, hosts: tuple
         env[key] = ",".join(have + [h for h in (*LOOPBACK_HOSTS, *hosts) if h not in have])
 
 
+def script_output(script: Path) -> str:
+    """The last stdout line of one of our build scripts (they print what they built last; progress on stderr)."""
+    out = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

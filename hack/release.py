@@ -94,10 +94,11 @@ class KenvRelease:
     def replicas(self) -> int:
         return int(self.api.request("GET", self.deployment_path)["spec"].get("replicas", 1))
 
-    def pods(self) -> list[dict]:
+    def pods(self, terminating: bool = False) -> list[dict]:
+        """The release's operator pods; those being deleted only with terminating=True."""
         selector = f"app.kubernetes.io/instance={self.name}"
         pods = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")["items"]
-        return [p for p in pods if "deletionTimestamp" not in p["metadata"]]
+        return [p for p in pods if terminating or "deletionTimestamp" not in p["metadata"]]
 
     def pod(self) -> dict:
         pods = self.pods()
@@ -140,15 +141,10 @@ class KenvRelease:
         self.api.request("PATCH", f"{self.deployment_path}/scale", {"spec": {"replicas": replicas}},
                          "application/merge-patch+json")
         if replicas == 0:
-            _wait(lambda: not self.pods() and not self._terminating(), timeout, "the operator pods to be gone")
+            _wait(lambda: not self.pods(terminating=True), timeout, "the operator pods to be gone")
         else:
             self.wait_ready(timeout)
             self.wait_admitting(timeout)
-
-    def _terminating(self) -> bool:
-        selector = f"app.kubernetes.io/instance={self.name}"
-        return bool(self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")[
-            "items"])
 
     def stop(self) -> None:
         """No operator (and no webhook) until start(): the Deployment scaled to 0."""

@@ -151,7 +151,30 @@ def run_pod(kube: Any, namespace: str, name: str, spec: dict[str, Any], labels: 
         pod = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
         return pod if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
     pod = wait_for(finished, timeout, f"pod {namespace}/{name} to finish")
-    return pod, kube.text(f"/api/v1/namespaces/{namespace}/pods/{name}/log")
+    return pod, pod_log(kube, namespace, name)
+
+
+def pod_log(kube: Any, namespace: str, pod: str) -> str:
+    return str(kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log"))
+
+
+def job_pods(kube: Any, namespace: str, job: str) -> list[dict[str, Any]]:
+    return list(kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=job-name%3D{job}")["items"])
+
+
+def job_outcome(kube: Any, namespace: str, job: str) -> str | None:
+    """Complete or Failed once the Job has finished, else None."""
+    status = kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}").get("status", {})
+    finished = [c["type"] for c in status.get("conditions") or []
+                if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
+    return finished[0] if finished else None
+
+
+def build_pod(kube: Any, status: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The (last) pod of an Environment's status.buildJob and its log."""
+    job = status["buildJob"]
+    pod = job_pods(kube, job["namespace"], job["name"])[-1]
+    return pod, pod_log(kube, job["namespace"], pod["metadata"]["name"])
 
 
 def exit_code(pod: dict[str, Any], container: str | None = None) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kenvfixtures import create_env, exit_code, run_pod, wait_phase
+from kenvfixtures import create_env, exit_code, job_pods, pod_log, run_pod, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -19,9 +19,8 @@ def build_with(kube, namespace: str, base_image: str, ca_config_map: dict, build
         "build": {"builder": builder, "caBundle": ca_config_map}})
     env = wait_phase(kube, namespace, builder, {"Ready", "Failed"}, timeout=600)
     job = env["status"]["buildJob"]
-    (build,) = kube.request("GET", f"/api/v1/namespaces/{job['namespace']}/pods?labelSelector="
-                                   f"job-name%3D{job['name']}")["items"]
-    log = kube.text(f"/api/v1/namespaces/{job['namespace']}/pods/{build['metadata']['name']}/log")
+    (build,) = job_pods(kube, job["namespace"], job["name"])
+    log = pod_log(kube, job["namespace"], build["metadata"]["name"])
     assert env["status"]["phase"] == "Ready", (env["status"], log[-3000:])
     assert f"kenv/{builder}:" in build["spec"]["containers"][0]["image"] and exit_code(build) == 0
     assert "Successfully installed six-1.16.0" in log

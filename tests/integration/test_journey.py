@@ -15,7 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from kenvfixtures import GROUP_PATH, create_env, exit_code, kubectl, wait_for, wait_phase
+from kenvfixtures import (
+    GROUP_PATH,
+    build_pod,
+    create_env,
+    exit_code,
+    job_outcome,
+    job_pods,
+    kubectl,
+    pod_log,
+    wait_for,
+    wait_phase,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("operator")
@@ -45,21 +56,11 @@ def run_job(kube, namespace: str, body: dict, timeout: float = 180) -> list[dict
     """Create a Job, wait for it to finish, return its pods (Complete is asserted by the caller's logs)."""
     name = body["metadata"]["name"]
     kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body)
-
-    def finished() -> str | None:
-        status = kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}").get("status", {})
-        done = [c["type"] for c in status.get("conditions") or [] if c["type"] in ("Complete", "Failed")
-                and c["status"] == "True"]
-        return done[0] if done else None
-    outcome = wait_for(finished, timeout, f"Job {name} to finish")
-    pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=job-name%3D{name}")["items"]
+    outcome = wait_for(lambda: job_outcome(kube, namespace, name), timeout, f"Job {name} to finish")
+    pods = job_pods(kube, namespace, name)
     logs = {p["metadata"]["name"]: pod_log(kube, namespace, p["metadata"]["name"]) for p in pods}
     assert outcome == "Complete", logs
     return pods
-
-
-def pod_log(kube, namespace: str, pod: str) -> str:
-    return str(kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log"))
 
 
 @pytest.fixture
@@ -90,8 +91,7 @@ def test_helm_installed_operator_builds_and_a_training_job_runs_in_the_image(
     assert operator.ready() and pod["spec"]["serviceAccountName"] == "kenv"
 
     # The build ran in a Kaniko pod: its real log, read through the API by `kenv logs`.
-    build = kube.request("GET", f"/api/v1/namespaces/{status['buildJob']['namespace']}/pods?labelSelector="
-                                f"job-name%3D{status['buildJob']['name']}")["items"][0]
+    build, _ = build_pod(kube, status)
     assert "kaniko-executor" in build["spec"]["containers"][0]["image"] and exit_code(build) == 0
     logs = subprocess.run([sys.executable, "-m", "kenv.cli", "logs", "journey", "-n", namespace], capture_output=True,
                           text=True, env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from kenvfixtures import build_jobs, create_env, registry_digest, wait_phase
+from kenvfixtures import build_jobs, build_pod, create_env, registry_digest, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -38,13 +38,6 @@ def layer_paths(registry: str, repository: str, digest: str) -> set[str]:
         return {member.name.removeprefix("./").rstrip("/") for member in tar.getmembers()}
 
 
-def build_pod_log(kube, status: dict) -> tuple[dict, str]:
-    job = status["buildJob"]
-    pods = kube.request("GET", f"/api/v1/namespaces/{job['namespace']}/pods?labelSelector=job-name%3D{job['name']}")
-    pod = pods["items"][-1]
-    return pod, str(kube.text(f"/api/v1/namespaces/{job['namespace']}/pods/{pod['metadata']['name']}/log"))
-
-
 def test_kaniko_builds_pip_environment_to_ready(kube, cluster, namespace, base_image, ca_config_map):
     spec = {"docker": {"baseImage": base_image}, "pip": {"requirements": "six==1.16.0\n"},
             "build": {"caBundle": ca_config_map}}
@@ -57,7 +50,7 @@ def test_kaniko_builds_pip_environment_to_ready(kube, cluster, namespace, base_i
     status = env["status"]
     job = next(j for j in build_jobs(kube, status.get("hash"))
                if j["metadata"]["annotations"]["kenv.dev/requested-by"].endswith(f"{namespace}/kaniko"))
-    pod, log = build_pod_log(kube, status)
+    pod, log = build_pod(kube, status)
     assert status["phase"] == "Ready", (status, log[-3000:])
 
     tag = "kenv-" + status["hash"][:40]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
 import ssl
 import subprocess
 import threading
@@ -21,10 +20,11 @@ import yaml
 from kubernetes_asyncio import client, config
 
 import images
-from kenvfixtures import exit_code, run_pod, wait_for
+from kenvfixtures import exit_code, job_outcome, job_pods, pod_log, run_pod, wait_for
 from localcluster import LocalCluster
 from nodeconfig import NODE_IP
 from pki import cert_pem, issue_cert, key_pem, make_ca
+from procs import free_port
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
@@ -37,17 +37,6 @@ MANIFEST_TYPES = ", ".join([
 def kubectl(cluster, *args: str, stdin: str | None = None) -> str:
     return subprocess.run([cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), *args], input=stdin,
                           check=True, capture_output=True, text=True, timeout=60).stdout
-
-
-def job_pods(kube, ns: str, job: str) -> list[dict]:
-    return kube.request("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=job-name%3D{job}")["items"]
-
-
-def job_condition(kube, ns: str, job: str) -> str | None:
-    status = kube.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{job}").get("status", {})
-    finished = [c["type"] for c in status.get("conditions") or []
-                if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
-    return finished[0] if finished else None
 
 
 async def test_apiserver_answers_kubectl_and_python_client(cluster):
@@ -120,10 +109,10 @@ def test_job_runs_in_a_real_container_and_its_exit_code_counts(kube, namespace, 
 
     job("ok", "import os, platform; print('hello from', platform.node(), os.getpid())")
     job("fails", "import sys; print('failing on purpose'); sys.exit(3)")
-    assert wait_for(lambda: job_condition(kube, namespace, "ok"), 120, what="Job ok to finish") == "Complete"
-    assert wait_for(lambda: job_condition(kube, namespace, "fails"), 120, what="Job fails to finish") == "Failed"
+    assert wait_for(lambda: job_outcome(kube, namespace, "ok"), 120, what="Job ok to finish") == "Complete"
+    assert wait_for(lambda: job_outcome(kube, namespace, "fails"), 120, what="Job fails to finish") == "Failed"
     ok = job_pods(kube, namespace, "ok")[0]
-    log = kube.text(f"/api/v1/namespaces/{namespace}/pods/{ok['metadata']['name']}/log")
+    log = pod_log(kube, namespace, ok["metadata"]["name"])
     # the container has its own PID namespace (PID 1) and the pod's name as host name
     assert log.strip() == f"hello from {ok['metadata']['name']} 1"
     assert ok["spec"]["nodeName"] and ok["status"]["podIP"].startswith("10.244.")
@@ -186,12 +175,6 @@ def test_pod_reaches_the_api_server_through_the_kubernetes_service(kube, namespa
     assert host == service["spec"]["clusterIP"] and version == kube.request("GET", "/version")["gitVersion"]
 
 
-def free_local_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_kubectl_logs_exec_and_port_forward(cluster, kube, namespace, base_image):
     marker = uuid.uuid4().hex
     kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": "web"}, "spec": {
@@ -204,7 +187,7 @@ def test_kubectl_logs_exec_and_port_forward(cluster, kube, namespace, base_image
              120, what="the web pod to be Ready (a real readiness probe)")
     assert kubectl(cluster, "logs", "-n", namespace, "web").splitlines()[0] == "serving"
     assert kubectl(cluster, "exec", "-n", namespace, "web", "--", "cat", "/srv/index.html").strip() == marker
-    port = free_local_port()
+    port = free_port()
     forward = subprocess.Popen([cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), "port-forward", "-n",
                                 namespace, "pod/web", f"{port}:8080"], stdout=subprocess.PIPE, text=True)
     try:
@@ -299,7 +282,7 @@ def run_build_job(kube, namespace: str, image: str, destination: str, dockerfile
                        {"key": "hello", "path": "context/files/hello.txt"}]}}],
                }}}}
     kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job)
-    outcome = wait_for(lambda: job_condition(kube, namespace, "build"), timeout=300, interval=0.5,
+    outcome = wait_for(lambda: job_outcome(kube, namespace, "build"), timeout=300, interval=0.5,
                        what="the build Job to finish")
     pod = job_pods(kube, namespace, "build")[0]
     return outcome, pod
@@ -309,7 +292,7 @@ def test_kaniko_pod_builds_and_pushes_to_the_registry(kube, namespace, registry,
     tag = uuid.uuid4().hex[:10]
     outcome, pod = run_build_job(kube, namespace, kaniko_image, f"{registry}/smoke/hello:{tag}",
                                  "FROM scratch\nCOPY files/hello.txt /hello.txt\n", f"hello {tag}\n")
-    log = kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log")
+    log = pod_log(kube, namespace, pod["metadata"]["name"])
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert outcome == "Complete", log[-3000:]
     digest = terminated["message"]
@@ -330,5 +313,5 @@ def test_failed_kaniko_build_reports_exit_code_and_log(kube, namespace, registry
     assert outcome == "Failed"
     assert pod["status"]["phase"] == "Failed"
     assert terminated["exitCode"] != 0 and terminated["reason"] == "Error"
-    log = kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log")
+    log = pod_log(kube, namespace, pod["metadata"]["name"])
     assert "missing.txt" in log

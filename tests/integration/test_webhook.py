@@ -7,7 +7,7 @@ import urllib.error
 import pytest
 
 from buildgate import BuildGate
-from kenvfixtures import GROUP_PATH, create_env, get_env, wait_for, wait_phase
+from kenvfixtures import GROUP_PATH, create_env, get_env, job_pods, pod_log, wait_for, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -77,8 +77,7 @@ def test_job_pods_are_injected_and_unlabelled_pods_untouched(kube, namespace, re
                                                        command=["python3", "-c", "print(1)"])}}
     del job["spec"]["template"]["metadata"]["name"]
     kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job)
-    pods = wait_for(lambda: kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector="
-                                                "job-name%3Dtrain")["items"], 30, "the job controller's pod")
+    pods = wait_for(lambda: job_pods(kube, namespace, "train"), 30, "the job controller's pod")
     assert pods[0]["spec"]["containers"][0]["image"] == ready_env["status"]["image"]
     plain = create_pod(kube, namespace, {**pod("plain", {"app": "other"}), "spec": {
         "containers": [{"name": "c", "image": pause_image}]}})
@@ -170,4 +169,4 @@ def test_pod_waits_gated_while_the_image_builds(kube, namespace, base_image):
         return body if body["status"].get("phase") in ("Succeeded", "Failed") else None
     finished = wait_for(ran, 120, "the released pod to run")
     assert finished["status"]["phase"] == "Succeeded"
-    assert kube.text(f"/api/v1/namespaces/{namespace}/pods/waiting/log").strip() == "trained"
+    assert pod_log(kube, namespace, "waiting").strip() == "trained"

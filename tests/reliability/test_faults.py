@@ -17,6 +17,7 @@ from kenvfixtures import (
     build_jobs,
     create_env,
     get_env,
+    job_pods,
     registry_digest,
     wait_for,
     wait_phase,
@@ -93,8 +94,7 @@ def test_deleted_build_pod_ends_failed_with_a_reason_and_a_token_rebuilds(kube, 
     env = wait_phase(kube, namespace, "nopod", {"Building"}, timeout=60)
     wait_held(gate, token)
     job = env["status"]["buildJob"]
-    (pod,) = kube.request("GET", f"/api/v1/namespaces/{job['namespace']}/pods?labelSelector="
-                                 f"job-name%3D{job['name']}")["items"]
+    (pod,) = job_pods(kube, job["namespace"], job["name"])
     kube.request("DELETE", f"/api/v1/namespaces/{job['namespace']}/pods/{pod['metadata']['name']}",
                  {"gracePeriodSeconds": 0})
     gate.release(token)
