@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The local node: containerd + runc (crun fails on this cgroup v1 hybrid), CNI plugins, iptables and conntrack for
-# kube-proxy; buildah and debootstrap build the images pods run; docker-registry serves them.
+# kube-proxy; buildah and debootstrap build the images pods run (the registry is built by hack/build-binaries.sh).
 APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 conntrack gcc libc6-dev buildah \
-	docker-registry debootstrap curl
+	debootstrap curl
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 

@@ -5,12 +5,14 @@
 #   kubelet, kube-proxy                                            (k8s.io/kubernetes $KUBE_VERSION)
 #   etcd                                                           (go.etcd.io/etcd/server/v3 $ETCD_VERSION)
 #   helm                                                           (helm.sh/helm/v3 $HELM_VERSION)
+#   registry-$REGISTRY_VERSION     (github.com/distribution/distribution/v3: OCI distribution 1.1, tag deletion)
 # Prints the folder holding the binaries (the envtest KUBEBUILDER_ASSETS convention).
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
+REGISTRY_VERSION=${REGISTRY_VERSION:-v3.1.2}
 CACHE_ROOT=${KENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kenv}
 OUT="$CACHE_ROOT/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 WORK="$CACHE_ROOT/src"
@@ -58,6 +60,13 @@ fi
 if need helm; then
   log "building helm $HELM_VERSION"
   GOBIN="$OUT" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+fi
+
+if need "registry-$REGISTRY_VERSION"; then
+  log "building registry $REGISTRY_VERSION"
+  GOBIN="$WORK/registry-$REGISTRY_VERSION" go install -trimpath -ldflags "-s -w" \
+    "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" >&2
+  mv "$WORK/registry-$REGISTRY_VERSION/registry" "$OUT/registry-$REGISTRY_VERSION"
 fi
 
 echo "$OUT"

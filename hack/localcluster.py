@@ -1,8 +1,9 @@
 """A real Kubernetes cluster on this machine, without Docker: control plane, registry and one real node.
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy (built from source by
-hack/build-binaries.sh), Debian's containerd + runc and CNI plugins (hack/node.py), and Debian's
-docker-registry. The images the node needs (pause first) are built here by hack/images.py.
+hack/build-binaries.sh), Debian's containerd + runc and CNI plugins (hack/node.py), and the distribution v3
+registry (also built by hack/build-binaries.sh). The images the node needs (pause first) are built here by
+hack/images.py.
 
     python hack/localcluster.py up|down|status      # or hack/cluster up|down|status
 
@@ -37,7 +38,6 @@ from procs import alive, ensure_no_proxy, free_port, proc_start_time, script_out
 REPO = Path(__file__).resolve().parent.parent
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet",
             "kube-proxy")
-REGISTRY_BIN = "/usr/bin/docker-registry"
 CONTROLLERS = ",".join([
     "job-controller", "garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
     "serviceaccount-token-controller", "ttl-after-finished-controller",
@@ -104,7 +104,7 @@ class LocalCluster:
             self._start_apiserver(bins, ports, pki)
             self._wait_ready("kube-apiserver")
             self._start_controllers(bins, ports, pki)
-            self._start_registry()
+            self._start_registry(bins)
             self.images["pause"] = images.push(pause, self.registry)
             self._start_node(bins, ports)
             self._wait_ready("kube-controller-manager")
@@ -201,6 +201,7 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: list, health: str | None = None, replace: dict | None = None) -> None:
         env = dict(os.environ)
+        env.setdefault("OTEL_TRACES_EXPORTER", "none")  # the registry (distribution v3) would export traces
         ensure_no_proxy(env, LOCAL_HOSTS)
         proc = spawn(name, argv, self.state_dir / "logs", env) | {"health": health}
         if replace is None:
@@ -303,15 +304,17 @@ class LocalCluster:
             bins / "kube-scheduler", *common, f"--secure-port={ports['scheduler']}",
             f"--cert-dir={pki / 'scheduler'}"])
 
-    def _start_registry(self) -> None:
-        """On the node address: containerd pulls and pods push under the same name."""
+    def _start_registry(self, bins: Path) -> None:
+        """On the node address: containerd pulls and pods push under the same name. Distribution v3 (built by
+        hack/build-binaries.sh) rather than Debian's 2.8: pruned versions delete their tags (OCI 1.1)."""
         config = {"version": 0.1, "log": {"level": "info"},
                   "storage": {"filesystem": {"rootdirectory": str(self.state_dir / "registry")},
                               "delete": {"enabled": True}},
                   "http": {"addr": self.registry}}
         cfg = self.state_dir / "registry.yml"
         cfg.write_text(yaml.safe_dump(config))
-        self._spawn("registry", [REGISTRY_BIN, "serve", cfg], health=f"http://{self.registry}/v2/")
+        binary = max(bins.glob("registry-v*"), key=lambda p: [int(n) for n in p.name[10:].split(".")])
+        self._spawn("registry", [binary, "serve", cfg], health=f"http://{self.registry}/v2/")
         self._wait_ready("registry")
 
     def _start_node(self, bins: Path, ports: dict) -> None:

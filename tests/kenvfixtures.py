@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -41,6 +42,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "con
 
 def get_env(kube: Any, namespace: str, name: str) -> dict[str, Any]:
     return dict(kube.request("GET", f"{GROUP_PATH}/namespaces/{namespace}/environments/{name}"))
+
+
+def env_versions(kube: Any, namespace: str | None, name: str) -> list[dict[str, Any]]:
+    """An Environment's (namespace None: a ClusterEnvironment's) EnvironmentVersion objects, oldest first."""
+    path = f"{GROUP_PATH}/namespaces/{namespace}/environments/{name}" if namespace else \
+        f"{GROUP_PATH}/clusterenvironments/{name}"
+    uid = kube.request("GET", path)["metadata"]["uid"]
+    found = kube.request("GET", f"{GROUP_PATH}/environmentversions?labelSelector=kenv.dev/environment-uid%3D{uid}")
+    return sorted(found["items"], key=lambda v: v["spec"]["version"])
 
 
 def environment(name: str, spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
@@ -85,7 +95,7 @@ def registry_digest(registry: str, repository: str, tag: str) -> str | None:
 @pytest.fixture(scope="session")
 def crds(cluster: Any) -> None:
     kubectl(cluster, "apply", "-f", str(ROOT / "crds"))
-    for plural in ("environments", "clusterenvironments"):
+    for plural in ("environments", "clusterenvironments", "environmentversions"):
         kubectl(cluster, "wait", "--for=condition=Established", f"crd/{plural}.kenv.dev", "--timeout=60s")
 
 
@@ -118,7 +128,7 @@ OPERATOR_SETTINGS = {"poll_seconds": "1", "base_image_check_seconds": "2"}
 @pytest.fixture(scope="session")
 def operator(cluster: Any, crds: None, build_namespace: str) -> Iterator[KenvRelease]:
     """kenv installed by Helm into the build namespace, as users install it: the operator is a real pod."""
-    release = KenvRelease(cluster, settings=OPERATOR_SETTINGS, values={"maxParallelBuilds": 2})
+    release = KenvRelease(cluster, settings=OPERATOR_SETTINGS, values={"maxParallelBuilds": 2, "historyLimit": 3})
     release.install()
     yield release
     release.uninstall()
@@ -181,3 +191,43 @@ def exit_code(pod: dict[str, Any], container: str | None = None) -> int:
     statuses = pod["status"]["containerStatuses"]
     status = next(s for s in statuses if container in (None, s["name"]))
     return int(status["state"]["terminated"]["exitCode"])
+
+
+def pod(name: str, labels: dict[str, str], annotations: dict[str, str] | None = None, **container: object) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
+            "spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "train", "image": "placeholder", **container}]}}
+
+
+def create_pod(kube, namespace: str, body: dict) -> dict:
+    return dict(kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body))
+
+
+def refused(kube, namespace: str, body: dict) -> str:
+    with pytest.raises(urllib.error.HTTPError) as error:
+        create_pod(kube, namespace, body)
+    return error.value.read().decode()
+
+
+def env_vars(container: dict) -> dict[str, object]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+@contextlib.contextmanager
+def session_operator_paused(cluster: Any) -> Iterator[None]:
+    """Scale the session's operator (if it was started) to 0 while another release acts on Environments."""
+    session = KenvRelease(cluster)
+    try:
+        running = session.replicas() > 0
+    except urllib.error.HTTPError as error:
+        if error.code != 404:
+            raise
+        running = False
+    if running:
+        session.scale(0)
+    try:
+        yield
+    finally:
+        if running:
+            session.scale(1)

@@ -17,14 +17,23 @@ from kenv.config import get_settings
 from kenv.errors import describe_validation_error
 from kenv.injection import EnvironmentView, InjectionRefused, InjectionSettings, build_pod_mutation
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, EnvironmentSpec
+from kenv.reconcile import REBUILD_ANNOTATION
+from kenv.versions import Snapshot
 
 
-def indexed(spec: kopf.Spec, status: kopf.Status) -> dict[str, Any]:
+def indexed(body: kopf.Body) -> dict[str, Any]:
     """What the index keeps per Environment: plain copies, so later watch events don't mutate them."""
-    return {"spec": dict(spec), "status": dict(status)}
+    return {"spec": dict(body.spec), "status": dict(body.status), "generation": body.metadata.get("generation"),
+            "rebuild": (body.metadata.annotations or {}).get(REBUILD_ANNOTATION)}
 
 
-def lookup(kind: str, pod: kopf.Body, index: kopf.Index) -> EnvironmentView:
+def indexed_version(body: kopf.Body) -> dict[Any, Snapshot]:
+    """EnvironmentVersion snapshots keyed like the environments they belong to: (kind, namespace, name)."""
+    owner = (body.get("spec") or {}).get("environment") or {}
+    return {(owner.get("kind"), owner.get("namespace"), owner.get("name")): Snapshot.from_object(body)}
+
+
+def lookup(kind: str, pod: kopf.Body, index: kopf.Index, versions: kopf.Index) -> EnvironmentView:
     namespace = pod.metadata.namespace
     if kind == "Environment":
         name = pod.metadata.labels[ENVIRONMENT_LABEL]
@@ -42,16 +51,20 @@ def lookup(kind: str, pod: kopf.Body, index: kopf.Index) -> EnvironmentView:
         spec = EnvironmentSpec.model_validate(entry["spec"])
     except ValidationError as error:
         raise InjectionRefused(f"{kind} {name} has an invalid spec: {describe_validation_error(error)}") from error
-    return EnvironmentView(kind=kind, name=name, namespace=namespace if kind == "Environment" else None,  # type: ignore[arg-type]
-                           spec=spec, status=entry["status"])
+    env_namespace = namespace if kind == "Environment" else None
+    snapshots = {s.number: s for s in versions.get((kind, env_namespace, name), [])}
+    return EnvironmentView(kind=kind, name=name, namespace=env_namespace,  # type: ignore[arg-type]
+                           spec=spec, status=entry["status"], generation=entry["generation"],
+                           rebuild_token=entry["rebuild"], versions=snapshots)
 
 
-def inject(kind: str, body: kopf.Body, patch: kopf.Patch, warnings: list[str], index: kopf.Index) -> None:
+def inject(kind: str, body: kopf.Body, patch: kopf.Patch, warnings: list[str], index: kopf.Index,
+           versions: kopf.Index) -> None:
     config = get_settings()
     settings = InjectionSettings(pull_secret=config.pull_secret,
                                  pending_image_policy=config.pending_image_policy.value)
     try:
-        view = lookup(kind, body, index)
+        view = lookup(kind, body, index, versions)
         mutation = build_pod_mutation(dict(body), view, settings)
     except InjectionRefused as refusal:
         metrics.ADMISSIONS.labels("refused").inc()

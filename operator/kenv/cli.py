@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kenv.crd import KINDS, crd_file_name, render_crd_yaml
+from kenv.crd import CRD_KINDS, KINDS, crd_file_name, render_crd_yaml
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import EnvironmentSpec
 from kenv.render import BuildContext, Externals, render_context
@@ -51,7 +51,7 @@ def load_context(args: argparse.Namespace) -> tuple[dict[str, Any], BuildContext
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    for kind in KINDS:
+    for kind in CRD_KINDS:
         text = render_crd_yaml(kind)
         if args.write:
             Path(args.write, crd_file_name(kind)).write_text(text)
@@ -118,6 +118,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return asyncio.run(show_logs(args.name, args.namespace, args.cluster, args.follow))
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    from kenv.versioncli import show_versions
+
+    return asyncio.run(show_versions(args.name, args.namespace, args.cluster))
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from kenv.versioncli import show_diff
+
+    return asyncio.run(show_diff(args.name, args.namespace, args.cluster, args.first, args.second))
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from kenv.azureml import dump_manifests, import_azureml
 
@@ -146,6 +158,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format, verbose=args.verbose)
     namespaces = settings.namespace_list
+    if namespaces and settings.build_namespace not in namespaces:
+        namespaces.append(settings.build_namespace)  # where ClusterEnvironments' EnvironmentVersions live
     asyncio.run(kopf.operator(
         clusterwide=not namespaces, namespaces=namespaces, standalone=True,
         liveness_endpoint=args.liveness or None,
@@ -185,6 +199,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", action="store_true", help="NAME is a ClusterEnvironment")
     p.add_argument("-f", "--follow", action="store_true")
     p.set_defaults(run=cmd_logs)
+    p = sub.add_parser("versions", help="list an Environment's versions (EnvironmentVersion snapshots)")
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("--cluster", action="store_true", help="NAME is a ClusterEnvironment")
+    p.set_defaults(run=cmd_versions)
+    p = sub.add_parser("diff", help="show how two versions of an Environment differ (image and definition)")
+    p.add_argument("name")
+    p.add_argument("first", type=int, metavar="A")
+    p.add_argument("second", type=int, metavar="B")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("--cluster", action="store_true", help="NAME is a ClusterEnvironment")
+    p.set_defaults(run=cmd_diff)
     p = sub.add_parser("import-azureml", help="convert an Azure ML environment (v1 folder, v2 YAML, env.yml)")
     p.add_argument("path")
     p.add_argument("--name")

@@ -15,6 +15,7 @@ from kenv.models import IMAGE_REF_PATTERN, K8S_NAME_PATTERN
 class PendingImagePolicy(StrEnum):
     GATE = "gate"  # admit with a scheduling gate; the operator lifts it when the image is Ready
     REJECT = "reject"
+    LAST_READY = "last-ready"  # admit with the last Ready version (its whole definition) and a warning
 
 
 class OperatorSettings(BaseSettings):
@@ -46,7 +47,8 @@ class OperatorSettings(BaseSettings):
         "", description="Comma-separated registries reached over plain HTTP (local development only)."
     )
     pending_image_policy: PendingImagePolicy = Field(PendingImagePolicy.GATE)
-    history_limit: int = Field(20, ge=1, le=500, description="Versions kept in status.history.")
+    history_limit: int = Field(
+        20, ge=1, le=500, description="EnvironmentVersions kept per environment, besides those live pods use.")
     build_ttl_seconds: int = Field(3600, ge=0, description="ttlSecondsAfterFinished of build Jobs.")
     poll_seconds: float = Field(5.0, gt=0, description="How often unfinished environments are re-checked.")
     base_image_check_seconds: float = Field(

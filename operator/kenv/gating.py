@@ -11,9 +11,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import kube
 from kenv.config import OperatorSettings
-from kenv.injection import InjectionRefused, build_ungate_patch, pod_is_awaiting_image
+from kenv.injection import AWAITING_RUNTIME, InjectionRefused, build_ungate_patch, pod_is_awaiting_image
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, Phase
-from kenv.reconcile import EnvironmentRef
+from kenv.refs import EnvironmentRef
+from kenv.status import is_current
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,12 @@ def may_have_gated_pods(ref: EnvironmentRef) -> bool:
     return key_of(ref) in _awaiting or key_of(ref) in _unchecked
 
 
-async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: OperatorSettings) -> None:
+async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: OperatorSettings,
+                    generation: int | None, rebuild_token: str | None) -> None:
     phase = status.get("phase")
-    if phase not in (Phase.READY, Phase.FAILED) or (phase == Phase.READY and not status.get("image")):
+    if phase == Phase.READY and not is_current(status, generation, rebuild_token):
+        return  # Ready for an older generation: the next reconcile looks again
+    if phase not in (Phase.READY, Phase.FAILED):
         return
     if not may_have_gated_pods(ref):
         return
@@ -58,15 +62,23 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
             if pod_is_awaiting_image(p)]
     for pod in pods:
         meta = pod["metadata"]
-        if phase == Phase.READY:
-            await ungate(meta, pod, status)
+        awaited = (meta.get("annotations") or {}).get(AWAITING_RUNTIME)
+        if phase == Phase.READY and awaited in (None, status.get("runtimeHash")):  # None: gated by a release
+            await ungate(meta, pod, status)                                        # that did not record it
+        elif phase == Phase.READY:
+            _warn(meta, "EnvironmentChanged", f"{ref.kind} {ref.display} changed while this pod waited: its "
+                  f"variables, secrets, bootstrap or shm are not those of version {status.get('version')}, so "
+                  "it stays gated rather than mix two versions; delete it and create it again")
         else:
             reason = next((c.get("message", "") for c in status.get("conditions") or []
                            if c.get("type") == "Built"), "the build failed")
-            pod_body: Any = {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
-            kopf.event(pod_body, type="Warning",
-                       reason="EnvironmentBuildFailed",
-                       message=f"{ref.kind} {ref.display} failed to build; the pod stays gated: {reason}"[:1024])
+            _warn(meta, "EnvironmentBuildFailed", f"{ref.kind} {ref.display} failed to build; the pod stays "
+                  f"gated (never given an older image): {reason}")
+
+
+def _warn(meta: dict[str, Any], reason: str, message: str) -> None:
+    pod_body: Any = {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
+    kopf.event(pod_body, type="Warning", reason=reason, message=kube.event_message(message))
 
 
 async def ungate(meta: dict[str, Any], pod: dict[str, Any], status: dict[str, Any]) -> None:

@@ -1,12 +1,17 @@
 """The admission webhook's pod mutation (and the operator's un-gating) as pure functions returning JSON Patch.
 
-Errors: `resolve_version` returns an `InjectionRefusal`; `build_pod_mutation` and `build_ungate_patch` raise
+Errors: `choose_version` returns an `InjectionRefusal`; `build_pod_mutation` and `build_ungate_patch` raise
 `InjectionRefused`, whose `.message` (naming the object and the fix) is what admission is denied with.
-- Image: the Environment's `repo@sha256:...` (current, or the version pinned by annotation kenv.dev/version).
-  With no image yet (Pending/Queued/Building, or Failed before any version), policy `gate` admits the pod with
-  the scheduling gate `kenv.dev/image` and everything else injected; the operator later applies
-  `build_ungate_patch` (for a Failed build it posts an Event; the pod stays gated). Policy `reject` denies it.
-  A gated pod's KENV_IMAGE/KENV_VERSION read the annotations ungating writes, through the downward API.
+- Version: a pod receives one version whole: its image *and* its variables, secrets, bootstrap and shm. The
+  annotation kenv.dev/version pins one (from its EnvironmentVersion snapshot); otherwise the current version,
+  but only while it is what the spec asks for now (Ready for this generation, no rebuild pending). When a newer
+  definition is not Ready yet, policy `gate` admits the pod with the scheduling gate `kenv.dev/image` and the
+  new definition's variables (recording its runtime hash in kenv.dev/awaiting-runtime); the operator lifts the
+  gate with the image of that same definition (`build_ungate_patch`) or, if the definition changed again
+  meanwhile, leaves it gated with a Warning Event. A failed latest build refuses new pods with the reason and
+  the annotation that pins the last good version. Policy `reject` refuses instead of gating; `last-ready` gives
+  the last Ready version whole, with a warning. A gated pod's KENV_IMAGE/KENV_VERSION read the annotations
+  ungating writes, through the downward API.
 - Name clashes: the container's own `env` wins (the pod is more specific, as Kubernetes lets env win over
   envFrom); the Environment's variable is left out and named in `Mutation.warnings` and in the annotation
   `kenv.dev/overridden-env: "A,B"`. Within the Environment the first wins: KENV_*, environmentVariables,
@@ -25,13 +30,18 @@ Errors: `resolve_version` returns an `InjectionRefusal`; `build_pod_mutation` an
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jinja2
+from pydantic import ValidationError
 
+from kenv import status as env_status
+from kenv import versions
+from kenv.errors import describe_validation_error
 from kenv.models import BootstrapMode, EnvironmentSpec
-from kenv.render import uses_conda
+from kenv.versions import Snapshot
 
 CONTAINER_ANNOTATION = "kenv.dev/container"
 VERSION_ANNOTATION = "kenv.dev/version"
@@ -40,11 +50,11 @@ INJECTED_ENVIRONMENT = "kenv.dev/injected-environment"
 INJECTED_VERSION = "kenv.dev/injected-version"
 INJECTED_IMAGE = "kenv.dev/injected-image"
 AWAITING_IMAGE = "kenv.dev/awaiting-image"
+AWAITING_RUNTIME = "kenv.dev/awaiting-runtime"  # runtime hash of the definition a gated pod received
 OVERRIDDEN_ENV = "kenv.dev/overridden-env"
 GATE_NAME = "kenv.dev/image"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 SHM_VOLUME = "kenv-dshm"
-CONDA_PYTHON = "/opt/kenv/env/bin/python"
 # Only for a gated container without any image (the API server requires one); replaced on un-gating.
 PLACEHOLDER_IMAGE = "kenv.invalid/awaiting-environment-image"
 RESERVED_ENV = ("KENV_BOOTSTRAP_SCRIPT", "KENV_BOOTSTRAP_MARKER_DIR")
@@ -66,6 +76,9 @@ class EnvironmentView:
     namespace: str | None  # None for a ClusterEnvironment
     spec: EnvironmentSpec
     status: dict[str, Any] = field(default_factory=dict)  # raw CR status (camelCase keys)
+    generation: int | None = None  # metadata.generation: the status describes this spec only if it matches
+    rebuild_token: str | None = None  # the kenv.dev/rebuild annotation: a rebuild asked for is not Ready yet
+    versions: Mapping[int, Snapshot] = field(default_factory=dict)  # EnvironmentVersion snapshots by number
 
     @property
     def ref(self) -> str:
@@ -75,7 +88,7 @@ class EnvironmentView:
 @dataclass(frozen=True)
 class InjectionSettings:
     pull_secret: str | None = None
-    pending_image_policy: str = "gate"  # 'gate' | 'reject'; kenv.config.PendingImagePolicy compares equal
+    pending_image_policy: str = "gate"  # gate | reject | last-ready; kenv.config.PendingImagePolicy compares equal
     gate_name: str = GATE_NAME
 
 
@@ -90,8 +103,10 @@ class Mutation:
 @dataclass(frozen=True)
 class VersionChoice:
     version: int | None
-    image: str | None  # repo@sha256:..., or None: the Environment has no image yet
+    image: str | None  # repo@sha256:..., or None: gated until the current definition's version is Ready
+    spec: EnvironmentSpec  # whose variables, secrets, bootstrap and shm the pod receives
     pinned: bool = False  # chosen by the kenv.dev/version annotation
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,34 +133,97 @@ def _int(value: object) -> int | None:
     return None
 
 
-def resolve_version(
-    status: dict[str, Any], requested: str | None, *, kind: str = "Environment", name: str = "?",
-    namespace: str | None = None,
-) -> VersionChoice | InjectionRefusal:
-    """The image for a pod: the current one, or the version its `kenv.dev/version` annotation names."""
-    status = status or {}
-    title, ref = _titles(kind, name, namespace)
-    see = f"see kubectl get {ref.replace('/', ' ', 1)} -o yaml"
-    images = {_int(r.get("version")): str(r["image"]) for r in status.get("history") or [] if r.get("image")}
+def _fresh_version(env: EnvironmentView) -> int | None:
+    """The current version's number when it is what the spec asks for now (its definition is the spec's)."""
+    status = env.status or {}
+    return _int(status.get("version")) if env_status.is_current(status, env.generation, env.rebuild_token) else None
+
+
+def _snapshot_spec(env: EnvironmentView, snapshot: Snapshot, title: str) -> tuple[EnvironmentSpec, list[str]]:
+    """The spec a version's pods receive: its recorded definition (the current spec, already validated, when
+    the version is current), or for a version migrated from an earlier release (whose definition was not
+    recorded) the current spec, with a warning saying so."""
+    if snapshot.number == _fresh_version(env):
+        return env.spec, []
+    if snapshot.definition is None:
+        return env.spec, [f"{title} version {snapshot.number} was recorded before kenv kept whole definitions; "
+                          "its variables, secrets, bootstrap and shm come from the current spec"]
+    try:
+        return EnvironmentSpec.model_validate(snapshot.definition), []
+    except ValidationError as error:
+        raise InjectionRefused(f"{title} version {snapshot.number} has a definition this kenv cannot read: "
+                               f"{describe_validation_error(error)}; pin another version") from error
+
+
+def _known_versions(env: EnvironmentView) -> dict[int, Snapshot]:
+    """Snapshots by number: the EnvironmentVersion objects, plus what the status alone tells (the current
+    version before its object reached the index, and an earlier release's status.history)."""
+    status = env.status or {}
+    known: dict[int, Snapshot] = {}
+    for record in status.get("history") or []:
+        number = _int(record.get("version"))
+        if number and record.get("image"):
+            known[number] = Snapshot(number=number, image=str(record["image"]))
     current = _int(status.get("version"))
-    if status.get("image"):
-        images[current] = str(status["image"])
-    images.pop(None, None)
-    if requested is None:
-        if not status.get("image"):
-            return VersionChoice(version=None, image=None)
-        image, number = str(status["image"]), current
-    else:
+    if current and status.get("image"):
+        known[current] = Snapshot(number=current, image=str(status["image"]))
+    return known | dict(env.versions)
+
+
+def _pin_hint(number: int | None) -> str:
+    return f'; to use version {number} meanwhile, annotate the pod with kenv.dev/version: "{number}"' if number else ""
+
+
+def choose_version(env: EnvironmentView, requested: str | None,
+                   policy: str = "gate") -> VersionChoice | InjectionRefusal:
+    """What a pod receives: the version its `kenv.dev/version` annotation pins, else the current version when
+    it is what the spec asks for now; else (a newer definition not Ready yet) a gate, a refusal or, with policy
+    last-ready, the last Ready version. Never the image of one version with the variables of another."""
+    status = env.status or {}
+    title, ref = _titles(env.kind, env.name, env.namespace)
+    see = f"see kenv versions {env.name}" + (f" -n {env.namespace}" if env.namespace else " --cluster")
+    known = _known_versions(env)
+    current = _int(status.get("version"))
+    if requested is not None:
         number = _int(requested.strip())
-        if number not in images:
-            known = ", ".join(str(v) for v in sorted(v for v in images if v is not None)) or "none yet"
+        snapshot = known.get(number) if number is not None else None
+        if snapshot is None:
+            numbers = ", ".join(str(v) for v in sorted(known)) or "none yet"
             shown = requested if number is not None else repr(requested)
-            return InjectionRefusal(f"{title} has no version {shown} (known: {known}); {see}")
-        image = images[number]
-    if not DIGEST_IMAGE.match(image):
-        return InjectionRefusal(f"{title} version {number} has image {image!r}, not pinned by digest "
-                                f"(repo@sha256:...); kenv injects only digests; {see}")
-    return VersionChoice(version=number, image=image, pinned=requested is not None)
+            return InjectionRefusal(f"{title} has no version {shown} (known: {numbers}); {see}")
+        return _from_snapshot(env, snapshot, title, see, pinned=True)
+    if current is not None and current == _fresh_version(env):
+        return _from_snapshot(env, known[current], title, see)
+    latest = known.get(current) if current else None
+    if policy == "last-ready" and latest is not None:
+        choice = _from_snapshot(env, latest, title, see)
+        if isinstance(choice, VersionChoice):
+            note = (f"{title} has a newer definition that is not Ready yet; this pod gets version {current} "
+                    "(pending image policy last-ready)")
+            return VersionChoice(choice.version, choice.image, choice.spec, warnings=(note, *choice.warnings))
+        return choice
+    phase = status.get("phase") or "Pending"
+    if phase == "Failed" and status.get("observedGeneration") == env.generation:
+        built: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Built"), {})
+        reason = (str(built.get("message") or "the build failed").splitlines() or ["the build failed"])[0]
+        reason = reason.removesuffix(":").removesuffix("; last log lines")[:300]
+        where = f"-n {env.namespace}" if env.namespace else "--cluster"
+        return InjectionRefusal(f"{title} failed to build its latest definition: {reason}; see `kenv logs "
+                                f"{env.name} {where}`, fix the spec or rebuild" + _pin_hint(current))
+    if policy == "reject":  # gate, and last-ready with no version to give yet, gate the pod
+        return InjectionRefusal(f"{title} is still building its latest definition (phase {phase}); wait for it "
+                                f"with `kubectl wait --for=condition=Ready {ref}`, then create the pod again"
+                                + _pin_hint(current))
+    return VersionChoice(version=None, image=None, spec=env.spec)
+
+
+def _from_snapshot(env: EnvironmentView, snapshot: Snapshot, title: str, see: str,
+                   pinned: bool = False) -> VersionChoice | InjectionRefusal:
+    if not DIGEST_IMAGE.match(snapshot.image):
+        return InjectionRefusal(f"{title} version {snapshot.number} has image {snapshot.image!r}, not pinned by "
+                                f"digest (repo@sha256:...); kenv injects only digests; {see}")
+    spec, warnings = _snapshot_spec(env, snapshot, title)
+    return VersionChoice(snapshot.number, snapshot.image, spec, pinned=pinned, warnings=tuple(warnings))
 
 
 def _pointer(key: str) -> str:
@@ -221,10 +299,10 @@ def _covers(mount_path: str, directory: str) -> bool:
     return directory == (mount or "/") or directory.startswith(mount + "/")
 
 
-def _bootstrap(env: EnvironmentView, pod: dict[str, Any], container: dict[str, Any],
+def _bootstrap(env: EnvironmentView, spec: EnvironmentSpec, pod: dict[str, Any], container: dict[str, Any],
                warnings: list[str]) -> tuple[list[str], list[Op]]:
     """(wrapped command, env entries) for spec.bootstrap."""
-    bootstrap = env.spec.bootstrap
+    bootstrap = spec.bootstrap
     assert bootstrap is not None
     where = f"container {container.get('name')!r} (Environment {env.ref} has spec.bootstrap)"
     if not container.get("command"):
@@ -246,11 +324,11 @@ def _bootstrap(env: EnvironmentView, pod: dict[str, Any], container: dict[str, A
         entries += [{"name": "KENV_BOOTSTRAP_MARKER_DIR", "value": directory},
                     {"name": "KENV_JOB_NAME", "valueFrom": _field(f"metadata.labels['{JOB_NAME_LABEL}']")}]
     argv = list(container["command"]) + list(container.get("args") or [])
-    return ["/bin/sh", "-c", _literal(render_bootstrap(env.spec)), "kenv-bootstrap", *argv], entries
+    return ["/bin/sh", "-c", _literal(render_bootstrap(spec)), "kenv-bootstrap", *argv], entries
 
 
 def _env_entries(env: EnvironmentView, choice: VersionChoice) -> list[Op]:
-    spec = env.spec
+    spec = choice.spec
     entries: list[Op] = [{"name": "KENV_ENVIRONMENT", "value": env.ref}]
     if choice.image is None:  # gated: build_ungate_patch writes these annotations before the pod starts
         entries += [{"name": var, "valueFrom": _field(f"metadata.annotations['{key}']")}
@@ -258,8 +336,7 @@ def _env_entries(env: EnvironmentView, choice: VersionChoice) -> list[Op]:
     else:
         entries += [{"name": "KENV_VERSION", "value": "" if choice.version is None else str(choice.version)},
                     {"name": "KENV_IMAGE", "value": choice.image}]
-    python = spec.python.interpreter_path or (CONDA_PYTHON if uses_conda(spec) else "python3")
-    entries.append({"name": "KENV_PYTHON", "value": python})
+    entries.append({"name": "KENV_PYTHON", "value": versions.python_path(spec)})
     entries += [{"name": k, "value": _literal(v)} for k, v in spec.environment_variables.items()]
     for item in spec.secret_env:
         ref = item.secret_key_ref
@@ -294,26 +371,20 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
         return Mutation(patch=[])
     spec = pod.get("spec") or {}
     index, container = _target(pod)
-    title, ref = _titles(env.kind, env.name, env.namespace)
-    choice = resolve_version(env.status, annotations.get(VERSION_ANNOTATION),
-                             kind=env.kind, name=env.name, namespace=env.namespace)
+    title, _ = _titles(env.kind, env.name, env.namespace)
+    choice = choose_version(env, annotations.get(VERSION_ANNOTATION), settings.pending_image_policy)
     if isinstance(choice, InjectionRefusal):
         raise InjectionRefused(choice.message)
-    gated = choice.image is None
-    if gated and settings.pending_image_policy != "gate":
-        phase = (env.status or {}).get("phase") or "Pending"
-        state = "failed to build" if phase == "Failed" else "is still building"
-        raise InjectionRefused(f"{title} {state} (phase {phase}) and has no image yet; wait for it with "
-                               f"`kubectl wait --for=condition=Ready {ref}`, then create the pod again")
-    warnings: list[str] = []
+    gated, chosen = choice.image is None, choice.spec
+    warnings: list[str] = list(choice.warnings)
     path, name = f"/spec/containers/{index}", container.get("name")
     ops: list[Op] = []
     if not gated or not container.get("image"):
         ops.append({"op": "add", "path": f"{path}/image", "value": choice.image or PLACEHOLDER_IMAGE})
     entries = _env_entries(env, choice)
     command = None
-    if env.spec.bootstrap is not None:
-        command, more = _bootstrap(env, pod, container, warnings)
+    if chosen.bootstrap is not None:
+        command, more = _bootstrap(env, chosen, pod, container, warnings)
         entries += more
         reserved = sorted(_names(container, "env").intersection(RESERVED_ENV))
         if reserved:
@@ -321,14 +392,14 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
     added, overridden = _merge_env(title, container, entries, warnings)
     _extend(ops, container, "env", path, added)
     env_from = [{"secretRef": {"name": s.secret_name, "optional": s.optional}}
-                | ({"prefix": s.prefix} if s.prefix else {}) for s in env.spec.secret_env_from]
+                | ({"prefix": s.prefix} if s.prefix else {}) for s in chosen.secret_env_from]
     env_from = [e for e in env_from if e not in (container.get("envFrom") or [])]
     _extend(ops, container, "envFrom", path, env_from)
     if command is not None:
         ops.append({"op": "add", "path": f"{path}/command", "value": command})
         if "args" in container:
             ops.append({"op": "remove", "path": f"{path}/args"})
-    shm = env.spec.docker.shm_size
+    shm = chosen.docker.shm_size
     if shm is not None:
         if any(m["mountPath"].rstrip("/") == "/dev/shm" for m in _mounts(container)):
             warnings.append(f"container {name!r} mounts /dev/shm itself; docker.shmSize {shm} is not applied")
@@ -345,6 +416,7 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
     added_annotations = {INJECTED_ENVIRONMENT: env.ref}
     if gated:
         added_annotations[AWAITING_IMAGE] = "true"
+        added_annotations[AWAITING_RUNTIME] = versions.runtime_hash(chosen)
     else:
         if choice.version is not None:
             added_annotations[INJECTED_VERSION] = str(choice.version)
@@ -382,6 +454,7 @@ def build_ungate_patch(pod: dict[str, Any], image: str, container_name: str | No
             ops += [{"op": "test", "path": gate, "value": gates[position]}, {"op": "remove", "path": gate}]
     values = {INJECTED_IMAGE: image} | ({INJECTED_VERSION: str(version)} if version is not None else {})
     _annotate(ops, pod, values)
-    if AWAITING_IMAGE in ((pod.get("metadata") or {}).get("annotations") or {}):
-        ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer(AWAITING_IMAGE)}"})
+    for key in (AWAITING_IMAGE, AWAITING_RUNTIME):
+        if key in ((pod.get("metadata") or {}).get("annotations") or {}):
+            ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer(key)}"})
     return ops

@@ -37,6 +37,14 @@ def plain(obj: Any) -> Any:
     return _api.sanitize_for_serialization(obj)
 
 
+EVENT_MESSAGE_BYTES = 1024  # the API server counts an Event message's limit in bytes, not characters
+
+
+def event_message(text: str) -> str:
+    """`text` cut to what an Event accepts (a UTF-8 character is never split)."""
+    return text.encode()[:EVENT_MESSAGE_BYTES].decode(errors="ignore")
+
+
 def not_found(error: Exception) -> bool:
     return isinstance(error, ApiException) and error.status == 404
 

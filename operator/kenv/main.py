@@ -13,6 +13,7 @@ import kopf
 from kenv import admission, runtime
 from kenv.config import get_settings
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, GROUP, VERSION
+from kenv.versionmodels import VERSIONS
 
 SETTINGS = get_settings()  # fails at import, i.e. at start, with every bad KENV_* variable named
 ENVIRONMENTS = (GROUP, VERSION, "environments")
@@ -87,13 +88,18 @@ async def cluster_environment_base_image(body: kopf.Body, patch: kopf.Patch, log
 # --- In-memory indexes: admission never calls the API server on its hot path ------------------------------
 
 @kopf.index(*ENVIRONMENTS)
-def environments(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): admission.indexed(spec, status)}
+def environments(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): admission.indexed(body)}
 
 
 @kopf.index(*CLUSTER_ENVIRONMENTS)
-def cluster_environments(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[Any, Any]:
-    return {name: admission.indexed(spec, status)}
+def cluster_environments(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {name: admission.indexed(body)}
+
+
+@kopf.index(*VERSIONS)
+def environment_versions(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return admission.indexed_version(body)
 
 
 # --- Admission: inject the image, variables, secrets and bootstrap into labelled pods ---------------------
@@ -103,12 +109,13 @@ def cluster_environments(name: str, spec: kopf.Spec, status: kopf.Status, **_: A
 @kopf.on.mutate("", "v1", "pods", id="inject-environment", operation="CREATE", ignore_failures=False,
                 labels={ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str], environments: kopf.Index,
-                       **_: Any) -> None:
-    admission.inject("Environment", body, patch, warnings, environments)
+                       environment_versions: kopf.Index, **_: Any) -> None:
+    admission.inject("Environment", body, patch, warnings, environments, environment_versions)
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject-cluster-environment", operation="CREATE", ignore_failures=False,
                 labels={CLUSTER_ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_cluster_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
-                               cluster_environments: kopf.Index, **_: Any) -> None:
-    admission.inject("ClusterEnvironment", body, patch, warnings, cluster_environments)
+                               cluster_environments: kopf.Index, environment_versions: kopf.Index,
+                               **_: Any) -> None:
+    admission.inject("ClusterEnvironment", body, patch, warnings, cluster_environments, environment_versions)

@@ -370,8 +370,14 @@ class EnvironmentStatus(KenvModel):
     digest: str | None = Field(None, description="sha256 digest of the current version's manifest.")
     hash: str | None = Field(None, description="Content hash of the current version's build context.")
     desired_hash: str | None = Field(None, description="Content hash of the spec being reconciled.")
-    version: int | None = Field(None, description="Current version number; pods pin others by annotation.")
-    history: list[VersionRecord] = Field(default_factory=list, description="Earlier versions, newest last.")
+    version: int | None = Field(
+        None, description="Current version number (an EnvironmentVersion object); pods pin others by annotation.")
+    runtime_hash: str | None = Field(
+        None, description="Hash of what pods of the current version receive besides the image (variables, "
+        "secret references, bootstrap, shm, python path).")
+    history: list[VersionRecord] = Field(
+        default_factory=list, description="Deprecated: versions as an earlier release recorded them. Moved into "
+        "EnvironmentVersion objects (same numbers and images) and emptied by the operator.")
     build_job: ObjectRef | None = Field(None, description="The build Job of the latest build.")
     rebuild_token: str | None = Field(None, description="Last kenv.dev/rebuild annotation value acted upon.")
     failed_generation: int | None = Field(

@@ -13,40 +13,23 @@ import datetime
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from kenv import builds, jobstate, kube, metrics, status
-from kenv.config import OperatorSettings
+from kenv import builds, jobstate, kube, metrics, status, versions
+from kenv.config import OperatorSettings, PendingImagePolicy
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import EnvironmentSpec, Phase
+from kenv.refs import EnvironmentRef
 from kenv.registry import Credentials, RegistryClient, RegistryError, credentials_for
 from kenv.render import BuildContext, Externals, render_context
+from kenv.versionstore import NewVersion, VersionStore
 
 REBUILD_ANNOTATION = "kenv.dev/rebuild"
+BASE_TOKEN_PREFIX = "base-"  # rebuild tokens set by base image tracking
 MAX_TRANSIENT_RETRIES = 3
-
-
-@dataclass(frozen=True)
-class EnvironmentRef:
-    kind: str  # Environment | ClusterEnvironment
-    namespace: str | None
-    name: str
-
-    @property
-    def plural(self) -> str:
-        return "environments" if self.kind == "Environment" else "clusterenvironments"
-
-    @property
-    def display(self) -> str:
-        return f"{self.namespace}/{self.name}" if self.namespace else f"cluster/{self.name}"
-
-    def references_namespace(self, build_namespace: str) -> str:
-        """Where ConfigMaps and Secrets named by the spec live: the Environment's namespace, or for a curated
-        ClusterEnvironment the operator's build namespace (readable by the platform team only)."""
-        return self.namespace or build_namespace
 
 
 @dataclass
@@ -59,12 +42,44 @@ class MissingReference(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One reconcile of one Environment: what it read and decided before converging on a build or a version."""
+
+    ref: EnvironmentRef
+    uid: str
+    spec: EnvironmentSpec
+    definition: dict[str, Any]  # the spec as the API holds it, recorded in version snapshots
+    context: BuildContext
+    ca_bundle: str | None
+    plan: builds.BuildPlan
+    current: dict[str, Any]  # the status as read
+    generation: int | None
+    token: str | None  # the kenv.dev/rebuild annotation
+    forced: bool  # the token is new: build again even if the image exists
+
+    @property
+    def runtime_hash(self) -> str:
+        return versions.runtime_hash(self.spec)
+
+
 class Reconciler:
     def __init__(self, settings: OperatorSettings, registry: RegistryClient) -> None:
         self.settings = settings
         self.registry = registry
+        self.versions = VersionStore(settings, registry)
         self.build_slots = asyncio.Lock()  # count-then-create must not interleave within this process
         self.queued: set[str] = set()
+
+    @property
+    def previous_serves(self) -> bool:
+        """Whether pods keep getting the last Ready version while a newer one builds (policy last-ready)."""
+        return self.settings.pending_image_policy == PendingImagePolicy.LAST_READY
+
+    def _progress(self, current: dict[str, Any], phase: Phase, reason: str, message: str, generation: int | None,
+                  desired_hash: str | None = None) -> dict[str, Any]:
+        return status.progress(current, phase, reason, message, generation, desired_hash,
+                               previous_serves=self.previous_serves)
 
     async def reconcile(self, ref: EnvironmentRef, body: dict[str, Any], log: logging.Logger) -> Outcome:
         current = dict(body.get("status") or {})
@@ -77,31 +92,54 @@ class Reconciler:
             externals = await self._externals(ref, spec)
             context = render_context(spec, externals)
         except MissingReference as missing:
-            return Outcome(status.progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
+            return Outcome(self._progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
         except SpecError as error:
             return self._invalid(current, str(error), generation)
 
         token = (body["metadata"].get("annotations") or {}).get(REBUILD_ANNOTATION)
         forced = bool(token) and token != current.get("rebuildToken")
-        if not forced and current.get("phase") == Phase.READY and current.get("hash") == context.hash:
-            return Outcome({"observedGeneration": generation, "conditions": [
-                {**c, "observedGeneration": generation} for c in current.get("conditions") or []]})
         retrying = current.get("failedGeneration") is not None and current.get("desiredHash") == context.hash
-        if not forced and retrying and current.get("failedGeneration") == generation:
-            return Outcome({})  # failed for this generation: wait for an edit or a rebuild token
         transient = current.get("transientRetries") or 0
         attempt_key = "|".join(filter(None, [f"rebuild:{token}" if forced else "",
                                              f"retry:{generation}" if retrying else "",
                                              f"transient:{transient}" if transient else ""]))
-        plan = builds.plan_build(context, self.settings, attempt_key)
+        attempt = Attempt(ref=ref, uid=str(body["metadata"].get("uid", "")), spec=spec,
+                          definition=dict(body.get("spec") or {}), context=context, ca_bundle=externals.ca_bundle,
+                          plan=builds.plan_build(context, self.settings, attempt_key), current=current,
+                          generation=generation, token=token, forced=forced)
         try:
-            return await self._converge(ref, spec, context, externals.ca_bundle, plan, current, generation,
-                                        forced, token, log)
+            migrated = await self._migrate(attempt)
+            if migrated:
+                attempt = replace(attempt, current={**current, **migrated})
+            outcome = await self._decide(attempt, retrying, log)
         except MissingReference as missing:
-            return Outcome(status.progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
+            return Outcome(self._progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
         except RegistryError as error:
             message = f"{error}; retrying every {self.settings.poll_seconds:g}s"
-            return Outcome(status.progress(current, Phase.PENDING, error.reason, message, generation, context.hash))
+            return Outcome(self._progress(current, Phase.PENDING, error.reason, message, generation, context.hash))
+        return Outcome({**migrated, **outcome.status}, outcome.events)
+
+    async def _migrate(self, attempt: Attempt) -> dict[str, Any]:
+        """Status written by a release before EnvironmentVersion objects: move its history into them, once."""
+        current = attempt.current
+        if not current.get("history") and not (current.get("version") and not current.get("runtimeHash")):
+            return {}
+        credentials = credentials_for(builds.registry_of(attempt.plan.destination), await self._push_config())
+        return await self.versions.migrate(attempt.ref, attempt.uid, current, attempt.definition,
+                                           attempt.runtime_hash, attempt.context.hash, credentials)
+
+    async def _decide(self, attempt: Attempt, retrying: bool, log: logging.Logger) -> Outcome:
+        current, generation = attempt.current, attempt.generation
+        if not attempt.forced and current.get("phase") == Phase.READY and current.get("hash") == attempt.context.hash:
+            if current.get("runtimeHash") == attempt.runtime_hash:
+                return Outcome({"observedGeneration": generation, "conditions": [
+                    {**c, "observedGeneration": generation} for c in current.get("conditions") or []]})
+            # Only what pods receive besides the image changed: a new version of the same image, no build.
+            return await self._ready(attempt, str(current["digest"]), "DefinitionChanged",
+                                     "variables, secrets, bootstrap or shm changed; same image")
+        if not attempt.forced and retrying and current.get("failedGeneration") == generation:
+            return Outcome({})  # failed for this generation: wait for an edit or a rebuild token
+        return await self._converge(attempt, log)
 
     def _invalid(self, current: dict[str, Any], message: str, generation: int | None) -> Outcome:
         return Outcome(status.failed(current, "InvalidSpec", message, generation, None),
@@ -137,26 +175,26 @@ class Reconciler:
                                 f"{self.settings.push_secret} is missing or not kubernetes.io/dockerconfigjson")
         return config
 
-    async def _converge(self, ref: EnvironmentRef, spec: EnvironmentSpec, context: BuildContext,
-                        ca_bundle: str | None, plan: builds.BuildPlan, current: dict[str, Any], generation: int | None,
-                        forced: bool, token: str | None, log: logging.Logger) -> Outcome:
+    async def _converge(self, attempt: Attempt, log: logging.Logger) -> Outcome:
+        plan, current, generation = attempt.plan, attempt.current, attempt.generation
         push_config = await self._push_config()
         push_credentials = credentials_for(builds.registry_of(plan.destination), push_config)
         own = await kube.read_job(plan.namespace, plan.job_name)
-        if own is not None and (forced or current.get("phase") == Phase.BUILDING):
+        if own is not None and (attempt.forced or current.get("phase") == Phase.BUILDING):
             # We were waiting on this Job: its outcome decides, even if the pushed tag shows up first.
             if jobstate.job_finished(own):
-                return await self._finished(ref, own, plan, current, generation, token, push_credentials)
-            return self._building(current, plan, own, generation)
-        if not forced:
+                return await self._finished(attempt, own, push_credentials)
+            return self._building(attempt, own)
+        if not attempt.forced:
             digest = await self.registry.digest(plan.destination, push_credentials)
             if digest:
                 metrics.CACHE_HITS.inc()
-                self.queued.discard(ref.display)
-                return self._ready(current, plan, digest, generation, token, "ImageFound",
-                                   "image with this content is in the registry; no build needed")
+                self.queued.discard(attempt.ref.display)
+                return await self._ready(attempt, digest, "ImageFound",
+                                         "image with this content is in the registry; no build needed",
+                                         push_credentials)
         if own is not None and jobstate.job_finished(own):  # this attempt already failed, no image since
-            return await self._finished(ref, own, plan, current, generation, token, push_credentials)
+            return await self._finished(attempt, own, push_credentials)
         job = own
         if job is None:
             active = [j for j in await kube.list_jobs(plan.namespace, f"{builds.LABEL_HASH}="
@@ -164,29 +202,26 @@ class Reconciler:
                       if not jobstate.job_finished(j)]
             job = active[0] if active else None
         if job is not None:
-            return self._building(current, plan, job, generation)
-        job, created = await self._start_build(ref, spec, context, ca_bundle, plan, push_config, log)
+            return self._building(attempt, job)
+        job, created = await self._start_build(attempt, push_config, log)
         if job is None:
             message = f"waiting for a build slot ({self.settings.max_parallel_builds} builds run at once)"
-            return Outcome(status.progress(current, Phase.QUEUED, "Queued", message, generation, plan.hash))
-        outcome = self._building(current, plan, job, generation)
+            return Outcome(self._progress(current, Phase.QUEUED, "Queued", message, generation, plan.hash))
+        outcome = self._building(attempt, job)
         if created:
             outcome.events.append(("Normal", "BuildStarted", f"building {plan.destination} in Job "
                                    f"{plan.namespace}/{job['metadata']['name']}"))
         return outcome
 
-    @staticmethod
-    def _building(current: dict[str, Any], plan: builds.BuildPlan, job: dict[str, Any],
-                  generation: int | None) -> Outcome:
-        name = job["metadata"]["name"]
-        patch = status.progress(current, Phase.BUILDING, "Building", f"build Job {plan.namespace}/{name} is "
-                                f"building {plan.destination}", generation, plan.hash)
+    def _building(self, attempt: Attempt, job: dict[str, Any]) -> Outcome:
+        name, plan = job["metadata"]["name"], attempt.plan
+        patch = self._progress(attempt.current, Phase.BUILDING, "Building", f"build Job {plan.namespace}/{name} "
+                               f"is building {plan.destination}", attempt.generation, plan.hash)
         patch["buildJob"] = {"namespace": plan.namespace, "name": name}
         return Outcome(patch)
 
-    async def _finished(self, ref: EnvironmentRef, job: dict[str, Any], plan: builds.BuildPlan,
-                        current: dict[str, Any], generation: int | None, token: str | None,
-                        push_credentials: Credentials | None) -> Outcome:
+    async def _finished(self, attempt: Attempt, job: dict[str, Any], push_credentials: Credentials | None) -> Outcome:
+        plan, current, generation = attempt.plan, attempt.current, attempt.generation
         pods = await kube.job_pods(plan.namespace, job["metadata"]["name"])
         if jobstate.job_succeeded(job):
             reported = jobstate.digest_from_pods(pods)
@@ -200,8 +235,8 @@ class Reconciler:
                 return Outcome(status.failed(current, "DigestMismatch", message, generation, plan.hash),
                                [("Warning", "DigestMismatch", message)])
             self._observe_duration(job)
-            return self._ready(current, plan, digest, generation, token, "BuildSucceeded",
-                               f"built by Job {plan.namespace}/{plan.job_name}")
+            return await self._ready(attempt, digest, "BuildSucceeded",
+                                     f"built by Job {plan.namespace}/{plan.job_name}", push_credentials)
         tail = None
         if pods:
             tail = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"])
@@ -210,7 +245,7 @@ class Reconciler:
         if retries < MAX_TRANSIENT_RETRIES and jobstate.looks_transient(message):
             wait = (f"build Job {plan.job_name} could not reach a registry; retry {retries + 1} of "
                     f"{MAX_TRANSIENT_RETRIES} once it answers: {message}")
-            patch = status.progress(current, Phase.PENDING, "RegistryUnavailable", wait, generation, plan.hash)
+            patch = self._progress(current, Phase.PENDING, "RegistryUnavailable", wait, generation, plan.hash)
             patch["transientRetries"] = retries + 1
             return Outcome(patch, [("Warning", "RegistryUnavailable", wait.splitlines()[0])])
         reason = (jobstate.job_condition(job, "Failed") or {}).get("reason", "BuildFailed")
@@ -218,21 +253,35 @@ class Reconciler:
             metrics.BUILDS_FAILED.labels(reason).inc()
         patch = status.failed(current, "BuildFailed", message, generation, plan.hash)
         patch["buildJob"] = {"namespace": plan.namespace, "name": plan.job_name}
-        if token:
-            patch["rebuildToken"] = token
+        if attempt.token:
+            patch["rebuildToken"] = attempt.token
         return Outcome(patch, [("Warning", "BuildFailed", message.splitlines()[0])])
 
-    def _ready(self, current: dict[str, Any], plan: builds.BuildPlan, digest: str, generation: int | None,
-               token: str | None, reason: str, message: str) -> Outcome:
+    async def _ready(self, attempt: Attempt, digest: str, reason: str, message: str,
+                     push_credentials: Credentials | None = None) -> Outcome:
+        current, plan = attempt.current, attempt.plan
         image = f"{plan.destination.rsplit(':', 1)[0]}@{digest}"
-        patch = status.ready(current, image=image, digest=digest, content_hash=plan.hash, generation=generation,
-                             history_limit=self.settings.history_limit, reason=reason, message=message)
-        if token:
-            patch["rebuildToken"] = token
-        if reason == "BuildSucceeded" and current.get("image") != image:
+        rebuilt = attempt.forced and reason == "BuildSucceeded"
+        number = current.get("version")
+        if versions.needs_new_version(current, image, attempt.runtime_hash, rebuilt):
+            if rebuilt:
+                reason = "BaseImageMoved" if str(attempt.token).startswith(BASE_TOKEN_PREFIX) else "Rebuilt"
+            if push_credentials is None:
+                push_credentials = credentials_for(builds.registry_of(plan.destination), await self._push_config())
+            snapshot = await self.versions.record(NewVersion(
+                ref=attempt.ref, uid=attempt.uid, definition=attempt.definition, image=image,
+                content_hash=plan.hash, runtime_hash=attempt.runtime_hash, reason=reason,
+                generation=attempt.generation), current, push_credentials)
+            number = snapshot.number
+        patch = status.ready(current, image=image, digest=digest, content_hash=plan.hash, version=number,
+                             runtime_hash=attempt.runtime_hash, generation=attempt.generation, reason=reason,
+                             message=message)
+        if attempt.token:
+            patch["rebuildToken"] = attempt.token
+        if reason in ("BuildSucceeded", "Rebuilt", "BaseImageMoved") and current.get("image") != image:
             metrics.BUILDS_SUCCEEDED.inc()
-        events = [] if current.get("image") == image else [
-            ("Normal", "Ready", f"version {patch['version']} is {image} ({message})")]
+        events = [] if number == current.get("version") else [
+            ("Normal", "Ready", f"version {number} is {image} ({message})")]
         return Outcome(patch, events)
 
     @staticmethod
@@ -243,10 +292,10 @@ class Reconciler:
             parse = datetime.datetime.fromisoformat
             metrics.BUILD_DURATION.observe((parse(str(end)) - parse(str(start))).total_seconds())
 
-    async def _start_build(self, ref: EnvironmentRef, spec: EnvironmentSpec, context: BuildContext,
-                           ca_bundle: str | None, plan: builds.BuildPlan, push_config: dict[str, Any],
+    async def _start_build(self, attempt: Attempt, push_config: dict[str, Any],
                            log: logging.Logger) -> tuple[dict[str, Any] | None, bool]:
         """Create the build objects if a slot is free: (job, created); (None, False) means queued."""
+        ref, spec, plan = attempt.ref, attempt.spec, attempt.plan
         base_config = await self.base_registry_config(ref, spec)
         docker_config = builds.merge_docker_configs(base_config, push_config)
         async with self.build_slots:
@@ -262,13 +311,14 @@ class Reconciler:
                 return None, False
             self.queued.discard(ref.display)
             metrics.BUILD_QUEUE.set(len(self.queued))
-            config_map = await kube.create(builds.build_context_config_map(plan, context, ca_bundle))
+            config_map = await kube.create(builds.build_context_config_map(plan, attempt.context, attempt.ca_bundle))
             secret = None
             if docker_config["auths"]:
                 secret = await kube.create(builds.build_docker_config_secret(plan, docker_config))
             job = await kube.create(builds.build_job(
                 plan, spec.build, self.settings, requested_by=f"{ref.kind}/{ref.display}",
-                context_files=list(config_map["data"]), has_docker_config=secret is not None, has_ca=bool(ca_bundle)))
+                context_files=list(config_map["data"]), has_docker_config=secret is not None,
+                has_ca=bool(attempt.ca_bundle)))
         owner = builds.owner_reference(job)
         await kube.set_owner("ConfigMap", plan.namespace, config_map["metadata"]["name"], owner)
         if secret is not None:
@@ -296,4 +346,4 @@ class Reconciler:
 
 
 def base_rebuild_token(digest: str) -> str:
-    return "base-" + hashlib.sha256(digest.encode()).hexdigest()[:12]
+    return BASE_TOKEN_PREFIX + hashlib.sha256(digest.encode()).hexdigest()[:12]

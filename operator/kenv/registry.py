@@ -90,14 +90,7 @@ class RegistryClient:
         """The manifest digest of `image`, None if the registry says it does not exist."""
         name = ImageName.parse(image)
         url = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests/{name.reference}"
-        headers = {"Accept": MANIFEST_TYPES}
-        response = await self._request(url, headers)
-        if response.status_code == 401:
-            headers["Authorization"] = await self._authorization(response, name, credentials)
-            response = await self._request(url, headers)
-        if response.status_code in (401, 403):
-            raise RegistryError("RegistryAuthFailed", f"{name.registry} refused the credentials for "
-                                f"{name.repository} (HTTP {response.status_code})")
+        response = await self._authorized("HEAD", url, {"Accept": MANIFEST_TYPES}, name, credentials, "pull")
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -107,15 +100,52 @@ class RegistryClient:
             raise RegistryError("RegistryUnavailable", f"{name.registry} gave no Docker-Content-Digest header")
         return digest
 
-    async def _request(self, url: str, headers: dict[str, str]) -> httpx.Response:
+    async def tag(self, image: str, tag: str, credentials: Credentials | None = None) -> None:
+        """Give the manifest `repo@sha256:...` the tag `tag` in the same repository (GET it, PUT it back)."""
+        name = ImageName.parse(image)
+        base = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests"
+        got = await self._authorized("GET", f"{base}/{name.reference}", {"Accept": MANIFEST_TYPES}, name,
+                                     credentials, "pull")
+        if got.status_code != 200:
+            raise RegistryError("RegistryUnavailable", f"{name.registry} answered HTTP {got.status_code} for "
+                                f"{name.repository}@{name.reference}")
+        media_type = got.headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        put = await self._authorized("PUT", f"{base}/{tag}", {"Content-Type": media_type}, name, credentials,
+                                     "pull,push", content=got.content)
+        if put.status_code not in (200, 201):
+            raise RegistryError("RegistryUnavailable", f"{name.registry} refused tag {tag} of {name.repository} "
+                                f"(HTTP {put.status_code})")
+
+    async def untag(self, image: str, credentials: Credentials | None = None) -> bool:
+        """Delete the tag of `repo:tag`, leaving the manifest to its other tags (OCI distribution 1.1 tag
+        deletion). False when the registry cannot delete tags (e.g. distribution 2.x): the tag stays."""
+        name = ImageName.parse(image)
+        url = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests/{name.reference}"
+        response = await self._authorized("DELETE", url, {}, name, credentials, "pull,push,delete")
+        return response.status_code in (200, 202, 404)
+
+    async def _authorized(self, method: str, url: str, headers: dict[str, str], name: ImageName,
+                          credentials: Credentials | None, actions: str,
+                          content: bytes | None = None) -> httpx.Response:
+        response = await self._request(url, headers, method, content)
+        if response.status_code == 401:
+            headers = {**headers, "Authorization": await self._authorization(response, name, credentials, actions)}
+            response = await self._request(url, headers, method, content)
+        if response.status_code in (401, 403):
+            raise RegistryError("RegistryAuthFailed", f"{name.registry} refused the credentials for "
+                                f"{name.repository} (HTTP {response.status_code})")
+        return response
+
+    async def _request(self, url: str, headers: dict[str, str], method: str = "HEAD",
+                       content: bytes | None = None) -> httpx.Response:
         try:
-            return await self.http.head(url, headers=headers)
+            return await self.http.request(method, url, headers=headers, content=content)
         except httpx.HTTPError as error:
             raise RegistryError("RegistryUnavailable", f"cannot reach {url.split('/v2/')[0]}: "
                                 f"{error.__class__.__name__} {error}".strip()) from error
 
     async def _authorization(self, challenge: httpx.Response, name: ImageName,
-                             credentials: Credentials | None) -> str:
+                             credentials: Credentials | None, actions: str = "pull") -> str:
         scheme, params = parse_challenge(challenge.headers.get("WWW-Authenticate", ""))
         basic = None
         if credentials:
@@ -124,7 +154,7 @@ class RegistryClient:
             if not basic:
                 raise RegistryError("RegistryAuthFailed", f"{name.registry} needs credentials and none are set")
             return f"Basic {basic}"
-        query = {"service": params.get("service", ""), "scope": f"repository:{name.repository}:pull"}
+        query = {"service": params.get("service", ""), "scope": f"repository:{name.repository}:{actions}"}
         try:
             token_response = await self.http.get(
                 params["realm"], params=query, headers={"Authorization": f"Basic {basic}"} if basic else {}

@@ -14,7 +14,8 @@ from kenv import gating, kube, metrics, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
 from kenv.models import GROUP, Phase
-from kenv.reconcile import REBUILD_ANNOTATION, EnvironmentRef, Outcome, Reconciler
+from kenv.reconcile import REBUILD_ANNOTATION, Outcome, Reconciler
+from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryClient
 
 PREFIX = GROUP  # our own annotation prefix and finalizer, not kopf.zalando.org
@@ -83,14 +84,15 @@ async def reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, logger: loggi
     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
     apply(body, patch, outcome)
     merged = {**dict(body.get("status") or {}), **outcome.status}
-    await gating.follow_up(ref, merged, get_settings())
+    token = (body.metadata.annotations or {}).get(REBUILD_ANNOTATION)
+    await gating.follow_up(ref, merged, get_settings(), body.metadata.get("generation"), token)
 
 
 def apply(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
     for key, value in outcome.status.items():
         patch.status[key] = value
     for type_, reason, message in outcome.events:
-        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+        kopf.event(body, type=type_, reason=reason, message=kube.event_message(message))
 
 
 def tracks_base_image(body: kopf.Body, **_: Any) -> bool:

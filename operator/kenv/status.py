@@ -1,4 +1,4 @@
-"""Pure status arithmetic: conditions per Kubernetes API conventions, versions and history."""
+"""Pure status arithmetic: conditions per Kubernetes API conventions, phases and the current version."""
 
 from __future__ import annotations
 
@@ -38,33 +38,25 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def progress(status: dict[str, Any], phase: Phase, reason: str, message: str, generation: int | None,
-             desired_hash: str | None = None) -> dict[str, Any]:
-    """Status patch for a not-yet-Ready state. The current image (if any) stays usable: Ready stays True
-    while a newer version builds, because pods can still be injected with the current digest."""
+             desired_hash: str | None = None, *, previous_serves: bool = False) -> dict[str, Any]:
+    """Status patch for a not-yet-Ready state. Ready stays True only when pods keep getting the previous
+    version meanwhile (policy last-ready); otherwise new pods wait for this version (or are refused)."""
     has_image = bool(status.get("image"))
     conditions = status.get("conditions") or []
     built_status = "False" if phase is Phase.FAILED else "Unknown"
     conditions = set_condition(conditions, BUILT, built_status, reason, message, generation)
-    ready_status = "True" if has_image and phase is not Phase.FAILED else "False"
-    ready_reason = "PreviousVersionServing" if ready_status == "True" else reason
-    conditions = set_condition(conditions, READY, ready_status, ready_reason, message, generation)
+    serving = has_image and previous_serves and phase is not Phase.FAILED
+    ready_reason = "PreviousVersionServing" if serving else reason
+    conditions = set_condition(conditions, READY, "True" if serving else "False", ready_reason, message, generation)
     patch: dict[str, Any] = {"phase": phase.value, "conditions": conditions, "observedGeneration": generation}
     if desired_hash:
         patch["desiredHash"] = desired_hash
     return patch
 
 
-def ready(status: dict[str, Any], *, image: str, digest: str, content_hash: str, generation: int | None,
-          history_limit: int, reason: str, message: str) -> dict[str, Any]:
-    """Status patch for a Ready image: bumps the version when the image is new, reuses it when known."""
-    history = list(status.get("history") or [])
-    known = next((h for h in history if h.get("image") == image), None)
-    if known:
-        version = known["version"]
-    else:
-        version = max([h.get("version", 0) for h in history] + [status.get("version") or 0]) + 1
-        history.append({"version": version, "hash": content_hash, "image": image, "created": now()})
-        history = history[-history_limit:]
+def ready(status: dict[str, Any], *, image: str, digest: str, content_hash: str, version: int | None,
+          runtime_hash: str, generation: int | None, reason: str, message: str) -> dict[str, Any]:
+    """Status patch for a Ready version (the EnvironmentVersion object already exists)."""
     conditions = status.get("conditions") or []
     conditions = set_condition(conditions, BUILT, "True", reason, message, generation)
     conditions = set_condition(conditions, READY, "True", reason, message, generation)
@@ -75,7 +67,7 @@ def ready(status: dict[str, Any], *, image: str, digest: str, content_hash: str,
         "hash": content_hash,
         "desiredHash": content_hash,
         "version": version,
-        "history": history,
+        "runtimeHash": runtime_hash,
         "conditions": conditions,
         "observedGeneration": generation,
         "failedGeneration": None,
@@ -90,7 +82,11 @@ def failed(status: dict[str, Any], reason: str, message: str, generation: int | 
     return patch
 
 
-def image_for_version(status: dict[str, Any], version: int) -> str | None:
-    if status.get("version") == version:
-        return status.get("image")
-    return next((h["image"] for h in status.get("history") or [] if h.get("version") == version), None)
+def is_current(status: dict[str, Any], generation: int | None, rebuild_token: str | None) -> bool:
+    """Whether the current version is what the spec asks for now: Ready for this generation, with no rebuild
+    asked for since. Pods without a pin get the current version only then; otherwise they wait for the next."""
+    if status.get("phase") != Phase.READY or not status.get("image") or not status.get("version"):
+        return False
+    if status.get("observedGeneration") != generation:
+        return False
+    return not rebuild_token or rebuild_token == status.get("rebuildToken")

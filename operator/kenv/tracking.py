@@ -1,6 +1,6 @@
 """Base image tracking: re-resolve spec.docker.baseImage's digest on a timer and, when it moved, ask for a
 rebuild through the same `kenv.dev/rebuild` annotation a user would set. The rebuilt image becomes a new
-version; the old one stays in status.history and stays pinnable (its digest is still in the registry)."""
+version (an EnvironmentVersion); the old one stays pinnable, its image kept by its own registry tag."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from kenv import builds
 from kenv.models import EnvironmentSpec, Phase
-from kenv.reconcile import REBUILD_ANNOTATION, EnvironmentRef, MissingReference, Reconciler, base_rebuild_token
+from kenv.reconcile import REBUILD_ANNOTATION, MissingReference, Reconciler, base_rebuild_token
+from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryError, credentials_for
 
 

@@ -17,7 +17,6 @@ its own namespaces; where it must act on an Environment, the session operator is
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
@@ -25,7 +24,6 @@ import shutil
 import subprocess
 import urllib.error
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ import pytest
 import yaml
 
 import images
-from kenvfixtures import GROUP_PATH, create_env, get_env, kubectl, wait_for, wait_phase
+from kenvfixtures import GROUP_PATH, create_env, get_env, kubectl, session_operator_paused, wait_for, wait_phase
 from release import KenvRelease
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,25 +86,6 @@ def runnable_values(cluster: Any, **extra: Any) -> dict[str, Any]:
     repository, _, tag = built["operator"].rpartition(":")
     return base_values(cluster, image={"repository": repository, "tag": tag},
                        builderImages={"kaniko": built["kaniko"]}, **extra)
-
-
-@contextlib.contextmanager
-def session_operator_paused(cluster: Any) -> Iterator[None]:
-    """Scale the session's operator (if it was started) to 0 while another release acts on Environments."""
-    session = KenvRelease(cluster)
-    try:
-        running = session.replicas() > 0
-    except urllib.error.HTTPError as error:
-        if error.code != 404:
-            raise
-        running = False
-    if running:
-        session.scale(0)
-    try:
-        yield
-    finally:
-        if running:
-            session.scale(1)
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import pytest
 from kenvfixtures import (
     build_jobs,
     create_env,
+    env_versions,
     events_for,
     exit_code,
     get_env,
@@ -44,7 +45,12 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     assert repo == f"{cluster.registry}/kenv/environments"
     tag = "kenv-" + status["hash"][:40]
     assert registry_digest(cluster.registry, "kenv/environments", tag) == digest == status["digest"]
-    assert status["version"] == 1 and [h["version"] for h in status["history"]] == [1]
+    assert status["version"] == 1 and "history" not in status
+    [first] = env_versions(kube, namespace, "sklearn")
+    assert first["spec"]["version"] == 1 and first["spec"]["image"] == status["image"]
+    assert first["spec"]["definition"]["pip"] == {"requirements": "six==1.16.0\n"}
+    assert first["metadata"]["ownerReferences"][0]["uid"] == env["metadata"]["uid"]
+    assert registry_digest(cluster.registry, "kenv/environments", f"{namespace}.sklearn-v1") == digest
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["reason"] == "BuildSucceeded"
     assert ready["observedGeneration"] == env["metadata"]["generation"] == status["observedGeneration"]
@@ -64,15 +70,18 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     columns = dict(zip(header.split(), row.split(), strict=True))  # whole columns, never substrings of the table
     assert columns["PHASE"] == "Ready" and columns["IMAGE"] == digest and columns["VERSION"] == "1"
 
-    # Only injection-time fields change: no build, same version and digest.
+    # Only injection-time fields change: no build, same digest, a new version (pods get a new definition).
     kube.request("PATCH", f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/sklearn",
                  {"spec": {"environmentVariables": {"OMP_NUM_THREADS": "4"}, "docker": {"shmSize": "1Gi"}}},
                  content_type="application/merge-patch+json")
     generation = get_env(kube, namespace, "sklearn")["metadata"]["generation"]
     settled = wait_for(lambda: (e := get_env(kube, namespace, "sklearn"))["status"].get("observedGeneration")
                        == generation and e, 30, "observedGeneration to follow the edit")
-    assert settled["status"]["digest"] == digest and settled["status"]["version"] == 1
+    assert settled["status"]["digest"] == digest and settled["status"]["version"] == 2
     assert len(build_jobs(kube, status["hash"])) == 1
+    second = env_versions(kube, namespace, "sklearn")[-1]["spec"]
+    assert second["reason"] == "DefinitionChanged" and second["image"] == status["image"]
+    assert "changed environmentVariables.OMP_NUM_THREADS: 1 -> 4" in second["changes"]
 
     # Same content in another namespace: one build serves both, cache hit.
     other = f"t-{uuid.uuid4().hex[:8]}"
@@ -89,7 +98,8 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     finally:
         kube.request("DELETE", f"/api/v1/namespaces/{other}")
 
-    # A rebuild token forces a new build; the new digest becomes version 2, version 1 stays in history.
+    # A rebuild token forces a new build, which is version 3 (even if the image came out identical); the
+    # earlier versions stay, each image kept by its own tag.
     kube.request("PATCH", f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/sklearn",
                  {"metadata": {"annotations": {"kenv.dev/rebuild": "please"}}},
                  content_type="application/merge-patch+json")
@@ -97,10 +107,10 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
                        and e["status"]["phase"] in ("Ready", "Failed") and e, 600, "the forced rebuild")
     assert rebuilt["status"]["phase"] == "Ready", rebuilt["status"]
     assert len(build_jobs(kube, status["hash"])) == 2
-    history = {h["version"]: h["image"] for h in rebuilt["status"]["history"]}
-    assert history[1] == status["image"]
-    if rebuilt["status"]["image"] != status["image"]:
-        assert rebuilt["status"]["version"] == 2 and history[2] == rebuilt["status"]["image"]
+    versions = {v["spec"]["version"]: v["spec"] for v in env_versions(kube, namespace, "sklearn")}
+    assert rebuilt["status"]["version"] == 3 and versions[3]["reason"] == "Rebuilt"
+    assert versions[3]["image"] == rebuilt["status"]["image"] and versions[1]["image"] == status["image"]
+    assert registry_digest(cluster.registry, "kenv/environments", f"{namespace}.sklearn-v1") == digest
 
 
 def context_ca(kube, namespace: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from kenvfixtures import create_env, events_for, get_env, wait_for, wait_phase
+from kenvfixtures import create_env, env_versions, events_for, get_env, wait_for, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
@@ -41,5 +41,6 @@ def test_moved_base_image_builds_a_new_version(kube, cluster, namespace, base_im
                       150, "the rebuild after the base image moved")
     assert second["baseImageDigest"] != recorded
     assert second["image"] != first["image"]
-    assert {h["version"]: h["image"] for h in second["history"]}[1] == first["image"]
+    versions = {v["spec"]["version"]: v["spec"] for v in env_versions(kube, namespace, "tracked")}
+    assert versions[1]["image"] == first["image"] and versions[2]["reason"] == "BaseImageMoved"
     assert any(e["reason"] == "BaseImageMoved" for e in events_for(kube, namespace, "tracked"))

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import urllib.error
-
 import pytest
 
 from buildgate import BuildGate
-from kenvfixtures import GROUP_PATH, create_env, get_env, job_pods, pod_log, wait_for, wait_phase
+from kenvfixtures import (
+    GROUP_PATH,
+    create_env,
+    create_pod,
+    env_vars,
+    get_env,
+    job_pods,
+    pod,
+    pod_log,
+    refused,
+    wait_for,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-def pod(name: str, labels: dict[str, str], annotations: dict[str, str] | None = None, **container: object) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
-            "spec": {"restartPolicy": "Never",
-                     "containers": [{"name": "train", "image": "placeholder", **container}]}}
-
-
-def create_pod(kube, namespace: str, body: dict) -> dict:
-    return dict(kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body))
-
-
-def refused(kube, namespace: str, body: dict) -> str:
-    with pytest.raises(urllib.error.HTTPError) as error:
-        create_pod(kube, namespace, body)
-    return error.value.read().decode()
-
-
-def env_vars(container: dict) -> dict[str, object]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from kenv.config import OperatorSettings
+from kenv.config import OperatorSettings, PendingImagePolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kenv"
@@ -44,6 +44,9 @@ def test_values_defaults_match_the_operator_defaults() -> None:
     fields = OperatorSettings.model_fields
     assert values["maxParallelBuilds"] == fields["max_parallel_builds"].default
     assert values["pendingImagePolicy"] == fields["pending_image_policy"].default.value
+    assert values["historyLimit"] == fields["history_limit"].default
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    assert schema["pendingImagePolicy"]["enum"] == [p.value for p in PendingImagePolicy]
     assert values["logFormat"] == fields["log_format"].default
     assert values["webhook"]["port"] == fields["webhook_port"].default
     assert values["metrics"]["port"] == fields["metrics_port"].default

@@ -23,11 +23,12 @@ from kenv.injection import (
     VersionChoice,
     build_pod_mutation,
     build_ungate_patch,
+    choose_version,
     pod_is_awaiting_image,
     render_bootstrap,
-    resolve_version,
 )
 from kenv.models import EnvironmentSpec
+from kenv.versions import Snapshot, runtime_hash
 
 REPO = "registry.local:5000/kenv/envs"
 IMAGES = {n: f"{REPO}@sha256:{str(n) * 64}" for n in (1, 2, 3)}
@@ -132,35 +133,98 @@ def test_apply_patch_is_strict_and_agrees_with_jsonpatch():
         bare, build_pod_mutation(bare, env, GATE).patch)
 
 
-# --- resolve_version ------------------------------------------------------------------------------
+# --- choose_version: one whole version per pod ----------------------------------------------------
 
-def test_resolve_current_and_pinned_versions():
-    assert resolve_version(READY, None) == VersionChoice(version=3, image=IMAGES[3])
-    assert resolve_version(READY, "1") == VersionChoice(version=1, image=IMAGES[1], pinned=True)
-    assert resolve_version(READY, " 3 ") == VersionChoice(version=3, image=IMAGES[3], pinned=True)
-    # The current version need not be in the history.
-    only_current = {"image": IMAGES[2], "version": 2}
-    assert resolve_version(only_current, "2") == VersionChoice(2, IMAGES[2], pinned=True)
+OLD_DEFINITION = {"environmentVariables": {"STAGE": "old"}, "docker": {"shmSize": "1Gi"},
+                  "bootstrap": {"script": "echo old"}}
 
 
-def test_resolve_unknown_or_bad_version_is_refused_with_the_known_ones():
-    result = resolve_version(READY, "7", name="torch", namespace="team-a")
+def snapshot(number: int, definition: dict | None = None, runtime: str | None = None) -> Snapshot:
+    return Snapshot(number=number, image=IMAGES[number], definition=definition, runtime_hash=runtime)
+
+
+def test_choose_current_and_pinned_versions():
+    env = make_env({"environmentVariables": {"STAGE": "new"}}, versions={1: snapshot(1, OLD_DEFINITION)})
+    current = choose_version(env, None)
+    assert isinstance(current, VersionChoice) and (current.version, current.image) == (3, IMAGES[3])
+    assert current.spec is env.spec and not current.pinned and not current.warnings
+    pinned = choose_version(env, " 1 ")
+    assert isinstance(pinned, VersionChoice) and (pinned.version, pinned.image, pinned.pinned) == (1, IMAGES[1], True)
+    assert pinned.spec.environment_variables == {"STAGE": "old"} and pinned.spec.docker.shm_size == "1Gi"
+    assert pinned.spec.bootstrap is not None and pinned.spec.bootstrap.script == "echo old"
+
+
+def test_version_migrated_from_status_history_keeps_its_image_with_a_warning():
+    legacy = choose_version(make_env({"environmentVariables": {"STAGE": "new"}}), "2")
+    assert isinstance(legacy, VersionChoice) and legacy.image == IMAGES[2]
+    assert legacy.spec.environment_variables == {"STAGE": "new"}
+    assert "recorded before kenv kept whole definitions" in legacy.warnings[0]
+
+
+def test_unknown_or_bad_version_is_refused_with_the_known_ones():
+    result = choose_version(make_env(), "7")
     assert result == InjectionRefusal("Environment team-a/torch has no version 7 (known: 1, 2, 3); "
-                                      "see kubectl get env torch -n team-a -o yaml")
-    bad = resolve_version(READY, "latest", name="torch", namespace="team-a")
-    assert isinstance(bad, InjectionRefusal)
-    assert "has no version 'latest' (known: 1, 2, 3)" in bad.message
-    cluster = resolve_version(READY, "9", kind="ClusterEnvironment", name="base")
+                                      "see kenv versions torch -n team-a")
+    bad = choose_version(make_env(), "latest")
+    assert isinstance(bad, InjectionRefusal) and "has no version 'latest' (known: 1, 2, 3)" in bad.message
+    cluster = choose_version(make_env(kind="ClusterEnvironment", name="base", namespace=None), "9")
     assert isinstance(cluster, InjectionRefusal)
     assert cluster.message == ("ClusterEnvironment base has no version 9 (known: 1, 2, 3); "
-                               "see kubectl get cenv base -o yaml")
-    assert "known: none yet" in resolve_version(BUILDING, "1").message  # type: ignore[union-attr]
+                               "see kenv versions base --cluster")
+    assert "known: none yet" in choose_version(make_env(status=BUILDING), "1").message  # type: ignore[union-attr]
 
 
-def test_resolve_without_image_is_pending_and_tags_are_refused():
-    assert resolve_version(BUILDING, None) == VersionChoice(version=None, image=None)
-    assert resolve_version({}, None) == VersionChoice(version=None, image=None)
-    tagged = resolve_version({"image": f"{REPO}:kenv-abc", "version": 1}, None)
+def test_a_newer_definition_not_ready_gates_instead_of_serving_the_old_image():
+    edited = make_env({"environmentVariables": {"STAGE": "new"}}, status=dict(READY, observedGeneration=1),
+                      generation=2)
+    assert choose_version(edited, None) == VersionChoice(version=None, image=None, spec=edited.spec)
+    rebuilding = make_env(rebuild_token="again")  # a rebuild asked for and not Ready yet
+    assert choose_version(rebuilding, None) == VersionChoice(version=None, image=None, spec=rebuilding.spec)
+    assert choose_version(make_env(status=BUILDING), None).image is None  # type: ignore[union-attr]
+    assert choose_version(make_env(status={}), None).image is None  # type: ignore[union-attr]
+    done = make_env(rebuild_token="again", status=dict(READY, rebuildToken="again"))
+    assert choose_version(done, None).image == IMAGES[3]  # type: ignore[union-attr]
+
+
+def test_reject_policy_names_the_pin_of_the_last_ready_version():
+    building = make_env(status=dict(READY, phase="Building", observedGeneration=2), generation=2)
+    refused = choose_version(building, None, "reject")
+    assert isinstance(refused, InjectionRefusal)
+    assert "still building its latest definition (phase Building)" in refused.message
+    assert refused.message.endswith('annotate the pod with kenv.dev/version: "3"')
+
+
+def test_last_ready_policy_gives_the_last_version_whole_with_a_warning():
+    building = make_env({"environmentVariables": {"STAGE": "new"}}, generation=2,
+                        status=dict(READY, phase="Building", observedGeneration=2),
+                        versions={3: snapshot(3, OLD_DEFINITION)})
+    choice = choose_version(building, None, "last-ready")
+    assert isinstance(choice, VersionChoice) and (choice.version, choice.image) == (3, IMAGES[3])
+    assert choice.spec.environment_variables == {"STAGE": "old"}
+    assert "this pod gets version 3 (pending image policy last-ready)" in choice.warnings[0]
+    nothing_yet = choose_version(make_env(status=BUILDING), None, "last-ready")
+    assert isinstance(nothing_yet, VersionChoice) and nothing_yet.image is None  # gated: no version to give
+
+
+def test_failed_latest_build_is_refused_with_the_reason_and_the_pin():
+    conditions = [{"type": "Built", "status": "False", "message": "pip: No matching distribution for nope\nmore"}]
+    failed = make_env(generation=4, status=dict(READY, phase="Failed", observedGeneration=4, conditions=conditions))
+    refused = choose_version(failed, None)
+    assert isinstance(refused, InjectionRefusal)
+    assert "failed to build its latest definition: pip: No matching distribution for nope;" in refused.message
+    assert "see `kenv logs torch -n team-a`" in refused.message
+    assert refused.message.endswith('annotate the pod with kenv.dev/version: "3"')
+    pinned = choose_version(failed, "3")
+    assert isinstance(pinned, VersionChoice) and pinned.image == IMAGES[3]
+    first = choose_version(make_env(generation=1, status={"phase": "Failed", "observedGeneration": 1}), None)
+    assert isinstance(first, InjectionRefusal) and "kenv.dev/version" not in first.message
+    # Failed for an older generation: the operator has not looked at this edit yet, so the pod waits.
+    stale = make_env(generation=5, status=dict(READY, phase="Failed", observedGeneration=4))
+    assert choose_version(stale, None).image is None  # type: ignore[union-attr]
+
+
+def test_tag_only_image_is_refused():
+    tagged = choose_version(make_env(status={"phase": "Ready", "image": f"{REPO}:kenv-abc", "version": 1}), None)
     assert isinstance(tagged, InjectionRefusal) and "not pinned by digest" in tagged.message
 
 
@@ -244,10 +308,22 @@ def test_version_annotation_pins_an_older_image_even_while_building():
     assert not mutation.gated
 
 
+def test_pin_restores_the_whole_version_not_only_its_image():
+    env = make_env({"environmentVariables": {"STAGE": "new"}}, versions={1: snapshot(1, OLD_DEFINITION)})
+    result, mutation = mutate(make_pod({"kenv.dev/version": "1"}), env)
+    container = result["spec"]["containers"][0]
+    assert container["image"] == IMAGES[1] and env_of(container)["STAGE"]["value"] == "old"
+    assert env_of(container)["KENV_BOOTSTRAP_SCRIPT"]["value"] == "echo old"
+    assert result["spec"]["volumes"][0]["emptyDir"]["sizeLimit"] == "1Gi"
+    current, _ = mutate(make_pod(), env)
+    assert env_of(current["spec"]["containers"][0])["STAGE"]["value"] == "new"
+    assert "volumes" not in current["spec"] and not mutation.warnings
+
+
 def test_unknown_version_annotation_is_refused():
     message = refusal(make_pod({"kenv.dev/version": "7"}), make_env())
     assert message == ("Environment team-a/torch has no version 7 (known: 1, 2, 3); "
-                       "see kubectl get env torch -n team-a -o yaml")
+                       "see kenv versions torch -n team-a")
 
 
 def test_tag_only_status_image_is_refused():
@@ -257,7 +333,7 @@ def test_tag_only_status_image_is_refused():
 
 # --- no image yet: gate or reject -----------------------------------------------------------------
 
-@pytest.mark.parametrize("phase", ["Pending", "Queued", "Building", "Failed"])
+@pytest.mark.parametrize("phase", ["Pending", "Queued", "Building"])
 def test_gate_policy_admits_gated_pod_with_everything_else(phase):
     env = make_env({"environmentVariables": {"A": "1"}, "docker": {"shmSize": "2Gi"}},
                    status={"phase": phase})
@@ -278,6 +354,7 @@ def test_gate_policy_admits_gated_pod_with_everything_else(phase):
     assert spec["imagePullSecrets"] == [{"name": "regcred"}] and spec["volumes"][0]["name"] == "kenv-dshm"
     annotations = result["metadata"]["annotations"]
     assert annotations["kenv.dev/awaiting-image"] == "true" and annotations["kenv.dev/injected"] == "true"
+    assert annotations["kenv.dev/awaiting-runtime"] == runtime_hash(env.spec)
     assert "kenv.dev/injected-image" not in annotations and "kenv.dev/injected-version" not in annotations
     assert pod_is_awaiting_image(result) and not pod_is_awaiting_image(pod)
 
@@ -298,11 +375,11 @@ def test_custom_gate_name():
 def test_reject_policy_refuses_with_kubectl_wait():
     reject = InjectionSettings(pending_image_policy="reject")
     message = refusal(make_pod(), make_env(status=BUILDING), reject)
-    assert "Environment team-a/torch is still building (phase Building)" in message
+    assert "Environment team-a/torch is still building its latest definition (phase Building)" in message
     assert "kubectl wait --for=condition=Ready env/torch -n team-a" in message
     failed = refusal(make_pod(), make_env(status={"phase": "Failed"}, kind="ClusterEnvironment", name="b",
                                           namespace=None), reject)
-    assert "failed to build" in failed and "kubectl wait --for=condition=Ready cenv/b`" in failed
+    assert "failed to build" in failed and "kenv logs b --cluster" in failed
     assert mutate(make_pod(), make_env(), reject)[0]["spec"]["containers"][0]["image"] == IMAGES[3]
 
 

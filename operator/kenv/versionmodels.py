@@ -1,0 +1,53 @@
+"""The EnvironmentVersion API: one immutable snapshot of everything a pod receives from an Environment.
+
+A version is made by the operator whenever that definition changes (image digest, variables, secret references,
+bootstrap, shm, python path) and is never edited afterwards: the CRD refuses updates of `spec` (CEL
+`self == oldSelf`) and the chart grants users read access only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kenv.models import GROUP, VERSION, EnvironmentSpec, KenvModel
+
+KIND = "EnvironmentVersion"
+PLURAL = "environmentversions"
+VERSIONS = (GROUP, VERSION, PLURAL)
+DIGEST_IMAGE_PATTERN = r"^[^@\s]+@sha256:[0-9a-f]{64}$"
+
+
+class EnvironmentOwner(KenvModel):
+    kind: Literal["Environment", "ClusterEnvironment"] = Field(description="Kind of the versioned environment.")
+    name: str = Field(description="Name of the Environment or ClusterEnvironment.", max_length=253)
+    namespace: str | None = Field(
+        None, description="Namespace of an Environment; absent for a ClusterEnvironment.", max_length=63
+    )
+    uid: str = Field(description="UID of the environment object this version belongs to.", max_length=64)
+
+
+class EnvironmentVersionSpec(KenvModel):
+    environment: EnvironmentOwner = Field(description="The Environment or ClusterEnvironment versioned.")
+    version: int = Field(ge=1, description="Version number: per environment, only grows, never reused.")
+    image: str = Field(pattern=DIGEST_IMAGE_PATTERN, max_length=1024,
+                       description="Digest-pinned image pods of this version run (repo@sha256:...).")
+    digest: str = Field(max_length=80, description="sha256 digest of the image manifest.")
+    hash: str = Field(max_length=80, description="Content hash of the build context the image was built from.")
+    runtime_hash: str | None = Field(
+        None, max_length=80, description="Hash of what pods receive besides the image: variables, secret "
+        "references, bootstrap, shm and python path.")
+    tag: str | None = Field(
+        None, max_length=1024, description="Registry tag (repo:tag) that keeps this version's image from garbage "
+        "collection; removed when the version is pruned.")
+    reason: str = Field(max_length=64, description="Why this version was made: BuildSucceeded, ImageFound, "
+                        "DefinitionChanged, Rebuilt, BaseImageMoved or Migrated.")
+    changes: list[str] = Field(default_factory=list, max_length=50,
+                               description="What changed from the previous version, one line each.")
+    source_generation: int | None = Field(
+        None, description="metadata.generation of the environment this version was made from.")
+    definition: EnvironmentSpec | None = Field(
+        None, description="The environment's spec this version was made from; pods of this version receive its "
+        "variables, secrets, bootstrap and shm. Absent for versions migrated from status.history, whose "
+        "definitions were not recorded.")

@@ -1,0 +1,170 @@
+"""EnvironmentVersion objects and the registry tags that keep their images: record, migrate, prune.
+
+Order matters for a crash at any point: the registry tag first (idempotent), then the object (a deterministic
+name; AlreadyExists is read back), then the caller patches the status. A version object left without a status
+pointing to it (a crash before the status patch) is adopted by the next reconcile if it holds the same image
+and runtime definition, so a restart neither loses nor duplicates a version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kenv import kube, versions
+from kenv.config import OperatorSettings
+from kenv.models import API_VERSION, CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, GROUP, VERSION
+from kenv.refs import EnvironmentRef
+from kenv.registry import Credentials, RegistryClient
+from kenv.versionmodels import KIND, PLURAL
+from kenv.versions import Snapshot
+
+UID_LABEL = "kenv.dev/environment-uid"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What the reconciler knows when an image is Ready for a definition."""
+
+    ref: EnvironmentRef
+    uid: str
+    definition: dict[str, Any]  # the Environment's spec as the API holds it
+    image: str  # repo@sha256:...
+    content_hash: str
+    runtime_hash: str
+    reason: str
+    generation: int | None
+
+
+class VersionStore:
+    def __init__(self, settings: OperatorSettings, registry: RegistryClient) -> None:
+        self.settings = settings
+        self.registry = registry
+
+    def namespace(self, ref: EnvironmentRef) -> str:
+        return ref.namespace or self.settings.build_namespace
+
+    async def snapshots(self, ref: EnvironmentRef, uid: str) -> list[Snapshot]:
+        api = await kube.custom()
+        found = await api.list_namespaced_custom_object(GROUP, VERSION, self.namespace(ref), PLURAL,
+                                                        label_selector=f"{UID_LABEL}={uid}")
+        return sorted((Snapshot.from_object(o) for o in found.get("items") or []), key=lambda s: s.number)
+
+    async def record(self, new: NewVersion, status: dict[str, Any], credentials: Credentials | None) -> Snapshot:
+        """Make the next version (or adopt one a crashed reconcile made), tag its image, prune old ones."""
+        existing = await self.snapshots(new.ref, new.uid)
+        current = status.get("version")
+        orphan = next((s for s in reversed(existing) if current is None or s.number > current), None)
+        if orphan and orphan.image == new.image and orphan.runtime_hash == new.runtime_hash:
+            return orphan
+        previous = next((s for s in existing if s.number == current), existing[-1] if existing else None)
+        number = versions.next_number([s.number for s in existing] + [current]
+                                      + [h.get("version") for h in status.get("history") or []])
+        changes = versions.describe_changes(previous, new.definition, new.image, new.reason)
+        snapshot = await self._create(new.ref, new.uid, number, new.image, new.content_hash, new.runtime_hash,
+                                      new.definition, new.reason, changes, new.generation, credentials)
+        await self.prune(new.ref, [*existing, snapshot], snapshot.number, credentials)
+        return snapshot
+
+    async def migrate(self, ref: EnvironmentRef, uid: str, status: dict[str, Any], definition: dict[str, Any],
+                      runtime: str, content_hash: str, credentials: Credentials | None) -> dict[str, Any]:
+        """Turn a previous release's status.history into version objects with the same numbers and images.
+        Only the current version's definition is known (when its content still matches the spec); older ones
+        are recorded without one. Returns the status patch that finishes the migration."""
+        entries = {int(h["version"]): h for h in status.get("history") or [] if h.get("version") and h.get("image")}
+        current = status.get("version")
+        if current and status.get("image"):
+            entries.setdefault(int(current), {"version": current, "image": status["image"],
+                                              "hash": status.get("hash", "")})
+        known = {s.number for s in await self.snapshots(ref, uid)}
+        matches = status.get("hash") == content_hash
+        for number, entry in sorted(entries.items()):
+            if number in known:
+                continue
+            is_current = number == current and matches
+            await self._create(ref, uid, number, entry["image"], entry.get("hash", ""),
+                               runtime if is_current else None, definition if is_current else None, "Migrated",
+                               ["migrated from status.history"], None, credentials)
+        patch: dict[str, Any] = {"history": None}
+        if matches and current:
+            patch["runtimeHash"] = runtime
+        return patch
+
+    async def _create(self, ref: EnvironmentRef, uid: str, number: int, image: str, content_hash: str,
+                      runtime: str | None, definition: dict[str, Any] | None, reason: str, changes: list[str],
+                      generation: int | None, credentials: Credentials | None) -> Snapshot:
+        repository = image.split("@", 1)[0]
+        tag = f"{repository}:{versions.version_tag(ref, number)}"
+        await self.registry.tag(image, tag.rsplit(":", 1)[1], credentials)
+        body = version_body(ref, uid, number, image, content_hash, runtime, definition, reason, changes,
+                            generation, tag, self.namespace(ref))
+        return Snapshot.from_object(await create_unique(body, uid))
+
+    async def prune(self, ref: EnvironmentRef, snapshots: list[Snapshot], current: int,
+                    credentials: Credentials | None) -> None:
+        doomed = versions.prunable([s.number for s in snapshots], current, self.settings.history_limit,
+                                   await self.used(ref))
+        api = await kube.custom()
+        for snapshot in (s for s in snapshots if s.number in doomed):
+            try:
+                await api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace(ref), PLURAL, snapshot.name)
+            except ApiException as error:
+                if not kube.not_found(error):
+                    raise
+            if snapshot.tag and not await self.registry.untag(snapshot.tag, credentials):
+                log.warning("registry cannot delete tags; %s stays (its image is kept from garbage collection)",
+                            snapshot.tag)
+            log.info("pruned version %d of %s", snapshot.number, ref.display)
+
+    async def used(self, ref: EnvironmentRef) -> set[int]:
+        """Versions that live pods run; a ClusterEnvironment's pods may be in any watched namespace."""
+        label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
+        namespaces: list[str | None] = [ref.namespace] if ref.namespace else list(
+            self.settings.namespace_list) or [None]
+        pods = [p for namespace in namespaces for p in await kube.list_pods(namespace, f"{label}={ref.name}")]
+        return versions.in_use(pods, ref)
+
+
+def version_body(ref: EnvironmentRef, uid: str, number: int, image: str, content_hash: str, runtime: str | None,
+                 definition: dict[str, Any] | None, reason: str, changes: list[str], generation: int | None,
+                 tag: str, namespace: str) -> dict[str, Any]:
+    name_label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
+    labels = {UID_LABEL: uid, "app.kubernetes.io/managed-by": "kenv"}
+    if len(ref.name) <= 63:
+        labels[name_label] = ref.name
+    owner = {"apiVersion": API_VERSION, "kind": ref.kind, "name": ref.name, "uid": uid, "controller": True}
+    environment = {"kind": ref.kind, "name": ref.name, "uid": uid} | ({"namespace": ref.namespace}
+                                                                       if ref.namespace else {})
+    spec = {"environment": environment, "version": number, "image": image, "digest": image.split("@", 1)[1],
+            "hash": content_hash, "reason": reason, "changes": changes, "tag": tag}
+    optional = {"runtimeHash": runtime, "definition": definition, "sourceGeneration": generation}
+    spec |= {k: v for k, v in optional.items() if v is not None}
+    return {"apiVersion": API_VERSION, "kind": KIND,
+            "metadata": {"name": versions.object_name(ref, number), "namespace": namespace, "labels": labels,
+                         "ownerReferences": [owner]},
+            "spec": spec}
+
+
+async def create_unique(body: dict[str, Any], uid: str) -> dict[str, Any]:
+    """Create the version object; if the name is taken by another environment's version (a name clash between
+    an Environment and a ClusterEnvironment in the build namespace), use a suffixed name. An object of the same
+    environment with that name is the same version, made by an earlier attempt: returned as it is."""
+    api = await kube.custom()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    for _ in range(2):
+        try:
+            return dict(await api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body))
+        except ApiException as error:
+            if not kube.conflict(error):
+                raise
+        found = dict(await api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        if found["spec"]["environment"]["uid"] == uid:
+            return found
+        name = f"{name}-{uid[:8]}"
+        body = {**body, "metadata": {**body["metadata"], "name": name}}
+    raise RuntimeError(f"EnvironmentVersion names {body['metadata']['name']} and the one before are taken by "
+                       "other environments' versions")
