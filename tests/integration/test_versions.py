@@ -151,8 +151,10 @@ def test_numbers_are_never_reused_and_pruning_keeps_versions_in_use(kube, cluste
     create_env(kube, namespace, "numbered", {**spec, "environmentVariables": {"STAGE": "a"}})
     image = wait_version(kube, namespace, "numbered", 1)["status"]["image"]
     digest = image.split("@")[1]
+    started = time.monotonic()
     edit(kube, namespace, "numbered", {"environmentVariables": {"STAGE": "b"}})
     wait_version(kube, namespace, "numbered", 2, timeout=60)
+    print(f"\nvariable-only edit to a new version Ready (no build): {time.monotonic() - started:.1f}s")
     edit(kube, namespace, "numbered", {"environmentVariables": {"STAGE": "a"}})  # back to A: a new number
     wait_version(kube, namespace, "numbered", 3, timeout=60)
     versions = env_versions(kube, namespace, "numbered")
