@@ -24,7 +24,7 @@ from kenv.versions import Snapshot
 def indexed(body: kopf.Body) -> dict[str, Any]:
     """What the index keeps per Environment: plain copies, so later watch events don't mutate them."""
     return {"spec": dict(body.spec), "status": dict(body.status), "generation": body.metadata.get("generation"),
-            "rebuild": (body.metadata.annotations or {}).get(REBUILD_ANNOTATION)}
+            "rebuild": (body.metadata.annotations or {}).get(REBUILD_ANNOTATION), "uid": body.metadata.uid}
 
 
 def indexed_version(body: kopf.Body) -> dict[Any, Snapshot]:
@@ -52,7 +52,9 @@ def lookup(kind: str, pod: kopf.Body, index: kopf.Index, versions: kopf.Index) -
     except ValidationError as error:
         raise InjectionRefused(f"{kind} {name} has an invalid spec: {describe_validation_error(error)}") from error
     env_namespace = namespace if kind == "Environment" else None
-    snapshots = {s.number: s for s in versions.get((kind, env_namespace, name), [])}
+    # Only this object's versions: an Environment deleted and made again under the same name may still have
+    # versions the garbage collector has not removed yet.
+    snapshots = {s.number: s for s in versions.get((kind, env_namespace, name), []) if s.uid == entry["uid"]}
     return EnvironmentView(kind=kind, name=name, namespace=env_namespace,  # type: ignore[arg-type]
                            spec=spec, status=entry["status"], generation=entry["generation"],
                            rebuild_token=entry["rebuild"], versions=snapshots)

@@ -156,17 +156,19 @@ def _snapshot_spec(env: EnvironmentView, snapshot: Snapshot, title: str) -> tupl
 
 
 def _known_versions(env: EnvironmentView) -> dict[int, Snapshot]:
-    """Snapshots by number: the EnvironmentVersion objects, plus what the status alone tells (the current
-    version before its object reached the index, and an earlier release's status.history)."""
+    """Snapshots by number: the EnvironmentVersion objects, plus what the status alone tells: an earlier
+    release's status.history (not migrated yet), and the current version while it is current (its definition
+    is the spec's) even before its object reached the index. A status-only current version that is *not*
+    current any more is left out: its definition is unknown here, and the new spec's is not its."""
     status = env.status or {}
     known: dict[int, Snapshot] = {}
     for record in status.get("history") or []:
         number = _int(record.get("version"))
         if number and record.get("image"):
             known[number] = Snapshot(number=number, image=str(record["image"]))
-    current = _int(status.get("version"))
-    if current and status.get("image"):
-        known[current] = Snapshot(number=current, image=str(status["image"]))
+    fresh = _fresh_version(env)
+    if fresh and status.get("image"):
+        known[fresh] = Snapshot(number=fresh, image=str(status["image"]))
     return known | dict(env.versions)
 
 

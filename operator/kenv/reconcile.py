@@ -136,7 +136,8 @@ class Reconciler:
                     {**c, "observedGeneration": generation} for c in current.get("conditions") or []]})
             # Only what pods receive besides the image changed: a new version of the same image, no build.
             return await self._ready(attempt, str(current["digest"]), "DefinitionChanged",
-                                     "variables, secrets, bootstrap or shm changed; same image")
+                                     "variables, secrets, bootstrap or shm changed; same image",
+                                     image=str(current["image"]))
         if not attempt.forced and retrying and current.get("failedGeneration") == generation:
             return Outcome({})  # failed for this generation: wait for an edit or a rebuild token
         return await self._converge(attempt, log)
@@ -258,9 +259,11 @@ class Reconciler:
         return Outcome(patch, [("Warning", "BuildFailed", message.splitlines()[0])])
 
     async def _ready(self, attempt: Attempt, digest: str, reason: str, message: str,
-                     push_credentials: Credentials | None = None) -> Outcome:
+                     push_credentials: Credentials | None = None, image: str | None = None) -> Outcome:
+        """Ready with `digest` pushed under the plan's tag (or `image`, the current one, for a new definition of
+        the same image: the destination repository may have been reconfigured since it was built)."""
         current, plan = attempt.current, attempt.plan
-        image = f"{plan.destination.rsplit(':', 1)[0]}@{digest}"
+        image = image or f"{plan.destination.rsplit(':', 1)[0]}@{digest}"
         rebuilt = attempt.forced and reason == "BuildSucceeded"
         number = current.get("version")
         if versions.needs_new_version(current, image, attempt.runtime_hash, rebuilt):

@@ -121,7 +121,12 @@ class RegistryClient:
         deletion). False when the registry cannot delete tags (e.g. distribution 2.x): the tag stays."""
         name = ImageName.parse(image)
         url = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests/{name.reference}"
-        response = await self._authorized("DELETE", url, {}, name, credentials, "pull,push,delete")
+        try:
+            response = await self._authorized("DELETE", url, {}, name, credentials, "pull,push,delete")
+        except RegistryError as error:
+            if error.reason == "RegistryAuthFailed":
+                return False  # credentials that may push but not delete: the tag stays
+            raise
         return response.status_code in (200, 202, 404)
 
     async def _authorized(self, method: str, url: str, headers: dict[str, str], name: ImageName,

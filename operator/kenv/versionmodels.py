@@ -2,7 +2,7 @@
 
 A version is made by the operator whenever that definition changes (image digest, variables, secret references,
 bootstrap, shm, python path) and is never edited afterwards: the CRD refuses updates of `spec` (CEL
-`self == oldSelf`) and the chart grants users read access only.
+`self == oldSelf`); the operator only creates and deletes them.
 """
 
 from __future__ import annotations

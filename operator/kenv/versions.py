@@ -67,6 +67,7 @@ class Snapshot:
     tag: str | None = None
     created: str | None = None
     name: str = ""
+    uid: str = ""  # of the environment this version belongs to
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Snapshot:
@@ -75,7 +76,8 @@ class Snapshot:
         return cls(number=int(spec["version"]), image=str(spec["image"]), runtime_hash=spec.get("runtimeHash"),
                    definition=spec.get("definition"), content_hash=str(spec.get("hash", "")),
                    reason=str(spec.get("reason", "")), changes=list(spec.get("changes") or []),
-                   tag=spec.get("tag"), created=metadata.get("creationTimestamp"), name=metadata.get("name", ""))
+                   tag=spec.get("tag"), created=metadata.get("creationTimestamp"), name=metadata.get("name", ""),
+                   uid=str((spec.get("environment") or {}).get("uid", "")))
 
 
 def needs_new_version(status: Mapping[str, Any], image: str, runtime: str, rebuilt: bool) -> bool:
@@ -105,8 +107,9 @@ def object_name(ref: EnvironmentRef, number: int) -> str:
 
 
 def version_tag(ref: EnvironmentRef, number: int) -> str:
-    """The registry tag that keeps a version's image alive: `<namespace>.<name>-v<N>` (`cluster.<name>-v<N>`)."""
-    prefix = f"{ref.namespace}.{ref.name}" if ref.namespace else f"cluster.{ref.name}"
+    """The registry tag that keeps a version's image alive: `<namespace>.<name>-v<N>`, or `_cluster.<name>-v<N>`
+    for a ClusterEnvironment (no namespace has a `_`, so an Environment in a namespace `cluster` cannot clash)."""
+    prefix = f"{ref.namespace}.{ref.name}" if ref.namespace else f"_cluster.{ref.name}"
     suffix = f"-v{number}"
     if len(prefix) + len(suffix) > TAG_LIMIT:
         prefix = f"env-{_short_hash(prefix)}"

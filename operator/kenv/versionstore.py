@@ -8,6 +8,7 @@ and runtime definition, so a restart neither loses nor duplicates a version.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from kenv import kube, versions
 from kenv.config import OperatorSettings
 from kenv.models import API_VERSION, CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, GROUP, VERSION
 from kenv.refs import EnvironmentRef
-from kenv.registry import Credentials, RegistryClient
+from kenv.registry import Credentials, RegistryClient, RegistryError
 from kenv.versionmodels import KIND, PLURAL
 from kenv.versions import Snapshot
 
@@ -40,10 +41,17 @@ class NewVersion:
     generation: int | None
 
 
+class VersionTaken(Exception):
+    """The version's name is taken by another object of the same environment with a different content."""
+
+
 class VersionStore:
     def __init__(self, settings: OperatorSettings, registry: RegistryClient) -> None:
         self.settings = settings
         self.registry = registry
+        # kopf may run an Environment's change handler and its timer at once: one recording at a time per
+        # environment, so the second sees the first's object and adopts it instead of racing for the number.
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def namespace(self, ref: EnvironmentRef) -> str:
         return ref.namespace or self.settings.build_namespace
@@ -55,26 +63,35 @@ class VersionStore:
         return sorted((Snapshot.from_object(o) for o in found.get("items") or []), key=lambda s: s.number)
 
     async def record(self, new: NewVersion, status: dict[str, Any], credentials: Credentials | None) -> Snapshot:
-        """Make the next version (or adopt one a crashed reconcile made), tag its image, prune old ones."""
-        existing = await self.snapshots(new.ref, new.uid)
-        current = status.get("version")
-        orphan = next((s for s in reversed(existing) if current is None or s.number > current), None)
-        if orphan and orphan.image == new.image and orphan.runtime_hash == new.runtime_hash:
-            return orphan
-        previous = next((s for s in existing if s.number == current), existing[-1] if existing else None)
-        number = versions.next_number([s.number for s in existing] + [current]
-                                      + [h.get("version") for h in status.get("history") or []])
-        changes = versions.describe_changes(previous, new.definition, new.image, new.reason)
-        snapshot = await self._create(new.ref, new.uid, number, new.image, new.content_hash, new.runtime_hash,
-                                      new.definition, new.reason, changes, new.generation, credentials)
-        await self.prune(new.ref, [*existing, snapshot], snapshot.number, credentials)
-        return snapshot
+        """Make the next version (or adopt one a crashed or concurrent reconcile made), tag its image, prune."""
+        async with self._locks.setdefault(new.uid, asyncio.Lock()):
+            current = status.get("version")
+            for _ in range(3):
+                existing = await self.snapshots(new.ref, new.uid)
+                orphan = next((s for s in reversed(existing) if current is None or s.number > current), None)
+                if orphan and orphan.image == new.image and orphan.runtime_hash == new.runtime_hash:
+                    return orphan
+                previous = next((s for s in existing if s.number == current), existing[-1] if existing else None)
+                number = versions.next_number([s.number for s in existing] + [current]
+                                              + [h.get("version") for h in status.get("history") or []])
+                changes = versions.describe_changes(previous, new.definition, new.image, new.reason)
+                try:
+                    snapshot = await self._create(new.ref, new.uid, number, new.image, new.content_hash,
+                                                  new.runtime_hash, new.definition, new.reason, changes,
+                                                  new.generation, credentials)
+                except VersionTaken:
+                    continue  # another process made this number meanwhile: count again
+                keep = {current} if current else set()
+                await self.prune(new.ref, [*existing, snapshot], snapshot.number, credentials, keep)
+                return snapshot
+            raise RuntimeError(f"could not record a new version of {new.ref.display}: its numbers kept being taken")
 
     async def migrate(self, ref: EnvironmentRef, uid: str, status: dict[str, Any], definition: dict[str, Any],
                       runtime: str, content_hash: str, credentials: Credentials | None) -> dict[str, Any]:
         """Turn a previous release's status.history into version objects with the same numbers and images.
         Only the current version's definition is known (when its content still matches the spec); older ones
-        are recorded without one. Returns the status patch that finishes the migration."""
+        are recorded without one. An image the registry no longer has (or refuses to tag) is recorded without a
+        tag rather than blocking the Environment. Returns the status patch that finishes the migration."""
         entries = {int(h["version"]): h for h in status.get("history") or [] if h.get("version") and h.get("image")}
         current = status.get("version")
         if current and status.get("image"):
@@ -88,7 +105,7 @@ class VersionStore:
             is_current = number == current and matches
             await self._create(ref, uid, number, entry["image"], entry.get("hash", ""),
                                runtime if is_current else None, definition if is_current else None, "Migrated",
-                               ["migrated from status.history"], None, credentials)
+                               ["migrated from status.history"], None, credentials, tag_required=False)
         patch: dict[str, Any] = {"history": None}
         if matches and current:
             patch["runtimeHash"] = runtime
@@ -96,28 +113,37 @@ class VersionStore:
 
     async def _create(self, ref: EnvironmentRef, uid: str, number: int, image: str, content_hash: str,
                       runtime: str | None, definition: dict[str, Any] | None, reason: str, changes: list[str],
-                      generation: int | None, credentials: Credentials | None) -> Snapshot:
+                      generation: int | None, credentials: Credentials | None,
+                      tag_required: bool = True) -> Snapshot:
         repository = image.split("@", 1)[0]
-        tag = f"{repository}:{versions.version_tag(ref, number)}"
-        await self.registry.tag(image, tag.rsplit(":", 1)[1], credentials)
+        tag: str | None = f"{repository}:{versions.version_tag(ref, number)}"
+        try:
+            await self.registry.tag(image, str(tag).rsplit(":", 1)[1], credentials)
+        except RegistryError as error:
+            if tag_required:
+                raise
+            log.warning("version %d of %s recorded without a registry tag: %s", number, ref.display, error)
+            tag = None
         body = version_body(ref, uid, number, image, content_hash, runtime, definition, reason, changes,
                             generation, tag, self.namespace(ref))
         return Snapshot.from_object(await create_unique(body, uid))
 
     async def prune(self, ref: EnvironmentRef, snapshots: list[Snapshot], current: int,
-                    credentials: Credentials | None) -> None:
+                    credentials: Credentials | None, keep: set[int] | None = None) -> None:
+        """Delete what retention lets go: the tag first, then the object, so a crash in between leaves an
+        object that the next pruning finishes, never a tag nothing points to."""
         doomed = versions.prunable([s.number for s in snapshots], current, self.settings.history_limit,
-                                   await self.used(ref))
+                                   await self.used(ref) | (keep or set()))
         api = await kube.custom()
         for snapshot in (s for s in snapshots if s.number in doomed):
+            if snapshot.tag and not await self.registry.untag(snapshot.tag, credentials):
+                log.warning("registry cannot delete tags; %s stays (its image is kept from garbage collection)",
+                            snapshot.tag)
             try:
                 await api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace(ref), PLURAL, snapshot.name)
             except ApiException as error:
                 if not kube.not_found(error):
                     raise
-            if snapshot.tag and not await self.registry.untag(snapshot.tag, credentials):
-                log.warning("registry cannot delete tags; %s stays (its image is kept from garbage collection)",
-                            snapshot.tag)
             log.info("pruned version %d of %s", snapshot.number, ref.display)
 
     async def used(self, ref: EnvironmentRef) -> set[int]:
@@ -131,7 +157,7 @@ class VersionStore:
 
 def version_body(ref: EnvironmentRef, uid: str, number: int, image: str, content_hash: str, runtime: str | None,
                  definition: dict[str, Any] | None, reason: str, changes: list[str], generation: int | None,
-                 tag: str, namespace: str) -> dict[str, Any]:
+                 tag: str | None, namespace: str) -> dict[str, Any]:
     name_label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
     labels = {UID_LABEL: uid, "app.kubernetes.io/managed-by": "kenv"}
     if len(ref.name) <= 63:
@@ -140,8 +166,8 @@ def version_body(ref: EnvironmentRef, uid: str, number: int, image: str, content
     environment = {"kind": ref.kind, "name": ref.name, "uid": uid} | ({"namespace": ref.namespace}
                                                                        if ref.namespace else {})
     spec = {"environment": environment, "version": number, "image": image, "digest": image.split("@", 1)[1],
-            "hash": content_hash, "reason": reason, "changes": changes, "tag": tag}
-    optional = {"runtimeHash": runtime, "definition": definition, "sourceGeneration": generation}
+            "hash": content_hash, "reason": reason, "changes": changes}
+    optional = {"runtimeHash": runtime, "definition": definition, "sourceGeneration": generation, "tag": tag}
     spec |= {k: v for k, v in optional.items() if v is not None}
     return {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": versions.object_name(ref, number), "namespace": namespace, "labels": labels,
@@ -151,8 +177,10 @@ def version_body(ref: EnvironmentRef, uid: str, number: int, image: str, content
 
 async def create_unique(body: dict[str, Any], uid: str) -> dict[str, Any]:
     """Create the version object; if the name is taken by another environment's version (a name clash between
-    an Environment and a ClusterEnvironment in the build namespace), use a suffixed name. An object of the same
-    environment with that name is the same version, made by an earlier attempt: returned as it is."""
+    an Environment and a ClusterEnvironment in the build namespace, or an Environment deleted and made again
+    before the garbage collector removed its versions), use a suffixed name. An object of the same environment
+    with that name and the same image and runtime definition is this version, made by an earlier attempt:
+    returned as it is; with other contents, VersionTaken."""
     api = await kube.custom()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     for _ in range(2):
@@ -163,7 +191,10 @@ async def create_unique(body: dict[str, Any], uid: str) -> dict[str, Any]:
                 raise
         found = dict(await api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
         if found["spec"]["environment"]["uid"] == uid:
-            return found
+            same = all(found["spec"].get(k) == body["spec"].get(k) for k in ("image", "runtimeHash"))
+            if same:
+                return found
+            raise VersionTaken(name)
         name = f"{name}-{uid[:8]}"
         body = {**body, "metadata": {**body["metadata"], "name": name}}
     raise RuntimeError(f"EnvironmentVersion names {body['metadata']['name']} and the one before are taken by "

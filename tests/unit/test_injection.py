@@ -686,3 +686,30 @@ def test_ungate_patch_fails_on_a_changed_pod():
     changed["spec"]["schedulingGates"] = [{"name": "someone.else/gate"}]
     with pytest.raises(AssertionError, match="test failed"):
         apply_patch(changed, patch)
+
+
+def test_a_status_only_version_is_never_paired_with_a_newer_spec():
+    # Version 3 is in the status but its object has not reached the index, and the spec moved on: its
+    # definition is unknown, so neither last-ready nor a pin may give its image with the new variables.
+    status = {"phase": "Building", "image": IMAGES[3], "version": 3, "observedGeneration": 2}
+    env = make_env({"environmentVariables": {"STAGE": "new"}}, status=status, generation=2)
+    assert choose_version(env, None, "last-ready").image is None  # type: ignore[union-attr]
+    assert isinstance(choose_version(env, "3"), InjectionRefusal)
+    with_object = make_env({"environmentVariables": {"STAGE": "new"}}, status=status, generation=2,
+                           versions={3: snapshot(3, OLD_DEFINITION)})
+    pinned = choose_version(with_object, "3")
+    assert isinstance(pinned, VersionChoice) and pinned.spec.environment_variables == {"STAGE": "old"}
+
+
+def test_the_webhook_uses_only_versions_of_the_same_environment_object():
+    import kopf
+
+    from kenv.admission import lookup
+
+    pod = kopf.Body({"metadata": {"namespace": "team-a", "labels": {"kenv.dev/environment": "torch"}}})
+    entry = {"spec": {}, "status": READY, "generation": None, "rebuild": None, "uid": "new-uid"}
+    stale = Snapshot(number=1, image=IMAGES[2], definition=OLD_DEFINITION, uid="old-uid")
+    mine = Snapshot(number=2, image=IMAGES[2], definition=OLD_DEFINITION, uid="new-uid")
+    view = lookup("Environment", pod, {("team-a", "torch"): [entry]},  # type: ignore[arg-type]
+                  {("Environment", "team-a", "torch"): [stale, mine]})  # type: ignore[arg-type]
+    assert list(view.versions) == [2]

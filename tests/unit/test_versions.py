@@ -69,10 +69,12 @@ def test_numbers_only_grow():
 
 def test_names_and_tags_are_valid_and_distinct():
     assert object_name(ENV, 3) == "torch-v3" and object_name(CLUSTER, 3) == "cenv.torch-v3"
-    assert version_tag(ENV, 3) == "team-a.torch-v3" and version_tag(CLUSTER, 3) == "cluster.torch-v3"
+    assert version_tag(ENV, 3) == "team-a.torch-v3" and version_tag(CLUSTER, 3) == "_cluster.torch-v3"
     long = EnvironmentRef("Environment", "n" * 63, "e" * 253)
     assert len(object_name(long, 12345)) <= 253 and object_name(long, 1) != object_name(long, 2)
     assert TAG.match(version_tag(long, 12345)) and version_tag(long, 1) != version_tag(long, 2)
+    assert TAG.match(version_tag(CLUSTER, 1))
+    assert version_tag(EnvironmentRef("Environment", "cluster", "torch"), 1) != version_tag(CLUSTER, 1)
     other = EnvironmentRef("Environment", "n" * 63, "e" * 252 + "f")
     assert version_tag(long, 1) != version_tag(other, 1)
 
