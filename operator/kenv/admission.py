@@ -17,14 +17,14 @@ from kenv.config import get_settings
 from kenv.errors import describe_validation_error
 from kenv.injection import EnvironmentView, InjectionRefused, InjectionSettings, build_pod_mutation
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, EnvironmentSpec
-from kenv.reconcile import REBUILD_ANNOTATION
+from kenv.reconcile import rebuild_token
 from kenv.versions import Snapshot
 
 
 def indexed(body: kopf.Body) -> dict[str, Any]:
     """What the index keeps per Environment: plain copies, so later watch events don't mutate them."""
     return {"spec": dict(body.spec), "status": dict(body.status), "generation": body.metadata.get("generation"),
-            "rebuild": (body.metadata.annotations or {}).get(REBUILD_ANNOTATION), "uid": body.metadata.uid}
+            "rebuild": rebuild_token(body.metadata), "uid": body.metadata.uid}
 
 
 def indexed_version(body: kopf.Body) -> dict[Any, Snapshot]:

@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +30,11 @@ from kenv.versionstore import NewVersion, VersionStore
 
 REBUILD_ANNOTATION = "kenv.dev/rebuild"
 BASE_TOKEN_PREFIX = "base-"  # rebuild tokens set by base image tracking
+
+
+def rebuild_token(metadata: Mapping[str, Any]) -> str | None:
+    """The kenv.dev/rebuild annotation of an Environment's metadata (a dict or kopf's Meta)."""
+    return (metadata.get("annotations") or {}).get(REBUILD_ANNOTATION)
 MAX_TRANSIENT_RETRIES = 3
 
 
@@ -96,8 +102,8 @@ class Reconciler:
         except SpecError as error:
             return self._invalid(current, str(error), generation)
 
-        token = (body["metadata"].get("annotations") or {}).get(REBUILD_ANNOTATION)
-        forced = bool(token) and token != current.get("rebuildToken")
+        token = rebuild_token(body["metadata"])
+        forced = status.rebuild_pending(current, token)
         retrying = current.get("failedGeneration") is not None and current.get("desiredHash") == context.hash
         transient = current.get("transientRetries") or 0
         attempt_key = "|".join(filter(None, [f"rebuild:{token}" if forced else "",

@@ -14,9 +14,10 @@ from kenv import gating, kube, metrics, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
 from kenv.models import GROUP, Phase
-from kenv.reconcile import REBUILD_ANNOTATION, Outcome, Reconciler
+from kenv.reconcile import Outcome, Reconciler, rebuild_token
 from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryClient
+from kenv.status import rebuild_pending
 
 PREFIX = GROUP  # our own annotation prefix and finalizer, not kopf.zalando.org
 _reconciler: Reconciler | None = None
@@ -64,8 +65,7 @@ def environment_ref(kind: str, body: kopf.Body) -> EnvironmentRef:
 def unsettled(body: kopf.Body, **_: Any) -> bool:
     """Timer filter: only Environments that still have something to wait for get polled."""
     status = body.get("status") or {}
-    token = (body.metadata.annotations or {}).get(REBUILD_ANNOTATION)
-    if token and token != status.get("rebuildToken"):
+    if rebuild_pending(status, rebuild_token(body.metadata)):
         return True
     if status.get("phase") == Phase.FAILED:
         return status.get("failedGeneration") != body.metadata.get("generation")
@@ -84,8 +84,8 @@ async def reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, logger: loggi
     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
     apply(body, patch, outcome)
     merged = {**dict(body.get("status") or {}), **outcome.status}
-    token = (body.metadata.annotations or {}).get(REBUILD_ANNOTATION)
-    await gating.follow_up(ref, merged, get_settings(), body.metadata.get("generation"), token)
+    await gating.follow_up(ref, merged, get_settings(), body.metadata.get("generation"),
+                           rebuild_token(body.metadata))
 
 
 def apply(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:

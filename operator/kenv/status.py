@@ -82,6 +82,11 @@ def failed(status: dict[str, Any], reason: str, message: str, generation: int | 
     return patch
 
 
+def rebuild_pending(status: dict[str, Any], rebuild_token: str | None) -> bool:
+    """Whether the kenv.dev/rebuild annotation asks for a build the status has not acted upon yet."""
+    return bool(rebuild_token) and rebuild_token != status.get("rebuildToken")
+
+
 def is_current(status: dict[str, Any], generation: int | None, rebuild_token: str | None) -> bool:
     """Whether the current version is what the spec asks for now: Ready for this generation, with no rebuild
     asked for since. Pods without a pin get the current version only then; otherwise they wait for the next."""
@@ -89,4 +94,4 @@ def is_current(status: dict[str, Any], generation: int | None, rebuild_token: st
         return False
     if status.get("observedGeneration") != generation:
         return False
-    return not rebuild_token or rebuild_token == status.get("rebuildToken")
+    return not rebuild_pending(status, rebuild_token)
