@@ -14,7 +14,7 @@ from kenv.config import OperatorSettings
 from kenv.injection import AWAITING_RUNTIME, InjectionRefused, build_ungate_patch, pod_is_awaiting_image
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, Phase
 from kenv.refs import EnvironmentRef
-from kenv.status import is_current
+from kenv.status import BUILT, condition, is_current
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
                   f"variables, secrets, bootstrap or shm are not those of version {status.get('version')}, so "
                   "it stays gated rather than mix two versions; delete it and create it again")
         else:
-            reason = next((c.get("message", "") for c in status.get("conditions") or []
-                           if c.get("type") == "Built"), "the build failed")
+            reason = (condition(status, BUILT) or {"message": "the build failed"}).get("message", "")
             _warn(meta, "EnvironmentBuildFailed", f"{ref.kind} {ref.display} failed to build; the pod stays "
                   f"gated (never given an older image): {reason}")
 

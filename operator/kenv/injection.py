@@ -206,7 +206,7 @@ def choose_version(env: EnvironmentView, requested: str | None,
         return choice
     phase = status.get("phase") or "Pending"
     if phase == "Failed" and status.get("observedGeneration") == env.generation:
-        built: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Built"), {})
+        built = env_status.condition(status, env_status.BUILT) or {}
         reason = (str(built.get("message") or "the build failed").splitlines() or ["the build failed"])[0]
         reason = reason.removesuffix(":").removesuffix("; last log lines")[:300]
         where = f"-n {env.namespace}" if env.namespace else "--cluster"
