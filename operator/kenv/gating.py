@@ -12,7 +12,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kenv import kube
 from kenv.config import OperatorSettings
 from kenv.injection import AWAITING_RUNTIME, InjectionRefused, build_ungate_patch, pod_is_awaiting_image
-from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, Phase
+from kenv.models import Phase
 from kenv.refs import EnvironmentRef
 from kenv.status import BUILT, condition, is_current
 
@@ -55,11 +55,7 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
     _unchecked.discard(key_of(ref))
     if phase == Phase.READY:
         _awaiting.discard(key_of(ref))  # re-added by the webhook if it gates another pod meanwhile
-    label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
-    # A ClusterEnvironment's pods may be anywhere; with namespaced RBAC we may only list the watched ones.
-    namespaces: list[str | None] = [ref.namespace] if ref.namespace else list(settings.namespace_list) or [None]
-    pods = [p for namespace in namespaces for p in await kube.list_pods(namespace, f"{label}={ref.name}")
-            if pod_is_awaiting_image(p)]
+    pods = [p for p in await kube.environment_pods(ref, settings.namespace_list) if pod_is_awaiting_image(p)]
     for pod in pods:
         meta = pod["metadata"]
         awaited = (meta.get("annotations") or {}).get(AWAITING_RUNTIME)

@@ -9,6 +9,8 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kenv.refs import EnvironmentRef
+
 _api: client.ApiClient | None = None
 
 
@@ -163,6 +165,12 @@ async def list_pods(namespace: str | None, selector: str) -> list[dict[str, Any]
     else:
         pods = await api.list_pod_for_all_namespaces(label_selector=selector)
     return [plain(p) for p in pods.items]
+
+
+async def environment_pods(ref: EnvironmentRef, watched: list[str]) -> list[dict[str, Any]]:
+    """Every pod labelled for this environment, wherever the operator may list them (see ref.pod_namespaces)."""
+    selector = f"{ref.pod_label}={ref.name}"
+    return [p for namespace in ref.pod_namespaces(watched) for p in await list_pods(namespace, selector)]
 
 
 async def json_patch_pod(namespace: str, name: str, patch: list[dict[str, Any]]) -> None:

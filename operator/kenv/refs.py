@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL
+
 
 @dataclass(frozen=True)
 class EnvironmentRef:
@@ -14,6 +16,16 @@ class EnvironmentRef:
     @property
     def plural(self) -> str:
         return "environments" if self.kind == "Environment" else "clusterenvironments"
+
+    @property
+    def pod_label(self) -> str:
+        """The label pods opt in with (kenv.dev/environment or kenv.dev/cluster-environment)."""
+        return ENVIRONMENT_LABEL if self.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
+
+    def pod_namespaces(self, watched: list[str]) -> list[str | None]:
+        """Where this environment's pods may be: its own namespace; a ClusterEnvironment's anywhere, which with
+        namespaced RBAC means the watched namespaces only (None: all)."""
+        return [self.namespace] if self.namespace else list(watched) or [None]
 
     @property
     def display(self) -> str:

@@ -17,7 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import kube, versions
 from kenv.config import OperatorSettings
-from kenv.models import API_VERSION, CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, GROUP, VERSION
+from kenv.models import API_VERSION, GROUP, VERSION
 from kenv.refs import EnvironmentRef
 from kenv.registry import Credentials, RegistryClient, RegistryError
 from kenv.versionmodels import KIND, PLURAL
@@ -148,20 +148,15 @@ class VersionStore:
 
     async def used(self, ref: EnvironmentRef) -> set[int]:
         """Versions that live pods run; a ClusterEnvironment's pods may be in any watched namespace."""
-        label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
-        namespaces: list[str | None] = [ref.namespace] if ref.namespace else list(
-            self.settings.namespace_list) or [None]
-        pods = [p for namespace in namespaces for p in await kube.list_pods(namespace, f"{label}={ref.name}")]
-        return versions.in_use(pods, ref)
+        return versions.in_use(await kube.environment_pods(ref, self.settings.namespace_list), ref)
 
 
 def version_body(ref: EnvironmentRef, uid: str, number: int, image: str, content_hash: str, runtime: str | None,
                  definition: dict[str, Any] | None, reason: str, changes: list[str], generation: int | None,
                  tag: str | None, namespace: str) -> dict[str, Any]:
-    name_label = ENVIRONMENT_LABEL if ref.kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
     labels = {UID_LABEL: uid, "app.kubernetes.io/managed-by": "kenv"}
     if len(ref.name) <= 63:
-        labels[name_label] = ref.name
+        labels[ref.pod_label] = ref.name
     owner = {"apiVersion": API_VERSION, "kind": ref.kind, "name": ref.name, "uid": uid, "controller": True}
     environment = {"kind": ref.kind, "name": ref.name, "uid": uid} | ({"namespace": ref.namespace}
                                                                        if ref.namespace else {})

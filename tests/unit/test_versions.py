@@ -130,3 +130,9 @@ def test_version_crd_is_immutable_and_embeds_the_environment_schema():
     assert EnvironmentVersionSpec.model_validate({
         "environment": {"kind": "Environment", "name": "e", "namespace": "n", "uid": "u"}, "version": 1,
         "image": IMAGE, "digest": "sha256:" + "a" * 64, "hash": "h", "reason": "ImageFound"}).version == 1
+
+
+def test_pods_of_an_environment_are_found_by_its_label_and_namespaces():
+    assert (ENV.pod_label, ENV.pod_namespaces(["x"])) == ("kenv.dev/environment", ["team-a"])
+    assert (CLUSTER.pod_label, CLUSTER.pod_namespaces(["x", "y"])) == ("kenv.dev/cluster-environment", ["x", "y"])
+    assert CLUSTER.pod_namespaces([]) == [None]  # watching every namespace: list them all
