@@ -130,9 +130,9 @@ class Reconciler:
         current = attempt.current
         if not current.get("history") and not (current.get("version") and not current.get("runtimeHash")):
             return {}
-        credentials = credentials_for(builds.registry_of(attempt.plan.destination), await self._push_config())
         return await self.versions.migrate(attempt.ref, attempt.uid, current, attempt.definition,
-                                           attempt.runtime_hash, attempt.context.hash, credentials)
+                                           attempt.runtime_hash, attempt.context.hash,
+                                           await self._push_credentials(attempt.plan))
 
     async def _decide(self, attempt: Attempt, retrying: bool, log: logging.Logger) -> Outcome:
         current, generation = attempt.current, attempt.generation
@@ -181,6 +181,10 @@ class Reconciler:
             raise RegistryError("RegistryAuthFailed", f"push Secret {self.settings.build_namespace}/"
                                 f"{self.settings.push_secret} is missing or not kubernetes.io/dockerconfigjson")
         return config
+
+    async def _push_credentials(self, plan: builds.BuildPlan) -> Credentials | None:
+        """Credentials for the destination registry (tagging versions), from the push Secret if any."""
+        return credentials_for(builds.registry_of(plan.destination), await self._push_config())
 
     async def _converge(self, attempt: Attempt, log: logging.Logger) -> Outcome:
         plan, current, generation = attempt.plan, attempt.current, attempt.generation
@@ -276,7 +280,7 @@ class Reconciler:
             if rebuilt:
                 reason = "BaseImageMoved" if str(attempt.token).startswith(BASE_TOKEN_PREFIX) else "Rebuilt"
             if push_credentials is None:
-                push_credentials = credentials_for(builds.registry_of(plan.destination), await self._push_config())
+                push_credentials = await self._push_credentials(plan)
             snapshot = await self.versions.record(NewVersion(
                 ref=attempt.ref, uid=attempt.uid, definition=attempt.definition, image=image,
                 content_hash=plan.hash, runtime_hash=attempt.runtime_hash, reason=reason,
