@@ -9,6 +9,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kenv.models import GROUP, VERSION
 from kenv.refs import EnvironmentRef
 
 _api: client.ApiClient | None = None
@@ -176,6 +177,16 @@ async def environment_pods(ref: EnvironmentRef, watched: list[str]) -> list[dict
 async def json_patch_pod(namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
     """A list body makes the client send application/json-patch+json."""
     await (await core()).patch_namespaced_pod(name, namespace, patch)
+
+
+async def read_environment(name: str, namespace: str | None, cluster: bool) -> dict[str, Any]:
+    """An Environment (in `namespace`, else the kubeconfig's) or, with `cluster`, a ClusterEnvironment."""
+    await api_client()
+    api = await custom()
+    if cluster:
+        return dict(await api.get_cluster_custom_object(GROUP, VERSION, "clusterenvironments", name))
+    return dict(await api.get_namespaced_custom_object(GROUP, VERSION, namespace or current_namespace(),
+                                                      "environments", name))
 
 
 def current_namespace() -> str:

@@ -8,18 +8,11 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import jobstate, kube
-from kenv.models import GROUP, VERSION
 
 
 async def show_logs(name: str, namespace: str | None, cluster: bool, follow: bool) -> int:
     try:
-        await kube.api_client()
-        api = await kube.custom()
-        if cluster:
-            body = await api.get_cluster_custom_object(GROUP, VERSION, "clusterenvironments", name)
-        else:
-            namespace = namespace or kube.current_namespace()
-            body = await api.get_namespaced_custom_object(GROUP, VERSION, namespace, "environments", name)
+        body = await kube.read_environment(name, namespace, cluster)
         job = (body.get("status") or {}).get("buildJob")
         if not job:
             print(f"kenv: {name} has no build yet (phase {(body.get('status') or {}).get('phase')})",

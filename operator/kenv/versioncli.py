@@ -17,17 +17,14 @@ from kenv.versionstore import UID_LABEL
 async def load(name: str, namespace: str | None, cluster: bool) -> tuple[dict[str, Any], list[Snapshot]]:
     """The environment and its versions, oldest first (a ClusterEnvironment's are in the operator's build
     namespace, found by the environment's UID label)."""
-    await kube.api_client()
+    body = await kube.read_environment(name, namespace, cluster)
     api = await kube.custom()
+    selector = f"{UID_LABEL}={body['metadata']['uid']}"
     if cluster:
-        body = await api.get_cluster_custom_object(GROUP, VERSION, "clusterenvironments", name)
-        found = await api.list_cluster_custom_object(GROUP, VERSION, PLURAL,
-                                                     label_selector=f"{UID_LABEL}={body['metadata']['uid']}")
+        found = await api.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=selector)
     else:
-        namespace = namespace or kube.current_namespace()
-        body = await api.get_namespaced_custom_object(GROUP, VERSION, namespace, "environments", name)
-        found = await api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                        label_selector=f"{UID_LABEL}={body['metadata']['uid']}")
+        found = await api.list_namespaced_custom_object(GROUP, VERSION, body["metadata"]["namespace"], PLURAL,
+                                                        label_selector=selector)
     snapshots = sorted((Snapshot.from_object(o) for o in found.get("items") or []), key=lambda s: s.number)
     return body, snapshots
 
