@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
@@ -122,7 +123,7 @@ def build_namespace(kube: Any) -> str:
 
 
 # The session operator's settings: quick polling so tests do not wait on production intervals.
-OPERATOR_SETTINGS = {"poll_seconds": "1", "base_image_check_seconds": "2"}
+OPERATOR_SETTINGS = {"poll_seconds": "1", "base_image_check_seconds": "2", "reference_check_seconds": "2"}
 
 
 @pytest.fixture(scope="session")
@@ -231,3 +232,16 @@ def session_operator_paused(cluster: Any) -> Iterator[None]:
     finally:
         if running:
             session.scale(1)
+
+
+def run_kenv(cluster: Any, *args: str) -> subprocess.CompletedProcess:
+    """The `kenv` command line against the test cluster."""
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin", "NO_PROXY": "*"}
+    return subprocess.run([sys.executable, "-m", "kenv.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def kenv_cli(cluster: Any, *args: str) -> str:
+    done = run_kenv(cluster, *args)
+    assert done.returncode == 0, done.stderr
+    return str(done.stdout)

@@ -4,13 +4,16 @@ Inputs: an SDK v1 folder (`Environment.save_to_directory`: azureml_environment.j
 BaseDockerfile), a CLI/SDK v2 environment YAML (image / conda_file / build), or a bare conda env.yml or
 requirements.txt (`from_conda_specification` / `from_pip_requirements`). Everything is pure except the
 reads and writes at the edge. Whatever cannot be carried over is returned as a warning, never dropped
-silently, and a registry password only ever lands in a separate Secret manifest.
+silently. A registry password is left out by default (the output is what people save and commit): the
+Environment names a Secret and a warning gives the `kubectl create secret` command, with a placeholder for the
+password. Only when asked (include_secret) is the password emitted, in a separate Secret manifest.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from kenv.azureml_common import (
     shm_to_quantity,
 )
 from kenv.errors import SpecError
-from kenv.models import API_VERSION
+from kenv.models import API_VERSION, registry_host
 
 MAX_FILE_BYTES = 1024 * 1024
 PLACEHOLDER_VARS = {"EXAMPLE_ENV_VAR": "EXAMPLE_VALUE"}  # what every SDK v1 Environment() starts with
@@ -120,10 +123,7 @@ def _registry(doc: dict[str, Any], base_image: str | None, label: str) -> dict[s
     fields = {k: _field(doc, f"docker.baseImageRegistry.{k}", str, label) for k in keys}
     if not any(fields.values()):
         return None
-    address = fields["address"]
-    first = (base_image or "").split("/")[0]
-    if not address and "/" in (base_image or "") and ("." in first or ":" in first or first == "localhost"):
-        address = first
+    address = fields["address"] or registry_host(base_image or "")
     if not address:
         raise SpecError(f"{label}: docker.baseImageRegistry.address is required with username/password")
     fields["address"] = re.sub(r"^https?://", "", address).rstrip("/")
@@ -184,6 +184,10 @@ def _import_v1(folder: Path, warnings: list[str]) -> dict[str, Any]:
         if base_image:
             warnings.append(f"{label}: docker.baseImage {base_image!r} ignored: the base Dockerfile wins")
     elif base_image:
+        # Kept as written, even `team/img:1.2` or `/team/img:1.2` relative to docker.baseImageRegistry.address:
+        # kenv's API joins them the way Azure ML does (DockerSection.resolved_base_image), so the build pulls
+        # from the address either way, and the manifest reads like the Azure ML definition and exports back
+        # to the same one.
         section["baseImage"] = base_image
     if docker.get("shmSize") is not None:
         section["shmSize"] = shm_to_quantity(docker["shmSize"], label)
@@ -270,8 +274,19 @@ def _import_file(path: Path, warnings: list[str]) -> dict[str, Any]:
             "annotations": {}, "label": label}
 
 
-def import_azureml(path: str | Path, name: str | None = None) -> tuple[list[dict], list[str]]:
-    """Manifests ([Secret], Environment) for an Azure ML environment, and warnings about what did not map."""
+def secret_command(secret: str, registry: dict[str, str]) -> str:
+    """The kubectl command creating the registry Secret, with a placeholder where the password goes (never the
+    password itself: this text lands in terminals and logs)."""
+    username = shlex.quote(registry["username"]) if "username" in registry else "<username>"
+    return (f"kubectl create secret docker-registry {secret} --docker-server={shlex.quote(registry['address'])} "
+            f"--docker-username={username} --docker-password=<password>")
+
+
+def import_azureml(path: str | Path, name: str | None = None,
+                   include_secret: bool = False) -> tuple[list[dict], list[str]]:
+    """Manifests ([Secret], Environment) for an Azure ML environment, and warnings about what did not map.
+    The Secret holding a registry password is only emitted with include_secret; otherwise a warning gives the
+    command that creates it."""
     source, warnings = Path(path), list[str]()
     if source.is_dir():
         if (source / V1_DEFINITION).is_file():
@@ -301,7 +316,7 @@ def import_azureml(path: str | Path, name: str | None = None) -> tuple[list[dict
         secret = f"{metadata_name}-registry"
         docker = spec.setdefault("docker", {})
         docker["baseImageRegistry"] = {"address": registry["address"], "secretName": secret}
-        if "password" in registry:
+        if "password" in registry and include_secret:
             credentials = {k: registry[k] for k in ("username", "password") if k in registry}
             manifests.append({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
                               "metadata": {"name": secret, "annotations": {NAME_ANNOTATION: azure_name}},
@@ -309,8 +324,10 @@ def import_azureml(path: str | Path, name: str | None = None) -> tuple[list[dict
             warnings.append(f"emitted Secret {secret} holding the password for {registry['address']}: "
                             "keep the output out of version control")
         else:
-            warnings.append(f"docker.baseImageRegistry: no password given; create Secret {secret} with keys "
-                            "username and password (or type kubernetes.io/dockerconfigjson) before applying")
+            why = ("the password is not printed (--include-secret prints it as a Secret manifest)"
+                   if "password" in registry else f"no password in {label}")
+            warnings.append(f"docker.baseImageRegistry: {why}; before applying, create Secret {secret} in the "
+                            f"Environment's namespace: {secret_command(secret, registry)}")
     body = _validate(spec, label).model_dump(by_alias=True, exclude_defaults=True, mode="json")
     manifests.append({"apiVersion": API_VERSION, "kind": "Environment",
                       "metadata": {"name": metadata_name, "annotations": annotations}, "spec": body})

@@ -3,6 +3,12 @@
 Output: a CLI/SDK v2 environment YAML (with conda.yml or a docker-context folder) or an SDK v1 folder
 (`Environment.load_from_directory`). Whatever cannot be carried over is returned as a warning, never dropped
 silently, and registry credentials are never written out.
+
+The output folder: files an earlier export (kenv's, or the SDK's save_to_directory) left under the names kenv
+writes are removed first, because Azure ML reads whatever it finds under them: `load_from_directory` takes a
+stale BaseDockerfile over the exported base image and a stale conda_dependencies.yml as the conda file. Any other
+file is kept, since kenv cannot know it is disposable: it is reported, and the export is refused when it would
+overwrite such a file or build with it (Azure ML uploads docker-context whole). See `_clear_folder`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from kenv.azureml import _looks_v2
 from kenv.azureml_common import (
     NAME_ANNOTATION,
     TAGS_ANNOTATION,
@@ -32,6 +39,13 @@ from kenv.errors import SpecError
 from kenv.models import EnvironmentSpec
 from kenv.render import DEFAULT_BASE_IMAGE, environment_yml, render_context, uses_conda
 
+# Every name kenv's exporter writes, in either format: a v2 export into a former v1 folder must not leave the
+# azureml_environment.json that `kenv import-azureml` and the SDK would read instead of it.
+OWNED_FILES = (V1_DEFINITION, V1_CONDA, V1_DOCKERFILE, V2_FILE, V2_CONDA)
+# What render_context writes into docker-context (never the CA bundle: exports render without externals).
+OWNED_CONTEXT_FILES = ("Dockerfile", "requirements.txt", "environment.yml")
+COMMENT = r"(?:^|\s)#"  # where pip and YAML comments start
+
 
 def _pip_lines(spec: EnvironmentSpec) -> list[str]:
     """spec.pip as items of a conda `pip:` list (comments dropped, continuations joined)."""
@@ -42,7 +56,7 @@ def _pip_lines(spec: EnvironmentSpec) -> list[str]:
     lines += [f"--extra-index-url {url}" for url in pip.extra_index_urls]
     joined = re.sub(r"\\\r?\n", " ", pip.requirements or "")
     for line in joined.splitlines():
-        line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
+        line = re.split(COMMENT, line, maxsplit=1)[0].strip()
         if line:
             lines.append(line)
     return lines + list(pip.packages)
@@ -64,10 +78,16 @@ def _export_conda(spec: EnvironmentSpec, warnings: list[str]) -> str | None:
     entry["pip"] = list(entry["pip"] or []) + pip
     warnings.append("spec.pip: exported into the pip list of the conda file (Azure ML installs pip packages "
                     "inside conda); importing it back gives spec.conda")
+    bodies = {"spec.conda.environmentYaml": spec.conda.environment_yaml if spec.conda else None,
+              "spec.pip.requirements": spec.pip.requirements if spec.pip else None}
+    commented = [field for field, body in bodies.items() if body and re.search(COMMENT, body, re.MULTILINE)]
+    if commented:  # the conda file is parsed and dumped again to add the pip list
+        warnings.append(f"{' and '.join(commented)}: comments are not kept in the exported conda file")
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _unexportable(spec: EnvironmentSpec, fmt: str) -> list[str]:
+def _unexportable(spec: EnvironmentSpec, fmt: str, annotations: dict[str, str]) -> list[str]:
+    """Warnings for every field the format cannot hold (what is only converted is warned where it happens)."""
     out = [f"spec.secretEnv {v.name} (Secret {v.secret_key_ref.name}) cannot be exported"
            for v in spec.secret_env]
     out += [f"spec.secretEnvFrom Secret {v.secret_name} cannot be exported" for v in spec.secret_env_from]
@@ -85,65 +105,122 @@ def _unexportable(spec: EnvironmentSpec, fmt: str) -> list[str]:
             out.append(f"spec.docker.shmSize {spec.docker.shm_size}: set shm_size on the Azure ML v2 job")
         if spec.python.interpreter_path:
             out.append("spec.python.interpreterPath has no Azure ML v2 equivalent and was not exported")
-    elif spec.description:
-        out.append("spec.description has no Azure ML v1 field and was not exported")
+        if spec.docker.base_image_registry and spec.docker.base_image:
+            out.append(f"spec.docker.baseImageRegistry.address: Azure ML v2 environments have no registry field; "
+                       f"exported the image as {spec.docker.resolved_base_image}")
+        elif registry := spec.docker.base_image_registry:
+            out.append(f"spec.docker.baseImageRegistry.address {registry.address} has no Azure ML v2 field and "
+                       "was not exported")
+    else:
+        if spec.description:
+            out.append("spec.description has no Azure ML v1 field and was not exported")
+        if TAGS_ANNOTATION in annotations:
+            out.append(f"metadata.annotations[{TAGS_ANNOTATION}]: Azure ML v1 environments have no tags; "
+                       f"{annotations[TAGS_ANNOTATION]} was not exported")
+        if spec.docker.shm_size is not None and quantity_to_shm(spec.docker.shm_size) is None:
+            out.append(f"spec.docker.shmSize {spec.docker.shm_size} is not a size docker's shm_size can hold "
+                       "and was not exported")
     if registry := spec.docker.base_image_registry:
         out.append(f"spec.docker.baseImageRegistry: credentials (Secret {registry.secret_name}) are not "
                    "exported; configure registry access in Azure ML")
     return out
 
 
-def export_azureml(manifest: dict, out_dir: str | Path, fmt: str = "v2") -> list[str]:
-    """Write an Environment manifest as an Azure ML v2 environment YAML or a v1 folder; return warnings."""
-    if fmt not in ("v1", "v2"):
-        raise SpecError(f"export format must be v1 or v2, got {fmt!r}")
-    if not isinstance(manifest, dict) or manifest.get("kind") not in ("Environment", "ClusterEnvironment"):
-        raise SpecError("manifest: kind must be Environment or ClusterEnvironment")
-    spec = _validate(manifest.get("spec") or {}, "manifest")
-    metadata = manifest.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    name = annotations.get(NAME_ANNOTATION) or metadata.get("name")
-    version = annotations.get(VERSION_ANNOTATION)
-    if not name:
-        raise SpecError("manifest: metadata.name is required")
-    warnings = _unexportable(spec, fmt)
-    conda = _export_conda(spec, warnings)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    image = spec.docker.base_image
-    if not image and not spec.docker.dockerfile:
-        image = DEFAULT_BASE_IMAGE
-        warnings.append(f"no base image in the spec: exported kenv's default {DEFAULT_BASE_IMAGE}")
+def _is_v2_environment(path: Path) -> bool:
+    try:
+        return path.is_file() and _looks_v2(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+
+
+def _folder_contents(out: Path) -> tuple[list[Path], list[str]]:
+    """(files under the names kenv's exporter writes, names of everything else) in the output folder.
+    environment.yml and conda.yml are also the usual names of a user's conda file: they count as kenv's only
+    as (the conda file of) an Azure ML v2 environment document."""
+    v2_export = _is_v2_environment(out / V2_FILE)
+    owned: list[Path] = []
+    foreign: list[str] = []
+    for entry in sorted(out.iterdir()):
+        if entry.name == V2_CONTEXT and entry.is_dir():
+            for item in sorted(entry.iterdir()):
+                if item.name in OWNED_CONTEXT_FILES and item.is_file():
+                    owned.append(item)
+                else:
+                    foreign.append(f"{V2_CONTEXT}/{item.name}")
+        elif entry.name in OWNED_FILES and entry.is_file() and (entry.name not in (V2_FILE, V2_CONDA) or v2_export):
+            owned.append(entry)
+        else:
+            foreign.append(entry.name)
+    return owned, foreign
+
+
+def _written_names(spec: EnvironmentSpec, fmt: str, conda: str | None) -> set[str]:
+    """The names this export writes (docker-context stands for everything under it)."""
+    dockerfile = bool(spec.docker.dockerfile)
     if fmt == "v1":
-        docker: dict[str, Any] = {"enabled": False, "baseImage": None if spec.docker.dockerfile else image,
-                                  "sharedVolumes": True, "shmSize": None, "arguments": [],
-                                  "baseImageRegistry": {"address": None, "username": None, "password": None},
-                                  "platform": {"os": "Linux", "architecture": "amd64"}}
-        if spec.docker.shm_size is not None:
-            docker["shmSize"] = quantity_to_shm(spec.docker.shm_size)
-        if spec.docker.base_image_registry:
-            docker["baseImageRegistry"]["address"] = spec.docker.base_image_registry.address
-        if spec.docker.dockerfile:
-            (out / V1_DOCKERFILE).write_text(spec.docker.dockerfile, encoding="utf-8")
-        if conda:
-            (out / V1_CONDA).write_text(conda, encoding="utf-8")
-        definition = {"name": name, "version": version,
-                      "environmentVariables": dict(spec.environment_variables),
-                      "python": {"userManagedDependencies": spec.python.user_managed_dependencies,
-                                 "interpreterPath": spec.python.interpreter_path or "python",
-                                 "condaDependenciesFile": None, "baseCondaEnvironment": None},
-                      "docker": docker,
-                      "spark": {"repositories": [], "packages": [], "precachePackages": True},
-                      "r": None, "inferencingStackVersion": None}
-        (out / V1_DEFINITION).write_text(json.dumps(definition, indent=4) + "\n", encoding="utf-8")
-        return warnings
-    document: dict[str, Any] = {"$schema": V2_SCHEMA, "name": name}
-    if version:
-        document["version"] = str(version)
-    if spec.description:
-        document["description"] = spec.description
-    if TAGS_ANNOTATION in annotations:
-        document["tags"] = json.loads(annotations[TAGS_ANNOTATION])
+        return {V1_DEFINITION} | ({V1_CONDA} if conda else set()) | ({V1_DOCKERFILE} if dockerfile else set())
+    if dockerfile:
+        return {V2_FILE, V2_CONTEXT}
+    return {V2_FILE} | ({V2_CONDA} if conda else set())
+
+
+def _clear_folder(out: Path, writes: set[str]) -> list[str]:
+    """Remove what an earlier export (kenv's, or the SDK's save_to_directory) left under kenv's names, so Azure
+    ML reads this export only. Other files are kept, and refused (SpecError, nothing removed) when this export
+    would overwrite one or build with it: Azure ML uploads docker-context whole as the build context. Returns a
+    warning naming the files kept."""
+    owned, foreign = _folder_contents(out)
+    blocking = [name for name in foreign if name.split("/")[0] in writes]
+    if blocking:
+        raise SpecError(f"{out}: {', '.join(blocking[:5])} was not written by kenv's export, and this export would "
+                        "overwrite it or build with it: export into an empty folder, or move it away")
+    for path in owned:
+        path.unlink()
+    context = out / V2_CONTEXT
+    if context.is_dir() and not any(context.iterdir()):
+        context.rmdir()
+    if not foreign:
+        return []
+    more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+    return [f"{out}: kept {', '.join(foreign[:5])}{more}: not written by kenv's export (Azure ML does not read "
+            "it with this export)"]
+
+
+def _tags(annotations: dict[str, str]) -> dict[str, Any] | None:
+    if TAGS_ANNOTATION not in annotations:
+        return None
+    try:
+        tags = json.loads(annotations[TAGS_ANNOTATION])
+    except json.JSONDecodeError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise SpecError(f"manifest: metadata.annotations[{TAGS_ANNOTATION}] must be a JSON object (the Azure ML "
+                        f"tags), got {annotations[TAGS_ANNOTATION][:60]!r}")
+    return tags
+
+
+def _v1_definition(spec: EnvironmentSpec, name: str, version: str | None, image: str | None) -> dict[str, Any]:
+    """azureml_environment.json as `Environment.save_to_directory` writes it (conda and Dockerfile apart)."""
+    docker: dict[str, Any] = {"enabled": False, "baseImage": None if spec.docker.dockerfile else image,
+                              "sharedVolumes": True, "shmSize": None, "arguments": [],
+                              "baseImageRegistry": {"address": None, "username": None, "password": None},
+                              "platform": {"os": "Linux", "architecture": "amd64"}}
+    if spec.docker.shm_size is not None:
+        docker["shmSize"] = quantity_to_shm(spec.docker.shm_size)
+    if spec.docker.base_image_registry:
+        docker["baseImageRegistry"]["address"] = spec.docker.base_image_registry.address
+    return {"name": name, "version": version,
+            "environmentVariables": dict(spec.environment_variables),
+            "python": {"userManagedDependencies": spec.python.user_managed_dependencies,
+                       "interpreterPath": spec.python.interpreter_path or "python",
+                       "condaDependenciesFile": None, "baseCondaEnvironment": None},
+            "docker": docker,
+            "spark": {"repositories": [], "packages": [], "precachePackages": True},
+            "r": None, "inferencingStackVersion": None}
+
+
+def _write_v2(out: Path, spec: EnvironmentSpec, document: dict[str, Any], image: str | None, conda: str | None,
+              warnings: list[str]) -> None:
     if spec.docker.dockerfile:
         (out / V2_CONTEXT).mkdir(exist_ok=True)
         files = render_context(spec).files if conda else {"Dockerfile": spec.docker.dockerfile}
@@ -159,4 +236,47 @@ def export_azureml(manifest: dict, out_dir: str | Path, fmt: str = "v2") -> list
             (out / V2_CONDA).write_text(conda, encoding="utf-8")
             document["conda_file"] = V2_CONDA
     (out / V2_FILE).write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+
+
+def export_azureml(manifest: dict, out_dir: str | Path, fmt: str = "v2") -> list[str]:
+    """Write an Environment manifest as an Azure ML v2 environment YAML or a v1 folder; return warnings."""
+    if fmt not in ("v1", "v2"):
+        raise SpecError(f"export format must be v1 or v2, got {fmt!r}")
+    if not isinstance(manifest, dict) or manifest.get("kind") not in ("Environment", "ClusterEnvironment"):
+        raise SpecError("manifest: kind must be Environment or ClusterEnvironment")
+    spec = _validate(manifest.get("spec") or {}, "manifest")
+    metadata = manifest.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    name = annotations.get(NAME_ANNOTATION) or metadata.get("name")
+    version = annotations.get(VERSION_ANNOTATION)
+    if not name:
+        raise SpecError("manifest: metadata.name is required")
+    tags = _tags(annotations) if fmt == "v2" else None
+    warnings = _unexportable(spec, fmt, annotations)
+    conda = _export_conda(spec, warnings)
+    # v1 keeps baseImage as written next to docker.baseImageRegistry.address, which Azure ML joins to a relative
+    # name just as kenv does; v2 has no registry field, so it gets the reference the build pulls.
+    image = spec.docker.base_image if fmt == "v1" else spec.docker.resolved_base_image
+    if not image and not spec.docker.dockerfile:
+        image = DEFAULT_BASE_IMAGE
+        warnings.append(f"no base image in the spec: exported kenv's default {DEFAULT_BASE_IMAGE}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    warnings += _clear_folder(out, _written_names(spec, fmt, conda))
+    if fmt == "v1":
+        if spec.docker.dockerfile:
+            (out / V1_DOCKERFILE).write_text(spec.docker.dockerfile, encoding="utf-8")
+        if conda:
+            (out / V1_CONDA).write_text(conda, encoding="utf-8")
+        definition = _v1_definition(spec, name, version, image)
+        (out / V1_DEFINITION).write_text(json.dumps(definition, indent=4) + "\n", encoding="utf-8")
+        return warnings
+    document: dict[str, Any] = {"$schema": V2_SCHEMA, "name": name}
+    if version:
+        document["version"] = str(version)
+    if spec.description:
+        document["description"] = spec.description
+    if tags is not None:
+        document["tags"] = tags
+    _write_v2(out, spec, document, image, conda, warnings)
     return warnings

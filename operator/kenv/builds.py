@@ -18,14 +18,14 @@ import yaml
 
 from kenv.config import OperatorSettings
 from kenv.models import Builder, BuildSettings
-from kenv.render import BuildContext, render_template
+from kenv.render import CA_FILE, BuildContext, render_template
 
 LABEL_ROLE = "kenv.dev/role"
 LABEL_HASH = "kenv.dev/hash"
 ANNOTATION_HASH = "kenv.dev/hash"
 ANNOTATION_DESTINATION = "kenv.dev/destination"
 ANNOTATION_REQUESTED_BY = "kenv.dev/requested-by"
-CA_KEY = "kenv-ca.crt"
+CA_KEY = CA_FILE  # the CA bundle in the context ConfigMap
 # The context ConfigMap is mounted at /workspace with every key under context/: a ConfigMap volume's top-level
 # entries are symlinks into a hidden ..data folder, which builders would COPY as dangling links; one level down
 # they are plain files.

@@ -84,7 +84,17 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    """Azure ML build_local: the same rendered context, built here, pushed under the same content tag."""
+    """Azure ML build_local: the same rendered context, built here, pushed under the same content tag; with
+    --local DIR, build_local(useDocker=False): the same rendered files installed into a venv or conda prefix."""
+    if args.local:
+        from kenv.localbuild import LocalBuildError, build_local_from_args
+
+        try:
+            return build_local_from_args(load_manifest(args.file), args)
+        except LocalBuildError as error:
+            return fail(str(error))
+    if args.python or args.micromamba:
+        return fail("--python and --micromamba only apply to --local DIR")
     _, context = load_context(args)
     destination = f"{args.destination_repo}:{context.tag}"
     tool = next((t for t in ("buildah", "podman", "docker") if shutil.which(t)), None)
@@ -115,7 +125,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from kenv.logs import show_logs
 
-    return asyncio.run(show_logs(args.name, args.namespace, args.cluster, args.follow))
+    return asyncio.run(show_logs(args.name, args.namespace, args.cluster, args.follow, args.version))
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -130,10 +140,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return asyncio.run(show_diff(args.name, args.namespace, args.cluster, args.first, args.second))
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from kenv.catalog import show_catalog
+
+    return asyncio.run(show_catalog())
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from kenv.azureml import dump_manifests, import_azureml
 
-    manifests, warnings = import_azureml(args.path, name=args.name)
+    manifests, warnings = import_azureml(args.path, name=args.name, include_secret=args.include_secret)
     for warning in warnings:
         print(f"kenv: warning: {warning}", file=sys.stderr)
     print(dump_manifests(manifests), end="")
@@ -192,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--destination-repo", default="localhost/kenv", help="repository to tag (and push) into")
     p.add_argument("--push", action="store_true", help="push under the content tag")
     p.add_argument("--insecure", action="store_true", help="pull and push over plain HTTP (a development registry)")
+    p.add_argument("--local", metavar="DIR", help="no container: install the same files into a venv (pip) or a "
+                   "micromamba prefix (conda) at DIR and write DIR/.kenv/activate.sh")
+    p.add_argument("--python", metavar="PATH", help="--local: the python to make the venv from (default: one "
+                   "matching spec.python.version, else python3)")
+    p.add_argument("--micromamba", metavar="PATH", help="--local: micromamba to use (default: on PATH); with "
+                   "python.version alone, solve python with conda as the cluster does")
     p.set_defaults(run=cmd_build)
     def with_environment(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("name")
@@ -199,8 +221,10 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--cluster", action="store_true", help="NAME is a ClusterEnvironment")
         return p
 
-    p = with_environment(sub.add_parser("logs", help="show the build log of an Environment's latest build"))
+    p = with_environment(sub.add_parser("logs", help="show the build log of an Environment's latest build "
+                                        "(live while its pod exists, then as kept), or of one version"))
     p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--version", type=int, metavar="N", help="the kept build log of version N")
     p.set_defaults(run=cmd_logs)
     with_environment(sub.add_parser("versions", help="list an Environment's versions (EnvironmentVersion "
                                     "snapshots)")).set_defaults(run=cmd_versions)
@@ -209,9 +233,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("first", type=int, metavar="A")
     p.add_argument("second", type=int, metavar="B")
     p.set_defaults(run=cmd_diff)
+    sub.add_parser("catalog", help="list the curated ClusterEnvironments and their status").set_defaults(
+        run=cmd_catalog)
     p = sub.add_parser("import-azureml", help="convert an Azure ML environment (v1 folder, v2 YAML, env.yml)")
     p.add_argument("path")
     p.add_argument("--name")
+    p.add_argument("--include-secret", action="store_true",
+                   help="also print the registry password, as a Secret manifest (default: the Environment names the "
+                   "Secret and stderr gives the kubectl command that creates it)")
     p.set_defaults(run=cmd_import)
     p = sub.add_parser("export-azureml", help="write an Environment as an Azure ML environment")
     p.add_argument("-f", "--file", required=True)

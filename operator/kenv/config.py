@@ -8,6 +8,7 @@ from functools import lru_cache
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kenv.catalog import CatalogEntry, parse_catalog
 from kenv.errors import field_path
 from kenv.models import IMAGE_REF_PATTERN, K8S_NAME_PATTERN
 
@@ -54,6 +55,14 @@ class OperatorSettings(BaseSettings):
     base_image_check_seconds: float = Field(
         60.0, gt=0, description="Timer granularity of base image tracking (each spec sets its own interval)."
     )
+    reference_check_seconds: float = Field(
+        30.0, gt=0, description="How often the ConfigMaps and Secrets Environments name are re-read for changes.",
+    )
+    catalog: str | None = Field(
+        None, description="JSON list of curated ClusterEnvironments ({name, spec}; names start with kenv-) the "
+        "operator keeps applied; `[]` deletes every curated one; unset leaves them alone.",
+    )
+    catalog_sync_seconds: float = Field(60.0, gt=0, description="How often the curated catalog is re-applied.")
     webhook_host: str = Field("127.0.0.1", description="Address the admission webhook listens on.")
     webhook_port: int = Field(9443, ge=0, le=65535)
     webhook_url_host: str | None = Field(
@@ -68,6 +77,17 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _strip_list(cls, value: str) -> str:
         return ",".join(item.strip() for item in value.split(",") if item.strip())
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_entries(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_catalog(value)  # a bad entry stops the operator at start, naming the entry and field
+        return value
+
+    @property
+    def catalog_entries(self) -> list[CatalogEntry] | None:
+        return None if self.catalog is None else parse_catalog(self.catalog)
 
     @property
     def namespace_list(self) -> list[str]:

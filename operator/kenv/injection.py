@@ -20,7 +20,10 @@ Errors: `choose_version` returns an `InjectionRefusal`; `build_pod_mutation` and
   kubelet's $(VAR) expansion. Secrets are referenced by name in the pod's namespace, never copied.
 - Bootstrap: the image's ENTRYPOINT is invisible at admission, so the container must set `command`; it becomes
   `/bin/sh -c <templates/bootstrap.sh.j2> kenv-bootstrap COMMAND... ARGS...` (args removed). The wrapper runs
-  $KENV_BOOTSTRAP_SCRIPT (data, never shell code), exits with its code on failure, else execs the original
+  $KENV_BOOTSTRAP_SCRIPT (data, never shell code): a script starting with #! as a file under $TMPDIR with that
+  interpreter, any other with `bash -e` where the image has bash, else `/bin/sh -e`. On failure it exits with
+  the script's code and writes that code and the script's last output lines to the container's termination
+  message ($KENV_TERMINATION_MESSAGE_PATH, the container's terminationMessagePath); else it execs the original
   argv untouched. RankZero: rank 0 ($rankVariable, else RANK, else JOB_COMPLETION_INDEX, else 0) runs it and
   writes $KENV_BOOTSTRAP_MARKER_DIR/kenv-bootstrap-<id>.done (or .failed); other ranks poll. The id is
   $KENV_RUN_ID, else the Job name (label batch.kubernetes.io/job-name), else `default`.
@@ -57,7 +60,8 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 SHM_VOLUME = "kenv-dshm"
 # Only for a gated container without any image (the API server requires one); replaced on un-gating.
 PLACEHOLDER_IMAGE = "kenv.invalid/awaiting-environment-image"
-RESERVED_ENV = ("KENV_BOOTSTRAP_SCRIPT", "KENV_BOOTSTRAP_MARKER_DIR")
+RESERVED_ENV = ("KENV_BOOTSTRAP_SCRIPT", "KENV_BOOTSTRAP_MARKER_DIR", "KENV_TERMINATION_MESSAGE_PATH")
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
 DIGEST_IMAGE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 _templates = jinja2.Environment(
@@ -310,7 +314,9 @@ def _bootstrap(env: EnvironmentView, spec: EnvironmentSpec, pod: dict[str, Any],
     if not container.get("command"):
         raise InjectionRefused(f"{where}: pods using a bootstrap script must set command: the image's "
                                "ENTRYPOINT is not visible at admission")
-    entries: list[Op] = [{"name": "KENV_BOOTSTRAP_SCRIPT", "value": _literal(bootstrap.script)}]
+    message_path = container.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH
+    entries: list[Op] = [{"name": "KENV_BOOTSTRAP_SCRIPT", "value": _literal(bootstrap.script)},
+                         {"name": "KENV_TERMINATION_MESSAGE_PATH", "value": _literal(message_path)}]
     if bootstrap.mode == BootstrapMode.RANK_ZERO:
         directory = bootstrap.marker_dir.rstrip("/") or "/"
         mounts = [m for m in _mounts(container) if _covers(m["mountPath"], directory)]

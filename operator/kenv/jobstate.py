@@ -7,6 +7,11 @@ from typing import Any
 
 DIGEST_PATTERN = re.compile(r"sha256:[a-f0-9]{64}")
 TAIL_CHARS = 1400  # conditions carry at most 2048 characters (status.set_condition)
+# The build log kept after the Job's TTL: with each version (EnvironmentVersion spec.buildLog) and, for a failed
+# build, in the Environment's status. The end of a log says what happened; 32 KiB keeps objects small.
+BUILD_LOG_LINES = 2000
+BUILD_LOG_LIMIT = 32 * 1024
+CUT_MARK = "[kenv: earlier lines of this build log were not kept]\n"
 # What builders print when a registry (push destination or base image source) could not be reached: worth a
 # retry once the registry answers, unlike a failing RUN step.
 REGISTRY_TRANSIENT = re.compile(
@@ -14,6 +19,20 @@ REGISTRY_TRANSIENT = re.compile(
     r"connection reset|50[234] (Bad Gateway|Service Unavailable|Gateway Timeout)",
     re.IGNORECASE,
 )
+
+
+def kept_log(text: str | None, limit: int = BUILD_LOG_LIMIT) -> str | None:
+    """The end of a build log in at most `limit` UTF-8 bytes, starting at a line, marked when cut."""
+    if not text:
+        return None
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    tail = data[-(limit - len(CUT_MARK)):]
+    newline = tail.find(b"\n")
+    if 0 <= newline < len(tail) - 1:
+        tail = tail[newline + 1:]
+    return CUT_MARK + tail.decode(errors="ignore")
 
 
 def looks_transient(message: str) -> bool:

@@ -25,6 +25,11 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     runtime.configure(settings, SETTINGS)
 
 
+@kopf.on.startup()
+async def start_catalog(**_: Any) -> None:
+    runtime.start_catalog(SETTINGS)
+
+
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     await runtime.shutdown()
@@ -72,6 +77,17 @@ async def cluster_environment_changed(body: kopf.Body, patch: kopf.Patch, logger
 async def cluster_environment_poll(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                                    **_: Any) -> None:
     await runtime.reconcile("ClusterEnvironment", body, patch, logger)
+
+
+@kopf.timer(*ENVIRONMENTS, interval=SETTINGS.reference_check_seconds, when=runtime.names_references)
+async def environment_references(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    await runtime.check_references("Environment", body, patch, logger)
+
+
+@kopf.timer(*CLUSTER_ENVIRONMENTS, interval=SETTINGS.reference_check_seconds, when=runtime.names_references)
+async def cluster_environment_references(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                                         **_: Any) -> None:
+    await runtime.check_references("ClusterEnvironment", body, patch, logger)
 
 
 @kopf.timer(*ENVIRONMENTS, interval=SETTINGS.base_image_check_seconds, when=runtime.tracks_base_image)

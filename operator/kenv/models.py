@@ -29,6 +29,18 @@ IMAGE_REF_PATTERN = (
     r"^[a-zA-Z0-9][a-zA-Z0-9._-]*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
 )
+# spec.docker.baseImage may also start with `/`: Azure ML's guide writes a private image relative to
+# docker.base_image_registry.address that way (`/team/img:1.2`). Only valid with baseImageRegistry (checked by
+# DockerSection and its CEL rules).
+BASE_IMAGE_PATTERN = "^/?" + IMAGE_REF_PATTERN.removeprefix("^")
+# An image without a registry host, as joined after baseImageRegistry.address: lower-case path components, then
+# an optional tag and digest (so address + "/" + it is an IMAGE_REF_PATTERN reference).
+RELATIVE_IMAGE_PATTERN = (
+    r"^/?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+# Docker's rule for "the first path component is a registry host": it contains `.` or `:` or is `localhost`.
+HOSTED_IMAGE_PATTERN = r"^/?(localhost|[^/]*[.:][^/]*)/"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # One requirement or option per line; never a line break, so a list item cannot become two lines. pip splits
@@ -174,9 +186,20 @@ class PythonSection(KenvModel):
     )
 
 
+def registry_host(image: str) -> str | None:
+    """The registry host an image reference names, or None (Docker Hub, or baseImageRegistry.address when one
+    is set). `team/img:1.2` and `python:3.11` name none; a leading `/` is ignored."""
+    match = re.match(HOSTED_IMAGE_PATTERN, image)
+    return match.group(1) if match else None
+
+
 class RegistryCredentials(KenvModel):
-    address: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9.-]*(:[0-9]+)?$")] = Field(
-        description="Registry host[:port] of the private base image (Azure ML docker.base_image_registry.address)."
+    # 253 (a DNS name) + ":65535"; the bound also keeps the CEL rules' cost estimate small.
+    address: Annotated[
+        str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9.-]*(:[0-9]+)?$", max_length=259)
+    ] = Field(
+        description="Registry host[:port] of the private base image (Azure ML docker.base_image_registry.address). "
+        "A baseImage without a registry host (`team/img:1.2`, `/team/img:1.2`) is pulled from it."
     )
     secret_name: K8sName = Field(
         description="Secret in the Environment's namespace with the credentials: either type "
@@ -185,8 +208,34 @@ class RegistryCredentials(KenvModel):
 
 
 class DockerSection(KenvModel):
-    base_image: Annotated[str, StringConstraints(pattern=IMAGE_REF_PATTERN, max_length=512)] | None = Field(
-        None, description="Base image to build on (Azure ML docker.base_image). Exclusive with dockerfile."
+    # The API server's copy of `_registry_consistent` (static messages: CEL cannot quote the values).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.baseImage) || !self.baseImage.startsWith('/') || has(self.baseImageRegistry)",
+                    "message": "baseImage starting with '/' is relative to baseImageRegistry.address: set "
+                    "baseImageRegistry or write the full image reference (registry/repository:tag)",
+                },
+                {
+                    "rule": "!has(self.baseImage) || !has(self.baseImageRegistry) || "
+                    "self.baseImage.startsWith(self.baseImageRegistry.address + '/') || "
+                    "self.baseImage.startsWith('/' + self.baseImageRegistry.address + '/') || "
+                    f"(!self.baseImage.matches('{HOSTED_IMAGE_PATTERN}') && "
+                    f"self.baseImage.matches('{RELATIVE_IMAGE_PATTERN}'))",
+                    "message": "baseImage must be pulled from baseImageRegistry.address: write it relative to the "
+                    "address in lower case (team/img:1.2) or qualified with it (<address>/team/img:1.2); an image "
+                    "of another registry needs that registry's address",
+                },
+            ]
+        }
+    )
+
+    base_image: Annotated[str, StringConstraints(pattern=BASE_IMAGE_PATTERN, max_length=512)] | None = Field(
+        None,
+        description="Base image to build on (Azure ML docker.base_image). Exclusive with dockerfile. With "
+        "baseImageRegistry, an image without a registry host (`team/img:1.2` or `/team/img:1.2`) is pulled from "
+        "baseImageRegistry.address, as in Azure ML; one with a host must use that address.",
     )
     dockerfile: str | None = Field(
         None,
@@ -205,6 +254,49 @@ class DockerSection(KenvModel):
         description="Size of /dev/shm for training pods (Azure ML docker.shm_size), e.g. `2Gi`; injected as a "
         "memory-backed emptyDir.",
     )
+
+    @property
+    def resolved_base_image(self) -> str | None:
+        """The reference the build pulls: baseImage after baseImageRegistry.address when it names no registry
+        host (Azure ML's rule for `team/img:1.2` and `/team/img:1.2`), else baseImage as written."""
+        image, registry = self.base_image, self.base_image_registry
+        if image is None or registry is None:
+            return image
+        relative = image.removeprefix("/")
+        return relative if registry_host(relative) else f"{registry.address}/{relative}"
+
+    @model_validator(mode="after")
+    def _registry_consistent(self) -> DockerSection:
+        """The credentials of baseImageRegistry only help if the image is pulled from its address: refuse an
+        image of another registry instead of pulling it anonymously (or from Docker Hub) with the wrong ones.
+        Hosts compare exactly: credentials are looked up by the address string."""
+        image, registry = self.base_image, self.base_image_registry
+        if image is None:
+            return self
+        shown = validation.show(image)
+        if registry is None:
+            if image.startswith("/"):
+                raise ValueError(
+                    f"spec.docker.baseImage {shown} starts with '/', so it is relative to "
+                    "spec.docker.baseImageRegistry.address, which is not set: add baseImageRegistry {address, "
+                    "secretName} or write the full reference (registry/repository:tag)"
+                )
+            return self
+        host = registry_host(image)
+        if host is not None and host != registry.address:
+            path = validation.show(image.removeprefix("/")[len(host) + 1 :])
+            raise ValueError(
+                f"spec.docker.baseImage {shown} names registry {host} but spec.docker.baseImageRegistry.address is "
+                f"{registry.address}: write the image relative to the address ({path}) or qualified with it "
+                f"({registry.address}/...), or set the address to {host}"
+            )
+        if host is None and not re.fullmatch(RELATIVE_IMAGE_PATTERN, image):
+            raise ValueError(
+                f"spec.docker.baseImage {shown} is joined to spec.docker.baseImageRegistry.address "
+                f"({registry.address}/...), and the repository path after a registry host is lower case only: "
+                "write it in lower case"
+            )
+        return self
 
 
 class SecretEnvVar(KenvModel):
@@ -228,11 +320,21 @@ class BootstrapMode(StrEnum):
 class Bootstrap(KenvModel):
     """A script run before the training command, injected at admission (never baked into the image)."""
 
-    script: str = Field(description="Shell script run with /bin/sh before the container's command.", min_length=1)
+    script: str = Field(
+        description="Script run before the container's command. A first line starting with #! picks its "
+        "interpreter (e.g. #!/bin/bash, #!/usr/bin/env python3): it runs as that file would, from $TMPDIR "
+        "(default /tmp, which must then be writable). Without #! it runs with `bash -e` where the image has bash, "
+        "else `sh -e`: the first failing command stops it. A failure fails the container with the script's exit "
+        "code, and its termination message (kubectl describe pod) holds that code and the script's last output "
+        "lines; the command does not run.",
+        min_length=1,
+    )
     mode: BootstrapMode = Field(
         BootstrapMode.ALL,
-        description="All: every pod runs the script. RankZero: only the pod whose rank is 0 runs it; the others "
-        "wait for its completion marker.",
+        description="All: every pod runs the script (per-pod setup such as pip installs into the container). "
+        "RankZero: exactly one pod of the whole job, the one whose rank is 0, runs it and the others wait for its "
+        "completion marker: for preparing data on a volume shared by all pods. Not Azure ML's per-node local rank "
+        "0: files RankZero writes outside the shared volume exist in rank 0's pod only.",
     )
     rank_variable: EnvName | None = Field(
         None, description="Variable holding the pod's rank; default: RANK, then JOB_COMPLETION_INDEX."
@@ -386,6 +488,15 @@ class EnvironmentStatus(KenvModel):
     transient_retries: int | None = Field(
         None, description="Builds retried because they failed talking to a registry (reset when Ready)."
     )
+    failed_build_log: str | None = Field(
+        None, description="The end (at most 32 KiB) of the failed build's log, kept after the build Job and its "
+        "pod are gone; cleared when a version is Ready. `kenv logs NAME` prints it.")
+    references_fingerprint: str | None = Field(
+        None, description="Fingerprint (resourceVersions) of the ConfigMaps and Secret the spec names, as last "
+        "reconciled; the operator re-reads them every KENV_REFERENCE_CHECK_SECONDS and reconciles on a change.")
+    failed_references: str | None = Field(
+        None, description="The references fingerprint the failed build saw: a change (e.g. a fixed registry "
+        "Secret) retries it.")
     base_image_digest: str | None = Field(None, description="Base image digest seen at the last check.")
     base_image_checked: str | None = Field(None, description="When the base image digest was last checked.")
     conditions: list[Condition] = Field(default_factory=list, description="Built and Ready conditions.")

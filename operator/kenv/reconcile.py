@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kenv import builds, jobstate, kube, metrics, status, versions
+from kenv import builds, jobstate, kube, metrics, references, status, versions
 from kenv.config import OperatorSettings, PendingImagePolicy
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import EnvironmentSpec, Phase
@@ -63,6 +63,7 @@ class Attempt:
     generation: int | None
     token: str | None  # the kenv.dev/rebuild annotation
     forced: bool  # the token is new: build again even if the image exists
+    references: str | None = None  # fingerprint of the ConfigMaps and Secret the spec names
 
     @property
     def runtime_hash(self) -> str:
@@ -94,6 +95,14 @@ class Reconciler:
             spec = EnvironmentSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
             return self._invalid(current, describe_validation_error(error), generation)
+        seen = await references.fingerprint(references.referenced_objects(
+            spec, ref.references_namespace(self.settings.build_namespace)))
+        outcome = await self._attempt(ref, body, spec, current, seen, log)
+        return Outcome(references.record(outcome.status, current, seen), outcome.events)
+
+    async def _attempt(self, ref: EnvironmentRef, body: dict[str, Any], spec: EnvironmentSpec,
+                       current: dict[str, Any], seen: str | None, log: logging.Logger) -> Outcome:
+        generation = body["metadata"].get("generation")
         try:
             externals = await self._externals(ref, spec)
             context = render_context(spec, externals)
@@ -106,13 +115,15 @@ class Reconciler:
         forced = status.rebuild_pending(current, token)
         retrying = current.get("failedGeneration") is not None and current.get("desiredHash") == context.hash
         transient = current.get("transientRetries") or 0
+        # A retry is named by the referenced objects it saw too: a fixed registry Secret gets a fresh Job.
         attempt_key = "|".join(filter(None, [f"rebuild:{token}" if forced else "",
                                              f"retry:{generation}" if retrying else "",
+                                             f"refs:{seen}" if retrying and seen else "",
                                              f"transient:{transient}" if transient else ""]))
         attempt = Attempt(ref=ref, uid=str(body["metadata"].get("uid", "")), spec=spec,
                           definition=dict(body.get("spec") or {}), context=context, ca_bundle=externals.ca_bundle,
                           plan=builds.plan_build(context, self.settings, attempt_key), current=current,
-                          generation=generation, token=token, forced=forced)
+                          generation=generation, token=token, forced=forced, references=seen)
         try:
             migrated = await self._migrate(attempt)
             if migrated:
@@ -144,8 +155,9 @@ class Reconciler:
             return await self._ready(attempt, str(current["digest"]), "DefinitionChanged",
                                      "variables, secrets, bootstrap or shm changed; same image",
                                      image=str(current["image"]))
-        if not attempt.forced and retrying and current.get("failedGeneration") == generation:
-            return Outcome({})  # failed for this generation: wait for an edit or a rebuild token
+        if not attempt.forced and retrying and current.get("failedGeneration") == generation and \
+                not references.changed_since_failure(current, attempt.references):
+            return Outcome({})  # failed for this generation: wait for an edit, a rebuild token or a fixed reference
         return await self._converge(attempt, log)
 
     def _invalid(self, current: dict[str, Any], message: str, generation: int | None) -> Outcome:
@@ -234,6 +246,9 @@ class Reconciler:
     async def _finished(self, attempt: Attempt, job: dict[str, Any], push_credentials: Credentials | None) -> Outcome:
         plan, current, generation = attempt.plan, attempt.current, attempt.generation
         pods = await kube.job_pods(plan.namespace, job["metadata"]["name"])
+        log_text = None
+        if pods:
+            log_text = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"], jobstate.BUILD_LOG_LINES)
         if jobstate.job_succeeded(job):
             reported = jobstate.digest_from_pods(pods)
             digest = await self.registry.digest(plan.destination, push_credentials)
@@ -247,11 +262,9 @@ class Reconciler:
                                [("Warning", "DigestMismatch", message)])
             self._observe_duration(job)
             return await self._ready(attempt, digest, "BuildSucceeded",
-                                     f"built by Job {plan.namespace}/{plan.job_name}", push_credentials)
-        tail = None
-        if pods:
-            tail = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"])
-        message = jobstate.failure_message(job, pods, tail)
+                                     f"built by Job {plan.namespace}/{plan.job_name}", push_credentials,
+                                     build_log=jobstate.kept_log(log_text))
+        message = jobstate.failure_message(job, pods, log_text)
         retries = current.get("transientRetries") or 0
         if retries < MAX_TRANSIENT_RETRIES and jobstate.looks_transient(message):
             wait = (f"build Job {plan.job_name} could not reach a registry; retry {retries + 1} of "
@@ -264,12 +277,14 @@ class Reconciler:
             metrics.BUILDS_FAILED.labels(reason).inc()
         patch = status.failed(current, "BuildFailed", message, generation, plan.hash)
         patch["buildJob"] = {"namespace": plan.namespace, "name": plan.job_name}
+        patch["failedBuildLog"] = jobstate.kept_log(log_text)
         if attempt.token:
             patch["rebuildToken"] = attempt.token
         return Outcome(patch, [("Warning", "BuildFailed", message.splitlines()[0])])
 
     async def _ready(self, attempt: Attempt, digest: str, reason: str, message: str,
-                     push_credentials: Credentials | None = None, image: str | None = None) -> Outcome:
+                     push_credentials: Credentials | None = None, image: str | None = None,
+                     build_log: str | None = None) -> Outcome:
         """Ready with `digest` pushed under the plan's tag (or `image`, the current one, for a new definition of
         the same image: the destination repository may have been reconfigured since it was built)."""
         current, plan = attempt.current, attempt.plan
@@ -284,7 +299,7 @@ class Reconciler:
             snapshot = await self.versions.record(NewVersion(
                 ref=attempt.ref, uid=attempt.uid, definition=attempt.definition, image=image,
                 content_hash=plan.hash, runtime_hash=attempt.runtime_hash, reason=reason,
-                generation=attempt.generation), current, push_credentials)
+                generation=attempt.generation, build_log=build_log), current, push_credentials)
             number = snapshot.number
         patch = status.ready(current, image=image, digest=digest, content_hash=plan.hash, version=number,
                              runtime_hash=attempt.runtime_hash, generation=attempt.generation, reason=reason,

@@ -24,6 +24,11 @@ RECIPE_VERSION = "2"
 DEFAULT_MICROMAMBA_IMAGE = "mambaorg/micromamba:2.0.5"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 TAG_PREFIX = "kenv-"
+CA_FILE = "kenv-ca.crt"
+# Conda's own resolution falls back to its default channels; ours is conda-forge, added last unless the file
+# names it already or opts out with conda's `nodefaults` pseudo-channel (dropped from the rendered file).
+IMPLICIT_CHANNEL = "conda-forge"
+NO_DEFAULTS = "nodefaults"
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class BuildContext:
 
     @property
     def hash(self) -> str:
-        return content_hash(self.files)
+        return content_hash(hashed_files(self.files))
 
     @property
     def tag(self) -> str:
@@ -67,6 +72,25 @@ def content_hash(files: dict[str, str]) -> str:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
     return digest.hexdigest()
+
+
+def hashed_files(files: dict[str, str]) -> dict[str, str]:
+    """What identifies an image: every file but the CA bundle's content. The CA is build-time trust (how pip
+    and the builder reach the indexes), not content: rotating a proxy's CA must not rebuild every Environment.
+    Whether a CA is configured still counts, since the Dockerfile copies it."""
+    if CA_FILE not in files:
+        return files
+    return {**files, CA_FILE: "(CA bundle: build-time trust, not content)"}
+
+
+def build_channels(channels: list[str]) -> list[str]:
+    """The channels the build solves with: the user's, in order, then conda-forge unless present or opted out
+    with `nodefaults`. A file listing only `pytorch` still finds numpy, as conda's own default order would."""
+    if NO_DEFAULTS in channels:
+        return [channel for channel in channels if channel != NO_DEFAULTS]
+    if any(channel.rstrip("/").rsplit("/", 1)[-1] == IMPLICIT_CHANNEL for channel in channels):
+        return list(channels)
+    return [*channels, IMPLICIT_CHANNEL]
 
 
 def uses_conda(spec: EnvironmentSpec) -> bool:
@@ -125,8 +149,12 @@ def environment_yml(spec: EnvironmentSpec) -> str:
 
 
 def canonical_environment_yml(spec: EnvironmentSpec) -> str:
-    """The environment.yml of the build context: comments, whitespace and key order do not matter."""
-    return canonical_yaml(environment_document(spec))
+    """The environment.yml of the build context: comments, whitespace and key order do not matter; the
+    channel list is the one the build solves with (see `build_channels`)."""
+    document = environment_document(spec)
+    channels = document.get("channels") or []
+    assert isinstance(channels, list)  # checked by validation.parse_environment_yaml
+    return canonical_yaml({**document, "channels": build_channels([str(c) for c in channels])})
 
 
 def base_dockerfile(spec: EnvironmentSpec, externals: Externals) -> str | None:
@@ -159,13 +187,13 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         files["requirements.txt"] = requirements
     installs = conda or requirements is not None
     if externals.ca_bundle and installs:
-        files["kenv-ca.crt"] = externals.ca_bundle
+        files[CA_FILE] = externals.ca_bundle
     files["Dockerfile"] = render_template(
         "Dockerfile.j2",
         recipe_version=RECIPE_VERSION,
         base_dockerfile=base_dockerfile(spec, externals),
-        base_image=spec.docker.base_image or externals.default_base_image,
-        ca_bundle="kenv-ca.crt" in files,
+        base_image=spec.docker.resolved_base_image or externals.default_base_image,
+        ca_bundle=CA_FILE in files,
         conda=conda,
         pip=requirements is not None,
         python=python_command(spec),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
@@ -9,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
-from kenv import gating, kube, metrics, tracking
+from kenv import catalog, gating, kube, metrics, references, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
-from kenv.models import GROUP, Phase
+from kenv.models import GROUP, Phase, spec_from_body
 from kenv.reconcile import Outcome, Reconciler, rebuild_token
 from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryClient
@@ -21,6 +23,7 @@ from kenv.status import rebuild_pending
 
 PREFIX = GROUP  # our own annotation prefix and finalizer, not kopf.zalando.org
 _reconciler: Reconciler | None = None
+_catalog_task: asyncio.Task[None] | None = None
 
 
 def reconciler() -> Reconciler:
@@ -52,7 +55,18 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings) -> None
     _reconciler = Reconciler(config, RegistryClient(config.insecure_registry_list))
 
 
+def start_catalog(config: OperatorSettings) -> None:
+    """Keep the curated ClusterEnvironments applied (KENV_CATALOG set; unset leaves them alone)."""
+    global _catalog_task
+    entries = config.catalog_entries
+    if entries is not None:
+        _catalog_task = asyncio.create_task(catalog.keep_in_sync(entries, config.build_namespace,
+                                                                  config.catalog_sync_seconds))
+
+
 async def shutdown() -> None:
+    if _catalog_task is not None:
+        _catalog_task.cancel()
     if _reconciler is not None:
         await _reconciler.registry.close()
     await kube.close()
@@ -93,6 +107,24 @@ def apply(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
         patch.status[key] = value
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=kube.event_message(message))
+
+
+def names_references(body: kopf.Body, **_: Any) -> bool:
+    return references.names_references(dict(body))
+
+
+async def check_references(kind: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger) -> None:
+    """Reconcile when a ConfigMap or Secret the spec names changed since the last reconcile recorded it."""
+    ref = environment_ref(kind, body)
+    try:
+        spec = spec_from_body(dict(body.get("spec") or {}))
+    except ValidationError:
+        return  # the status already says why; nothing to read
+    seen = await references.fingerprint(references.referenced_objects(
+        spec, ref.references_namespace(get_settings().build_namespace)))
+    if seen != (body.get("status") or {}).get("referencesFingerprint"):
+        logger.info("a ConfigMap or Secret %s names changed: reconciling", ref.display)
+        await reconcile(kind, body, patch, logger)
 
 
 def tracks_base_image(body: kopf.Body, **_: Any) -> bool:

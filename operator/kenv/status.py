@@ -71,6 +71,7 @@ def ready(status: dict[str, Any], *, image: str, digest: str, content_hash: str,
         "conditions": conditions,
         "observedGeneration": generation,
         "failedGeneration": None,
+        "failedBuildLog": None,
         "transientRetries": None,
     }
 

@@ -1,6 +1,7 @@
-"""Base image tracking: re-resolve spec.docker.baseImage's digest on a timer and, when it moved, ask for a
-rebuild through the same `kenv.dev/rebuild` annotation a user would set. The rebuilt image becomes a new
-version (an EnvironmentVersion); the old one stays pinnable, its image kept by its own registry tag."""
+"""Base image tracking: re-resolve the base image's digest on a timer and, when it moved, ask for a rebuild
+through the same `kenv.dev/rebuild` annotation a user would set. The image checked is the one the build pulls
+(spec.docker.baseImage, joined to baseImageRegistry.address when it names no registry). The rebuilt image becomes
+a new version (an EnvironmentVersion); the old one stays pinnable, its image kept by its own registry tag."""
 
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ async def check_base_image(ref: EnvironmentRef, body: kopf.Body, patch: kopf.Pat
     spec = tracked_spec(dict(body))
     status = dict(body.get("status") or {})
     now = datetime.datetime.now(datetime.UTC)
-    if spec is None or spec.build.track_base_image is None or not spec.docker.base_image:
+    image = spec.docker.resolved_base_image if spec is not None else None
+    if spec is None or spec.build.track_base_image is None or not image:
         return
     if not check_due(status, spec.build.track_base_image.interval_seconds, now):
         return
-    image = spec.docker.base_image
     try:
         config = await reconciler.base_registry_config(ref, spec)
         digest = await reconciler.registry.digest(image, credentials_for(builds.registry_of(image), config))

@@ -14,8 +14,9 @@ from kenv.versions import Snapshot
 from kenv.versionstore import UID_LABEL
 
 
-async def load(name: str, namespace: str | None, cluster: bool) -> tuple[dict[str, Any], list[Snapshot]]:
-    """The environment and its versions, oldest first (a ClusterEnvironment's are in the operator's build
+async def load_objects(name: str, namespace: str | None,
+                       cluster: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The environment and its EnvironmentVersion objects (a ClusterEnvironment's are in the operator's build
     namespace, found by the environment's UID label)."""
     body = await kube.read_environment(name, namespace, cluster)
     api = await kube.custom()
@@ -25,8 +26,13 @@ async def load(name: str, namespace: str | None, cluster: bool) -> tuple[dict[st
     else:
         found = await api.list_namespaced_custom_object(GROUP, VERSION, body["metadata"]["namespace"], PLURAL,
                                                         label_selector=selector)
-    snapshots = sorted((Snapshot.from_object(o) for o in found.get("items") or []), key=lambda s: s.number)
-    return body, snapshots
+    return body, list(found.get("items") or [])
+
+
+async def load(name: str, namespace: str | None, cluster: bool) -> tuple[dict[str, Any], list[Snapshot]]:
+    """The environment and its versions, oldest first."""
+    body, objects = await load_objects(name, namespace, cluster)
+    return body, sorted((Snapshot.from_object(o) for o in objects), key=lambda s: s.number)
 
 
 def table(snapshots: list[Snapshot], current: int | None) -> str:

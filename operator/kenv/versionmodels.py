@@ -47,6 +47,10 @@ class EnvironmentVersionSpec(KenvModel):
                                description="What changed from the previous version, one line each.")
     source_generation: int | None = Field(
         None, description="metadata.generation of the environment this version was made from.")
+    build_log: str | None = Field(
+        None, max_length=65536, description="The end of the build log (at most 32 KiB) when this version's image "
+        "was built for it; `kenv logs NAME --version N` prints it. Absent when the image was already in the "
+        "registry (see the version that built it).")
     definition: EnvironmentSpec | None = Field(
         None, description="The environment's spec this version was made from; pods of this version receive its "
         "variables, secrets, bootstrap and shm. Absent for versions migrated from status.history, whose "

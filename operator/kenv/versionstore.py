@@ -33,12 +33,13 @@ class NewVersion:
 
     ref: EnvironmentRef
     uid: str
-    definition: dict[str, Any]  # the Environment's spec as the API holds it
+    definition: dict[str, Any] | None  # the Environment's spec as the API holds it (None: not recorded)
     image: str  # repo@sha256:...
     content_hash: str
-    runtime_hash: str
+    runtime_hash: str | None
     reason: str
     generation: int | None
+    build_log: str | None = None  # the tail of the build's log, when this version's image was built now
 
 
 class VersionTaken(Exception):
@@ -74,11 +75,9 @@ class VersionStore:
                 previous = next((s for s in existing if s.number == current), existing[-1] if existing else None)
                 number = versions.next_number([s.number for s in existing] + [current]
                                               + [h.get("version") for h in status.get("history") or []])
-                changes = versions.describe_changes(previous, new.definition, new.image, new.reason)
+                changes = versions.describe_changes(previous, new.definition or {}, new.image, new.reason)
                 try:
-                    snapshot = await self._create(new.ref, new.uid, number, new.image, new.content_hash,
-                                                  new.runtime_hash, new.definition, new.reason, changes,
-                                                  new.generation, credentials)
+                    snapshot = await self._create(new, number, changes, credentials)
                 except VersionTaken:
                     continue  # another process made this number meanwhile: count again
                 keep = {current} if current else set()
@@ -103,30 +102,28 @@ class VersionStore:
             if number in known:
                 continue
             is_current = number == current and matches
-            await self._create(ref, uid, number, entry["image"], entry.get("hash", ""),
-                               runtime if is_current else None, definition if is_current else None, "Migrated",
-                               ["migrated from status.history"], None, credentials, tag_required=False)
+            migrated = NewVersion(ref=ref, uid=uid, definition=definition if is_current else None,
+                                  image=entry["image"], content_hash=entry.get("hash", ""),
+                                  runtime_hash=runtime if is_current else None, reason="Migrated", generation=None)
+            await self._create(migrated, number, ["migrated from status.history"], credentials, tag_required=False)
         patch: dict[str, Any] = {"history": None}
         if matches and current:
             patch["runtimeHash"] = runtime
         return patch
 
-    async def _create(self, ref: EnvironmentRef, uid: str, number: int, image: str, content_hash: str,
-                      runtime: str | None, definition: dict[str, Any] | None, reason: str, changes: list[str],
-                      generation: int | None, credentials: Credentials | None,
+    async def _create(self, new: NewVersion, number: int, changes: list[str], credentials: Credentials | None,
                       tag_required: bool = True) -> Snapshot:
-        repository = image.split("@", 1)[0]
-        tag: str | None = f"{repository}:{versions.version_tag(ref, number)}"
+        repository = new.image.split("@", 1)[0]
+        tag: str | None = f"{repository}:{versions.version_tag(new.ref, number)}"
         try:
-            await self.registry.tag(image, str(tag).rsplit(":", 1)[1], credentials)
+            await self.registry.tag(new.image, str(tag).rsplit(":", 1)[1], credentials)
         except RegistryError as error:
             if tag_required:
                 raise
-            log.warning("version %d of %s recorded without a registry tag: %s", number, ref.display, error)
+            log.warning("version %d of %s recorded without a registry tag: %s", number, new.ref.display, error)
             tag = None
-        body = version_body(ref, uid, number, image, content_hash, runtime, definition, reason, changes,
-                            generation, tag, self.namespace(ref))
-        return Snapshot.from_object(await create_unique(body, uid))
+        body = version_body(new, number, changes, tag, self.namespace(new.ref))
+        return Snapshot.from_object(await create_unique(body, new.uid))
 
     async def prune(self, ref: EnvironmentRef, snapshots: list[Snapshot], current: int,
                     credentials: Credentials | None, keep: set[int] | None = None) -> None:
@@ -151,9 +148,9 @@ class VersionStore:
         return versions.in_use(await kube.environment_pods(ref, self.settings.namespace_list), ref)
 
 
-def version_body(ref: EnvironmentRef, uid: str, number: int, image: str, content_hash: str, runtime: str | None,
-                 definition: dict[str, Any] | None, reason: str, changes: list[str], generation: int | None,
-                 tag: str | None, namespace: str) -> dict[str, Any]:
+def version_body(new: NewVersion, number: int, changes: list[str], tag: str | None,
+                 namespace: str) -> dict[str, Any]:
+    ref, uid, image = new.ref, new.uid, new.image
     labels = {UID_LABEL: uid, "app.kubernetes.io/managed-by": "kenv"}
     if len(ref.name) <= 63:
         labels[ref.pod_label] = ref.name
@@ -161,8 +158,9 @@ def version_body(ref: EnvironmentRef, uid: str, number: int, image: str, content
     environment = {"kind": ref.kind, "name": ref.name, "uid": uid} | ({"namespace": ref.namespace}
                                                                        if ref.namespace else {})
     spec = {"environment": environment, "version": number, "image": image, "digest": image.split("@", 1)[1],
-            "hash": content_hash, "reason": reason, "changes": changes}
-    optional = {"runtimeHash": runtime, "definition": definition, "sourceGeneration": generation, "tag": tag}
+            "hash": new.content_hash, "reason": new.reason, "changes": changes}
+    optional = {"runtimeHash": new.runtime_hash, "definition": new.definition,
+                "sourceGeneration": new.generation, "tag": tag, "buildLog": new.build_log}
     spec |= {k: v for k, v in optional.items() if v is not None}
     return {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": versions.object_name(ref, number), "namespace": namespace, "labels": labels,

@@ -121,7 +121,8 @@ VALUE_SETS = {
     "defaults": {},
     "cert-manager": {"certManager": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}},
                      "logFormat": "json", "pushSecret": "push-creds", "pullSecret": "pull-creds"},
-    "watch-namespaces": {"watchNamespaces": ["WATCHED"], "maxParallelBuilds": 2, "pendingImagePolicy": "reject"},
+    "watch-namespaces": {"watchNamespaces": ["WATCHED"], "maxParallelBuilds": 2, "pendingImagePolicy": "reject",
+                         "curated": {"enabled": True}},  # the default catalog and its ValidatingAdmissionPolicy
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -150,6 +151,20 @@ spec:
   pip: {packages: [numpy]}
 """)
     assert result.returncode != 0 and "userManagedDependencies forbids pip and conda" in result.stderr
+    # Azure ML's private registry pattern: the image is relative to the registry address, never another's.
+    for docker, message in (
+            ({"baseImage": "/team/img:1.2"}, "relative to baseImageRegistry.address"),
+            ({"baseImage": "other.example.com/team/img:1.2",
+              "baseImageRegistry": {"address": "myacr.azurecr.io", "secretName": "acr"}},
+             "must be pulled from baseImageRegistry.address")):
+        manifest = {"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "registry"},
+                    "spec": {"docker": docker}}
+        result = kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest), check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    joined = {"baseImage": "/team/img:1.2", "baseImageRegistry": {"address": "myacr.azurecr.io", "secretName": "acr"}}
+    manifest = {"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "registry"},
+                "spec": {"docker": joined}}
+    kubectl(cluster, "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
 
 
 def test_missing_ca_config_map_waits_with_a_reason(kube, namespace, base_image):

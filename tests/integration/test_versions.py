@@ -3,8 +3,6 @@ variables), numbers are never reused, pins restore old definitions, pruning keep
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -13,12 +11,12 @@ import pytest
 from buildgate import BuildGate
 from kenvfixtures import (
     GROUP_PATH,
-    ROOT,
     create_env,
     create_pod,
     env_versions,
     events_for,
     get_env,
+    kenv_cli,
     pod,
     pod_log,
     refused,
@@ -135,14 +133,6 @@ def test_failed_build_refuses_new_pods_with_the_pin_and_never_hands_out_the_old_
     create_pod(kube, namespace, pod("pinned", {"kenv.dev/environment": "breaks"}, {"kenv.dev/version": "1"},
                                     command=REPORT))
     assert reported(kube, namespace, "pinned") == ["ok", "1", first["image"]]
-
-
-def kenv_cli(cluster: Any, *args: str) -> str:
-    env = {"KUBECONFIG": cluster.kubeconfig, "PATH": "/usr/bin:/bin", "NO_PROXY": "*"}
-    done = subprocess.run([sys.executable, "-m", "kenv.cli", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_numbers_are_never_reused_and_pruning_keeps_versions_in_use(kube, cluster, namespace, base_image,

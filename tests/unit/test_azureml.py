@@ -19,6 +19,13 @@ from kenv.render import render_context
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "azureml"
 V1, V2 = EXAMPLES / "v1-sklearn", EXAMPLES / "v2-pytorch"
+# Written by azureml-core 1.61.0's Environment.save_to_directory (never a real password):
+#   v1-private-registry: Environment("private-train"), docker.base_image = "team/img:1.2",
+#     base_image_registry.address/username/password = "myacr.azurecr.io"/"myacr"/"not-a-real-password"
+#   v1-stale-dockerfile: Environment("stale-train"), docker.base_dockerfile = "FROM ubuntu:20.04\nRUN echo stale\n"
+SDK = Path(__file__).resolve().parent / "fixtures" / "azureml"
+PRIVATE, STALE = SDK / "v1-private-registry", SDK / "v1-stale-dockerfile"
+SDK_PASSWORD = "not-a-real-password"
 CONDA = "name: train\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n  - numpy=1.26\n"
 
 
@@ -36,8 +43,8 @@ def v1_folder(tmp_path: Path, definition: dict | None = None, **files: str) -> P
     return folder
 
 
-def only_environment(path: Path, name: str | None = None) -> tuple[dict, list[str]]:
-    manifests, warnings = import_azureml(path, name)
+def only_environment(path: Path, name: str | None = None, **options: bool) -> tuple[dict, list[str]]:
+    manifests, warnings = import_azureml(path, name, **options)
     assert [m["kind"] for m in manifests] == ["Environment"]
     return manifests[0], warnings
 
@@ -87,11 +94,66 @@ def test_import_requirements_txt_needs_a_name(tmp_path):
         import_azureml(tmp_path / "requirements.txt")
 
 
-def test_registry_password_only_goes_into_a_secret(tmp_path):
+def test_registry_password_is_left_out_by_default_with_the_command_that_creates_the_secret(tmp_path):
+    registry = {"address": None, "username": "myacr", "password": "s3cr3t-Pa55"}
+    docker = {"baseImage": "myacr.azurecr.io/base/train:1.0", "baseImageRegistry": registry}
+    env, warnings = only_environment(v1_folder(tmp_path, {"docker": docker}))
+    assert env["spec"]["docker"]["baseImageRegistry"] == {"address": "myacr.azurecr.io",
+                                                          "secretName": "sklearn-train-env-registry"}
+    assert "s3cr3t-Pa55" not in azureml.dump_manifests([env]) + "\n".join(warnings)
+    command = ("kubectl create secret docker-registry sklearn-train-env-registry --docker-server=myacr.azurecr.io "
+               "--docker-username=myacr --docker-password=<password>")
+    assert any(w.endswith(command) and "--include-secret" in w for w in warnings), warnings
+
+
+def test_sdk_private_registry_folder_imports_without_the_password_and_builds_from_the_address():
+    env, warnings = only_environment(PRIVATE)
+    docker = env["spec"]["docker"]
+    # Kept as Azure ML wrote it; the API joins it to the address (see DockerSection.resolved_base_image).
+    assert docker["baseImage"] == "team/img:1.2"
+    assert docker["baseImageRegistry"] == {"address": "myacr.azurecr.io", "secretName": "private-train-registry"}
+    assert SDK_PASSWORD not in azureml.dump_manifests([env]) + "\n".join(warnings)
+    assert any("kubectl create secret docker-registry private-train-registry --docker-server=myacr.azurecr.io "
+               "--docker-username=myacr --docker-password=<password>" in w for w in warnings)
+    spec = EnvironmentSpec.model_validate(env["spec"])
+    assert spec.docker.resolved_base_image == "myacr.azurecr.io/team/img:1.2"
+    assert "FROM myacr.azurecr.io/team/img:1.2\n" in render_context(spec).files["Dockerfile"]
+
+
+@pytest.mark.parametrize("image", ["/team/img:1.2", "myacr.azurecr.io/team/img:1.2"])
+def test_sdk_guide_forms_of_a_private_image_all_pull_from_the_address(tmp_path, image):
+    shutil.copytree(PRIVATE, tmp_path / "env")
+    definition = json.loads((tmp_path / "env" / "azureml_environment.json").read_text())
+    definition["docker"]["baseImage"] = image
+    (tmp_path / "env" / "azureml_environment.json").write_text(json.dumps(definition))
+    env, _ = only_environment(tmp_path / "env")
+    assert env["spec"]["docker"]["baseImage"] == image
+    assert EnvironmentSpec.model_validate(env["spec"]).docker.resolved_base_image == "myacr.azurecr.io/team/img:1.2"
+
+
+def test_image_of_another_registry_than_the_address_is_refused_on_import(tmp_path):
+    registry = {"address": "myacr.azurecr.io", "username": "u", "password": "p"}
+    folder = v1_folder(tmp_path, {"docker": {"baseImage": "other.example.com/team/img:1.2",
+                                             "baseImageRegistry": registry}})
+    with pytest.raises(SpecError, match=r"^azureml_environment\.json: spec\.docker\.baseImage .* names registry "
+                       r"other\.example\.com but spec\.docker\.baseImageRegistry\.address is myacr\.azurecr\.io"):
+        import_azureml(folder)
+
+
+def test_registry_without_password_names_placeholders_in_the_command(tmp_path):
+    registry = {"address": "r.example:5000", "username": None, "password": None}
+    docker = {"baseImage": "team/img:1.2", "baseImageRegistry": registry}
+    env, warnings = only_environment(v1_folder(tmp_path, {"docker": docker}), include_secret=True)
+    assert any("no password in azureml_environment.json" in w and w.endswith(
+        "--docker-server=r.example:5000 --docker-username=<username> --docker-password=<password>")
+        for w in warnings), warnings
+
+
+def test_registry_password_goes_into_a_secret_only_when_asked(tmp_path):
     registry = {"address": None, "username": "myacr", "password": "s3cr3t-Pa55"}
     docker = {"baseImage": "myacr.azurecr.io/base/train:1.0", "baseImageRegistry": registry}
     folder = v1_folder(tmp_path, {"docker": docker})
-    manifests, warnings = import_azureml(folder)
+    manifests, warnings = import_azureml(folder, include_secret=True)
     secret, env = manifests
     assert secret["kind"] == "Secret" and secret["type"] == "kubernetes.io/basic-auth"
     assert secret["metadata"]["name"] == "sklearn-train-env-registry"
@@ -306,3 +368,87 @@ def test_missing_or_unrecognised_inputs(tmp_path):
     (tmp_path / "requirements.txt").write_bytes(b"numpy\xff\n")
     with pytest.raises(SpecError, match=r"^requirements\.txt: not UTF-8 text"):
         import_azureml(tmp_path / "requirements.txt", "x")
+
+
+def test_export_warns_about_every_field_v1_cannot_hold(tmp_path):
+    spec = {"description": "vision", "docker": {"baseImage": "python:3.11", "shmSize": "100m"},
+            "conda": {"environmentYaml": "# pinned for CUDA 12\n" + CONDA}, "pip": {"requirements": "rich  # ui\n"}}
+    text = "\n".join(export_azureml(manifest(spec, **{TAGS_ANNOTATION: '{"team": "vision"}'}), tmp_path, "v1"))
+    for expected in ("spec.description", f"metadata.annotations[{TAGS_ANNOTATION}]", '{"team": "vision"}',
+                     "spec.docker.shmSize 100m", "spec.conda.environmentYaml and spec.pip.requirements: comments"):
+        assert expected in text, expected
+    assert json.loads((tmp_path / "azureml_environment.json").read_text())["docker"]["shmSize"] is None
+
+
+def test_v2_export_writes_the_joined_image_and_says_the_address_is_gone(tmp_path):
+    spec = {"docker": {"baseImage": "/team/img:1.2",
+                       "baseImageRegistry": {"address": "myacr.azurecr.io", "secretName": "pull"}}}
+    warnings = export_azureml(manifest(spec), tmp_path, "v2")
+    assert yaml.safe_load((tmp_path / "environment.yml").read_text())["image"] == "myacr.azurecr.io/team/img:1.2"
+    assert any("no registry field; exported the image as myacr.azurecr.io/team/img:1.2" in w for w in warnings)
+    assert any("credentials (Secret pull) are not exported" in w for w in warnings)
+
+
+def test_v1_export_keeps_the_relative_image_next_to_the_address(tmp_path):
+    spec = {"docker": {"baseImage": "team/img:1.2",
+                       "baseImageRegistry": {"address": "myacr.azurecr.io", "secretName": "train-env-registry"}}}
+    export_azureml(manifest(spec), tmp_path, "v1")
+    docker = json.loads((tmp_path / "azureml_environment.json").read_text())["docker"]
+    assert (docker["baseImage"], docker["baseImageRegistry"]["address"]) == ("team/img:1.2", "myacr.azurecr.io")
+    env, _ = only_environment(tmp_path)
+    assert EnvironmentSpec.model_validate(env["spec"]) == EnvironmentSpec.model_validate(spec)
+
+
+def test_export_into_an_sdk_folder_with_a_stale_base_dockerfile_replaces_it(tmp_path):
+    folder = tmp_path / "env"
+    shutil.copytree(STALE, folder)
+    warnings = export_azureml(manifest({"docker": {"baseImage": "python:3.11"}}), folder, "v1")
+    # Environment.load_from_directory reads BaseDockerfile and conda_dependencies.yml whenever they exist.
+    assert sorted(p.name for p in folder.iterdir()) == ["azureml_environment.json"]
+    assert json.loads((folder / "azureml_environment.json").read_text())["docker"]["baseImage"] == "python:3.11"
+    assert not any("kept" in w for w in warnings)
+    env, _ = only_environment(folder)
+    assert env["spec"]["docker"] == {"baseImage": "python:3.11"}
+
+
+def test_export_switching_format_removes_the_other_formats_files(tmp_path):
+    export_azureml(manifest({"docker": {"dockerfile": "FROM ubuntu:22.04\n"}, "pip": {"packages": ["rich"]}}),
+                   tmp_path, "v2")
+    export_azureml(manifest({"docker": {"baseImage": "python:3.11"}}), tmp_path, "v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["azureml_environment.json"]
+    export_azureml(manifest(ROUND_TRIPS["v1"][0]), tmp_path, "v2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conda.yml", "environment.yml"]
+    env, _ = only_environment(tmp_path)
+    assert env["spec"]["docker"]["baseImage"] == "r.example:5000/python:3.11-slim"
+
+
+def test_export_keeps_files_it_does_not_own_and_names_them(tmp_path):
+    (tmp_path / "README.md").write_text("notes\n")
+    (tmp_path / "environment.yml").write_text(CONDA)  # a conda file, not an Azure ML environment
+    (tmp_path / "BaseDockerfile").write_text("FROM stale\n")
+    warnings = export_azureml(manifest({"docker": {"baseImage": "python:3.11"}}), tmp_path, "v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "azureml_environment.json", "environment.yml"]
+    assert (tmp_path / "environment.yml").read_text() == CONDA
+    assert any("kept README.md, environment.yml: not written by kenv's export" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize(("files", "spec", "blocking"), [
+    ({"environment.yml": CONDA}, {"docker": {"baseImage": "python:3.11"}}, "environment.yml"),
+    ({"docker-context/data.csv": "a,b\n"}, {"docker": {"dockerfile": "FROM ubuntu:22.04\n"}},
+     "docker-context/data.csv"),
+])
+def test_export_refuses_to_overwrite_or_build_with_files_it_does_not_own(tmp_path, files, spec, blocking):
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(content)
+    (tmp_path / "conda_dependencies.yml").write_text("stale\n")
+    with pytest.raises(SpecError, match=f"{blocking} was not written by kenv's export.*export into an empty folder"):
+        export_azureml(manifest(spec), tmp_path, "v2")
+    assert (tmp_path / "conda_dependencies.yml").exists()  # refused before removing anything
+    assert all((tmp_path / name).read_text() == content for name, content in files.items())
+
+
+def test_export_refuses_tags_that_are_not_a_json_object(tmp_path):
+    with pytest.raises(SpecError, match=r"^manifest: metadata\.annotations\[kenv\.dev/azureml-tags\] must be"):
+        export_azureml(manifest({}, **{TAGS_ANNOTATION: "team=vision"}), tmp_path, "v2")
+    assert list(tmp_path.iterdir()) == []

@@ -46,3 +46,28 @@ def test_import_azureml_prints_an_applicable_manifest(capsys):
     assert main(["import-azureml", str(ROOT / "examples/azureml/v1-sklearn")]) == 0
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     assert documents[-1]["kind"] == "Environment" and documents[-1]["apiVersion"] == "kenv.dev/v1alpha1"
+
+
+def test_import_azureml_prints_no_password_unless_asked(capsys):
+    folder = str(ROOT / "tests/unit/fixtures/azureml/v1-private-registry")  # the SDK's save_to_directory output
+    assert main(["import-azureml", folder]) == 0
+    captured = capsys.readouterr()
+    assert "not-a-real-password" not in captured.out + captured.err
+    assert [d["kind"] for d in yaml.safe_load_all(captured.out)] == ["Environment"]
+    assert ("kenv: warning: docker.baseImageRegistry: the password is not printed (--include-secret prints it as a "
+            "Secret manifest); before applying, create Secret private-train-registry in the Environment's "
+            "namespace: kubectl create secret docker-registry private-train-registry "
+            "--docker-server=myacr.azurecr.io --docker-username=myacr --docker-password=<password>\n") in captured.err
+    assert main(["import-azureml", folder, "--include-secret"]) == 0
+    secret, _ = yaml.safe_load_all(capsys.readouterr().out)
+    assert secret["kind"] == "Secret" and secret["stringData"]["password"] == "not-a-real-password"
+
+
+def test_export_azureml_prints_every_loss_as_a_warning(tmp_path, capsys):
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment", "metadata": {
+        "name": "e", "annotations": {"kenv.dev/azureml-tags": '{"team": "vision"}'}},
+        "spec": {"docker": {"baseImage": "python:3.11"}}}))
+    assert main(["export-azureml", "-f", str(path), "-o", str(tmp_path / "out"), "--format", "v1"]) == 0
+    assert "kenv: warning: metadata.annotations[kenv.dev/azureml-tags]: Azure ML v1 environments have no tags" in \
+        capsys.readouterr().err

@@ -7,6 +7,8 @@ import copy
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -502,6 +504,17 @@ def test_reserved_bootstrap_variable_is_refused():
     assert "KENV_BOOTSTRAP_SCRIPT" in refusal(pod, make_env({"bootstrap": {"script": "true"}}))
 
 
+def test_bootstrap_writes_failures_to_the_containers_termination_message_path():
+    env = make_env({"bootstrap": {"script": "true"}})
+    default = env_of(mutate(make_pod(), env)[0]["spec"]["containers"][0])
+    assert default["KENV_TERMINATION_MESSAGE_PATH"]["value"] == "/dev/termination-log"  # Kubernetes' default
+    own = make_pod(terminationMessagePath="/var/log/$(why)")
+    assert env_of(mutate(own, env)[0]["spec"]["containers"][0])["KENV_TERMINATION_MESSAGE_PATH"]["value"] == \
+        "/var/log/$$(why)"
+    pod = make_pod(env=[{"name": "KENV_TERMINATION_MESSAGE_PATH", "value": "/x"}])
+    assert "KENV_TERMINATION_MESSAGE_PATH" in refusal(pod, env)
+
+
 def test_rank_zero_needs_a_mounted_marker_dir():
     env = make_env({"bootstrap": {"script": "true", "mode": "RankZero", "markerDir": "/shared/kenv"}})
     message = refusal(make_pod(volumeMounts=[{"name": "d", "mountPath": "/sharedx"}]), env)
@@ -553,6 +566,8 @@ def run_container(pod: dict, extra: dict[str, str], background: bool = False) ->
             env[entry["name"]] = pod["metadata"].get(kind, {}).get(key, "")
     argv = [kubelet_expand(part, env) for part in container["command"]] + container.get("args", [])
     process_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")} | env | extra
+    # the kubelet mounts a file of the container's own there; never write this machine's /dev
+    assert not process_env.get("KENV_TERMINATION_MESSAGE_PATH", "").startswith("/dev/"), process_env
     if background:
         return subprocess.Popen(argv, env=process_env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -566,7 +581,8 @@ PRINT_ARGS = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv
 def bootstrapped(tmp_path: Path, script: str, **bootstrap: Any) -> dict:
     spec = {"bootstrap": {"script": script, **bootstrap}, "environmentVariables": {"OUT": str(tmp_path)}}
     pod = make_pod(command=PRINT_ARGS[:2], args=PRINT_ARGS[2:] + ARGS,
-                   volumeMounts=[{"name": "shared", "mountPath": str(tmp_path)}])
+                   volumeMounts=[{"name": "shared", "mountPath": str(tmp_path)}],
+                   terminationMessagePath=str(tmp_path / "termination-log"))  # the API server's default is /dev/..
     pod["metadata"]["labels"] = {"batch.kubernetes.io/job-name": "job-1"}
     return mutate(pod, make_env(spec))[0]
 
@@ -584,7 +600,8 @@ def test_all_mode_script_failure_propagates_exit_code(tmp_path):
     done = run_container(bootstrapped(tmp_path, "echo boom >&2; exit 7"), {})
     assert done.returncode == 7
     assert "kenv: bootstrap script failed with exit code 7" in done.stderr
-    assert done.stdout == ""  # the training command never ran
+    assert done.stdout == "boom\n"  # the script's output (stdout and stderr) streamed; the command never ran
+    assert (tmp_path / "termination-log").read_text() == "kenv: bootstrap script failed with exit code 7\nboom\n"
 
 
 def test_rank_zero_runs_script_and_writes_done_marker(tmp_path):
@@ -616,6 +633,7 @@ def test_other_rank_stops_on_failed_marker(tmp_path):
     done = run_container(pod, {"JOB_COMPLETION_INDEX": "2"})
     assert done.returncode == 1 and "kenv: rank 0 bootstrap failed (see its log)" in done.stderr
     assert done.stdout == ""
+    assert (tmp_path / "termination-log").read_text() == "kenv: rank 0 bootstrap failed (see its log)\n"
 
 
 def test_other_rank_times_out(tmp_path):
@@ -634,6 +652,7 @@ def test_rank_zero_failure_writes_failed_marker(tmp_path):
     assert done.returncode == 5 and "exit code 5" in done.stderr
     assert (tmp_path / "kenv-bootstrap-job-1.failed").read_text().strip() == "5"
     assert not (tmp_path / "kenv-bootstrap-job-1.done").exists()
+    assert (tmp_path / "termination-log").read_text() == "kenv: bootstrap script failed with exit code 5\n"
 
 
 def test_rank_variable_and_run_id(tmp_path):
@@ -646,6 +665,178 @@ def test_rank_variable_and_run_id(tmp_path):
     assert (tmp_path / "kenv-bootstrap-run-42.done").exists()
     bad = run_container(pod, {"RANK": "one"})
     assert bad.returncode == 1 and "is not a non-negative integer" in bad.stderr
+
+
+# --- bootstrap: which shell, errexit, failures visible ---------------------------------------------
+
+GUIDE_SCRIPT = """\
+if [[ -n "$OUT" && "${LOCAL_RANK:-0}" == 0 ]]; then
+  echo "prepared by ${BASH_VERSION:+bash}" > "$OUT/prepared"
+fi
+"""  # the Azure ML guide's style: under dash, `[[` is "not found", the `if` false and the bootstrap skipped
+
+
+def tool_dir(tmp_path: Path, name: str, tools: dict[str, str]) -> str:
+    """A directory of symlinks name -> real program, for a PATH holding only those."""
+    directory = tmp_path / name
+    directory.mkdir()
+    for tool, target in tools.items():
+        (directory / tool).symlink_to(target)
+    return str(directory)
+
+
+@pytest.fixture
+def path_without_bash(tmp_path: Path) -> str:
+    """A PATH with sh (dash here) and the few utilities the wrapper and the scripts use, but no bash."""
+    sh = os.path.realpath("/bin/sh")
+    assert os.path.basename(sh) != "bash", "this machine's /bin/sh is bash: the sh fallback cannot be tested"
+    tools = {"sh": sh, os.path.basename(sh): sh}
+    for tool in ("tee", "tail", "mkfifo", "mkdir", "chmod", "rm", "mv", "sleep", "cat", "touch"):
+        found = shutil.which(tool)
+        assert found, tool
+        tools[tool] = found
+    return tool_dir(tmp_path, "no-bash-bin", tools)
+
+
+def termination_message(tmp_path: Path) -> str:
+    return (tmp_path / "termination-log").read_text()
+
+
+def ran_command(done: Any) -> bool:
+    """Whether the training command ran: its last line is the JSON of its exact args."""
+    return bool(done.stdout) and done.stdout.splitlines()[-1] == json.dumps(ARGS)
+
+
+def test_shebang_bash_script_runs_with_bash(tmp_path):
+    script = '#!/bin/bash\nif [[ -n "$OUT" ]]; then echo "$0 ${BASH_VERSINFO[0]}" > "$OUT/ran"; fi\n'
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    done = run_container(bootstrapped(tmp_path, script), {"TMPDIR": str(scratch)})
+    assert done.returncode == 0, done.stderr
+    assert ran_command(done)
+    path, major = (tmp_path / "ran").read_text().split()
+    assert Path(path).parent.parent == scratch and major.isdigit()  # run as a file under $TMPDIR, by bash
+    assert list(scratch.iterdir()) == []  # and removed before the command starts
+
+
+def test_script_without_shebang_runs_with_bash_when_the_image_has_it(tmp_path):
+    assert shutil.which("bash"), "bash is on this machine's PATH"
+    done = run_container(bootstrapped(tmp_path, GUIDE_SCRIPT), {})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "prepared").read_text() == "prepared by bash\n"
+    assert ran_command(done) and "not found" not in done.stderr
+
+
+def test_script_without_shebang_stops_at_its_first_failing_command(tmp_path):
+    done = run_container(bootstrapped(tmp_path, 'echo one\nfalse\necho two\ntouch "$OUT/after"\n'), {})
+    assert done.returncode == 1
+    assert done.stdout == "one\n" and not (tmp_path / "after").exists()  # errexit: and no command
+    assert termination_message(tmp_path) == "kenv: bootstrap script failed with exit code 1\none\n"
+
+
+def test_without_bash_the_script_runs_with_sh(tmp_path, path_without_bash):
+    script = 'echo "shell: ${BASH_VERSION:-sh}" > "$OUT/shell"\n'
+    done = run_container(bootstrapped(tmp_path, script), {"PATH": path_without_bash})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "shell").read_text() == "shell: sh\n"
+    assert "kenv: no bash in this image; the bootstrap script runs with /bin/sh -e" in done.stderr
+    assert ran_command(done)
+    failing = run_container(bootstrapped(tmp_path, 'false\ntouch "$OUT/after"\n'), {"PATH": path_without_bash})
+    assert failing.returncode == 1 and not (tmp_path / "after").exists()  # -e under sh too
+    assert not ran_command(failing)
+
+
+def test_without_bash_a_double_bracket_script_fails_instead_of_being_skipped(tmp_path, path_without_bash):
+    if subprocess.run(["/bin/sh", "-c", "[[ 1 ]]"], capture_output=True).returncode == 0:
+        pytest.skip("this machine's /bin/sh understands [[")
+    done = run_container(bootstrapped(tmp_path, GUIDE_SCRIPT), {"PATH": path_without_bash})
+    message = ("kenv: the bootstrap script uses [[ ... ]], but this image has no bash and its /bin/sh lacks [[; "
+               "install bash in the image, or start the script with #!/bin/sh to run it with sh as it is")
+    assert done.returncode == 127 and message in done.stderr.splitlines()
+    assert termination_message(tmp_path) == message + "\n"
+    assert not (tmp_path / "prepared").exists() and not ran_command(done)
+
+
+def test_failure_exit_code_and_last_lines_in_the_termination_message(tmp_path):
+    script = ('i=1; while [ $i -le 30 ]; do echo "step $i"; i=$((i + 1)); done\n'
+              'echo "fatal: dataset server unreachable" >&2\n(exit 42)\necho never\n')
+    done = run_container(bootstrapped(tmp_path, script), {})
+    assert done.returncode == 42
+    expected = [f"step {i}" for i in range(1, 31)] + ["fatal: dataset server unreachable"]
+    assert done.stdout.splitlines() == expected  # the whole output streamed to the log, in order
+    assert done.stderr.splitlines()[-1] == "kenv: bootstrap script failed with exit code 42"
+    assert termination_message(tmp_path).splitlines() == [
+        "kenv: bootstrap script failed with exit code 42", *expected[-20:]]
+
+
+def test_termination_message_keeps_at_most_2_kib_of_output(tmp_path):
+    script = 'for c in a b c d e f; do printf "%0500d\\n" 0 | tr 0 "$c"; done; exit 3\n'
+    done = run_container(bootstrapped(tmp_path, script), {})
+    assert done.returncode == 3, done.stderr
+    output = "".join(c * 500 + "\n" for c in "abcdef")
+    assert done.stdout == output
+    assert termination_message(tmp_path) == "kenv: bootstrap script failed with exit code 3\n" + output[-2048:]
+
+
+def test_python_shebang_script_runs_with_python(tmp_path):
+    bin_dir = tool_dir(tmp_path, "python-bin", {"python3": sys.executable})
+    path = f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    script = ('#!/usr/bin/env python3\nimport os, sys\n'
+              'open(os.path.join(os.environ["OUT"], "py"), "w").write("%d.%d" % sys.version_info[:2])\n')
+    done = run_container(bootstrapped(tmp_path, script), {"PATH": path})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "py").read_text() == "{}.{}".format(*sys.version_info[:2]) and ran_command(done)
+    failing = '#!/usr/bin/env python3\nprint("loading the model", flush=True)\nraise RuntimeError("no GPU found")\n'
+    done = run_container(bootstrapped(tmp_path, failing), {"PATH": path})
+    assert done.returncode == 1 and not ran_command(done)
+    lines = termination_message(tmp_path).splitlines()
+    assert lines[:2] == ["kenv: bootstrap script failed with exit code 1", "loading the model"]
+    assert lines[-1] == "RuntimeError: no GPU found"
+
+
+def test_shebang_script_without_a_writable_tmpdir_fails_clearly(tmp_path):
+    missing = tmp_path / "missing"
+    done = run_container(bootstrapped(tmp_path, '#!/bin/sh\ntouch "$OUT/ran"\n'), {"TMPDIR": str(missing)})
+    message = (f"kenv: cannot write the bootstrap script to a file in {missing}, which a script starting with #! "
+               f"needs; make {missing} writable (e.g. an emptyDir volume) or set TMPDIR to a writable directory")
+    assert done.returncode == 1 and message in done.stderr.splitlines()
+    assert termination_message(tmp_path) == message + "\n"
+    assert not (tmp_path / "ran").exists() and not ran_command(done)
+    # a script without #! needs no file: it runs, only its output is not kept for the termination message
+    done = run_container(bootstrapped(tmp_path, 'touch "$OUT/ran"; exit 4'), {"TMPDIR": str(missing)})
+    assert done.returncode == 4 and (tmp_path / "ran").exists()
+    assert termination_message(tmp_path) == "kenv: bootstrap script failed with exit code 4\n"
+
+
+def test_rank_zero_shebang_failure_writes_failed_marker_and_message(tmp_path):
+    script = "#!/bin/bash\necho 'pip: no matching distribution' >&2\nexit 9\n"
+    pod = bootstrapped(tmp_path, script, mode="RankZero", markerDir=str(tmp_path))
+    done = run_container(pod, {"RANK": "0"})
+    assert done.returncode == 9 and not ran_command(done)
+    assert (tmp_path / "kenv-bootstrap-job-1.failed").read_text() == "9\n"
+    assert termination_message(tmp_path) == ("kenv: bootstrap script failed with exit code 9\n"
+                                             "pip: no matching distribution\n")
+    other = run_container(pod, {"RANK": "1"})
+    assert other.returncode == 1 and "kenv: rank 0 bootstrap failed (see its log)" in other.stderr
+
+
+def test_a_process_left_in_the_background_does_not_hold_up_the_command(tmp_path):
+    script = 'sleep 20 &\necho $! > "$OUT/background.pid"\necho started\n'
+    log = tmp_path / "log"
+    started = time.monotonic()
+    try:
+        with log.open("w") as out:  # a file, not a pipe: the background sleep keeps its copy open
+            pod = bootstrapped(tmp_path, script)
+            container = pod["spec"]["containers"][0]
+            env = {e["name"]: kubelet_expand(e["value"], {}) for e in container["env"] if "value" in e}
+            argv = [kubelet_expand(part, env) for part in container["command"]]
+            done = subprocess.run(argv, env={"PATH": os.environ["PATH"]} | env, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=15)
+        assert done.returncode == 0
+        assert time.monotonic() - started < 10  # at most ~2s waiting for the output to drain
+        assert log.read_text().splitlines() == ["started", json.dumps(ARGS)]
+    finally:
+        os.kill(int((tmp_path / "background.pid").read_text()), signal.SIGKILL)
 
 
 # --- un-gating ------------------------------------------------------------------------------------

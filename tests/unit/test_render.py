@@ -212,9 +212,40 @@ def test_content_changes_change_the_hash(changed):
     assert render({**BASE, **changed}).hash != render(BASE).hash
 
 
-def test_ca_bundle_and_micromamba_image_change_the_hash():
-    assert render(BASE, Externals(ca_bundle=CA)).hash != render(BASE).hash
+def test_micromamba_image_and_having_a_ca_change_the_hash():
+    assert render(BASE, Externals(ca_bundle=CA)).hash != render(BASE).hash  # the Dockerfile copies it
     assert render(BASE, Externals(micromamba_image="mambaorg/micromamba:2.0.6")).hash != render(BASE).hash
+
+
+def test_rotating_the_ca_keeps_the_hash_and_still_ships_the_new_ca_to_the_build():
+    rotated = CA.replace("MIIB", "MIIC")
+    first, second = render(BASE, Externals(ca_bundle=CA)), render(BASE, Externals(ca_bundle=rotated))
+    assert first.hash == second.hash
+    assert second.files["kenv-ca.crt"] == rotated
+
+
+@pytest.mark.parametrize(
+    ("channels", "solved_with"),
+    [
+        (["pytorch"], ["pytorch", "conda-forge"]),  # the guide's pytorch example still finds numpy
+        (["conda-forge", "pytorch"], ["conda-forge", "pytorch"]),
+        (["pytorch", "https://conda.anaconda.org/conda-forge/"], ["pytorch", "https://conda.anaconda.org/conda-forge/"]),
+        (["pytorch", "nodefaults"], ["pytorch"]),  # conda's own opt-out
+        ([], ["conda-forge"]),
+    ],
+)
+def test_conda_forge_is_the_implicit_last_channel(channels, solved_with):
+    document = {"name": "x", "channels": channels, "dependencies": ["numpy"]}
+    rendered = render({"conda": {"environmentYaml": yaml.safe_dump(document)}})
+    assert yaml.safe_load(rendered.files["environment.yml"])["channels"] == solved_with
+    structured = render({"conda": {"channels": channels, "packages": ["numpy"]}} if channels else
+                        {"conda": {"packages": ["numpy"]}})
+    assert yaml.safe_load(structured.files["environment.yml"])["channels"] == solved_with
+
+
+def test_export_keeps_the_channels_as_written():
+    text = "name: x\nchannels: [pytorch, nodefaults]\ndependencies: [numpy]\n"
+    assert environment_yml(spec_from_body({"conda": {"environmentYaml": text}})) == text
 
 
 def test_hash_is_deterministic_and_tag_is_derived_from_it():

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import IMAGE_REF_PATTERN, EnvironmentSpec, spec_from_body
-from kenv.render import BuildContext, Externals, canonical_yaml, render_context, uses_conda
+from kenv.render import BuildContext, Externals, build_channels, canonical_yaml, render_context, uses_conda
 from kenv.validation import canonical_requirements, check_requirements_body
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -268,7 +268,8 @@ def test_key_order_comments_and_layout_of_environment_yaml_keep_the_hash(documen
         spec_from_body({"conda": {"environmentYaml": shuffled_dump(document, order, flow, indent)}})
     )
     assert edited.hash == reference.hash
-    assert yaml.safe_load(edited.files["environment.yml"]) == document
+    channels = build_channels(document.get("channels", []))  # the user's, then conda-forge
+    assert yaml.safe_load(edited.files["environment.yml"]) == {**document, "channels": channels}
 
 
 @SETTINGS

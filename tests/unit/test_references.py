@@ -1,0 +1,53 @@
+"""Referenced ConfigMaps and Secrets: what an Environment names, the fingerprint that moves when they change, and
+when a failed build is retried because one of them changed."""
+
+from __future__ import annotations
+
+from kenv.models import spec_from_body
+from kenv.references import (
+    Reference,
+    changed_since_failure,
+    fingerprint_of,
+    names_references,
+    record,
+    referenced_objects,
+)
+
+ALL = {"docker": {"dockerfileFrom": {"name": "df", "key": "Dockerfile"},
+                  "baseImageRegistry": {"address": "myacr.azurecr.io", "secretName": "acr"}},
+       "build": {"caBundle": {"name": "proxy-ca", "key": "ca.crt"}}}
+
+
+def test_every_named_object_is_found_in_the_references_namespace():
+    assert referenced_objects(spec_from_body(ALL), "team") == [
+        Reference("ConfigMap", "team", "df", "spec.docker.dockerfileFrom"),
+        Reference("ConfigMap", "team", "proxy-ca", "spec.build.caBundle"),
+        Reference("Secret", "team", "acr", "spec.docker.baseImageRegistry.secretName"),
+    ]
+    assert referenced_objects(spec_from_body({"pip": {"packages": ["six"]}}), "team") == []
+    assert names_references({"spec": ALL}) and not names_references({"spec": {"pip": {"packages": ["six"]}}})
+
+
+def test_fingerprint_moves_with_any_resource_version_and_is_order_free():
+    a, b = Reference("ConfigMap", "t", "a", "f"), Reference("Secret", "t", "b", "g")
+    first = fingerprint_of({a: "10", b: "20"})
+    assert first == fingerprint_of({b: "20", a: "10"})
+    assert first != fingerprint_of({a: "10", b: "21"})
+    assert first != fingerprint_of({a: "10", b: "absent"})
+    assert fingerprint_of({}) is None
+
+
+def test_a_failed_build_is_retried_only_when_a_reference_changed_since():
+    assert not changed_since_failure({"failedReferences": "f1"}, "f1")
+    assert changed_since_failure({"failedReferences": "f1"}, "f2")
+    assert not changed_since_failure({}, "f1")  # failed before fingerprints were recorded: wait as before
+
+
+def test_record_keeps_the_fingerprint_and_the_one_a_failure_saw():
+    failed = record({"phase": "Failed", "failedGeneration": 3}, {}, "f1")
+    assert failed == {"phase": "Failed", "failedGeneration": 3, "referencesFingerprint": "f1", "failedReferences": "f1"}
+    ready = record({"phase": "Ready"}, {"failedReferences": "f1"}, "f2")
+    assert ready["failedReferences"] is None and ready["referencesFingerprint"] == "f2"
+    assert record({}, {"referencesFingerprint": "f1"}, "f1") == {}  # nothing to write while waiting
+    assert "referencesFingerprint" not in record({"phase": "Building"}, {}, None)  # no references, no field
+    assert record({"phase": "Building"}, {"referencesFingerprint": "f1"}, None)["referencesFingerprint"] is None
