@@ -41,7 +41,8 @@ from kenv.render import DEFAULT_BASE_IMAGE, environment_yml, render_context, use
 
 # Every name kenv's exporter writes, in either format: a v2 export into a former v1 folder must not leave the
 # azureml_environment.json that `kenv import-azureml` and the SDK would read instead of it.
-OWNED_FILES = (V1_DEFINITION, V1_CONDA, V1_DOCKERFILE, V2_FILE, V2_CONDA)
+V1_FILES = (V1_DEFINITION, V1_CONDA, V1_DOCKERFILE)
+V2_FILES = (V2_FILE, V2_CONDA)
 # What render_context writes into docker-context (never the CA bundle: exports render without externals).
 OWNED_CONTEXT_FILES = ("Dockerfile", "requirements.txt", "environment.yml")
 COMMENT = r"(?:^|\s)#"  # where pip and YAML comments start
@@ -134,56 +135,60 @@ def _is_v2_environment(path: Path) -> bool:
 
 
 def _folder_contents(out: Path) -> tuple[list[Path], list[str]]:
-    """(files under the names kenv's exporter writes, names of everything else) in the output folder.
-    environment.yml and conda.yml are also the usual names of a user's conda file: they count as kenv's only
-    as (the conda file of) an Azure ML v2 environment document."""
+    """(files an earlier Azure ML export left, names of everything else) in the output folder. A name counts as
+    an export's only beside the document that makes it one: the v1 files beside azureml_environment.json,
+    environment.yml / conda.yml / docker-context's files only as (the files of) an Azure ML v2 environment
+    document. A user's own Dockerfile or conda file elsewhere is never taken for kenv's."""
+    v1_export = (out / V1_DEFINITION).is_file()
     v2_export = _is_v2_environment(out / V2_FILE)
     owned: list[Path] = []
     foreign: list[str] = []
     for entry in sorted(out.iterdir()):
         if entry.name == V2_CONTEXT and entry.is_dir():
             for item in sorted(entry.iterdir()):
-                if item.name in OWNED_CONTEXT_FILES and item.is_file():
+                if v2_export and item.name in OWNED_CONTEXT_FILES and item.is_file():
                     owned.append(item)
                 else:
                     foreign.append(f"{V2_CONTEXT}/{item.name}")
-        elif entry.name in OWNED_FILES and entry.is_file() and (entry.name not in (V2_FILE, V2_CONDA) or v2_export):
+        elif entry.is_file() and ((entry.name in V1_FILES and v1_export) or (entry.name in V2_FILES and v2_export)):
             owned.append(entry)
         else:
             foreign.append(entry.name)
     return owned, foreign
 
 
-def _written_names(spec: EnvironmentSpec, fmt: str, conda: str | None) -> set[str]:
-    """The names this export writes (docker-context stands for everything under it)."""
-    dockerfile = bool(spec.docker.dockerfile)
-    if fmt == "v1":
-        return {V1_DEFINITION} | ({V1_CONDA} if conda else set()) | ({V1_DOCKERFILE} if dockerfile else set())
-    if dockerfile:
-        return {V2_FILE, V2_CONTEXT}
-    return {V2_FILE} | ({V2_CONDA} if conda else set())
+def _read_names(fmt: str) -> set[str]:
+    """The names Azure ML reads in a folder of this format (docker-context stands for everything under it):
+    load_from_directory takes a BaseDockerfile or conda_dependencies.yml it finds, whoever wrote it."""
+    return set(V1_FILES) if fmt == "v1" else {*V2_FILES, V2_CONTEXT}
 
 
-def _clear_folder(out: Path, writes: set[str]) -> list[str]:
-    """Remove what an earlier export (kenv's, or the SDK's save_to_directory) left under kenv's names, so Azure
-    ML reads this export only. Other files are kept, and refused (SpecError, nothing removed) when this export
-    would overwrite one or build with it: Azure ML uploads docker-context whole as the build context. Returns a
-    warning naming the files kept."""
+def _clear_folder(out: Path, fmt: str) -> list[str]:
+    """Remove what an earlier export (kenv's, or the SDK's save_to_directory) left, so Azure ML reads this export
+    only. Other files are kept, and refused (SpecError, nothing removed) under a name Azure ML reads with this
+    format: this export would overwrite it, or Azure ML would read it with this export (a stray BaseDockerfile
+    replaces the base image; docker-context is uploaded whole as the build context). Returns warnings naming what
+    was removed and what was kept."""
     owned, foreign = _folder_contents(out)
-    blocking = [name for name in foreign if name.split("/")[0] in writes]
+    blocking = [name for name in foreign if name.split("/")[0] in _read_names(fmt)]
     if blocking:
-        raise SpecError(f"{out}: {', '.join(blocking[:5])} was not written by kenv's export, and this export would "
-                        "overwrite it or build with it: export into an empty folder, or move it away")
+        raise SpecError(f"{out}: {', '.join(blocking[:5])} was not written by kenv's export, and Azure ML would read "
+                        "it with this export (or it would be overwritten): export into an empty folder, or move it "
+                        "away")
     for path in owned:
         path.unlink()
     context = out / V2_CONTEXT
     if context.is_dir() and not any(context.iterdir()):
         context.rmdir()
-    if not foreign:
-        return []
-    more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-    return [f"{out}: kept {', '.join(foreign[:5])}{more}: not written by kenv's export (Azure ML does not read "
-            "it with this export)"]
+    notes = []
+    if owned:
+        removed = ", ".join(str(path.relative_to(out)) for path in owned)
+        notes.append(f"{out}: removed {removed}, left by an earlier Azure ML export, so Azure ML reads this one only")
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        notes.append(f"{out}: kept {', '.join(foreign[:5])}{more}: not written by kenv's export (Azure ML does "
+                     "not read it with this export)")
+    return notes
 
 
 def _tags(annotations: dict[str, str]) -> dict[str, Any] | None:
@@ -262,7 +267,7 @@ def export_azureml(manifest: dict, out_dir: str | Path, fmt: str = "v2") -> list
         warnings.append(f"no base image in the spec: exported kenv's default {DEFAULT_BASE_IMAGE}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    warnings += _clear_folder(out, _written_names(spec, fmt, conda))
+    warnings += _clear_folder(out, fmt)
     if fmt == "v1":
         if spec.docker.dockerfile:
             (out / V1_DOCKERFILE).write_text(spec.docker.dockerfile, encoding="utf-8")

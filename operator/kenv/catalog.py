@@ -4,9 +4,10 @@ Azure ML ships ready environments under a reserved prefix (`AzureML-…`). kenv'
 `kenv-…`, listed in the chart's `curated.environments` and handed to the operator as KENV_CATALOG (JSON). The
 operator applies them (server-side apply, its own field manager, label kenv.dev/curated) at start and every
 KENV_CATALOG_SYNC_SECONDS, and deletes curated ones no longer listed (the label's value is the operator's
-build namespace, so two installations never prune each other's). The chart's ValidatingAdmissionPolicy
-lets only the operator's ServiceAccount create `kenv-…` ClusterEnvironments or change their spec, so nobody
-takes a catalog name for their own and an upgrade of the catalog never collides with a team's environment.
+build namespace). The chart's ValidatingAdmissionPolicy lets only the operator's ServiceAccount create `kenv-…`
+ClusterEnvironments or change their spec or that label, so nobody takes a catalog name for their own and an upgrade
+of the catalog never collides with a team's environment. One catalog per cluster: each release's policy admits
+its own operator only.
 """
 
 from __future__ import annotations
@@ -80,9 +81,10 @@ def desired_object(entry: CatalogEntry, owner: str) -> dict[str, Any]:
 
 
 def stale(found: list[str], entries: list[CatalogEntry]) -> list[str]:
-    """Curated ClusterEnvironments in the cluster that the catalog no longer lists."""
+    """Curated ClusterEnvironments in the cluster that the catalog no longer lists. Only names with the reserved
+    prefix: a label alone (which a user with patch rights could add) never makes the operator delete anything."""
     listed = {entry.name for entry in entries}
-    return sorted(name for name in found if name not in listed)
+    return sorted(name for name in found if name.startswith(CURATED_PREFIX) and name not in listed)
 
 
 async def _taken(api: Any, name: str, owner: str) -> bool:

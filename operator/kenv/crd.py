@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from kenv import versionmodels
-from kenv.models import GROUP, VERSION, EnvironmentSpec, EnvironmentStatus
+from kenv.models import GROUP, VERSION, EnvironmentSpec
+from kenv.statusmodels import EnvironmentStatus
 
 KINDS = {
     "Environment": {"plural": "environments", "short": "env", "scope": "Namespaced"},

@@ -12,9 +12,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kenv import kube
 from kenv.config import OperatorSettings
 from kenv.injection import AWAITING_RUNTIME, InjectionRefused, build_ungate_patch, pod_is_awaiting_image
-from kenv.models import Phase
 from kenv.refs import EnvironmentRef
 from kenv.status import BUILT, condition, is_current
+from kenv.statusmodels import Phase
 
 log = logging.getLogger(__name__)
 

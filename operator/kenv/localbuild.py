@@ -391,7 +391,8 @@ def run_steps(plan: LocalPlan, stage: Path, err: TextIO) -> None:
         except OSError as error:
             raise LocalBuildError(f"{step.description}: {error}") from error
         if code != 0:
-            raise LocalBuildError(f"{step.description} failed (exit code {code}); {plan.directory} was removed")
+            raise LocalBuildError(f"{step.description} failed (exit code {code}); nothing half-built is left in "
+                                  f"{plan.directory}")
 
 
 def build_local(spec: EnvironmentSpec, context: BuildContext, directory: Path, *, python: str | None = None,
@@ -430,11 +431,23 @@ def build_local(spec: EnvironmentSpec, context: BuildContext, directory: Path, *
             try:
                 run_steps(plan, Path(stage_dir), err)
             except BaseException:
-                shutil.rmtree(directory, ignore_errors=True)  # never leave a half-built environment
+                remove_half_built(directory, keep_directory=state == "empty")
                 raise
         write_meta(plan)  # activate.sh follows the variables, which never rebuild anything
     print(activation_message(plan, spec), end="", file=out)
     return plan
+
+
+def remove_half_built(directory: Path, keep_directory: bool) -> None:
+    """Never leave a half-built environment; a directory that existed (empty) before stays, emptied again."""
+    if not keep_directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for entry in directory.iterdir() if directory.is_dir() else []:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def load_spec(manifest: Mapping[str, Any]) -> EnvironmentSpec:

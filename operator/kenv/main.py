@@ -79,12 +79,14 @@ async def cluster_environment_poll(body: kopf.Body, patch: kopf.Patch, logger: l
     await runtime.reconcile("ClusterEnvironment", body, patch, logger)
 
 
-@kopf.timer(*ENVIRONMENTS, interval=SETTINGS.reference_check_seconds, when=runtime.names_references)
+@kopf.timer(*ENVIRONMENTS, interval=SETTINGS.reference_check_seconds, initial_delay=SETTINGS.reference_check_seconds,
+             when=runtime.names_references)
 async def environment_references(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
     await runtime.check_references("Environment", body, patch, logger)
 
 
-@kopf.timer(*CLUSTER_ENVIRONMENTS, interval=SETTINGS.reference_check_seconds, when=runtime.names_references)
+@kopf.timer(*CLUSTER_ENVIRONMENTS, interval=SETTINGS.reference_check_seconds,
+             initial_delay=SETTINGS.reference_check_seconds, when=runtime.names_references)
 async def cluster_environment_references(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                                          **_: Any) -> None:
     await runtime.check_references("ClusterEnvironment", body, patch, logger)

@@ -22,10 +22,11 @@ from pydantic import ValidationError
 from kenv import builds, jobstate, kube, metrics, references, status, versions
 from kenv.config import OperatorSettings, PendingImagePolicy
 from kenv.errors import SpecError, describe_validation_error
-from kenv.models import EnvironmentSpec, Phase
+from kenv.models import EnvironmentSpec
 from kenv.refs import EnvironmentRef
 from kenv.registry import Credentials, RegistryClient, RegistryError, credentials_for
 from kenv.render import BuildContext, Externals, render_context
+from kenv.statusmodels import Phase
 from kenv.versionstore import NewVersion, VersionStore
 
 REBUILD_ANNOTATION = "kenv.dev/rebuild"
@@ -203,6 +204,8 @@ class Reconciler:
         push_config = await self._push_config()
         push_credentials = credentials_for(builds.registry_of(plan.destination), push_config)
         own = await kube.read_job(plan.namespace, plan.job_name)
+        if own is None and current.get("phase") == Phase.BUILDING:
+            own = await self._followed_job(attempt)
         if own is not None and (attempt.forced or current.get("phase") == Phase.BUILDING):
             # We were waiting on this Job: its outcome decides, even if the pushed tag shows up first.
             if jobstate.job_finished(own):
@@ -236,16 +239,29 @@ class Reconciler:
                                    f"{plan.namespace}/{job['metadata']['name']}"))
         return outcome
 
+    async def _followed_job(self, attempt: Attempt) -> dict[str, Any] | None:
+        """The Job status.buildJob names, while it builds this content: a retry's Job name includes the
+        references it saw, which may have changed since it started; the build in flight still decides."""
+        followed = attempt.current.get("buildJob") or {}
+        if followed.get("namespace") != attempt.plan.namespace or not followed.get("name"):
+            return None
+        job = await kube.read_job(attempt.plan.namespace, str(followed["name"]))
+        labels = ((job or {}).get("metadata") or {}).get("labels") or {}
+        return job if labels.get(builds.LABEL_HASH) == builds.hash_label(attempt.plan.hash) else None
+
     def _building(self, attempt: Attempt, job: dict[str, Any]) -> Outcome:
         name, plan = job["metadata"]["name"], attempt.plan
         patch = self._progress(attempt.current, Phase.BUILDING, "Building", f"build Job {plan.namespace}/{name} "
                                f"is building {plan.destination}", attempt.generation, plan.hash)
         patch["buildJob"] = {"namespace": plan.namespace, "name": name}
+        if attempt.current.get("phase") != Phase.BUILDING or attempt.current.get("buildJob") != patch["buildJob"]:
+            patch["buildReferences"] = attempt.references  # what this build was started with
         return Outcome(patch)
 
     async def _finished(self, attempt: Attempt, job: dict[str, Any], push_credentials: Credentials | None) -> Outcome:
         plan, current, generation = attempt.plan, attempt.current, attempt.generation
-        pods = await kube.job_pods(plan.namespace, job["metadata"]["name"])
+        name = job["metadata"]["name"]
+        pods = await kube.job_pods(plan.namespace, name)
         log_text = None
         if pods:
             log_text = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"], jobstate.BUILD_LOG_LINES)
@@ -253,7 +269,7 @@ class Reconciler:
             reported = jobstate.digest_from_pods(pods)
             digest = await self.registry.digest(plan.destination, push_credentials)
             if digest is None:
-                message = f"build Job {plan.job_name} succeeded but {plan.destination} is not in the registry"
+                message = f"build Job {name} succeeded but {plan.destination} is not in the registry"
                 return Outcome(status.failed(current, "ImageMissing", message, generation, plan.hash),
                                [("Warning", "ImageMissing", message)])
             if reported and reported != digest:
@@ -262,12 +278,12 @@ class Reconciler:
                                [("Warning", "DigestMismatch", message)])
             self._observe_duration(job)
             return await self._ready(attempt, digest, "BuildSucceeded",
-                                     f"built by Job {plan.namespace}/{plan.job_name}", push_credentials,
+                                     f"built by Job {plan.namespace}/{name}", push_credentials,
                                      build_log=jobstate.kept_log(log_text))
         message = jobstate.failure_message(job, pods, log_text)
         retries = current.get("transientRetries") or 0
         if retries < MAX_TRANSIENT_RETRIES and jobstate.looks_transient(message):
-            wait = (f"build Job {plan.job_name} could not reach a registry; retry {retries + 1} of "
+            wait = (f"build Job {name} could not reach a registry; retry {retries + 1} of "
                     f"{MAX_TRANSIENT_RETRIES} once it answers: {message}")
             patch = self._progress(current, Phase.PENDING, "RegistryUnavailable", wait, generation, plan.hash)
             patch["transientRetries"] = retries + 1
@@ -276,8 +292,10 @@ class Reconciler:
         if current.get("failedGeneration") != generation or current.get("phase") != Phase.FAILED:
             metrics.BUILDS_FAILED.labels(reason).inc()
         patch = status.failed(current, "BuildFailed", message, generation, plan.hash)
-        patch["buildJob"] = {"namespace": plan.namespace, "name": plan.job_name}
+        patch["buildJob"] = {"namespace": plan.namespace, "name": name}
         patch["failedBuildLog"] = jobstate.kept_log(log_text)
+        # The references this build started with: fixed since (even while it ran), they earn a retry.
+        patch["failedReferences"] = current.get("buildReferences", attempt.references)
         if attempt.token:
             patch["rebuildToken"] = attempt.token
         return Outcome(patch, [("Warning", "BuildFailed", message.splitlines()[0])])

@@ -80,14 +80,16 @@ def changed_since_failure(current: dict[str, Any], seen: str | None) -> bool:
 
 
 def record(patch: dict[str, Any], current: dict[str, Any], seen: str | None) -> dict[str, Any]:
-    """The status patch with the fingerprint this reconcile saw, and the one a failure happened with."""
-    if not patch:
-        return patch  # nothing to write (waiting after a failure): the timer compares against the last record
+    """The status patch with the fingerprint this reconcile saw, and the one a failure is judged against."""
     recorded = dict(patch)
-    if seen is not None or current.get("referencesFingerprint") is not None:
+    if (recorded or current.get("referencesFingerprint") != seen) and \
+            (seen is not None or current.get("referencesFingerprint") is not None):
         recorded["referencesFingerprint"] = seen
     if recorded.get("phase") == "Failed" and recorded.get("failedGeneration") is not None:
-        recorded["failedReferences"] = seen
+        recorded.setdefault("failedReferences", seen)  # a build failure sets the fingerprint it started with
+    elif not patch and current.get("phase") == "Failed" and "failedReferences" not in current:
+        recorded["failedReferences"] = seen  # failed before fingerprints were recorded: judge from now on
     elif recorded.get("phase") == "Ready":
         recorded["failedReferences"] = None
+        recorded["buildReferences"] = None
     return recorded

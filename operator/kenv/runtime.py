@@ -15,11 +15,12 @@ from pydantic import ValidationError
 from kenv import catalog, gating, kube, metrics, references, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
-from kenv.models import GROUP, Phase, spec_from_body
+from kenv.models import GROUP, spec_from_body
 from kenv.reconcile import Outcome, Reconciler, rebuild_token
 from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryClient
 from kenv.status import rebuild_pending
+from kenv.statusmodels import Phase
 
 PREFIX = GROUP  # our own annotation prefix and finalizer, not kopf.zalando.org
 _reconciler: Reconciler | None = None
@@ -82,7 +83,8 @@ def unsettled(body: kopf.Body, **_: Any) -> bool:
     if rebuild_pending(status, rebuild_token(body.metadata)):
         return True
     if status.get("phase") == Phase.FAILED:
-        return status.get("failedGeneration") != body.metadata.get("generation")
+        return status.get("failedGeneration") != body.metadata.get("generation") or \
+            references.changed_since_failure(status, status.get("referencesFingerprint"))
     if gating.may_have_gated_pods(environment_ref(str(body.get("kind")), body)):
         return True  # a pod was gated after the last look (e.g. while the Ready status was being written)
     return status.get("phase") != Phase.READY or status.get("observedGeneration") != body.metadata.get("generation")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from kenv.models import Phase
+from kenv.statusmodels import Phase
 
 BUILT = "Built"
 READY = "Ready"
@@ -80,6 +80,7 @@ def failed(status: dict[str, Any], reason: str, message: str, generation: int | 
            desired_hash: str | None) -> dict[str, Any]:
     patch = progress(status, Phase.FAILED, reason, message, generation, desired_hash)
     patch["failedGeneration"] = generation
+    patch["failedBuildLog"] = None  # a build failure sets its own; any other must not show an old build's
     return patch
 
 

@@ -13,10 +13,11 @@ import kopf
 from pydantic import ValidationError
 
 from kenv import builds
-from kenv.models import EnvironmentSpec, Phase
+from kenv.models import EnvironmentSpec
 from kenv.reconcile import REBUILD_ANNOTATION, MissingReference, Reconciler, base_rebuild_token
 from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryError, credentials_for
+from kenv.statusmodels import Phase
 
 
 def tracked_spec(body: dict[str, Any]) -> EnvironmentSpec | None:

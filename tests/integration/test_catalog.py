@@ -49,6 +49,9 @@ def test_curated_environments_are_applied_listed_reserved_and_pruned(kube, clust
         edited = kubectl(cluster, "patch", "cenv", NAME, "--type=merge", "-p",
                          json.dumps({"spec": {"environmentVariables": {"A": "b"}}}), check=False)
         assert edited.returncode != 0 and "change its spec in the catalog" in edited.stderr
+        relabelled = kubectl(cluster, "label", "cenv", NAME, "kenv.dev/curated=someone-else", "--overwrite",
+                             check=False)
+        assert relabelled.returncode != 0 and "leave its kenv.dev/curated label" in relabelled.stderr
         # ... but may annotate it (e.g. kenv.dev/rebuild), and other names stay free.
         kubectl(cluster, "annotate", "cenv", NAME, "team.example/owner=platform")
         free = {**mine, "metadata": {"name": "team-minimal"}}

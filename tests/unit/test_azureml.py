@@ -425,11 +425,31 @@ def test_export_switching_format_removes_the_other_formats_files(tmp_path):
 def test_export_keeps_files_it_does_not_own_and_names_them(tmp_path):
     (tmp_path / "README.md").write_text("notes\n")
     (tmp_path / "environment.yml").write_text(CONDA)  # a conda file, not an Azure ML environment
-    (tmp_path / "BaseDockerfile").write_text("FROM stale\n")
+    (tmp_path / "docker-context").mkdir()
+    (tmp_path / "docker-context" / "Dockerfile").write_text("FROM mine\n")  # no v2 document: the user's
     warnings = export_azureml(manifest({"docker": {"baseImage": "python:3.11"}}), tmp_path, "v1")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "azureml_environment.json", "environment.yml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "azureml_environment.json", "docker-context",
+                                                          "environment.yml"]
     assert (tmp_path / "environment.yml").read_text() == CONDA
-    assert any("kept README.md, environment.yml: not written by kenv's export" in w for w in warnings), warnings
+    assert (tmp_path / "docker-context" / "Dockerfile").read_text() == "FROM mine\n"
+    kept = "kept README.md, docker-context/Dockerfile, environment.yml: not written by kenv's export"
+    assert any(kept in w for w in warnings), warnings
+    assert not any("removed" in w for w in warnings), warnings
+
+
+def test_export_names_what_it_removed(tmp_path):
+    export_azureml(manifest({"docker": {"dockerfile": "FROM ubuntu:22.04\n"}}), tmp_path, "v1")
+    warnings = export_azureml(manifest({"docker": {"baseImage": "python:3.11"}}), tmp_path, "v1")
+    assert not (tmp_path / "BaseDockerfile").exists()
+    removed = "removed BaseDockerfile, azureml_environment.json, left by an earlier Azure ML export"
+    assert any(removed in w for w in warnings), warnings
+
+
+def test_a_lone_base_dockerfile_is_the_users_and_refused_for_a_v1_export(tmp_path):
+    (tmp_path / "BaseDockerfile").write_text("FROM mine\n")  # no azureml_environment.json beside it
+    with pytest.raises(SpecError, match="BaseDockerfile was not written by kenv's export, and Azure ML would read"):
+        export_azureml(manifest({"docker": {"baseImage": "python:3.11"}}), tmp_path, "v1")
+    assert (tmp_path / "BaseDockerfile").read_text() == "FROM mine\n"
 
 
 @pytest.mark.parametrize(("files", "spec", "blocking"), [

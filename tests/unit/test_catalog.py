@@ -52,6 +52,7 @@ def test_only_entries_dropped_from_the_catalog_are_pruned():
     entries = parse_catalog('[{"name": "kenv-a", "spec": {}}, {"name": "kenv-b", "spec": {}}]')
     assert stale(["kenv-a", "kenv-c", "kenv-b", "kenv-d"], entries) == ["kenv-c", "kenv-d"]
     assert stale(["kenv-a"], parse_catalog("[]")) == ["kenv-a"]
+    assert stale(["team-env"], parse_catalog("[]")) == []  # a label alone never gets a team's object deleted
 
 
 def test_catalog_table_shows_status_and_description():

@@ -757,6 +757,13 @@ def test_without_bash_a_double_bracket_script_fails_instead_of_being_skipped(tmp
     assert not (tmp_path / "prepared").exists() and not ran_command(done)
 
 
+def test_without_bash_a_posix_character_class_is_not_taken_for_double_brackets(tmp_path, path_without_bash):
+    script = 'case abc in *[[:alpha:]]*) : > "$OUT/prepared" ;; esac\n'
+    done = run_container(bootstrapped(tmp_path, script), {"PATH": path_without_bash})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "prepared").exists() and ran_command(done)
+
+
 def test_failure_exit_code_and_last_lines_in_the_termination_message(tmp_path):
     script = ('i=1; while [ $i -le 30 ]; do echo "step $i"; i=$((i + 1)); done\n'
               'echo "fatal: dataset server unreachable" >&2\n(exit 42)\necho never\n')
@@ -836,7 +843,8 @@ def test_a_process_left_in_the_background_does_not_hold_up_the_command(tmp_path)
         assert time.monotonic() - started < 10  # at most ~2s waiting for the output to drain
         assert log.read_text().splitlines() == ["started", json.dumps(ARGS)]
     finally:
-        os.kill(int((tmp_path / "background.pid").read_text()), signal.SIGKILL)
+        if (tmp_path / "background.pid").exists():  # else the assertion above says what went wrong
+            os.kill(int((tmp_path / "background.pid").read_text()), signal.SIGKILL)
 
 
 # --- un-gating ------------------------------------------------------------------------------------

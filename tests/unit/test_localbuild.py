@@ -346,8 +346,15 @@ def test_build_rerun_and_rebuild(tmp_path, fake_python, capsys, monkeypatch):
 def test_a_failed_install_leaves_nothing_behind(tmp_path, fake_python, capsys):
     assert build(tmp_path, {"pip": {"packages": ["broken==1"]}}) == 2
     error = capsys.readouterr().err
-    assert "kenv: install the pip requirements failed (exit code 3)" in error and "was removed" in error
+    assert "kenv: install the pip requirements failed (exit code 3)" in error
+    assert "nothing half-built is left in" in error
     assert not (tmp_path / "env").exists()
+
+
+def test_a_failed_install_into_an_existing_empty_directory_keeps_the_directory(tmp_path, fake_python, capsys):
+    (tmp_path / "env").mkdir()
+    assert build(tmp_path, {"pip": {"packages": ["broken==1"]}}) == 2
+    assert (tmp_path / "env").is_dir() and not list((tmp_path / "env").iterdir())
 
 
 def test_a_directory_kenv_did_not_make_is_never_touched(tmp_path, fake_python, capsys):

@@ -43,11 +43,22 @@ def test_a_failed_build_is_retried_only_when_a_reference_changed_since():
     assert not changed_since_failure({}, "f1")  # failed before fingerprints were recorded: wait as before
 
 
-def test_record_keeps_the_fingerprint_and_the_one_a_failure_saw():
+def test_record_keeps_the_fingerprint_and_the_one_a_failure_is_judged_against():
     failed = record({"phase": "Failed", "failedGeneration": 3}, {}, "f1")
     assert failed == {"phase": "Failed", "failedGeneration": 3, "referencesFingerprint": "f1", "failedReferences": "f1"}
-    ready = record({"phase": "Ready"}, {"failedReferences": "f1"}, "f2")
-    assert ready["failedReferences"] is None and ready["referencesFingerprint"] == "f2"
+    # A build failure names the references its build started with, even if they were fixed while it ran.
+    started_with = record({"phase": "Failed", "failedGeneration": 3, "failedReferences": "f0"}, {}, "f1")
+    assert started_with["failedReferences"] == "f0" and changed_since_failure(started_with, "f1")
+    ready = record({"phase": "Ready"}, {"failedReferences": "f1", "buildReferences": "f1"}, "f2")
+    assert ready["failedReferences"] is None and ready["buildReferences"] is None
+    assert ready["referencesFingerprint"] == "f2"
     assert record({}, {"referencesFingerprint": "f1"}, "f1") == {}  # nothing to write while waiting
     assert "referencesFingerprint" not in record({"phase": "Building"}, {}, None)  # no references, no field
     assert record({"phase": "Building"}, {"referencesFingerprint": "f1"}, None)["referencesFingerprint"] is None
+
+
+def test_a_failure_recorded_before_fingerprints_existed_is_given_one_once():
+    before = {"phase": "Failed", "failedGeneration": 2}
+    assert record({}, before, "f1") == {"referencesFingerprint": "f1", "failedReferences": "f1"}
+    after = {**before, "referencesFingerprint": "f1", "failedReferences": "f1"}
+    assert record({}, after, "f1") == {}  # and then the reference timer has nothing to do
