@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from kenv import kube
 from kenv.errors import describe_validation_error
 from kenv.models import API_VERSION, GROUP, VERSION, EnvironmentSpec
+from kenv.tables import aligned
 
 CURATED_PREFIX = "kenv-"
 CURATED_LABEL = "kenv.dev/curated"
@@ -142,9 +143,7 @@ def catalog_table(objects: list[dict[str, Any]]) -> str:
         status, spec = obj.get("status") or {}, obj.get("spec") or {}
         rows.append((obj["metadata"]["name"], str(status.get("phase") or "Pending"), str(status.get("version") or ""),
                      str(status.get("image") or ""), str(spec.get("description") or "")))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)), row[4]]).rstrip()
-                     for row in rows) + "\n"
+    return aligned(rows)
 
 
 async def show_catalog() -> int:

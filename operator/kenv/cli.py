@@ -37,12 +37,16 @@ def load_manifest(path: str) -> dict[str, Any]:
     raise SpecError(f"{path}: no Environment or ClusterEnvironment document found")
 
 
-def load_context(args: argparse.Namespace) -> tuple[dict[str, Any], BuildContext]:
-    manifest = load_manifest(args.file)
+def load_spec(manifest: dict[str, Any]) -> EnvironmentSpec:
     try:
-        spec = EnvironmentSpec.model_validate(manifest.get("spec") or {})
+        return EnvironmentSpec.model_validate(manifest.get("spec") or {})
     except ValidationError as error:
         raise SpecError(describe_validation_error(error)) from error
+
+
+def load_context(args: argparse.Namespace) -> tuple[dict[str, Any], BuildContext]:
+    manifest = load_manifest(args.file)
+    spec = load_spec(manifest)
     externals = Externals(
         dockerfile=Path(args.dockerfile).read_text() if args.dockerfile else None,
         ca_bundle=Path(args.ca_bundle).read_text() if args.ca_bundle else None,
@@ -90,7 +94,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         from kenv.localbuild import LocalBuildError, build_local_from_args
 
         try:
-            return build_local_from_args(load_manifest(args.file), args)
+            return build_local_from_args(load_spec(load_manifest(args.file)), args)
         except LocalBuildError as error:
             return fail(str(error))
     if args.python or args.micromamba:

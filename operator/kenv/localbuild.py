@@ -28,9 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from pydantic import ValidationError
-
-from kenv.errors import SpecError, describe_validation_error
 from kenv.models import EnvironmentSpec
 from kenv.render import CA_FILE, BuildContext, Externals, content_hash, render_context
 
@@ -450,18 +447,11 @@ def remove_half_built(directory: Path, keep_directory: bool) -> None:
             entry.unlink(missing_ok=True)
 
 
-def load_spec(manifest: Mapping[str, Any]) -> EnvironmentSpec:
-    try:
-        return EnvironmentSpec.model_validate(manifest.get("spec") or {})
-    except ValidationError as error:
-        raise SpecError(describe_validation_error(error)) from error
-
-
-def build_local_from_args(manifest: Mapping[str, Any], args: argparse.Namespace) -> int:
-    """`kenv build --local DIR`: the same validation and rendering as the image build, then `build_local`."""
+def build_local_from_args(spec: EnvironmentSpec, args: argparse.Namespace) -> int:
+    """`kenv build --local DIR`: the same validation (the caller's) and rendering as the image build, then
+    `build_local`."""
     if args.push:
         raise LocalBuildError("--push publishes an image; --local builds no image: drop one of them")
-    spec = load_spec(manifest)
     reason = refusal(spec)  # before rendering: an unresolved dockerfileFrom would hide the reason
     if reason:
         raise LocalBuildError(reason)

@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import jobstate, kube, versioncli
+from kenv.statusmodels import Phase
 
 
 def kept_version_log(objects: list[dict[str, Any]], number: int) -> tuple[str | None, str]:
@@ -69,7 +70,7 @@ async def _show_kept_log(name: str, namespace: str | None, cluster: bool, status
                          job: dict[str, Any] | None) -> int:
     """The build pod is gone: the failed build's kept log, else the current version's."""
     where = f"build Job {job['namespace']}/{job['name']} has no pods left" if job else f"{name} has no build Job"
-    if status.get("phase") == "Failed" and status.get("failedBuildLog"):
+    if status.get("phase") == Phase.FAILED and status.get("failedBuildLog"):
         print(f"kenv: {where}; the failed build's log as kept in status.failedBuildLog:", file=sys.stderr)
         sys.stdout.write(str(status["failedBuildLog"]))
         return 0

@@ -96,8 +96,7 @@ class Reconciler:
             spec = EnvironmentSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
             return self._invalid(current, describe_validation_error(error), generation)
-        seen = await references.fingerprint(references.referenced_objects(
-            spec, ref.references_namespace(self.settings.build_namespace)))
+        seen = await references.fingerprint(spec, ref.references_namespace(self.settings.build_namespace))
         outcome = await self._attempt(ref, body, spec, current, seen, log)
         return Outcome(references.record(outcome.status, current, seen), outcome.events)
 

@@ -16,6 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import kube
 from kenv.models import EnvironmentSpec
+from kenv.statusmodels import Phase
 
 ABSENT = "absent"
 
@@ -69,8 +70,10 @@ async def resource_version(reference: Reference) -> str:
     return str(obj.metadata.resource_version)
 
 
-async def fingerprint(references: list[Reference]) -> str | None:
-    return fingerprint_of({reference: await resource_version(reference) for reference in references})
+async def fingerprint(spec: EnvironmentSpec, namespace: str) -> str | None:
+    """The fingerprint of what `spec` names in `namespace` now (one GET per object)."""
+    return fingerprint_of({reference: await resource_version(reference)
+                           for reference in referenced_objects(spec, namespace)})
 
 
 def changed_since_failure(current: dict[str, Any], seen: str | None) -> bool:
@@ -85,11 +88,11 @@ def record(patch: dict[str, Any], current: dict[str, Any], seen: str | None) -> 
     if (recorded or current.get("referencesFingerprint") != seen) and \
             (seen is not None or current.get("referencesFingerprint") is not None):
         recorded["referencesFingerprint"] = seen
-    if recorded.get("phase") == "Failed" and recorded.get("failedGeneration") is not None:
+    if recorded.get("phase") == Phase.FAILED and recorded.get("failedGeneration") is not None:
         recorded.setdefault("failedReferences", seen)  # a build failure sets the fingerprint it started with
-    elif not patch and current.get("phase") == "Failed" and "failedReferences" not in current:
+    elif not patch and current.get("phase") == Phase.FAILED and "failedReferences" not in current:
         recorded["failedReferences"] = seen  # failed before fingerprints were recorded: judge from now on
-    elif recorded.get("phase") == "Ready":
+    elif recorded.get("phase") == Phase.READY:
         recorded["failedReferences"] = None
         recorded["buildReferences"] = None
     return recorded

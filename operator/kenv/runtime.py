@@ -122,8 +122,7 @@ async def check_references(kind: str, body: kopf.Body, patch: kopf.Patch, logger
         spec = spec_from_body(dict(body.get("spec") or {}))
     except ValidationError:
         return  # the status already says why; nothing to read
-    seen = await references.fingerprint(references.referenced_objects(
-        spec, ref.references_namespace(get_settings().build_namespace)))
+    seen = await references.fingerprint(spec, ref.references_namespace(get_settings().build_namespace))
     if seen != (body.get("status") or {}).get("referencesFingerprint"):
         logger.info("a ConfigMap or Secret %s names changed: reconciling", ref.display)
         await reconcile(kind, body, patch, logger)

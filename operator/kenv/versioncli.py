@@ -9,6 +9,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import kube, versions
 from kenv.models import GROUP, VERSION
+from kenv.tables import aligned
 from kenv.versionmodels import PLURAL
 from kenv.versions import Snapshot
 from kenv.versionstore import UID_LABEL
@@ -43,9 +44,7 @@ def table(snapshots: list[Snapshot], current: int | None) -> str:
         mark = "*" if s.number == current else " "
         rows.append((f"{s.number}{mark}", s.created or "", s.content_hash[:12], digest, s.reason, changes[0]))
         rows += [("", "", "", "", "", line) for line in changes[1:]]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)), r[5]]).rstrip()
-                     for r in rows) + "\n"
+    return aligned(rows)
 
 
 async def load_or_report(name: str, namespace: str | None,
