@@ -1,11 +1,12 @@
 """The images the local cluster's pods need, built on this machine and pushed to the cluster's registry.
 
 No Docker engine and no upstream registry here, so every image a pod runs is made with buildah from things this
-machine can get: the pause image (a static binary from hack/images/pause.c), the Kaniko executor image (the
-executor hack/build-kaniko.sh builds from the Go module proxy, laid out like gcr.io/kaniko-project/executor),
-the Debian/python3 base image (debootstrap from Debian's mirror), the operator image (hack/operator.Dockerfile)
-and a buildah builder image (Debian's buildah package). Each is tagged with a hash of its inputs and kept in
-buildah's local storage, so it is rebuilt only when an input changed and pushed only when the registry lacks it.
+machine can get: the pause image (a static binary from hack/images/pause.c), the Kaniko executor image (the executor
+hack/build-kaniko.sh builds from the Go module proxy, laid out like gcr.io/kaniko-project/executor), the
+Debian/python3 base image (debootstrap from Debian's mirror), the operator image (hack/operator.Dockerfile), a
+buildah builder image (Debian's buildah package) and the conda installer image (py-rattler from PyPI). Each is
+tagged with a hash of its inputs and kept in buildah's local storage, so it is rebuilt only when an input changed
+and pushed only when the registry lacks it.
 
     python hack/images.py build pause kaniko base operator [--push HOST:PORT]   # prints one reference per image
 
@@ -37,7 +38,8 @@ DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Where each image goes in a registry; the tag is the content hash (the base image keeps the examples' tag).
 REPOSITORIES = {"pause": "kenv/pause", "kaniko": "kenv/kaniko-executor", "base": "kenv/base/python",
-                "operator": "kenv/operator", "buildah": "kenv/buildah", "buildkit": "kenv/buildkit"}
+                "operator": "kenv/operator", "buildah": "kenv/buildah", "buildkit": "kenv/buildkit",
+                "conda-installer": "kenv/conda-installer"}
 
 
 def log(message: str) -> None:
@@ -200,6 +202,12 @@ def buildah_builder() -> str:
     return from_dockerfile("buildah", HACK / "images/buildah.Dockerfile", HACK / "images", [], pip_ca=False)
 
 
+def conda_installer() -> str:
+    """python + py-rattler + PyYAML: the stage conda builds solve and install in (no PyPI needed at build time)."""
+    dockerfile = HACK / "images/conda-installer.Dockerfile"
+    return from_dockerfile("conda-installer", dockerfile, HACK / "images", [dockerfile], pip_ca=True)
+
+
 def buildkit_builder() -> str:
     """Rootless BuildKit: the binaries hack/build-buildkit.sh built, copied into a build context of their own."""
     binaries = Path(script_output(HACK / "build-buildkit.sh"))
@@ -212,7 +220,8 @@ def buildkit_builder() -> str:
 
 
 BUILDERS: dict[str, Callable[[], str]] = {"pause": pause, "kaniko": kaniko, "base": base, "operator": operator,
-                                          "buildah": buildah_builder, "buildkit": buildkit_builder}
+                                          "buildah": buildah_builder, "buildkit": buildkit_builder,
+                                          "conda-installer": conda_installer}
 
 
 # -- the registry ---------------------------------------------------------------------------------------------

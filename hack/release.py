@@ -52,6 +52,7 @@ class KenvRelease:
             "insecureRegistries": [registry],
             "image": {"repository": operator_repo, "tag": operator_tag},
             "builderImages": {name: self.images[name] for name in ("kaniko", "buildah", "buildkit")},
+            "conda": {"installerImage": self.images["conda-installer"]},
             "extraEnv": [{"name": f"KENV_{k.upper()}", "value": str(v)} for k, v in self.settings.items()],
         }
         return _merge(values, self.extra_values)
@@ -69,7 +70,8 @@ class KenvRelease:
     def install(self, timeout: float = 300, **values: Any) -> KenvRelease:
         """Build and push the images (cached by content), `helm upgrade --install --wait`, then wait until the
         webhook answers admission requests."""
-        self.images = images.build(["operator", "kaniko", "buildah", "buildkit"], self.cluster.registry)
+        self.images = images.build(["operator", "kaniko", "buildah", "buildkit", "conda-installer"],
+                                   self.cluster.registry)
         self.extra_values = _merge(self.extra_values, values)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(self.values(), f)

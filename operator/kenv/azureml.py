@@ -7,6 +7,10 @@ reads and writes at the edge. Whatever cannot be carried over is returned as a w
 silently. A registry password is left out by default (the output is what people save and commit): the
 Environment names a Secret and a warning gives the `kubectl create secret` command, with a placeholder for the
 password. Only when asked (include_secret) is the password emitted, in a separate Secret manifest.
+
+A conda part is reviewed (`review_conda`): a note says what it builds, warnings flag a python past its end of
+life and channels under Anaconda's terms of service. When it is only python, pip and a pip list, `pip_only`
+(`--pip-only`) imports the pip list as spec.pip instead, installed with the base image's python3.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kenv import validation
 from kenv.azureml_common import (
     NAME_ANNOTATION,
     TAGS_ANNOTATION,
@@ -31,7 +37,8 @@ from kenv.azureml_common import (
     shm_to_quantity,
 )
 from kenv.errors import SpecError
-from kenv.models import API_VERSION, registry_host
+from kenv.models import API_VERSION, EnvironmentSpec, registry_host
+from kenv.render import DEFAULT_BASE_IMAGE, NO_DEFAULTS, build_channels, environment_document, uses_conda
 
 MAX_FILE_BYTES = 1024 * 1024
 PLACEHOLDER_VARS = {"EXAMPLE_ENV_VAR": "EXAMPLE_VALUE"}  # what every SDK v1 Environment() starts with
@@ -49,6 +56,24 @@ _V1_DEFAULTS: dict[str, Any] = {
     "docker.platform": {"os": "Linux", "architecture": "amd64"},
 }
 _V2_KNOWN = {"$schema", "name", "version", "description", "tags", "image", "conda_file", "build", "os_type"}
+CONDA_PREFIX = "/opt/kenv/env"  # where the build creates the conda environment (render, Dockerfile.j2)
+# CPython's end of life per minor version (https://devguide.python.org/versions/): the day of the last release
+# for versions already gone when this was written, the end of the scheduled month for the others.
+PYTHON_END_OF_LIFE = {
+    "3.0": date(2009, 6, 27), "3.1": date(2012, 4, 9), "3.2": date(2016, 2, 20), "3.3": date(2017, 9, 29),
+    "3.4": date(2019, 3, 18), "3.5": date(2020, 9, 30), "3.6": date(2021, 12, 23), "3.7": date(2023, 6, 27),
+    "3.8": date(2024, 10, 7), "3.9": date(2025, 10, 31), "3.10": date(2026, 10, 31), "3.11": date(2027, 10, 31),
+    "3.12": date(2028, 10, 31), "3.13": date(2029, 10, 31), "3.14": date(2030, 10, 31),
+    "3.15": date(2031, 10, 31),
+}
+# Channels Anaconda, Inc. serves under its terms of service: `defaults` (main, r, msys2; free and pro of old)
+# and `anaconda`, the same packages on anaconda.org; by name, by URL, or as a package's `channel::` prefix.
+ANACONDA_CHANNELS = {"anaconda", "defaults", "main", "r", "msys2", "free", "pro"}
+ANACONDA_HOSTS = {"repo.anaconda.com", "repo.anaconda.cloud", "repo.continuum.io"}
+# What --pip-only carries over from a conda file besides the pip list (`name` and `prefix` are conda's own).
+_PIP_ONLY_PACKAGES, _PIP_ONLY_KEYS = {"python", "pip"}, {"name", "prefix", "channels", "dependencies"}
+_PYTHON_PIN = re.compile(r"python\s*(?:==?|\s)\s*(3(?:\.\d+){0,2})(?:\.\*)?")
+_INDEX_LINE = re.compile(r"(-i|--index-url|--extra-index-url)(?:\s+|=)(\S+)")
 
 
 def _read(path: Path, label: str) -> str:
@@ -98,7 +123,7 @@ def _conda(text: str, label: str) -> str | None:
     _field(doc, "channels", list, label)
     deps = _field(doc, "dependencies", list, label) or []
     for dep in deps:
-        match = re.fullmatch(r"python\s*(?:==?|\s)\s*(3(?:\.\d+){0,2})(?:\.\*)?", str(dep).strip())
+        match = _PYTHON_PIN.fullmatch(str(dep).strip())
         if isinstance(dep, str) and match:
             return match.group(1)
     return None
@@ -196,7 +221,8 @@ def _import_v1(folder: Path, warnings: list[str]) -> dict[str, Any]:
         spec["docker"] = section
     warnings += [f"{label}: {path} is not supported by kenv, not imported" for path in _unsupported(doc)]
     return {"name": _field(doc, "name", str, label), "version": _field(doc, "version", (str, int), label),
-            "spec": spec, "registry": _registry(doc, base_image, label), "annotations": {}, "label": label}
+            "spec": spec, "registry": _registry(doc, base_image, label), "annotations": {}, "label": label,
+            "conda_label": conda_label}
 
 
 def _import_v2(path: Path, doc: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
@@ -217,10 +243,11 @@ def _import_v2(path: Path, doc: dict[str, Any], warnings: list[str]) -> dict[str
         raise SpecError(f"{label}: os_type {doc['os_type']!r} is not supported: kenv builds Linux images")
     if image:
         spec["docker"] = {"baseImage": image}
+    conda_label = conda_file if isinstance(conda_file, str) else f"{label}: conda_file"
     if conda_file is not None:
         text = (yaml.safe_dump(conda_file, sort_keys=False) if isinstance(conda_file, dict)
                 else _read(base / conda_file, conda_file))
-        version = _conda(text, conda_file if isinstance(conda_file, str) else f"{label}: conda_file")
+        version = _conda(text, conda_label)
         spec["conda"] = {"environmentYaml": text}
         if version:
             spec["python"] = {"version": version}
@@ -242,7 +269,7 @@ def _import_v2(path: Path, doc: dict[str, Any], warnings: list[str]) -> dict[str
                      for k in build if k not in ("path", "dockerfile_path")]
     warnings += [f"{label}: {k} is not supported by kenv, not imported" for k in doc if k not in _V2_KNOWN]
     return {"name": _field(doc, "name", str, label), "version": _field(doc, "version", (str, int), label),
-            "spec": spec, "registry": None, "annotations": annotations, "label": label}
+            "spec": spec, "registry": None, "annotations": annotations, "label": label, "conda_label": conda_label}
 
 
 def _looks_v2(doc: Any) -> bool:
@@ -271,7 +298,184 @@ def _import_file(path: Path, warnings: list[str]) -> dict[str, Any]:
     if version:
         spec["python"] = {"version": version}
     return {"name": _field(doc, "name", str, label), "version": None, "spec": spec, "registry": None,
-            "annotations": {}, "label": label}
+            "annotations": {}, "label": label, "conda_label": label}
+
+
+def python_end_of_life(version: str, today: date) -> date | None:
+    """The day python `version` (`3.8`, `3.8.13`) reached its end of life, if it has by `today`; None while it is
+    supported, and for a version not in PYTHON_END_OF_LIFE or naming no minor version (`3`)."""
+    end = PYTHON_END_OF_LIFE.get(".".join(version.split(".")[:2]))
+    return end if end is not None and end <= today else None
+
+
+def _oldest_supported(today: date) -> str | None:
+    return next((version for version, end in PYTHON_END_OF_LIFE.items() if end > today), None)
+
+
+def anaconda_channel(channel: str) -> bool:
+    """Whether a conda channel (a name or a URL) is served under Anaconda's terms of service."""
+    text = channel.strip().rstrip("/").lower()
+    match = re.fullmatch(r"https?://([^/:]+)(?::\d+)?(?:/(.*))?", text)
+    if match is None:
+        return text.removeprefix("pkgs/") in ANACONDA_CHANNELS
+    host, path = match.group(1), (match.group(2) or "").split("/")
+    return host in ANACONDA_HOSTS or (host == "conda.anaconda.org" and path[0] in ANACONDA_CHANNELS)
+
+
+def _bare(dep: str) -> str:
+    """A match spec without its `channel::` prefix."""
+    return dep.rsplit("::", 1)[-1].strip()
+
+
+def _package_name(dep: str) -> str:
+    match = re.match(r"[A-Za-z0-9_.-]+", _bare(dep))
+    return (match.group(0) if match else _bare(dep)).lower()
+
+
+def _conda_parts(document: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """A parsed conda file's channels, conda match specs and pip lines (of every `pip:` list, in order)."""
+    channels = [str(channel) for channel in document.get("channels") or []]
+    specs, pip = [], []
+    for dep in document.get("dependencies") or []:
+        if isinstance(dep, dict):
+            pip += [str(line).strip() for line in dep.get("pip") or []]
+        else:
+            specs.append(str(dep).strip())
+    return channels, specs, pip
+
+
+def _python_spec(specs: list[str]) -> str | None:
+    """The python match spec if it pins something (`python=3.8.13`, `python>=3.10`), else None."""
+    return next((s for s in specs if _package_name(s) == "python" and _bare(s).lower() != "python"), None)
+
+
+def _installer(spec: EnvironmentSpec) -> str:
+    """The python that installs pip packages without conda, and where it has to come from."""
+    python = spec.python.interpreter_path or "python3"
+    if spec.docker.dockerfile or spec.docker.dockerfile_from:
+        return f"{python} of the image the base Dockerfile builds"
+    if image := spec.docker.resolved_base_image:
+        return f"{python} of the base image {image}"
+    return (f"{python} of kenv's default base image ({DEFAULT_BASE_IMAGE} unless the operator's "
+            "KENV_DEFAULT_BASE_IMAGE says otherwise)")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def review_conda(spec: EnvironmentSpec, label: str, today: date) -> tuple[list[str], list[str]]:
+    """Notes on what an imported Environment's conda part builds (and, when it is only python, pip and a pip
+    list, that --pip-only applies) and warnings on what deserves a look: a python past its end of life on
+    `today`, channels under Anaconda's terms of service. Nothing for an Environment without conda."""
+    if not uses_conda(spec):
+        return [], []
+    document = environment_document(spec)
+    channels, specs, pip = _conda_parts(document)
+    used = build_channels(channels)
+    if NO_DEFAULTS in channels:
+        how = " (`nodefaults`: no channel added)"
+    elif used != channels:
+        how = " (conda-forge added last by kenv)"
+    else:
+        how = ""
+    python = _python_spec(specs)
+    others = len(specs) - any(_package_name(s) == "python" for s in specs)
+    packages = sum(1 for line in pip if not line.startswith("-"))
+    notes = [f"{label}: the Environment builds a conda environment in {CONDA_PREFIX} from "
+             f"{'channel' if len(used) == 1 else 'channels'} {', '.join(used) or '(none)'}{how}, with "
+             f"{python or 'python unpinned'}, {_plural(others, 'other conda package')} and "
+             f"{_plural(packages, 'pip package')} installed by the environment's own pip"]
+    warnings = []
+    pin = _PYTHON_PIN.fullmatch(_bare(python)) if python else None
+    version = pin.group(1) if pin else None if python else spec.python.version
+    if version and (end := python_end_of_life(version, today)):
+        newer = _oldest_supported(today)
+        warnings.append(f"{label}: {python or 'python=' + version} pins python "
+                        f"{'.'.join(version.split('.')[:2])}, end-of-life since {end.isoformat()} (no more "
+                        f"security fixes){f': pin {newer} or later' if newer else ''}")
+    flagged = [f"channel {channel}" for channel in channels if anaconda_channel(channel)]
+    flagged += [f"package {s}" for s in specs if "::" in s and anaconda_channel(s.split("::", 1)[0])]
+    if flagged:
+        warnings.append(f"{label}: {', '.join(flagged)}: subject to Anaconda's terms of service; use conda-forge "
+                        "or your mirror")
+    if pip and not _pip_only_blockers(document):
+        notes.append(f"{label}: the conda part is only python, pip and a pip list: --pip-only would import the pip "
+                     f"list as spec.pip, installed with {_installer(spec)} instead of a conda environment (it warns "
+                     "what changes)")
+    return notes, warnings
+
+
+def _pip_only_blockers(document: dict[str, Any]) -> list[str]:
+    """What keeps a conda file from being only python, pip and a pip list: other packages, other keys."""
+    _, specs, _ = _conda_parts(document)
+    packages = [s for s in specs if _package_name(s) not in _PIP_ONLY_PACKAGES]
+    keys = sorted(str(key) for key in document if key not in _PIP_ONLY_KEYS)
+    found = []
+    if packages:
+        found.append(f"conda package{'s' if len(packages) > 1 else ''} {', '.join(packages)}")
+    if keys:
+        found.append(f"{'keys' if len(keys) > 1 else 'key'} {', '.join(keys)}")
+    return found
+
+
+def _pip_section(lines: list[str]) -> dict[str, Any]:
+    """A conda pip list as spec.pip: one --index-url as indexUrl, --extra-index-url as extraIndexUrls, the other
+    lines as packages when all are plain requirements, else as a requirements body (options, --hash, ...)."""
+    matches = [_INDEX_LINE.fullmatch(line) for line in lines]
+    indexes = sum(1 for match in matches if match and match.group(1) != "--extra-index-url")
+    section: dict[str, Any] = {}
+    rest = []
+    for line, match in zip(lines, matches, strict=True):
+        if match and match.group(1) == "--extra-index-url":
+            section.setdefault("extraIndexUrls", []).append(match.group(2))
+        elif match and indexes == 1:
+            section["indexUrl"] = match.group(2)
+        else:
+            rest.append(line)
+    if any(validation.requirement_problem(line) for line in rest):
+        section["requirements"] = "\n".join(rest) + "\n"
+    elif rest:
+        section["packages"] = rest
+    return section
+
+
+def _pip_only(spec: dict[str, Any], label: str, conda_label: str, warnings: list[str],
+              notes: list[str]) -> dict[str, Any]:
+    """The spec with its conda part (only python, pip and a pip list) turned into spec.pip, installed by the
+    base image's python3; a conda part with anything else is refused."""
+    if "conda" not in spec:
+        notes.append(f"--pip-only: {label} imports no conda environment; nothing to translate")
+        return spec
+    model = _validate(spec, label)
+    document = environment_document(model)
+    if blockers := _pip_only_blockers(document):
+        raise SpecError(f"{conda_label}: --pip-only takes a conda part of only python, pip and a pip list; this one "
+                        f"also has {' and '.join(blockers)}: drop --pip-only to build the conda environment")
+    channels, specs, pip = _conda_parts(document)
+    translated = {key: value for key, value in spec.items() if key != "conda"}
+    python = {key: value for key, value in spec.get("python", {}).items() if key != "version"}
+    translated.pop("python", None)
+    if python:  # never python.version: alone it means "conda solves this python" (render.uses_conda)
+        translated["python"] = python
+    if section := _pip_section(pip):
+        translated["pip"] = section
+    pins = [s for s in specs if _bare(s).lower() not in _PIP_ONLY_PACKAGES]
+    dropped = (f"{' and '.join(pins)} {'are' if len(pins) > 1 else 'is'} dropped" if pins
+               else "no conda environment is built")
+    python_pin = _python_spec(specs)
+    written = f" (written for {python_pin})" if python_pin else ""
+    if section:
+        installer = _installer(_validate(translated, label))
+        warnings.append(f"{conda_label}: --pip-only: {dropped}: the build installs the pip list with {installer}, "
+                        f"which must exist there, have pip and be compatible with the pins{written}; kenv cannot "
+                        "inspect the image at import time")
+    else:
+        warnings.append(f"{conda_label}: --pip-only: {dropped} and the pip list is empty: nothing is installed")
+    if channels:
+        warnings.append(f"{conda_label}: --pip-only: {'channels' if len(channels) > 1 else 'channel'} "
+                        f"{', '.join(channels)} not used (no conda environment is built)")
+    return translated
 
 
 def secret_command(secret: str, registry: dict[str, str]) -> str:
@@ -282,11 +486,14 @@ def secret_command(secret: str, registry: dict[str, str]) -> str:
             f"--docker-username={username} --docker-password=<password>")
 
 
-def import_azureml(path: str | Path, name: str | None = None,
-                   include_secret: bool = False) -> tuple[list[dict], list[str]]:
-    """Manifests ([Secret], Environment) for an Azure ML environment, and warnings about what did not map.
-    The Secret holding a registry password is only emitted with include_secret; otherwise a warning gives the
-    command that creates it."""
+def import_azureml(path: str | Path, name: str | None = None, include_secret: bool = False, pip_only: bool = False,
+                   today: date | None = None, notes: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """Manifests ([Secret], Environment) for an Azure ML environment, and warnings about what did not map or
+    deserves a look (review_conda, as of `today`). The Secret holding a registry password is only emitted with
+    include_secret; otherwise a warning gives the command that creates it. pip_only turns a conda part of only
+    python, pip and a pip list into spec.pip (and refuses any other). Notes (what the conda part builds, and
+    whether pip_only applies) are appended to `notes` when given."""
+    notes = [] if notes is None else notes
     source, warnings = Path(path), list[str]()
     if source.is_dir():
         if (source / V1_DEFINITION).is_file():
@@ -328,7 +535,14 @@ def import_azureml(path: str | Path, name: str | None = None,
                    if "password" in registry else f"no password in {label}")
             warnings.append(f"docker.baseImageRegistry: {why}; before applying, create Secret {secret} in the "
                             f"Environment's namespace: {secret_command(secret, registry)}")
-    body = _validate(spec, label).model_dump(by_alias=True, exclude_defaults=True, mode="json")
+    conda_label = imported.get("conda_label") or label
+    if pip_only:
+        spec = _pip_only(spec, label, conda_label, warnings, notes)
+    model = _validate(spec, label)
+    review_notes, review_warnings = review_conda(model, conda_label, today or date.today())
+    notes += review_notes
+    warnings += review_warnings
+    body = model.model_dump(by_alias=True, exclude_defaults=True, mode="json")
     manifests.append({"apiVersion": API_VERSION, "kind": "Environment",
                       "metadata": {"name": metadata_name, "annotations": annotations}, "spec": body})
     return manifests, warnings

@@ -94,6 +94,10 @@ def _unexportable(spec: EnvironmentSpec, fmt: str, annotations: dict[str, str]) 
     out += [f"spec.secretEnvFrom Secret {v.secret_name} cannot be exported" for v in spec.secret_env_from]
     if spec.bootstrap:
         out.append("spec.bootstrap has no Azure ML equivalent and was not exported")
+    if spec.conda is not None and spec.conda.channel_credentials:
+        hosts = ", ".join(c.host for c in spec.conda.channel_credentials)
+        out.append(f"spec.conda.channelCredentials ({hosts}) cannot be exported: give Azure ML the channel "
+                   "credentials its own way (e.g. a token in the channel URL or the workspace's connection)")
     if spec.build.model_dump() != type(spec.build)().model_dump():
         out.append("spec.build settings are kenv-only and were not exported")
     if ref := spec.docker.dockerfile_from:

@@ -3,7 +3,7 @@
 Builds run in one build namespace (the operator's), not beside the Environment: push credentials never leave
 it, and one build serves every Environment with the same content hash in any namespace. Kubernetes forbids
 owner references across namespaces, so the Job is not owned by an Environment; the Job owns its ConfigMap and
-Secret (garbage-collected with it) and is removed by ttlSecondsAfterFinished.
+Secrets (garbage-collected with it) and is removed by ttlSecondsAfterFinished.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -31,6 +31,12 @@ CA_KEY = CA_FILE  # the CA bundle in the context ConfigMap
 # they are plain files.
 CONTEXT_MOUNT = "/workspace"
 CONTEXT_DIR = f"{CONTEXT_MOUNT}/context"
+# Private conda channels (spec.conda.channelCredentials): rattler's authentication file, from a per-build Secret.
+# The conda installer (kenv-conda.py) uses CONDA_AUTH_DIR/auth.json as RATTLER_AUTH_FILE when it exists. Kaniko
+# runs RUN steps in its own container's filesystem and never snapshots /kaniko or mount points, so RUN steps see
+# the file and no image layer holds it. Kaniko only: buildah and BuildKit run RUN steps in a root of their own.
+CONDA_AUTH_DIR = "/kaniko/kenv/conda"
+CONDA_AUTH_KEY = "auth.json"
 
 # The builder scripts get the destination as "$1" (--destination=...) and never by interpolation.
 BUILDAH_SCRIPT = """set -eu
@@ -95,6 +101,10 @@ class BuildPlan:
     def docker_config_secret(self) -> str:
         return self.job_name + "-docker"
 
+    @property
+    def conda_auth_secret(self) -> str:
+        return self.job_name + "-conda"
+
 
 def hash_label(content_hash: str) -> str:
     return content_hash[:40]
@@ -144,18 +154,46 @@ def basic_auth_config(address: str, username: str, password: str) -> dict[str, A
     return {"auths": {address: {"auth": token}}}
 
 
-def build_docker_config_secret(plan: BuildPlan, config: dict[str, Any]) -> dict[str, Any]:
+def credentials_secret(plan: BuildPlan, name: str, secret_type: str, key: str, document: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """A per-build Secret holding one JSON document (the Job owns it once created)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "kubernetes.io/dockerconfigjson",
+        "type": secret_type,
         "metadata": {
-            "name": plan.docker_config_secret,
+            "name": name,
             "namespace": plan.namespace,
             "labels": {LABEL_ROLE: "build-credentials", LABEL_HASH: hash_label(plan.hash)},
         },
-        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+        "data": {key: base64.b64encode(json.dumps(document).encode()).decode()},
     }
+
+
+def build_docker_config_secret(plan: BuildPlan, config: dict[str, Any]) -> dict[str, Any]:
+    return credentials_secret(plan, plan.docker_config_secret, "kubernetes.io/dockerconfigjson", ".dockerconfigjson",
+                              config)
+
+
+def build_conda_auth_secret(plan: BuildPlan, auth: dict[str, Any]) -> dict[str, Any]:
+    return credentials_secret(plan, plan.conda_auth_secret, "Opaque", CONDA_AUTH_KEY, auth)
+
+
+@dataclass(frozen=True)
+class BuildCredentials:
+    """What one build authenticates with; each part that holds something becomes a Secret the Job mounts."""
+
+    docker_config: dict[str, Any]  # dockerconfigjson: the push Secret's and the base registry's auths
+    conda_auth: dict[str, Any] = field(default_factory=dict)  # rattler's authentication file, by channel host
+
+    def secrets(self, plan: BuildPlan) -> list[dict[str, Any]]:
+        """The per-build Secrets (none when there is nothing to hold)."""
+        secrets = []
+        if self.docker_config.get("auths"):
+            secrets.append(build_docker_config_secret(plan, self.docker_config))
+        if self.conda_auth:
+            secrets.append(build_conda_auth_secret(plan, self.conda_auth))
+        return secrets
 
 
 def builder_container(
@@ -179,13 +217,14 @@ def builder_container(
         args += [f"--insecure-registry={registry}" for registry in insecure]
         env = [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}] if has_ca else []
         return {"image": settings.kaniko_image, "command": None, "args": args, "env": env,
-                "docker_config_dir": "/kaniko/.docker", "security_context": None, "mounts": [], "volumes": []}
+                "docker_config_dir": "/kaniko/.docker", "conda_auth_dir": CONDA_AUTH_DIR, "security_context": None,
+                "mounts": [], "volumes": []}
     tls = "--tls-verify=false" if destination_insecure else ("--cert-dir=/kenv/ca" if has_ca else "")
     if builder is Builder.BUILDAH:
         env = [{"name": "KENV_TLS", "value": tls},
                {"name": "REGISTRY_AUTH_FILE", "value": "/kenv/docker/config.json"}]
         return {"image": settings.buildah_image, "command": ["/bin/sh", "-c", BUILDAH_SCRIPT, "kenv-build"],
-                "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker",
+                "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker", "conda_auth_dir": None,
                 "security_context": BUILDAH_SECURITY_CONTEXT, "mounts": [], "volumes": []}
     env = [
         {"name": "KENV_REGISTRY_INSECURE", "value": ",registry.insecure=true" if destination_insecure else ""},
@@ -197,7 +236,7 @@ def builder_container(
     # BuildKit's state must not be on the container's overlay root (no overlay on overlay): an emptyDir.
     state = {"name": "buildkit-state", "mountPath": BUILDKIT_STATE}
     return {"image": settings.buildkit_image, "command": ["/bin/sh", "-c", BUILDKIT_SCRIPT, "kenv-build"],
-            "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker",
+            "args": [destination_arg], "env": env, "docker_config_dir": "/kenv/docker", "conda_auth_dir": None,
             "security_context": BUILDKIT_SECURITY_CONTEXT, "mounts": [state],
             "volumes": [{"name": "buildkit-state", "emptyDir": {}}]}
 
@@ -211,9 +250,13 @@ def build_job(
     context_files: list[str],
     has_docker_config: bool,
     has_ca: bool,
+    conda_auth_secret: str | None = None,
 ) -> dict[str, Any]:
-    """context_files: the keys of the context ConfigMap (build_context_config_map), each mounted as a file."""
+    """context_files: the keys of the context ConfigMap (build_context_config_map), each mounted as a file;
+    conda_auth_secret: a Secret from build_conda_auth_secret, mounted at CONDA_AUTH_DIR (Kaniko only)."""
     container = builder_container(build.builder, plan, build, settings, has_ca)
+    if conda_auth_secret and not container["conda_auth_dir"]:
+        raise ValueError(f"conda channel credentials need the kaniko builder, not {build.builder.value}")
     labels = {LABEL_ROLE: "build", LABEL_HASH: hash_label(plan.hash), "app.kubernetes.io/managed-by": "kenv"}
     resources = build.resources.model_dump(exclude_none=True) if build.resources else {}
     rendered = render_template(
@@ -233,6 +276,9 @@ def build_job(
         security_context=container["security_context"],
         docker_config_secret=plan.docker_config_secret if has_docker_config else None,
         docker_config_dir=container["docker_config_dir"],
+        conda_auth_secret=conda_auth_secret,
+        conda_auth_dir=container["conda_auth_dir"],
+        conda_auth_key=CONDA_AUTH_KEY,
         ca_bundle=has_ca,
         context_config_map=plan.context_config_map,
         context_mount=CONTEXT_MOUNT,

@@ -153,7 +153,11 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from kenv.azureml import dump_manifests, import_azureml
 
-    manifests, warnings = import_azureml(args.path, name=args.name, include_secret=args.include_secret)
+    notes: list[str] = []
+    manifests, warnings = import_azureml(args.path, name=args.name, include_secret=args.include_secret,
+                                         pip_only=args.pip_only, notes=notes)
+    for note in notes:
+        print(f"kenv: note: {note}", file=sys.stderr)
     for warning in warnings:
         print(f"kenv: warning: {warning}", file=sys.stderr)
     print(dump_manifests(manifests), end="")
@@ -245,6 +249,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include-secret", action="store_true",
                    help="also print the registry password, as a Secret manifest (default: the Environment names the "
                    "Secret and stderr gives the kubectl command that creates it)")
+    p.add_argument("--pip-only", action="store_true",
+                   help="when the conda part is only python, pip and a pip list, import the pip list as spec.pip, "
+                   "installed with the base image's python3 instead of a conda environment (stderr says what changes)")
     p.set_defaults(run=cmd_import)
     p = sub.add_parser("export-azureml", help="write an Environment as an Azure ML environment")
     p.add_argument("-f", "--file", required=True)

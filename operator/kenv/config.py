@@ -19,6 +19,13 @@ class PendingImagePolicy(StrEnum):
     LAST_READY = "last-ready"  # admit with the last Ready version (its whole definition) and a warning
 
 
+class CondaInstaller(StrEnum):
+    """What solves and installs conda environments in builds (README, "Conda environments")."""
+
+    RATTLER = "rattler"  # py-rattler (PyPI) in a builder stage of conda_installer_image; the prefix is copied over
+    MICROMAMBA = "micromamba"  # /bin/micromamba copied from micromamba_image into the base image
+
+
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KENV_", extra="ignore")
 
@@ -42,6 +49,13 @@ class OperatorSettings(BaseSettings):
     kaniko_image: str = Field("gcr.io/kaniko-project/executor:v1.23.2", pattern=IMAGE_REF_PATTERN)
     buildah_image: str = Field("quay.io/buildah/stable:v1.38", pattern=IMAGE_REF_PATTERN)
     buildkit_image: str = Field("moby/buildkit:v0.34.2-rootless", pattern=IMAGE_REF_PATTERN)
+    conda_installer: CondaInstaller = Field(CondaInstaller.RATTLER, description="rattler or micromamba.")
+    conda_installer_image: str = Field(
+        "python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN,
+        description="Image of the rattler build stage: any python >= 3.10 image. py-rattler and PyYAML are "
+        "installed into it from PyPI during the build unless it has them (hack/images/conda-installer.Dockerfile "
+        "builds one that has them, for clusters without PyPI).",
+    )
     micromamba_image: str = Field("mambaorg/micromamba:2.0.5", pattern=IMAGE_REF_PATTERN)
     default_base_image: str = Field("python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN)
     insecure_registries: str = Field(

@@ -1,9 +1,10 @@
 """Azure ML's build_local(useDocker=False): materialise an Environment on this machine without containers.
 
 `kenv build -f env.yaml --local DIR` installs the files the image build installs — the same rendered
-requirements.txt and environment.yml, after the same validation — into a venv (pip) or a micromamba prefix
-(conda) at DIR, trusting `--ca-bundle` through the variables the Dockerfile sets as ARGs, and writes
-DIR/.kenv/activate.sh, which activates DIR and exports the Environment's variables as pods receive them.
+requirements.txt and environment.yml, after the same validation — into a venv (pip) or a conda prefix at DIR (solved
+by the image build's own installer script when kenv's python has py-rattler, else by micromamba), trusting
+`--ca-bundle` through the variables the Dockerfile sets as ARGs, and writes DIR/.kenv/activate.sh, which activates
+DIR and exports the Environment's variables as pods receive them.
 
 Planning is pure (`refusal`, `notes`, `choose_interpreter`, `plan_local`, `activate_script`): it returns the
 commands to run, so they are unit-tested without pip or micromamba. `build_local` is the thin runner around it.
@@ -29,7 +30,15 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from kenv.models import EnvironmentSpec
-from kenv.render import CA_FILE, BuildContext, Externals, content_hash, render_context
+from kenv.render import (
+    CA_FILE,
+    INSTALLER_SCRIPT,
+    BuildContext,
+    Externals,
+    content_hash,
+    installer_script,
+    render_context,
+)
 
 # Bump when what a local build installs changes for the same files: every DIR is rebuilt on its next run.
 LOCAL_RECIPE_VERSION = "1"
@@ -224,16 +233,25 @@ def notes(spec: EnvironmentSpec, kind: Kind, python: str, ca_given: bool) -> lis
 
 def plan_local(spec: EnvironmentSpec, context: BuildContext, directory: Path, stage: Path, *,
                interpreter: Interpreter | None = None, micromamba: str | None = None,
-               ca_given: bool = False) -> LocalPlan:
+               rattler_python: str | None = None, ca_given: bool = False) -> LocalPlan:
     """The commands that materialise `context` (the image build's rendered files) at `directory`, reading the
-    staged files from `stage`. A venv needs `interpreter`, conda needs `micromamba`."""
+    staged files from `stage`. A venv needs `interpreter`; conda needs `rattler_python` (a python with py-rattler:
+    the image build's own installer script) or `micromamba`."""
     directory = directory.absolute()
     files = context.files
     requirements = files.get("requirements.txt")
-    kind: Kind = "conda" if micromamba else "venv"
+    kind: Kind = "conda" if micromamba or rattler_python else "venv"
     steps: list[Step] = []
     used: dict[str, str] = {}
-    if kind == "conda":
+    if kind == "conda" and rattler_python and not micromamba:
+        used["environment.yml"] = files["environment.yml"]
+        used[INSTALLER_SCRIPT] = files.get(INSTALLER_SCRIPT) or installer_script()
+        python = "the conda environment's python"
+        identity = "rattler"
+        steps.append(Step("solve and create the conda environment (py-rattler, as the image build does)",
+                          (rattler_python, str(stage / INSTALLER_SCRIPT), str(stage / "environment.yml"),
+                           str(directory))))
+    elif kind == "conda":
         used["environment.yml"] = files["environment.yml"]
         python = "the conda environment's python"
         identity = "micromamba"
@@ -265,7 +283,7 @@ def activation_message(plan: LocalPlan, spec: EnvironmentSpec) -> str:
     """What `kenv build --local` prints last, on stdout."""
     script = shlex.quote(str(plan.meta / ACTIVATE_FILE))
     bare = (f". {shlex.quote(str(plan.directory / 'bin' / 'activate'))}" if plan.kind == "venv"
-            else f"micromamba activate {shlex.quote(str(plan.directory))}")
+            else f"export PATH={shlex.quote(str(plan.directory / 'bin'))}:\"$PATH\"")
     lines = [f"{plan.kind} ready at {plan.directory} ({plan.python}; same files as image {plan.image_tag})",
              "activate it, with the Environment's variables:", f"  source {script}",
              "or without them:", f"  {bare}"]
@@ -330,6 +348,11 @@ def find_interpreters(wanted: str | None, explicit: str | None = None) -> list[I
     return list(found.values())
 
 
+def rattler_available(python: str = sys.executable) -> bool:
+    """Whether `python` can run the conda installer script (py-rattler and PyYAML importable)."""
+    return subprocess.run([python, "-c", "import rattler, yaml"], capture_output=True).returncode == 0
+
+
 def find_micromamba(explicit: str | None) -> str:
     if explicit:
         path = shutil.which(explicit)
@@ -338,7 +361,8 @@ def find_micromamba(explicit: str | None) -> str:
         return path
     path = shutil.which("micromamba") or os.environ.get("MAMBA_EXE")
     if not path or not os.access(path, os.X_OK):
-        raise LocalBuildError(f"spec.conda needs micromamba locally, and none is on PATH: {MICROMAMBA_HELP}")
+        raise LocalBuildError("spec.conda needs a conda installer locally: `pip install py-rattler PyYAML` into "
+                              f"kenv's python (the image build's own installer), or {MICROMAMBA_HELP}")
     return path
 
 
@@ -400,8 +424,13 @@ def build_local(spec: EnvironmentSpec, context: BuildContext, directory: Path, *
     reason = refusal(spec)
     if reason:
         raise LocalBuildError(reason)
+    rattler_python = None
     if uses_conda_locally(spec, micromamba is not None):
-        interpreter, mamba = None, find_micromamba(micromamba)
+        interpreter = None
+        if micromamba is None and rattler_available():
+            mamba, rattler_python = None, sys.executable
+        else:
+            mamba = find_micromamba(micromamba)
     else:
         if micromamba is not None:
             print("kenv: note: --micromamba is not used: this Environment has no conda environment", file=err)
@@ -411,7 +440,7 @@ def build_local(spec: EnvironmentSpec, context: BuildContext, directory: Path, *
     directory = directory.absolute()
     with tempfile.TemporaryDirectory(prefix="kenv-local-") as stage_dir:
         plan = plan_local(spec, context, directory, Path(stage_dir), interpreter=interpreter, micromamba=mamba,
-                          ca_given=ca_given)
+                          rattler_python=rattler_python, ca_given=ca_given)
         for note in plan.notes:
             print(f"kenv: note: {note}", file=err)
         state = directory_state(directory)

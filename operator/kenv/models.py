@@ -115,6 +115,44 @@ class PipSection(KenvModel):
         return validation.check_each(value, validation.check_requirement, "spec.pip.packages")
 
 
+class ChannelCredential(KenvModel):
+    """Credentials for the conda channels of one host, written to rattler's authentication file for the build."""
+
+    # The API server's copy of `_host_only` (a static message: CEL cannot quote the value).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.host.matches('{validation.CHANNEL_HOST_PATTERN}')",
+                    "message": "host: write the host name only, in lower case, without scheme, port or path "
+                    "(conda.example.com), or *.example.com for every host under example.com",
+                },
+            ]
+        }
+    )
+
+    host: str = Field(
+        description="Host name of the channel server, lower case, without scheme, port or path (e.g. "
+        "`conda.example.com` for https://conda.example.com:8443/team), or `*.example.com` for every host under "
+        "example.com (and example.com itself). Every channel URL on that host is fetched with these credentials.",
+        min_length=1,
+        max_length=253,
+    )
+    secret_name: K8sName = Field(
+        description="Secret in the Environment's namespace (a ClusterEnvironment's: the operator's build "
+        "namespace) with keys `username` and `password` (type Opaque or kubernetes.io/basic-auth: HTTP basic "
+        "authentication), or `token` (sent as a bearer token), or `condaToken` (an anaconda.org-style token, put in "
+        "the URL as /t/<token>/). Read when a build starts; never put a password in the spec."
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host_only(cls, value: str) -> str:
+        if problem := validation.channel_host_problem(value):
+            raise ValueError(problem)
+        return value
+
+
 class CondaSection(KenvModel):
     """conda dependencies, solved by micromamba (Azure ML: from_conda_specification / CondaDependencies)."""
 
@@ -136,6 +174,16 @@ class CondaSection(KenvModel):
     pip_packages: list[SingleLine] = Field(
         default_factory=list,
         description="PEP 508 requirements installed by pip inside the conda environment.",
+    )
+    channel_credentials: list[ChannelCredential] = Field(
+        default_factory=list,
+        description="Credentials for private channels, one entry per host, taken from Secrets when a build "
+        "starts and mounted into the build pod only: never in the image, the build context or its content hash, "
+        "so adding or rotating them builds nothing by itself (a build that failed is retried when its Secret "
+        "changes). Works with environmentYaml or the structured fields. Needs build.builder kaniko and the "
+        "operator's rattler conda installer (the default).",
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["host"]},
     )
 
     @field_validator("environment_yaml")
@@ -161,6 +209,19 @@ class CondaSection(KenvModel):
     @classmethod
     def _pep508_pip_packages(cls, value: list[str]) -> list[str]:
         return validation.check_each(value, validation.check_requirement, "spec.conda.pipPackages")
+
+    @field_validator("channel_credentials")
+    @classmethod
+    def _one_entry_per_host(cls, value: list[ChannelCredential]) -> list[ChannelCredential]:
+        first: dict[str, int] = {}
+        for index, credential in enumerate(value):
+            if credential.host in first:
+                raise ValueError(
+                    f"spec.conda.channelCredentials[{index}].host {validation.show(credential.host)} is already "
+                    f"given by spec.conda.channelCredentials[{first[credential.host]}]: keep one entry per host"
+                )
+            first[credential.host] = index
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> CondaSection:
@@ -399,6 +460,13 @@ class EnvironmentSpec(KenvModel):
                     "self.python.userManagedDependencies) || (!has(self.pip) && !has(self.conda))",
                     "message": "python.userManagedDependencies forbids pip and conda: remove them or set it false",
                 },
+                {
+                    "rule": "!has(self.conda) || !has(self.conda.channelCredentials) || "
+                    "size(self.conda.channelCredentials) == 0 || !has(self.build) || !has(self.build.builder) || "
+                    "self.build.builder == 'kaniko'",
+                    "message": "conda.channelCredentials need build.builder kaniko: buildah and buildkit do not "
+                    "expose a mounted Secret to RUN steps; set builder kaniko or remove channelCredentials",
+                },
             ]
         }
     )
@@ -430,6 +498,12 @@ class EnvironmentSpec(KenvModel):
         if self.python.user_managed_dependencies and (self.pip or self.conda):
             raise ValueError(
                 "spec.python.userManagedDependencies forbids pip and conda: remove them or set it false"
+            )
+        if self.conda and self.conda.channel_credentials and self.build.builder is not Builder.KANIKO:
+            raise ValueError(
+                f"spec.conda.channelCredentials need spec.build.builder kaniko, not {self.build.builder.value}: "
+                f"{self.build.builder.value} does not expose a mounted Secret to RUN steps, where conda installs; "
+                "set spec.build.builder to kaniko or remove spec.conda.channelCredentials"
             )
         bad = [k for k in self.environment_variables if not re.fullmatch(ENV_NAME_PATTERN, k)]
         if bad:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kenv import builds, jobstate, kube, metrics, references, status, versions
+from kenv import builds, condaauth, jobstate, kube, metrics, references, status, versions
 from kenv.config import OperatorSettings, PendingImagePolicy
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import EnvironmentSpec
@@ -104,6 +104,13 @@ class Reconciler:
                        current: dict[str, Any], seen: str | None, log: logging.Logger) -> Outcome:
         generation = body["metadata"].get("generation")
         try:
+            condaauth.check_conda_installer(spec, self.settings.conda_installer)
+        except SpecError as error:
+            # The operator's setting is at fault, not a build of this content: with no desiredHash recorded, the
+            # same generation builds once the operator runs with the rattler installer.
+            invalid = self._invalid(current, str(error), generation)
+            return Outcome({**invalid.status, "desiredHash": None}, invalid.events)
+        try:
             externals = await self._externals(ref, spec)
             context = render_context(spec, externals)
         except MissingReference as missing:
@@ -183,7 +190,9 @@ class Reconciler:
             ca_bundle = await config_map_value("spec.build.caBundle", source.name, source.key)
         return Externals(dockerfile=dockerfile, ca_bundle=ca_bundle,
                          micromamba_image=self.settings.micromamba_image,
-                         default_base_image=self.settings.default_base_image)
+                         default_base_image=self.settings.default_base_image,
+                         conda_installer=self.settings.conda_installer.value,
+                         conda_installer_image=self.settings.conda_installer_image)
 
     async def _push_config(self) -> dict[str, Any]:
         if not self.settings.push_secret:
@@ -341,8 +350,9 @@ class Reconciler:
                            log: logging.Logger) -> tuple[dict[str, Any] | None, bool]:
         """Create the build objects if a slot is free: (job, created); (None, False) means queued."""
         ref, spec, plan = attempt.ref, attempt.spec, attempt.plan
-        base_config = await self.base_registry_config(ref, spec)
-        docker_config = builds.merge_docker_configs(base_config, push_config)
+        credentials = builds.BuildCredentials(
+            docker_config=builds.merge_docker_configs(await self.base_registry_config(ref, spec), push_config),
+            conda_auth=await self.conda_auth(ref, spec))
         async with self.build_slots:
             existing = await kube.read_job(plan.namespace, plan.job_name)  # a concurrent reconcile won
             if existing is not None:
@@ -356,21 +366,41 @@ class Reconciler:
                 return None, False
             self.queued.discard(ref.display)
             metrics.BUILD_QUEUE.set(len(self.queued))
-            config_map = await kube.create(builds.build_context_config_map(plan, attempt.context, attempt.ca_bundle))
-            secret = None
-            if docker_config["auths"]:
-                secret = await kube.create(builds.build_docker_config_secret(plan, docker_config))
-            job = await kube.create(builds.build_job(
-                plan, spec.build, self.settings, requested_by=f"{ref.kind}/{ref.display}",
-                context_files=list(config_map["data"]), has_docker_config=secret is not None,
-                has_ca=bool(attempt.ca_bundle)))
+            job, owned = await self._create_build_objects(attempt, credentials)
         owner = builds.owner_reference(job)
-        await kube.set_owner("ConfigMap", plan.namespace, config_map["metadata"]["name"], owner)
-        if secret is not None:
-            await kube.set_owner("Secret", plan.namespace, secret["metadata"]["name"], owner)
+        for kind, name in owned:
+            await kube.set_owner(kind, plan.namespace, name, owner)
         metrics.BUILDS_STARTED.labels(spec.build.builder.value).inc()
         log.info("started build Job %s/%s for %s", plan.namespace, plan.job_name, ref.display)
         return job, True
+
+    async def _create_build_objects(self, attempt: Attempt, credentials: builds.BuildCredentials
+                                    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """The context ConfigMap, the credential Secrets and the Job mounting them: (job, (kind, name) of the
+        objects the Job is to own)."""
+        plan = attempt.plan
+        config_map = await kube.create(builds.build_context_config_map(plan, attempt.context, attempt.ca_bundle))
+        secrets = credentials.secrets(plan)
+        for secret in secrets:
+            await kube.create(secret)
+        job = await kube.create(builds.build_job(
+            plan, attempt.spec.build, self.settings, requested_by=f"{attempt.ref.kind}/{attempt.ref.display}",
+            context_files=list(config_map["data"]), has_docker_config=bool(credentials.docker_config["auths"]),
+            conda_auth_secret=plan.conda_auth_secret if credentials.conda_auth else None,
+            has_ca=bool(attempt.ca_bundle)))
+        owned = [("ConfigMap", config_map["metadata"]["name"])]
+        return job, owned + [("Secret", secret["metadata"]["name"]) for secret in secrets]
+
+    async def conda_auth(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> dict[str, Any]:
+        """rattler's authentication file for spec.conda.channelCredentials ({} without), from their Secrets."""
+        credentials = spec.conda.channel_credentials if spec.conda else []
+        namespace = ref.references_namespace(self.settings.build_namespace)
+        secrets = {name: await kube.read_secret(namespace, name)
+                   for name in dict.fromkeys(credential.secret_name for credential in credentials)}
+        try:
+            return condaauth.conda_auth_file(credentials, secrets, namespace)
+        except condaauth.CredentialError as problem:
+            raise MissingReference(str(problem)) from None
 
     async def base_registry_config(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> dict[str, Any]:
         registry = spec.docker.base_image_registry

@@ -1,7 +1,8 @@
 """The objects an Environment names besides itself, and a fingerprint that moves when any of them changes.
 
-The ConfigMaps of spec.docker.dockerfileFrom and spec.build.caBundle and the Secret of
-spec.docker.baseImageRegistry live outside the spec, so editing them is no Environment event. The operator
+The ConfigMaps of spec.docker.dockerfileFrom and spec.build.caBundle and the Secrets of
+spec.docker.baseImageRegistry and spec.conda.channelCredentials live outside the spec, so editing them is no
+Environment event. The operator
 re-reads them on a timer (by name, with `get`: it keeps no list/watch on Secrets, so it can never enumerate
 them) and reconciles when the fingerprint differs from the one the last reconcile recorded in status.
 """
@@ -40,14 +41,18 @@ def referenced_objects(spec: EnvironmentSpec, namespace: str) -> list[Reference]
     if spec.docker.base_image_registry:
         found.append(Reference("Secret", namespace, spec.docker.base_image_registry.secret_name,
                                "spec.docker.baseImageRegistry.secretName"))
+    for index, credential in enumerate(spec.conda.channel_credentials if spec.conda else []):
+        found.append(Reference("Secret", namespace, credential.secret_name,
+                               f"spec.conda.channelCredentials[{index}].secretName"))
     return sorted(set(found))
 
 
 def names_references(body: dict[str, Any]) -> bool:
     """Cheap filter on the raw body (no validation): does the spec name a ConfigMap or Secret?"""
     spec = body.get("spec") or {}
-    docker, build = spec.get("docker") or {}, spec.get("build") or {}
-    return bool(docker.get("dockerfileFrom") or docker.get("baseImageRegistry") or build.get("caBundle"))
+    docker, build, conda = spec.get("docker") or {}, spec.get("build") or {}, spec.get("conda") or {}
+    return bool(docker.get("dockerfileFrom") or docker.get("baseImageRegistry") or build.get("caBundle")
+                or conda.get("channelCredentials"))
 
 
 def fingerprint_of(versions: dict[Reference, str]) -> str | None:

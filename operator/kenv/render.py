@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from importlib import resources
 
 import jinja2
 import yaml
@@ -22,6 +23,14 @@ from kenv.models import EnvironmentSpec
 # rebuilt. 2: canonical files (whitespace-only edits, YAML comments and key order no longer move the hash).
 RECIPE_VERSION = "2"
 DEFAULT_MICROMAMBA_IMAGE = "mambaorg/micromamba:2.0.5"
+DEFAULT_CONDA_INSTALLER_IMAGE = "python:3.11-slim-bookworm"
+RATTLER = "rattler"
+MICROMAMBA = "micromamba"
+# What the rattler stage installs from PyPI when its image lacks them (hack/images/conda-installer.Dockerfile
+# bakes the same pins in); part of the Dockerfile, so a new pin rebuilds conda environments.
+INSTALLER_REQUIREMENTS = ("py-rattler==0.28.0", "PyYAML==6.0.3")
+INSTALLER_SCRIPT = "kenv-conda.py"  # kenv/conda_installer.py, copied into the context
+CONDA_PREFIX = "/opt/kenv/env"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 TAG_PREFIX = "kenv-"
 CA_FILE = "kenv-ca.crt"
@@ -39,6 +48,8 @@ class Externals:
     ca_bundle: str | None = None  # text of spec.build.caBundle
     micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
     default_base_image: str = DEFAULT_BASE_IMAGE
+    conda_installer: str = RATTLER  # or MICROMAMBA (config.CondaInstaller)
+    conda_installer_image: str = DEFAULT_CONDA_INSTALLER_IMAGE
 
 
 @dataclass(frozen=True)
@@ -168,9 +179,21 @@ def base_dockerfile(spec: EnvironmentSpec, externals: Externals) -> str | None:
     return validation.canonical_dockerfile(text) if text else None
 
 
+def installer_script() -> str:
+    return resources.files("kenv").joinpath("conda_installer.py").read_text(encoding="utf-8")
+
+
+def split_global_args(dockerfile: str) -> tuple[str, str]:
+    """(lines before the first FROM, the rest). A stage rendered before the user's Dockerfile must come after
+    its global ARGs, or `FROM ${BASE}` would lose them (an ARG after a FROM belongs to that stage)."""
+    lines = dockerfile.splitlines()
+    first_from = next((i for i, line in enumerate(lines) if line.lstrip().upper().startswith("FROM ")), 0)
+    return "\n".join(lines[:first_from]), "\n".join(lines[first_from:])
+
+
 def python_command(spec: EnvironmentSpec) -> str:
     if uses_conda(spec):
-        return "/opt/kenv/env/bin/python"
+        return f"{CONDA_PREFIX}/bin/python"
     return spec.python.interpreter_path or "python3"
 
 
@@ -181,20 +204,33 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
     files: dict[str, str] = {}
     requirements = None if spec.python.user_managed_dependencies else requirements_txt(spec)
     conda = uses_conda(spec)
+    rattler = conda and externals.conda_installer == RATTLER
     if conda:
         files["environment.yml"] = canonical_environment_yml(spec)
+    if rattler:
+        files[INSTALLER_SCRIPT] = installer_script()
     if requirements:
         files["requirements.txt"] = requirements
     installs = conda or requirements is not None
+    user_dockerfile = base_dockerfile(spec, externals)
+    global_args = ""
+    if rattler and user_dockerfile:
+        global_args, user_dockerfile = split_global_args(user_dockerfile)
     if externals.ca_bundle and installs:
         files[CA_FILE] = externals.ca_bundle
     files["Dockerfile"] = render_template(
         "Dockerfile.j2",
         recipe_version=RECIPE_VERSION,
-        base_dockerfile=base_dockerfile(spec, externals),
+        global_args=global_args,
+        base_dockerfile=user_dockerfile,
         base_image=spec.docker.resolved_base_image or externals.default_base_image,
         ca_bundle=CA_FILE in files,
         conda=conda,
+        rattler=rattler,
+        installer_image=externals.conda_installer_image,
+        installer_requirements=" ".join(INSTALLER_REQUIREMENTS),
+        installer_script=INSTALLER_SCRIPT,
+        prefix=CONDA_PREFIX,
         pip=requirements is not None,
         python=python_command(spec),
         micromamba_image=externals.micromamba_image,

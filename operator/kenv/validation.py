@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
@@ -69,6 +70,11 @@ CONDA_SPEC_RE = re.compile(
     rf"(?: ?{CONDA_CONSTRAINT}(?:[,|]{CONDA_CONSTRAINT})*(?:[= ][A-Za-z0-9_.*+-]+)?)?"
 )
 CONDA_CHANNEL_RE = re.compile(rf"{CONDA_CHANNEL_NAME}|{URL_RE.pattern}")
+# A channel server's host as rattler's authentication file keys it: a lower-case DNS name or IPv4 address, no
+# port, or `*.` and a domain for every host under it. Character classes, no backslashes: the same text is a CEL
+# string literal in the CRD (models.ChannelCredential).
+CHANNEL_HOST_PATTERN = r"^([*][.])?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+CHANNEL_HOST_RE = re.compile(CHANNEL_HOST_PATTERN)
 
 
 def show(value: str, limit: int = 60) -> str:
@@ -301,6 +307,28 @@ def check_conda_spec(value: str, where: str) -> None:
 def check_channel(value: str, where: str) -> None:
     if problem := channel_problem(value):
         raise ValueError(f"{where}: {problem}")
+
+
+def suggested_host(value: str) -> str | None:
+    """The host name inside a URL or host:port someone wrote for a channel host, lower case, if there is one."""
+    text = value.strip()
+    try:
+        host = urlsplit(text if "://" in text else "//" + text).hostname
+    except ValueError:
+        return None
+    return host if host and CHANNEL_HOST_RE.fullmatch(host) else None
+
+
+def channel_host_problem(value: str) -> str | None:
+    """rattler looks credentials up by the URL's host alone (lower case, no port) or `*.` and a parent domain."""
+    if CHANNEL_HOST_RE.fullmatch(value):
+        return None
+    if CHANNEL_HOST_RE.fullmatch(value.lower()):
+        return f"{show(value)}: write the host name in lower case, as channel URLs are looked up: {value.lower()}"
+    example = suggested_host(value)
+    fix = example if example and example != value else (
+        "conda.example.com, or *.example.com for every host under example.com")
+    return f"{show(value)} is not a host name: write the host only, without scheme, port or path: {fix}"
 
 
 def parse_environment_yaml(text: str, where: str) -> dict[str, Any]:

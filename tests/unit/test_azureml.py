@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,6 +29,7 @@ SDK = Path(__file__).resolve().parent / "fixtures" / "azureml"
 PRIVATE, STALE = SDK / "v1-private-registry", SDK / "v1-stale-dockerfile"
 SDK_PASSWORD = "not-a-real-password"
 CONDA = "name: train\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n  - numpy=1.26\n"
+TODAY = date(2026, 11, 27)  # python 3.10 is past its end of life, 3.11 is not
 
 
 def v1_folder(tmp_path: Path, definition: dict | None = None, **files: str) -> Path:
@@ -43,15 +46,19 @@ def v1_folder(tmp_path: Path, definition: dict | None = None, **files: str) -> P
     return folder
 
 
-def only_environment(path: Path, name: str | None = None, **options: bool) -> tuple[dict, list[str]]:
+def only_environment(path: Path, name: str | None = None, **options: Any) -> tuple[dict, list[str]]:
     manifests, warnings = import_azureml(path, name, **options)
     assert [m["kind"] for m in manifests] == ["Environment"]
     return manifests[0], warnings
 
 
 def test_import_v1_sample_folder():
-    env, warnings = only_environment(V1)
-    assert warnings == []
+    env, warnings = only_environment(V1, today=TODAY)
+    assert warnings == [  # nothing lost; what review_conda flags in the sample (tests/unit/test_azureml_piponly.py)
+        "conda_dependencies.yml: python=3.10.13 pins python 3.10, end-of-life since 2026-10-31 (no more security "
+        "fixes): pin 3.11 or later",
+        "conda_dependencies.yml: channel anaconda: subject to Anaconda's terms of service; use conda-forge or your "
+        "mirror"]
     assert env["apiVersion"] == "kenv.dev/v1alpha1"
     assert env["metadata"] == {"name": "sklearn-train-env", "annotations": {
         NAME_ANNOTATION: "sklearn_Train-Env", VERSION_ANNOTATION: "4"}}
@@ -65,7 +72,8 @@ def test_import_v1_sample_folder():
 
 
 def test_import_v2_sample_folder_and_file_agree():
-    env, warnings = only_environment(V2)
+    before_eol = date(2026, 10, 30)  # python 3.10 still supported: nothing to warn about
+    env, warnings = only_environment(V2, today=before_eol)
     assert warnings == []
     assert env["metadata"]["name"] == "pytorch-2-cuda12"
     assert env["metadata"]["annotations"][VERSION_ANNOTATION] == "3"
@@ -75,7 +83,7 @@ def test_import_v2_sample_folder_and_file_agree():
     assert env["spec"]["conda"]["environmentYaml"] == (V2 / "conda.yaml").read_text()
     assert env["spec"]["python"] == {"version": "3.10"}
     assert env["spec"]["docker"]["baseImage"].startswith("mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8")
-    assert only_environment(V2 / "environment.yml") == (env, [])
+    assert only_environment(V2 / "environment.yml", today=before_eol) == (env, [])
 
 
 def test_import_bare_conda_file_uses_its_name_or_the_given_one(tmp_path):
@@ -472,3 +480,11 @@ def test_export_refuses_tags_that_are_not_a_json_object(tmp_path):
     with pytest.raises(SpecError, match=r"^manifest: metadata\.annotations\[kenv\.dev/azureml-tags\] must be"):
         export_azureml(manifest({}, **{TAGS_ANNOTATION: "team=vision"}), tmp_path, "v2")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_warns_that_conda_channel_credentials_stay_behind(tmp_path):
+    spec = {"conda": {"packages": ["numpy"], "channelCredentials": [{"host": "conda.example.com",
+                                                                     "secretName": "conda-creds"}]}}
+    text = "\n".join(export_azureml(manifest(spec), tmp_path))
+    assert "spec.conda.channelCredentials (conda.example.com) cannot be exported" in text
+    assert "conda-creds" not in (tmp_path / "conda.yml").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from kenv.config import OperatorSettings, PendingImagePolicy
+from kenv.config import CondaInstaller, OperatorSettings, PendingImagePolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kenv"
@@ -35,7 +35,7 @@ def test_values_and_schema_describe_the_same_keys() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["additionalProperties"] is False  # a mistyped --set key fails instead of being ignored
     assert set(values) == set(schema["properties"])
-    for key in ("webhook", "certManager", "metrics", "builderImages"):
+    for key in ("webhook", "certManager", "metrics", "builderImages", "conda"):
         assert set(values[key]) <= set(schema["properties"][key]["properties"]), key
 
 
@@ -48,6 +48,8 @@ def test_values_defaults_match_the_operator_defaults() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
     assert schema["pendingImagePolicy"]["enum"] == [p.value for p in PendingImagePolicy]
     assert values["logFormat"] == fields["log_format"].default
+    assert values["conda"]["installer"] == fields["conda_installer"].default.value
+    assert schema["conda"]["properties"]["installer"]["enum"] == [i.value for i in CondaInstaller]
     assert values["webhook"]["port"] == fields["webhook_port"].default
     assert values["metrics"]["port"] == fields["metrics_port"].default
     assert values["replicaCount"] == 1

@@ -88,13 +88,15 @@ def test_push_and_local_exclude_each_other_and_local_options_need_local(tmp_path
     assert "--local" in capsys.readouterr().err
 
 
-def test_missing_micromamba_says_how_to_get_it(monkeypatch, tmp_path, capsys):
+def test_no_conda_installer_says_how_to_get_one(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("MAMBA_EXE", raising=False)
+    monkeypatch.setattr(localbuild, "rattler_available", lambda python=None: False)
     path = write_env(tmp_path, {"conda": {"packages": ["numpy"]}})
     assert main(["build", "-f", str(path), "--local", str(tmp_path / "env")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("kenv: spec.conda needs micromamba") and "install micromamba" in error
+    assert error.startswith("kenv: spec.conda needs a conda installer locally: `pip install py-rattler PyYAML`")
+    assert "install micromamba" in error
     assert "--micromamba PATH" in error
 
 
@@ -179,8 +181,20 @@ def test_conda_plan_is_micromamba_create_from_the_rendered_file_then_pip():
     files = render_context(spec_of(body)).files
     assert planned.kept == {"environment.yml": files["environment.yml"], "requirements.txt": files["requirements.txt"]}
     assert planned.env["CONDA_SSL_VERIFY"] == "/stage/kenv-ca.crt"
-    # the image build runs the same command on the same file
-    assert "micromamba create --yes --prefix /opt/kenv/env --file /tmp/kenv/environment.yml" in files["Dockerfile"]
+    # an image build with the micromamba installer runs the same command on the same file
+    dockerfile = render_context(spec_of(body), Externals(conda_installer="micromamba")).files["Dockerfile"]
+    assert "micromamba create --yes --prefix /opt/kenv/env --file /tmp/kenv/environment.yml" in dockerfile
+
+
+def test_conda_plan_with_rattler_runs_the_image_builds_installer_script():
+    body = {"conda": {"packages": ["numpy=1.26"], "pipPackages": ["rich"]}}
+    files = render_context(spec_of(body)).files
+    planned = plan(body, interpreter=None, rattler_python="/usr/bin/python3")
+    assert planned.kind == "conda"
+    assert [step.argv for step in planned.steps] == [
+        ("/usr/bin/python3", "/stage/kenv-conda.py", "/stage/environment.yml", "/envs/e")]
+    assert planned.staged["kenv-conda.py"] == files["kenv-conda.py"]
+    assert "RUN python3 /tmp/kenv/kenv-conda.py /tmp/kenv/environment.yml /opt/kenv/env" in files["Dockerfile"]
 
 
 def test_python_version_alone_is_a_matching_venv_unless_micromamba_is_asked_for():
@@ -381,7 +395,7 @@ def test_conda_build_with_micromamba(tmp_path, fake_python, capsys):
     assert (directory / ".kenv/environment.yml").read_text() == rendered["environment.yml"]
     assert (directory / "conda-ca").read_text() == CA and (directory / "pip-ca").read_text() == CA
     assert (directory / "installed.txt").read_text() == "six==1.16.0\n"
-    assert f"micromamba activate {directory}" in captured.out
+    assert f'export PATH={directory}/bin:"$PATH"' in captured.out
     assert build(tmp_path, spec, "--micromamba", str(micromamba), "--ca-bundle", str(ca)) == 0
     assert "is up to date" in capsys.readouterr().err
     # a changed conda package rebuilds: micromamba gets an absent prefix again (it refuses non-conda folders)

@@ -28,6 +28,23 @@ def test_every_named_object_is_found_in_the_references_namespace():
     assert names_references({"spec": ALL}) and not names_references({"spec": {"pip": {"packages": ["six"]}}})
 
 
+def test_channel_credential_secrets_are_references_whose_changes_retry_a_failed_build():
+    spec = spec_from_body({"conda": {"packages": ["numpy"], "channelCredentials": [
+        {"host": "conda.example.com", "secretName": "conda-creds"}, {"host": "*.example.org", "secretName": "org"}]}})
+    found = referenced_objects(spec, "team")
+    assert found == [
+        Reference("Secret", "team", "conda-creds", "spec.conda.channelCredentials[0].secretName"),
+        Reference("Secret", "team", "org", "spec.conda.channelCredentials[1].secretName"),
+    ]
+    assert names_references({"spec": {"conda": {"channelCredentials": [{"host": "a.b", "secretName": "s"}]}}})
+    assert not names_references({"spec": {"conda": {"packages": ["numpy"], "channelCredentials": []}}})
+    failed_with = fingerprint_of({found[0]: "10", found[1]: "20"})
+    fixed = fingerprint_of({found[0]: "11", found[1]: "20"})  # e.g. the password was corrected
+    assert fixed != failed_with
+    assert changed_since_failure({"failedReferences": failed_with}, fixed)
+    assert not changed_since_failure({"failedReferences": failed_with}, failed_with)
+
+
 def test_fingerprint_moves_with_any_resource_version_and_is_order_free():
     a, b = Reference("ConfigMap", "t", "a", "f"), Reference("Secret", "t", "b", "g")
     first = fingerprint_of({a: "10", b: "20"})

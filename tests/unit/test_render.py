@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
+from kenv import conda_installer
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import CondaSection, EnvironmentSpec, spec_from_body
 from kenv.render import (
@@ -17,6 +19,7 @@ from kenv.render import (
     content_hash,
     environment_yml,
     render_context,
+    split_global_args,
 )
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -44,14 +47,36 @@ def test_default_base_image_and_override():
     assert "FROM debian:12\n" in custom.files["Dockerfile"]
 
 
-def test_conda_layer_comes_before_pip_layer():
+def test_conda_is_installed_in_a_rattler_stage_and_copied_before_the_pip_layer():
     context = render({"conda": {"packages": ["numpy=1.26"]}, "pip": {"packages": ["rich"]}})
     dockerfile = context.files["Dockerfile"]
-    assert dockerfile.index("micromamba create") < dockerfile.index("pip install")
-    assert dockerfile.index("COPY environment.yml") < dockerfile.index("COPY requirements.txt")
-    # With conda, pip runs with the conda environment's python.
+    stage = dockerfile.index("FROM python:3.11-slim-bookworm AS kenv-conda")
+    assert stage < dockerfile.index("FROM python:3.11-slim-bookworm\n")  # the installer stage, then the image
+    assert "RUN python3 /tmp/kenv/kenv-conda.py /tmp/kenv/environment.yml /opt/kenv/env" in dockerfile
+    assert dockerfile.index("COPY --from=kenv-conda /opt/kenv/env /opt/kenv/env") < dockerfile.index(
+        "COPY requirements.txt")
+    # With conda, pip runs with the conda environment's python, after checking there is one.
+    assert "RUN [ -x /opt/kenv/env/bin/python ] ||" in dockerfile
     assert "RUN /opt/kenv/env/bin/python -m pip install" in dockerfile
+    assert set(context.files) == {"Dockerfile", "environment.yml", "requirements.txt", "kenv-conda.py"}
+    # the script in the context is kenv's installer module, byte for byte
+    assert context.files["kenv-conda.py"] == Path(conda_installer.__file__).read_text()
+
+
+def test_micromamba_installer_keeps_the_single_stage_recipe():
+    context = render({"conda": {"packages": ["numpy=1.26"]}, "pip": {"packages": ["rich"]}},
+                     Externals(conda_installer="micromamba"))
+    dockerfile = context.files["Dockerfile"]
+    assert "kenv-conda" not in dockerfile and "kenv-conda.py" not in context.files
+    assert dockerfile.index("micromamba create") < dockerfile.index("pip install")
     assert set(context.files) == {"Dockerfile", "environment.yml", "requirements.txt"}
+
+
+def test_a_user_dockerfiles_global_args_stay_ahead_of_the_installer_stage():
+    dockerfile = "ARG BASE=debian:12\nFROM ${BASE}\nRUN true\n"
+    rendered = render({"conda": {"packages": ["numpy"]}, "docker": {"dockerfile": dockerfile}}).files["Dockerfile"]
+    assert rendered.index("ARG BASE=debian:12") < rendered.index("AS kenv-conda") < rendered.index("FROM ${BASE}")
+    assert split_global_args("FROM a\nRUN b") == ("", "FROM a\nRUN b")
 
 
 def test_pip_only_uses_interpreter_path_or_python3():
@@ -212,9 +237,13 @@ def test_content_changes_change_the_hash(changed):
     assert render({**BASE, **changed}).hash != render(BASE).hash
 
 
-def test_micromamba_image_and_having_a_ca_change_the_hash():
+def test_installer_images_and_having_a_ca_change_the_hash():
     assert render(BASE, Externals(ca_bundle=CA)).hash != render(BASE).hash  # the Dockerfile copies it
-    assert render(BASE, Externals(micromamba_image="mambaorg/micromamba:2.0.6")).hash != render(BASE).hash
+    conda = {**BASE, "conda": {"packages": ["numpy"]}}
+    assert render(conda, Externals(conda_installer_image="python:3.12-slim")).hash != render(conda).hash
+    micromamba = Externals(conda_installer="micromamba")
+    assert render(conda, Externals(conda_installer="micromamba", micromamba_image="mambaorg/micromamba:2.0.6")
+                  ).hash != render(conda, micromamba).hash
 
 
 def test_rotating_the_ca_keeps_the_hash_and_still_ships_the_new_ca_to_the_build():

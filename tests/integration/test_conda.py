@@ -1,0 +1,159 @@
+"""Conda environments end to end on the real cluster: Kaniko build pods solve and install with py-rattler (the
+installer image hack/images.py builds) from a conda channel built here (hack/condachannel.py) and served on the
+node's bridge address, and training pods run in the images.
+
+- environmentYaml: a package and its dependency land in /opt/kenv/env; a training pod finds both;
+- the structured fields with the channel's python: conda's noarch python package, the pip list and spec.pip all
+  go into the environment's own python;
+- a conda part without python but with pip packages, a package the channel lacks and a channel that is down each
+  fail the build with one `kenv:` line saying why (the solver's message), never a traceback;
+- a private channel over TLS with its own CA and HTTP basic auth: a wrong password fails the build with the
+  channel's 401, fixing the Secret retries it, and the packages were fetched with the credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from condachannel import ChannelServer, build, make_tls
+from kenvfixtures import create_env, env_versions, run_pod, wait_for, wait_phase
+from nodeconfig import NODE_IP
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+USER, PASSWORD = "data-scientist", "s3cret-for-the-test-channel"
+
+
+@pytest.fixture(scope="module")
+def channel_dir(base_image: str) -> Path:
+    """The channel's python is repackaged from the base image's Debian rootfs (cached by hack/images.py)."""
+    return build()
+
+
+@pytest.fixture(scope="module")
+def channel(channel_dir: Path) -> Iterator[ChannelServer]:
+    with ChannelServer(channel_dir, host=NODE_IP) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def private_channel(channel_dir: Path) -> Iterator[tuple[ChannelServer, str]]:
+    """The same channel behind TLS (a CA of its own, nothing else trusts it) and HTTP basic auth."""
+    folder = Path(tempfile.mkdtemp(prefix="kenv-private-channel-"))
+    tls = make_tls(folder, NODE_IP)
+    try:
+        with ChannelServer(channel_dir, host=NODE_IP, user=USER, password=PASSWORD, tls=tls) as server:
+            yield server, Path(tls.ca).read_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def conda_env(kube: Any, namespace: str, name: str, base_image: str, conda: dict[str, Any],
+              **spec: Any) -> dict[str, Any]:
+    create_env(kube, namespace, name, {"docker": {"baseImage": base_image}, "conda": conda, **spec})
+    return wait_phase(kube, namespace, name, {"Ready", "Failed"}, timeout=300)
+
+
+def train(kube: Any, namespace: str, env: str, script: str) -> str:
+    pod, log = run_pod(kube, namespace, f"train-{env}", {"containers": [
+        {"name": "train", "image": "placeholder", "command": ["/bin/sh", "-c", script]}]},
+        labels={"kenv.dev/environment": env})
+    assert pod["status"]["phase"] == "Succeeded", log
+    return log
+
+
+def test_environment_yaml_installs_a_package_and_its_dependency(kube, namespace, base_image, channel):
+    environment_yaml = (f"name: hello\nchannels:\n  - {channel.url}\n  - nodefaults\n"
+                        "dependencies:\n  - kenv-hello\n  - kenv-greeting 1.0  # hello needs >=1.0; 2.0 exists\n")
+    env = conda_env(kube, namespace, "hello", base_image, {"environmentYaml": environment_yaml})
+    assert env["status"]["phase"] == "Ready", env["status"]
+    log = train(kube, namespace, "hello", "command -v kenv-hello; kenv-hello; ls /opt/kenv/env/conda-meta")
+    lines = log.splitlines()
+    assert lines[0] == "/opt/kenv/env/bin/kenv-hello"  # the image's PATH starts with the environment
+    assert "hello from kenv-greeting 1.0" in lines  # the dependency, at the pinned version, beside it
+    assert {"kenv-hello-1.0-0.json", "kenv-greeting-1.0-0.json"} <= set(lines)
+    # the installer's report of what it solved is kept with the version
+    build_log = env_versions(kube, namespace, "hello")[0]["spec"]["buildLog"]
+    assert "kenv:   kenv-greeting=1.0=0 (" in build_log and "kenv:   kenv-hello=1.0=0 (" in build_log
+    assert channel.fetched("/noarch/kenv-greeting-1.0-0.conda")
+
+
+def test_structured_fields_install_pip_packages_into_the_channels_python(kube, namespace, base_image, channel,
+                                                                        ca_config_map):
+    env = conda_env(kube, namespace, "pyenv", base_image,
+                    {"channels": [channel.url, "nodefaults"], "packages": ["python=3.11", "kenv-pyhello"],
+                     "pipPackages": ["six==1.16.0"]},
+                    pip={"packages": ["idna==3.7"]}, build={"caBundle": ca_config_map})  # PyPI via the proxy
+    assert env["status"]["phase"] == "Ready", env["status"]
+    script = ("import sys, idna, kenv_pyhello, six; print(sys.executable); print(kenv_pyhello.hello()); "
+              "print(six.__file__); print(idna.__file__)")
+    log = train(kube, namespace, "pyenv", f"command -v python; python -c '{script}'")
+    which, executable, hello, six_file, idna_file = log.splitlines()
+    assert which == "/opt/kenv/env/bin/python" and executable.startswith("/opt/kenv/env/bin/python")
+    assert hello == "hello from kenv-pyhello 1.0"  # conda's noarch: python package
+    site_packages = "/opt/kenv/env/lib/python3.11/site-packages/"
+    assert six_file.startswith(site_packages) and idna_file.startswith(site_packages), log  # both pip lists
+
+
+def test_build_failures_say_why_in_the_status(kube, namespace, base_image, channel):
+    with socket.socket() as closed:  # a port nothing listens on: the channel is down
+        closed.bind((NODE_IP, 0))
+        down = f"http://{NODE_IP}:{closed.getsockname()[1]}/"
+    # (pipPackages would add `pip`, and the channel's pip brings its python: a file without either)
+    create_env(kube, namespace, "no-python", {"docker": {"baseImage": base_image}, "conda": {"environmentYaml": (
+        f"channels: [{channel.url}, nodefaults]\ndependencies: [kenv-hello, {{pip: [six==1.16.0]}}]\n")}})
+    create_env(kube, namespace, "missing", {"docker": {"baseImage": base_image}, "conda": {
+        "channels": [channel.url, "nodefaults"], "packages": ["kenv-not-in-the-channel"]}})
+    create_env(kube, namespace, "down", {"docker": {"baseImage": base_image}, "conda": {
+        "channels": [down, "nodefaults"], "packages": ["kenv-hello"]}})
+    expected = {
+        "no-python": "kenv: the conda environment has no python (/opt/kenv/env/bin/python), so its pip list",
+        "missing": "No candidates were found for kenv-not-in-the-channel",
+        "down": "kenv: conda solve failed (GatewayError)",
+    }
+    for name, text in expected.items():
+        env = wait_phase(kube, namespace, name, {"Ready", "Failed"}, timeout=300)
+        message = next(c["message"] for c in env["status"]["conditions"] if c["type"] == "Ready")
+        assert env["status"]["phase"] == "Failed" and text in message, (name, message.splitlines()[-8:])
+        assert "Traceback" not in env["status"]["failedBuildLog"], name
+    assert "kenv: conda solve failed (SolverError)" in env_message(kube, namespace, "missing")
+
+
+def env_message(kube: Any, namespace: str, name: str) -> str:
+    env = kube.request("GET", f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/{name}")
+    return str(next(c["message"] for c in env["status"]["conditions"] if c["type"] == "Ready"))
+
+
+def test_private_channel_with_its_own_ca_and_basic_auth(kube, namespace, base_image, private_channel):
+    server, ca = private_channel
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/configmaps",
+                 {"metadata": {"name": "channel-ca"}, "data": {"ca.crt": ca}})
+    secret_path = f"/api/v1/namespaces/{namespace}/secrets"
+    kube.request("POST", secret_path, {"metadata": {"name": "conda-creds"}, "type": "kubernetes.io/basic-auth",
+                                       "stringData": {"username": USER, "password": "wrong"}})
+    conda = {"channels": [server.url, "nodefaults"], "packages": ["kenv-hello"],
+             "channelCredentials": [{"host": NODE_IP, "secretName": "conda-creds"}]}
+    env = conda_env(kube, namespace, "private", base_image, conda,
+                    build={"caBundle": {"name": "channel-ca", "key": "ca.crt"}})
+    assert env["status"]["phase"] == "Failed", env["status"]
+    assert "401 Unauthorized" in env_message(kube, namespace, "private")
+    assert PASSWORD not in str(env) and "wrong" not in env["status"]["failedBuildLog"]
+
+    fixed = base64.b64encode(PASSWORD.encode()).decode()
+    kube.request("PATCH", f"{secret_path}/conda-creds", {"data": {"password": fixed}},
+                 content_type="application/merge-patch+json")
+    ready = wait_for(lambda: (lambda e: e if e["status"].get("phase") == "Ready" else None)(
+        kube.request("GET", f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/private")),
+        300, "the build retried with the fixed Secret")
+    assert ready["status"]["hash"] == env["status"]["desiredHash"]  # credentials are not content
+    assert server.fetched("/noarch/kenv-hello-1.0-0.conda", user=USER)
+    assert "hello from kenv-greeting 2.0" in train(kube, namespace, "private", "kenv-hello").splitlines()
+

@@ -1,0 +1,95 @@
+"""kenv's conda installer script and `kenv build --local` run for real against the local channel
+(hack/condachannel.py, over file://): the same script, on the same rendered environment.yml, as in the image build
+(tests/integration/test_conda.py runs it in Kaniko pods). py-rattler runs in subprocesses only."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+if not importlib.util.find_spec("rattler"):
+    pytest.skip("py-rattler (the dev extra) is not installed", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
+
+import condachannel  # noqa: E402
+import images  # noqa: E402
+from condachannel import ChannelServer  # noqa: E402
+from condawheels import tiny_wheel  # noqa: E402
+from kenv import conda_installer  # noqa: E402
+from kenv.cli import main  # noqa: E402
+
+ROOTFS = images.CACHE / f"base/debian-{images.DEBIAN_SUITE}-python3-v2.tar"
+needs_python = pytest.mark.skipif(not ROOTFS.exists(), reason=f"{ROOTFS} not cached: the channel has no python "
+                                  "(`python hack/images.py build base` makes it)")
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory) -> str:
+    folder = condachannel.build(tmp_path_factory.mktemp("kenv-cache"), python=ROOTFS.exists(),
+                                rootfs=ROOTFS if ROOTFS.exists() else None)
+    return folder.as_uri()
+
+
+def run_installer(environment: dict, folder: Path) -> subprocess.CompletedProcess[str]:
+    path = folder / "environment.yml"
+    path.write_text(yaml.safe_dump(environment))
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"}
+    return subprocess.run([sys.executable, conda_installer.__file__, str(path), str(folder / "env")],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@needs_python
+def test_installer_solves_installs_and_runs_the_pip_list_with_the_environments_python(channel, tmp_path):
+    result = run_installer({"channels": [channel], "dependencies": [
+        "python=3.11", "kenv-pyhello", "kenv-hello", {"pip": [str(tiny_wheel(tmp_path))]}]}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"kenv: conda environment {tmp_path / 'env'}: ")
+    # pip came with python, as conda adds it (add_pip_as_python_dependency)
+    assert {line.split("=")[0].removeprefix("kenv:   ") for line in lines if line.startswith("kenv:   ")} == {
+        "kenv-greeting", "kenv-hello", "kenv-pyhello", "pip", "python"}
+    python = tmp_path / "env/bin/python"
+    code = "import kenv_pyhello, kenv_tiny; print(kenv_pyhello.hello(), kenv_tiny.__file__)"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == str(tmp_path / "env/lib/python3.11/site-packages/kenv_tiny.py")
+
+
+def test_installer_failures_are_one_line_without_a_traceback(channel, tmp_path):
+    cases = {
+        "missing": ({"channels": [channel], "dependencies": ["kenv-nothere"]},
+                    "kenv: conda solve failed (SolverError): Cannot solve the request because of: No candidates "
+                    "were found for kenv-nothere"),
+        "no-python": ({"channels": [channel], "dependencies": ["kenv-hello", {"pip": ["six"]}]},
+                      "kenv: the conda environment has no python"),
+        "bad-spec": ({"channels": [channel], "dependencies": ["kenv-hello >=>1"]},
+                     "kenv: conda solve failed (InvalidMatchSpecError)"),
+    }
+    for name, (environment, expected) in cases.items():
+        (tmp_path / name).mkdir()
+        result = run_installer(environment, tmp_path / name)
+        assert result.returncode == 1, (name, result.stderr)
+        assert result.stderr.startswith(expected), (name, result.stderr)
+        assert "Traceback" not in result.stderr, name
+
+
+def test_kenv_build_local_uses_the_image_builds_installer(channel, tmp_path, capsys):
+    manifest = tmp_path / "env.yaml"
+    with ChannelServer(Path(urlparse(channel).path), "127.0.0.1") as server:  # specs name http(s) channels only
+        manifest.write_text(yaml.safe_dump({"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
+                                            "metadata": {"name": "hello"}, "spec": {"conda": {
+                                                "channels": [server.url, "nodefaults"], "packages": ["kenv-hello"]}}}))
+        assert main(["build", "-f", str(manifest), "--local", str(tmp_path / "env")]) == 0
+    out = capsys.readouterr().out
+    assert f'export PATH={tmp_path / "env/bin"}:"$PATH"' in out
+    hello = subprocess.run([tmp_path / "env/bin/kenv-hello"], capture_output=True, text=True, check=True).stdout
+    assert hello.splitlines() == ["hello from kenv-hello 1.0", "hello from kenv-greeting 2.0"]
+    assert main(["build", "-f", str(manifest), "--local", str(tmp_path / "env")]) == 0  # same content: no solve
+    assert "is up to date" in capsys.readouterr().err
