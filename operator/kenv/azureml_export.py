@@ -37,14 +37,21 @@ from kenv.azureml_common import (
 )
 from kenv.errors import SpecError
 from kenv.models import EnvironmentSpec
-from kenv.render import DEFAULT_BASE_IMAGE, environment_yml, render_context, uses_conda
+from kenv.render import (
+    CONDA_PIP_FILE,
+    DEFAULT_BASE_IMAGE,
+    INSTALLER_SCRIPT,
+    environment_yml,
+    render_context,
+    uses_conda,
+)
 
 # Every name kenv's exporter writes, in either format: a v2 export into a former v1 folder must not leave the
 # azureml_environment.json that `kenv import-azureml` and the SDK would read instead of it.
 V1_FILES = (V1_DEFINITION, V1_CONDA, V1_DOCKERFILE)
 V2_FILES = (V2_FILE, V2_CONDA)
 # What render_context writes into docker-context (never the CA bundle: exports render without externals).
-OWNED_CONTEXT_FILES = ("Dockerfile", "requirements.txt", "environment.yml")
+OWNED_CONTEXT_FILES = ("Dockerfile", "requirements.txt", "environment.yml", INSTALLER_SCRIPT, CONDA_PIP_FILE)
 COMMENT = r"(?:^|\s)#"  # where pip and YAML comments start
 
 

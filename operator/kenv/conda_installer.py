@@ -4,22 +4,26 @@ This file is copied verbatim into every conda build context as `kenv-conda.py` a
 installer stage (`python3 kenv-conda.py environment.yml /opt/kenv/env`): it imports nothing from kenv, only the
 standard library, py-rattler and PyYAML, which the stage installs from PyPI unless its image has them. Its text
 is part of the content hash, so a change here rebuilds conda environments, as a changed recipe should.
+Usage: `kenv-conda.py ENVIRONMENT_YML PREFIX [--glibc 2.28] [--cuda 12.4] [--no-pip]`.
 
-What it does, in order: read the rendered environment.yml (channels already final: see render.build_channels),
-solve its conda dependencies for this platform and the stage's virtual packages, install them into the prefix,
-then install the file's `pip:` list with the environment's own python and pip. Failures print one `kenv:` line
-with the solver's or pip's own message (the build log's last lines reach the Environment's status) and exit 1;
-never a traceback. Credentials for private channels come from a file the build Job mounts (see AUTH_FILE).
+What it does, in order: read the rendered environment.yml (channels: see render.build_channels and solve_channels),
+solve its conda dependencies for this platform and the target's virtual packages (not the build pod's), install them
+into the prefix, then install the file's `pip:` list with the environment's own python and pip (the image build
+passes --no-pip and runs pip in the image itself, against the base image's glibc). Failures print one `kenv:` line
+with the solver's or pip's own message (the build log's last lines reach the Environment's status) and exit 1; never
+a traceback. Credentials for private channels come from a file the build Job mounts (see AUTH_FILE).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +57,51 @@ def first_lines(message: str, limit: int = MESSAGE_LINES) -> str:
     return "\n".join(lines[:limit] + (["…"] if len(lines) > limit else []))
 
 
-async def solve_and_install(channels: list[str], specs: list[str], prefix: Path, cache: Path) -> list[Any]:
+# conda's `defaults` is Anaconda's multichannel, not a channel named "defaults" on anaconda.org (rattler's reading).
+DEFAULTS = ("https://repo.anaconda.com/pkgs/main", "https://repo.anaconda.com/pkgs/r")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the image is solved for, rather than what the build pod happens to run on: the glibc the base image
+    is assumed to have (no newer), the architecture's baseline CPU (not the build node's), a CUDA driver or none."""
+
+    glibc: str | None = None  # None: this machine's (kenv build --local)
+    cuda: str | None = None
+
+
+def solve_channels(channels: list[str], specs: list[str]) -> list[str]:
+    """The channels as conda reads them: `defaults` expanded, and a `channel::package` spec's channel added
+    (after the listed ones) when the list lacks it, as conda and micromamba do."""
+    expanded = [url for channel in channels for url in (DEFAULTS if channel == "defaults" else (channel,))]
+    for spec in specs:
+        prefix, separator, _ = spec.partition("::")
+        if separator and prefix.strip() and prefix.strip() not in expanded:
+            expanded += DEFAULTS if prefix.strip() == "defaults" else [prefix.strip()]
+    return list(dict.fromkeys(expanded))
+
+
+async def solve_and_install(channels: list[str], specs: list[str], prefix: Path, cache: Path,
+                            target: Target) -> list[Any]:
     import rattler
     from rattler.networking import Client
 
     if AUTH_FILE.is_file():
         os.environ["RATTLER_AUTH_FILE"] = str(AUTH_FILE)
-    client = Client.default_client()  # retries and the authentication middleware (RATTLER_AUTH_FILE)
-    gateway = rattler.Gateway(client=client, cache_dir=cache / "repodata")
     try:
+        client = Client.default_client()  # retries and the authentication middleware (RATTLER_AUTH_FILE)
+        gateway = rattler.Gateway(client=client, cache_dir=cache / "repodata")
+        platform = rattler.Subdir.current()
+        overrides = rattler.VirtualPackageOverrides(
+            libc=rattler.Override.string(target.glibc) if target.glibc else None,
+            archspec=rattler.Override.string(str(platform.arch or "x86_64")),
+            cuda=rattler.Override.string(target.cuda) if target.cuda else None)
         # Parsed leniently, as conda reads environment files: `numpy 1.26` is ==1.26, `numpy=1.26` is 1.26.*
         # (solve's own parsing of plain strings is strict and refuses the first).
         match_specs = [rattler.MatchSpec(spec, strict=False) for spec in specs]
         records = await rattler.solve(
-            channels, match_specs, gateway=gateway, platforms=[rattler.Subdir.current(), rattler.Subdir("noarch")],
-            virtual_packages=rattler.VirtualPackage.detect(),
+            channels, match_specs, gateway=gateway, platforms=[platform, rattler.Subdir("noarch")],
+            virtual_packages=rattler.VirtualPackage.detect(overrides),
             add_pip_as_python_dependency=True,  # as conda and micromamba do by default
         )
     except Exception as error:  # rattler's SolverError, GatewayError (channel down, 401, TLS), …
@@ -80,50 +114,69 @@ async def solve_and_install(channels: list[str], specs: list[str], prefix: Path,
     return list(records)
 
 
+def no_python(prefix: Path, requirements: int) -> InstallError:
+    return InstallError(
+        f"the conda environment has no python ({prefix / 'bin' / 'python'}), so its pip list ({requirements} "
+        "requirements) cannot be installed into it: add `python` and `pip` to the conda dependencies (the "
+        "channels must provide them), or move the pip packages to spec.pip to install them with the base "
+        "image's python")
+
+
 def install_pip(prefix: Path, requirements: list[str]) -> None:
-    """The environment.yml's pip list, installed by the environment's own python, as conda itself does."""
+    """The environment.yml's pip list, installed by the environment's own python, as conda itself does (the
+    image build runs pip in the image instead, on conda-requirements.txt: see render.py)."""
     python = prefix / "bin" / "python"
     if not python.exists():
-        raise InstallError(
-            f"the conda environment has no python ({python}), so its pip list ({len(requirements)} requirements) "
-            "cannot be installed into it: add `python` and `pip` to the conda dependencies (the channels must "
-            "provide them), or move the pip packages to spec.pip to install them with the base image's python")
+        raise no_python(prefix, len(requirements))
     if subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True).returncode != 0:
         raise InstallError(f"the conda environment's python ({python}) has no pip: add `pip` to the conda "
                            "dependencies")
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="kenv-conda-pip-", delete=False) as handle:
-        handle.write("\n".join(requirements) + "\n")
-    result = subprocess.run([str(python), "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
-                             "-r", handle.name])
-    os.unlink(handle.name)
+    with tempfile.TemporaryDirectory(prefix="kenv-conda-pip-") as folder:
+        listing = Path(folder) / "requirements.txt"
+        listing.write_text("\n".join(requirements) + "\n", encoding="utf-8")
+        result = subprocess.run([str(python), "-m", "pip", "install", "--no-cache-dir",
+                                 "--disable-pip-version-check", "-r", str(listing)])
     if result.returncode != 0:
         raise InstallError(f"pip install of the environment.yml's pip list failed with exit code "
                            f"{result.returncode} (pip's message is above)")
 
 
-def run(environment: Path, prefix: Path) -> None:
+def run(environment: Path, prefix: Path, target: Target, with_pip: bool = True) -> None:
     channels, specs, pip = read_environment(environment)
     if not specs:
-        raise InstallError(f"{environment} lists no conda dependencies")
+        raise InstallError(f"{environment} lists no conda dependencies, only a pip list: add python and pip to "
+                           "its dependencies, or install the packages with spec.pip instead")
+    channels = solve_channels(channels, specs)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kenv-rattler-") as cache:
-        records = asyncio.run(solve_and_install(channels, specs, prefix, Path(cache)))
+        records = asyncio.run(solve_and_install(channels, specs, prefix, Path(cache), target))
     print(f"kenv: conda environment {prefix}: {len(records)} packages from {', '.join(channels)} "
-          f"in {time.monotonic() - started:.1f} s", flush=True)
+          f"in {time.monotonic() - started:.1f} s (solved for glibc {target.glibc or 'of this machine'}, "
+          f"{'CUDA ' + target.cuda if target.cuda else 'no CUDA'})", flush=True)
     for record in sorted(records, key=lambda r: r.name.normalized):
         print(f"kenv:   {record.name.normalized}={record.version}={record.build} ({record.channel})", flush=True)
-    if pip:
+    if pip and not any(record.name.normalized == "python" for record in records):
+        raise no_python(prefix, len(pip))  # said now, not after the image's pip step fails
+    if pip and with_pip:
         install_pip(prefix, pip)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: kenv-conda.py ENVIRONMENT_YML PREFIX", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="kenv-conda.py", description="Solve and install environment.yml.")
+    parser.add_argument("environment", type=Path)
+    parser.add_argument("prefix", type=Path)
+    parser.add_argument("--glibc", help="the glibc to solve for (the base image's, or older); default: this one's")
+    parser.add_argument("--cuda", help="the CUDA driver version to solve for (none by default)")
+    parser.add_argument("--no-pip", action="store_true", help="leave the pip list to the caller")
+    args = parser.parse_args(argv)
     try:
-        run(Path(argv[0]), Path(argv[1]))
+        run(args.environment, args.prefix, Target(args.glibc, args.cuda), with_pip=not args.no_pip)
     except InstallError as error:
         print(f"kenv: {error}", file=sys.stderr, flush=True)
+        return 1
+    except BaseException as error:  # noqa: BLE001 - a Rust panic (pyo3 PanicException) is a BaseException
+        print(f"kenv: conda installer failed unexpectedly ({type(error).__name__}): {first_lines(str(error))}",
+              file=sys.stderr, flush=True)
         return 1
     return 0
 

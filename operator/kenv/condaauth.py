@@ -6,7 +6,7 @@ a per-build Secret that Kaniko mounts at /kaniko/kenv/conda, where kenv/conda_in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from kenv.config import CondaInstaller
@@ -40,10 +40,17 @@ def conda_authentication(data: Mapping[str, str], where: str) -> dict[str, Any]:
     return {"BearerToken" if key == "token" else "CondaToken": data[key]}
 
 
+# The label a Secret's owner sets to let kenv hand the Secret to a conda channel. Without it, anyone who may create
+# an Environment could name any Secret of the namespace (a service account token has a `token` key) and have the
+# operator, which reads Secrets by name, send it to a host of their choosing or print it from a Dockerfile step.
+CREDENTIALS_LABEL = "kenv.dev/conda-credentials"
+
+
 def conda_auth_file(credentials: Sequence[ChannelCredential], secrets: Mapping[str, Mapping[str, str] | None],
-                    namespace: str) -> dict[str, Any]:
+                    namespace: str, marked: Collection[str]) -> dict[str, Any]:
     """rattler's authentication file (RATTLER_AUTH_FILE) for spec.conda.channelCredentials: {host: authentication},
-    given the data of each Secret they name in `namespace` (None: not found). Raises CredentialError."""
+    given the data of each Secret they name in `namespace` (None: not found) and the names of those labelled
+    CREDENTIALS_LABEL=true. Raises CredentialError."""
     auth: dict[str, Any] = {}
     for index, credential in enumerate(credentials):
         name = credential.secret_name
@@ -51,8 +58,14 @@ def conda_auth_file(credentials: Sequence[ChannelCredential], secrets: Mapping[s
         data = secrets.get(name)
         if data is None:
             raise CredentialError(
-                f"{where} not found; create it with {SECRET_FORMS} (kubectl create secret generic {name} -n "
-                f"{namespace} --from-literal=username=... --from-literal=password=...)")
+                f"{where} not found; create it with {SECRET_FORMS} and the label {CREDENTIALS_LABEL}=true "
+                f"(kubectl create secret generic {name} -n {namespace} --from-literal=username=... "
+                f"--from-literal=password=... && kubectl label secret {name} -n {namespace} "
+                f"{CREDENTIALS_LABEL}=true)")
+        if name not in marked:
+            raise CredentialError(
+                f"{where} is not labelled {CREDENTIALS_LABEL}=true: kenv only gives a conda channel the Secrets "
+                f"their owner marked for it (kubectl label secret {name} -n {namespace} {CREDENTIALS_LABEL}=true)")
         auth[credential.host] = conda_authentication(data, where)
     return auth
 

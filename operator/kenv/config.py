@@ -56,6 +56,14 @@ class OperatorSettings(BaseSettings):
         "installed into it from PyPI during the build unless it has them (hack/images/conda-installer.Dockerfile "
         "builds one that has them, for clusters without PyPI).",
     )
+    conda_glibc: str = Field(
+        "2.28", pattern=r"^[0-9]+\.[0-9]+$",
+        description="glibc version conda packages are solved for: your base images' glibc or older.",
+    )
+    conda_cuda: str | None = Field(
+        None, pattern=r"^[0-9]+(\.[0-9]+){0,2}$",
+        description="CUDA driver version conda packages are solved for (build pods see no GPU); unset: none.",
+    )
     micromamba_image: str = Field("mambaorg/micromamba:2.0.5", pattern=IMAGE_REF_PATTERN)
     default_base_image: str = Field("python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN)
     insecure_registries: str = Field(

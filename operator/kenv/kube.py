@@ -78,15 +78,25 @@ async def read_config_map_key(namespace: str, name: str, key: str) -> str | None
     return (config_map.data or {}).get(key)
 
 
-async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
-    """Decoded Secret data, None if missing. Values stay in memory; never log them."""
+async def _secret(namespace: str, name: str) -> Any | None:
     try:
-        secret = await (await core()).read_namespaced_secret(name, namespace)
+        return await (await core()).read_namespaced_secret(name, namespace)
     except ApiException as error:
         if not_found(error):
             return None
         raise
-    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """Decoded Secret data, None if missing. Values stay in memory; never log them."""
+    secret = await _secret(namespace, name)
+    return None if secret is None else {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+async def read_secret_labels(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's labels ({} without any), None if missing; its data is not returned."""
+    secret = await _secret(namespace, name)
+    return None if secret is None else dict(secret.metadata.labels or {})
 
 
 async def read_docker_config(namespace: str, name: str) -> dict[str, Any] | None:

@@ -126,7 +126,8 @@ class Reconciler:
         attempt_key = "|".join(filter(None, [f"rebuild:{token}" if forced else "",
                                              f"retry:{generation}" if retrying else "",
                                              f"refs:{seen}" if retrying and seen else "",
-                                             f"transient:{transient}" if transient else ""]))
+                                             f"transient:{transient}" if transient else "",
+                                             self._credentials_key(ref, spec)]))
         attempt = Attempt(ref=ref, uid=str(body["metadata"].get("uid", "")), spec=spec,
                           definition=dict(body.get("spec") or {}), context=context, ca_bundle=externals.ca_bundle,
                           plan=builds.plan_build(context, self.settings, attempt_key), current=current,
@@ -192,7 +193,8 @@ class Reconciler:
                          micromamba_image=self.settings.micromamba_image,
                          default_base_image=self.settings.default_base_image,
                          conda_installer=self.settings.conda_installer.value,
-                         conda_installer_image=self.settings.conda_installer_image)
+                         conda_installer_image=self.settings.conda_installer_image,
+                         conda_glibc=self.settings.conda_glibc, conda_cuda=self.settings.conda_cuda)
 
     async def _push_config(self) -> dict[str, Any]:
         if not self.settings.push_secret:
@@ -391,14 +393,25 @@ class Reconciler:
         owned = [("ConfigMap", config_map["metadata"]["name"])]
         return job, owned + [("Secret", secret["metadata"]["name"]) for secret in secrets]
 
+    def _credentials_key(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> str:
+        """Builds are shared by content, but one that fetches with channel credentials is its own: another
+        Environment of the same content with other credentials (or none) must not follow its Job and its 401."""
+        credentials = spec.conda.channel_credentials if spec.conda else []
+        if not credentials:
+            return ""
+        namespace = ref.references_namespace(self.settings.build_namespace)
+        return "credentials:" + ",".join(f"{c.host}={namespace}/{c.secret_name}" for c in credentials)
+
     async def conda_auth(self, ref: EnvironmentRef, spec: EnvironmentSpec) -> dict[str, Any]:
         """rattler's authentication file for spec.conda.channelCredentials ({} without), from their Secrets."""
         credentials = spec.conda.channel_credentials if spec.conda else []
         namespace = ref.references_namespace(self.settings.build_namespace)
-        secrets = {name: await kube.read_secret(namespace, name)
-                   for name in dict.fromkeys(credential.secret_name for credential in credentials)}
+        names = list(dict.fromkeys(credential.secret_name for credential in credentials))
+        secrets = {name: await kube.read_secret(namespace, name) for name in names}
+        marked = [name for name in names if ((await kube.read_secret_labels(namespace, name)) or {}).get(
+            condaauth.CREDENTIALS_LABEL) == "true"]
         try:
-            return condaauth.conda_auth_file(credentials, secrets, namespace)
+            return condaauth.conda_auth_file(credentials, secrets, namespace, marked)
         except condaauth.CredentialError as problem:
             raise MissingReference(str(problem)) from None
 

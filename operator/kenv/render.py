@@ -9,6 +9,7 @@ a Dockerfile instruction (see tests/unit/test_render_properties.py).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -30,6 +31,12 @@ MICROMAMBA = "micromamba"
 # bakes the same pins in); part of the Dockerfile, so a new pin rebuilds conda environments.
 INSTALLER_REQUIREMENTS = ("py-rattler==0.28.0", "PyYAML==6.0.3")
 INSTALLER_SCRIPT = "kenv-conda.py"  # kenv/conda_installer.py, copied into the context
+CONDA_PIP_FILE = "conda-requirements.txt"  # the environment file's pip list, installed in the image itself
+# glibc 2.28 (Debian 10, RHEL 8, Ubuntu 20.04 have it or newer): conda-forge's current baseline, not the glibc of
+# whatever image the installer stage runs.
+DEFAULT_CONDA_GLIBC = "2.28"
+# A user Dockerfile's COPY --from=N / RUN --mount=...,from=N: the installer stage ahead of it would shift N.
+NUMBERED_STAGE = re.compile(r"\bfrom=[0-9]+\b")
 CONDA_PREFIX = "/opt/kenv/env"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 TAG_PREFIX = "kenv-"
@@ -50,6 +57,8 @@ class Externals:
     default_base_image: str = DEFAULT_BASE_IMAGE
     conda_installer: str = RATTLER  # or MICROMAMBA (config.CondaInstaller)
     conda_installer_image: str = DEFAULT_CONDA_INSTALLER_IMAGE
+    conda_glibc: str = DEFAULT_CONDA_GLIBC  # what conda packages are solved for (the base image's, or older)
+    conda_cuda: str | None = None  # a CUDA driver version to solve for; build pods see no GPU
 
 
 @dataclass(frozen=True)
@@ -187,8 +196,25 @@ def split_global_args(dockerfile: str) -> tuple[str, str]:
     """(lines before the first FROM, the rest). A stage rendered before the user's Dockerfile must come after
     its global ARGs, or `FROM ${BASE}` would lose them (an ARG after a FROM belongs to that stage)."""
     lines = dockerfile.splitlines()
-    first_from = next((i for i, line in enumerate(lines) if line.lstrip().upper().startswith("FROM ")), 0)
+    first_from = next((i for i, line in enumerate(lines) if re.match(r"\s*FROM\s", line, re.IGNORECASE)), 0)
     return "\n".join(lines[:first_from]), "\n".join(lines[first_from:])
+
+
+def check_stage_names(spec: EnvironmentSpec, dockerfile: str) -> None:
+    match = NUMBERED_STAGE.search(dockerfile)
+    if match:
+        field_name = "spec.docker.dockerfile" if spec.docker.dockerfile else "spec.docker.dockerfileFrom"
+        raise SpecError(f"{field_name}: `{match.group(0)}` names a stage by number, and kenv adds its conda "
+                        "installer stage ahead of yours, which would shift the numbers: name the stage instead "
+                        "(FROM … AS build, then --from=build)")
+
+
+def conda_pip_requirements(spec: EnvironmentSpec) -> str | None:
+    """The environment file's pip list as a requirements file (None without one)."""
+    dependencies = environment_document(spec).get("dependencies") or []
+    assert isinstance(dependencies, list)  # checked by validation.parse_environment_yaml
+    lines = [str(line).strip() for item in dependencies if isinstance(item, dict) for line in item.get("pip") or []]
+    return "\n".join(lines) + "\n" if lines else None
 
 
 def python_command(spec: EnvironmentSpec) -> str:
@@ -207,14 +233,18 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
     rattler = conda and externals.conda_installer == RATTLER
     if conda:
         files["environment.yml"] = canonical_environment_yml(spec)
+    conda_pip = conda_pip_requirements(spec) if rattler else None
     if rattler:
         files[INSTALLER_SCRIPT] = installer_script()
+    if conda_pip:
+        files[CONDA_PIP_FILE] = conda_pip
     if requirements:
         files["requirements.txt"] = requirements
     installs = conda or requirements is not None
     user_dockerfile = base_dockerfile(spec, externals)
     global_args = ""
     if rattler and user_dockerfile:
+        check_stage_names(spec, user_dockerfile)
         global_args, user_dockerfile = split_global_args(user_dockerfile)
     if externals.ca_bundle and installs:
         files[CA_FILE] = externals.ca_bundle
@@ -230,6 +260,9 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         installer_image=externals.conda_installer_image,
         installer_requirements=" ".join(INSTALLER_REQUIREMENTS),
         installer_script=INSTALLER_SCRIPT,
+        installer_target=f"--glibc {externals.conda_glibc}" + (
+            f" --cuda {externals.conda_cuda}" if externals.conda_cuda else ""),
+        conda_pip=CONDA_PIP_FILE if conda_pip else None,
         prefix=CONDA_PREFIX,
         pip=requirements is not None,
         python=python_command(spec),

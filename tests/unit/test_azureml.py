@@ -488,3 +488,12 @@ def test_export_warns_that_conda_channel_credentials_stay_behind(tmp_path):
     text = "\n".join(export_azureml(manifest(spec), tmp_path))
     assert "spec.conda.channelCredentials (conda.example.com) cannot be exported" in text
     assert "conda-creds" not in (tmp_path / "conda.yml").read_text()
+
+
+def test_a_conda_build_exports_again_into_its_own_folder(tmp_path):
+    """The v2 docker-context of a conda Environment holds kenv's installer script and pip list: its own files."""
+    spec = {"docker": {"dockerfile": "FROM python:3.11-slim\n"}, "conda": {"packages": ["numpy"],
+                                                                           "pipPackages": ["rich"]}}
+    export_azureml(manifest(spec), tmp_path)
+    assert {"kenv-conda.py", "conda-requirements.txt"} <= {p.name for p in (tmp_path / "docker-context").iterdir()}
+    export_azureml(manifest(spec), tmp_path)  # refused before: "was not written by kenv's export"

@@ -182,22 +182,32 @@ def test_the_file_is_keyed_by_host_and_one_secret_may_serve_several():
                         {"host": "*.anaconda.org", "secretName": "anaconda"},
                         {"host": "127.0.0.1", "secretName": "basic"}]).conda.channel_credentials
     secrets = {"basic": {"username": "u", "password": "p"}, "anaconda": {"condaToken": "ct"}}
-    assert condaauth.conda_auth_file(credentials, secrets, "team") == {
+    assert condaauth.conda_auth_file(credentials, secrets, "team", ["basic", "anaconda"]) == {
         "conda.example.com": {"BasicHTTP": {"username": "u", "password": "p"}},
         "*.anaconda.org": {"CondaToken": "ct"},
         "127.0.0.1": {"BasicHTTP": {"username": "u", "password": "p"}},
     }
-    assert condaauth.conda_auth_file([], {}, "team") == {}
+    assert condaauth.conda_auth_file([], {}, "team", []) == {}
 
 
 def test_a_missing_secret_names_the_field_and_how_to_create_it():
     credentials = spec(CREDS).conda.channel_credentials
     with pytest.raises(condaauth.CredentialError) as info:
-        condaauth.conda_auth_file(credentials, {"conda-creds": None}, "team")
+        condaauth.conda_auth_file(credentials, {"conda-creds": None}, "team", [])
     assert str(info.value) == (
         f"{WHERE} not found; create it with keys username and password (HTTP basic authentication), token (a "
-        "bearer token) or condaToken (kubectl create secret generic conda-creds -n team "
-        "--from-literal=username=... --from-literal=password=...)")
+        "bearer token) or condaToken and the label kenv.dev/conda-credentials=true (kubectl create secret generic "
+        "conda-creds -n team --from-literal=username=... --from-literal=password=... && kubectl label secret "
+        "conda-creds -n team kenv.dev/conda-credentials=true)")
+
+
+def test_a_secret_its_owner_did_not_mark_for_kenv_is_never_used():
+    credentials = spec(CREDS).conda.channel_credentials
+    token = {"token": "a-service-account-token"}
+    with pytest.raises(condaauth.CredentialError) as info:
+        condaauth.conda_auth_file(credentials, {"conda-creds": token}, "team", [])
+    assert "is not labelled kenv.dev/conda-credentials=true" in str(info.value)
+    assert "a-service-account-token" not in str(info.value)
 
 
 # --- the build objects ---------------------------------------------------------------------------------------------
@@ -293,6 +303,9 @@ class FakeKube:
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.secrets.get((namespace, name))
 
+    async def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        return {condaauth.CREDENTIALS_LABEL: "true"} if (namespace, name) in self.secrets else None
+
     async def read_job(self, namespace: str, name: str) -> None:
         return None
 
@@ -319,7 +332,7 @@ def attempt(environment: EnvironmentSpec, ref: EnvironmentRef = REF) -> Attempt:
 def fake_kube(monkeypatch) -> FakeKube:
     fake = FakeKube({("team", "conda-creds"): {"username": "u", "password": "p"},
                      ("kenv-system", "conda-creds"): {"token": "cluster"}})
-    for name in ("read_secret", "read_job", "list_jobs", "create", "set_owner"):
+    for name in ("read_secret", "read_secret_labels", "read_job", "list_jobs", "create", "set_owner"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
     return fake
 

@@ -42,3 +42,11 @@ def test_an_environment_without_conda_dependencies_is_refused(tmp_path, capsys):
     assert conda_installer.main([str(path), str(tmp_path / "env")]) == 1
     assert "lists no conda dependencies" in capsys.readouterr().err
     assert not (tmp_path / "env").exists()
+
+
+def test_channels_as_conda_reads_them():
+    assert conda_installer.solve_channels(["defaults", "conda-forge"], ["numpy"]) == [
+        "https://repo.anaconda.com/pkgs/main", "https://repo.anaconda.com/pkgs/r", "conda-forge"]
+    # a channel::package spec's channel joins the solve after the listed ones, once
+    assert conda_installer.solve_channels(["conda-forge"], ["pytorch::pytorch", "pytorch::torchvision", "numpy"]) == [
+        "conda-forge", "pytorch"]

@@ -194,7 +194,10 @@ def test_conda_plan_with_rattler_runs_the_image_builds_installer_script():
     assert [step.argv for step in planned.steps] == [
         ("/usr/bin/python3", "/stage/kenv-conda.py", "/stage/environment.yml", "/envs/e")]
     assert planned.staged["kenv-conda.py"] == files["kenv-conda.py"]
-    assert "RUN python3 /tmp/kenv/kenv-conda.py /tmp/kenv/environment.yml /opt/kenv/env" in files["Dockerfile"]
+    # the image build runs the same script; its pip list then goes in the image (wheels for the base's glibc)
+    assert ("RUN python3 /tmp/kenv/kenv-conda.py --no-pip --glibc 2.28 /tmp/kenv/environment.yml /opt/kenv/env"
+            in files["Dockerfile"])
+    assert files["conda-requirements.txt"] == "rich\n"
 
 
 def test_python_version_alone_is_a_matching_venv_unless_micromamba_is_asked_for():

@@ -52,7 +52,8 @@ def test_conda_is_installed_in_a_rattler_stage_and_copied_before_the_pip_layer()
     dockerfile = context.files["Dockerfile"]
     stage = dockerfile.index("FROM python:3.11-slim-bookworm AS kenv-conda")
     assert stage < dockerfile.index("FROM python:3.11-slim-bookworm\n")  # the installer stage, then the image
-    assert "RUN python3 /tmp/kenv/kenv-conda.py /tmp/kenv/environment.yml /opt/kenv/env" in dockerfile
+    assert ("RUN python3 /tmp/kenv/kenv-conda.py --no-pip --glibc 2.28 /tmp/kenv/environment.yml /opt/kenv/env"
+            in dockerfile)
     assert dockerfile.index("COPY --from=kenv-conda /opt/kenv/env /opt/kenv/env") < dockerfile.index(
         "COPY requirements.txt")
     # With conda, pip runs with the conda environment's python, after checking there is one.
@@ -405,3 +406,31 @@ def test_dockerfile_heredoc_bodies_are_kept_byte_for_byte():
     ) in rendered
     edited = body.replace("key = v  \n", "key = v \n")  # whitespace inside a heredoc is content
     assert render({"docker": {"dockerfile": edited}}).hash != render({"docker": {"dockerfile": body}}).hash
+
+
+def test_the_installer_solves_for_the_configured_glibc_and_cuda_not_the_build_pods():
+    body = {"conda": {"packages": ["pytorch"]}}
+    default = render(body).files["Dockerfile"]
+    assert "kenv-conda.py --no-pip --glibc 2.28 /tmp/kenv/environment.yml" in default
+    gpu = render(body, Externals(conda_glibc="2.31", conda_cuda="12.4"))
+    assert "kenv-conda.py --no-pip --glibc 2.31 --cuda 12.4 /tmp/kenv/environment.yml" in gpu.files["Dockerfile"]
+    assert gpu.hash != render(body).hash  # another target is another image
+
+
+def test_the_environment_files_pip_list_is_installed_in_the_image_itself():
+    context = render({"conda": {"environmentYaml": "dependencies: [python=3.11, pip, {pip: [rich, --pre]}]\n"}})
+    assert context.files["conda-requirements.txt"] == "rich\n--pre\n"
+    dockerfile = context.files["Dockerfile"]
+    copy = dockerfile.index("COPY --from=kenv-conda /opt/kenv/env /opt/kenv/env")
+    assert copy < dockerfile.index("RUN /opt/kenv/env/bin/python -m pip install --no-cache-dir "
+                                   "--disable-pip-version-check -r /tmp/kenv/conda-requirements.txt")
+    assert "conda-requirements.txt" not in render({"conda": {"packages": ["numpy"]}}).files
+
+
+def test_a_user_dockerfile_naming_stages_by_number_is_refused_with_conda():
+    dockerfile = "FROM golang:1.23 AS build\nRUN go build -o /out .\nFROM debian:12\nCOPY --from=0 /out /out\n"
+    with pytest.raises(SpecError) as error:
+        render({"conda": {"packages": ["numpy"]}, "docker": {"dockerfile": dockerfile}})
+    assert str(error.value).startswith("spec.docker.dockerfile: `from=0` names a stage by number")
+    assert render({"docker": {"dockerfile": dockerfile}, "pip": {"packages": ["rich"]}}).files  # no stage added
+    assert split_global_args("ARG B=1\nFROM\t${B}\n") == ("ARG B=1", "FROM\t${B}")

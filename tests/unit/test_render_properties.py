@@ -76,9 +76,10 @@ def reference(spec: EnvironmentSpec) -> EnvironmentSpec:
     body: dict = {}
     if spec.docker.base_image:
         body["docker"] = {"baseImage": spec.docker.base_image}
+    files = render_context(spec).files
     if uses_conda(spec):
-        body["conda"] = {"packages": ["numpy"]}
-    if "requirements.txt" in render_context(spec).files:
+        body["conda"] = {"packages": ["numpy"], "pipPackages": ["rich"] if "conda-requirements.txt" in files else []}
+    if "requirements.txt" in files:
         body["pip"] = {"packages": ["rich"]}
     return spec_from_body(body)
 
@@ -96,7 +97,8 @@ def instruction_lines(dockerfile: str) -> list[str]:
 def template_lines() -> set[str]:
     """Every instruction line the templates can produce for a fixed base image."""
     lines: set[str] = set()
-    for body in ({"pip": {"packages": ["a"]}}, {"conda": {"packages": ["a"]}, "pip": {"packages": ["a"]}}):
+    for body in ({"pip": {"packages": ["a"]}},
+                 {"conda": {"packages": ["a"], "pipPackages": ["a"]}, "pip": {"packages": ["a"]}}):
         lines |= set(instruction_lines(render_context(spec_from_body(body), EXTERNALS).files["Dockerfile"]))
     return lines
 
