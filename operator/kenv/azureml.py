@@ -36,9 +36,17 @@ from kenv.azureml_common import (
     _validate,
     shm_to_quantity,
 )
+from kenv.conda_installer import split_dependencies
 from kenv.errors import SpecError
 from kenv.models import API_VERSION, EnvironmentSpec, registry_host
-from kenv.render import DEFAULT_BASE_IMAGE, NO_DEFAULTS, build_channels, environment_document, uses_conda
+from kenv.render import (
+    CONDA_PREFIX,
+    DEFAULT_BASE_IMAGE,
+    NO_DEFAULTS,
+    build_channels,
+    environment_document,
+    uses_conda,
+)
 
 MAX_FILE_BYTES = 1024 * 1024
 PLACEHOLDER_VARS = {"EXAMPLE_ENV_VAR": "EXAMPLE_VALUE"}  # what every SDK v1 Environment() starts with
@@ -56,7 +64,6 @@ _V1_DEFAULTS: dict[str, Any] = {
     "docker.platform": {"os": "Linux", "architecture": "amd64"},
 }
 _V2_KNOWN = {"$schema", "name", "version", "description", "tags", "image", "conda_file", "build", "os_type"}
-CONDA_PREFIX = "/opt/kenv/env"  # where the build creates the conda environment (render, Dockerfile.j2)
 # CPython's end of life per minor version (https://devguide.python.org/versions/): the day of the last release
 # for versions already gone when this was written, the end of the scheduled month for the others.
 PYTHON_END_OF_LIFE = {
@@ -332,18 +339,6 @@ def _package_name(dep: str) -> str:
     return (match.group(0) if match else _bare(dep)).lower()
 
 
-def _conda_parts(document: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
-    """A parsed conda file's channels, conda match specs and pip lines (of every `pip:` list, in order)."""
-    channels = [str(channel) for channel in document.get("channels") or []]
-    specs, pip = [], []
-    for dep in document.get("dependencies") or []:
-        if isinstance(dep, dict):
-            pip += [str(line).strip() for line in dep.get("pip") or []]
-        else:
-            specs.append(str(dep).strip())
-    return channels, specs, pip
-
-
 def _python_spec(specs: list[str]) -> str | None:
     """The python match spec if it pins something (`python=3.8.13`, `python>=3.10`), else None."""
     return next((s for s in specs if _package_name(s) == "python" and _bare(s).lower() != "python"), None)
@@ -371,7 +366,7 @@ def review_conda(spec: EnvironmentSpec, label: str, today: date) -> tuple[list[s
     if not uses_conda(spec):
         return [], []
     document = environment_document(spec)
-    channels, specs, pip = _conda_parts(document)
+    channels, specs, pip = split_dependencies(document)
     used = build_channels(channels)
     if NO_DEFAULTS in channels:
         how = " (`nodefaults`: no channel added)"
@@ -408,7 +403,7 @@ def review_conda(spec: EnvironmentSpec, label: str, today: date) -> tuple[list[s
 
 def _pip_only_blockers(document: dict[str, Any]) -> list[str]:
     """What keeps a conda file from being only python, pip and a pip list: other packages, other keys."""
-    _, specs, _ = _conda_parts(document)
+    _, specs, _ = split_dependencies(document)
     packages = [s for s in specs if _package_name(s) not in _PIP_ONLY_PACKAGES]
     keys = sorted(str(key) for key in document if key not in _PIP_ONLY_KEYS)
     found = []
@@ -452,7 +447,7 @@ def _pip_only(spec: dict[str, Any], label: str, conda_label: str, warnings: list
     if blockers := _pip_only_blockers(document):
         raise SpecError(f"{conda_label}: --pip-only takes a conda part of only python, pip and a pip list; this one "
                         f"also has {' and '.join(blockers)}: drop --pip-only to build the conda environment")
-    channels, specs, pip = _conda_parts(document)
+    channels, specs, pip = split_dependencies(document)
     translated = {key: value for key, value in spec.items() if key != "conda"}
     python = {key: value for key, value in spec.get("python", {}).items() if key != "version"}
     translated.pop("python", None)

@@ -36,20 +36,25 @@ class InstallError(Exception):
     """A failure to report in one message, without a traceback."""
 
 
-def read_environment(path: Path) -> tuple[list[str], list[str], list[str]]:
-    """(channels, conda match specs, pip requirement lines) of an environment.yml."""
-    import yaml
-
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+def split_dependencies(document: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(channels, conda match specs, pip requirement lines of every `pip:` list) of a parsed environment file.
+    kenv's renderer and import-azureml read environment files with this too."""
     channels = [str(channel) for channel in document.get("channels") or []]
     specs: list[str] = []
     pip: list[str] = []
     for dependency in document.get("dependencies") or []:
         if isinstance(dependency, dict):
-            pip += [str(line) for line in dependency.get("pip") or []]
+            pip += [str(line).strip() for line in dependency.get("pip") or []]
         else:
-            specs.append(str(dependency))
+            specs.append(str(dependency).strip())
     return channels, specs, pip
+
+
+def read_environment(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """split_dependencies of an environment.yml."""
+    import yaml
+
+    return split_dependencies(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
 
 
 def first_lines(message: str, limit: int = MESSAGE_LINES) -> str:

@@ -90,13 +90,17 @@ async def _secret(namespace: str, name: str) -> Any | None:
 async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     """Decoded Secret data, None if missing. Values stay in memory; never log them."""
     secret = await _secret(namespace, name)
-    return None if secret is None else {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    return None if secret is None else _decoded(secret)
 
 
-async def read_secret_labels(namespace: str, name: str) -> dict[str, str] | None:
-    """A Secret's labels ({} without any), None if missing; its data is not returned."""
+def _decoded(secret: Any) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+async def read_secret_with_labels(namespace: str, name: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """(decoded data, labels) of a Secret in one read, None if missing. Values stay in memory; never log them."""
     secret = await _secret(namespace, name)
-    return None if secret is None else dict(secret.metadata.labels or {})
+    return None if secret is None else (_decoded(secret), dict(secret.metadata.labels or {}))
 
 
 async def read_docker_config(namespace: str, name: str) -> dict[str, Any] | None:

@@ -406,10 +406,10 @@ class Reconciler:
         """rattler's authentication file for spec.conda.channelCredentials ({} without), from their Secrets."""
         credentials = spec.conda.channel_credentials if spec.conda else []
         namespace = ref.references_namespace(self.settings.build_namespace)
-        names = list(dict.fromkeys(credential.secret_name for credential in credentials))
-        secrets = {name: await kube.read_secret(namespace, name) for name in names}
-        marked = [name for name in names if ((await kube.read_secret_labels(namespace, name)) or {}).get(
-            condaauth.CREDENTIALS_LABEL) == "true"]
+        names = dict.fromkeys(credential.secret_name for credential in credentials)
+        read = {name: await kube.read_secret_with_labels(namespace, name) for name in names}
+        secrets = {name: found[0] if found else None for name, found in read.items()}
+        marked = [name for name, found in read.items() if found and found[1].get(condaauth.CREDENTIALS_LABEL) == "true"]
         try:
             return condaauth.conda_auth_file(credentials, secrets, namespace, marked)
         except condaauth.CredentialError as problem:

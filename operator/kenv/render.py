@@ -17,6 +17,7 @@ import jinja2
 import yaml
 
 from kenv import validation
+from kenv.conda_installer import split_dependencies
 from kenv.errors import SpecError
 from kenv.models import EnvironmentSpec
 
@@ -211,9 +212,7 @@ def check_stage_names(spec: EnvironmentSpec, dockerfile: str) -> None:
 
 def conda_pip_requirements(spec: EnvironmentSpec) -> str | None:
     """The environment file's pip list as a requirements file (None without one)."""
-    dependencies = environment_document(spec).get("dependencies") or []
-    assert isinstance(dependencies, list)  # checked by validation.parse_environment_yaml
-    lines = [str(line).strip() for item in dependencies if isinstance(item, dict) for line in item.get("pip") or []]
+    _, _, lines = split_dependencies(environment_document(spec))
     return "\n".join(lines) + "\n" if lines else None
 
 

@@ -20,9 +20,9 @@ import yaml
 
 from kenv.models import EnvironmentSpec
 from kenv.refs import EnvironmentRef
-from kenv.render import uses_conda
+from kenv.render import CONDA_PREFIX, uses_conda
 
-CONDA_PYTHON = "/opt/kenv/env/bin/python"
+CONDA_PYTHON = f"{CONDA_PREFIX}/bin/python"
 INJECTED_ENVIRONMENT = "kenv.dev/injected-environment"
 INJECTED_VERSION = "kenv.dev/injected-version"
 MAX_CHANGES = 20

@@ -303,8 +303,10 @@ class FakeKube:
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.secrets.get((namespace, name))
 
-    async def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
-        return {condaauth.CREDENTIALS_LABEL: "true"} if (namespace, name) in self.secrets else None
+    async def read_secret_with_labels(self, namespace: str, name: str
+                                      ) -> tuple[dict[str, str], dict[str, str]] | None:
+        data = self.secrets.get((namespace, name))
+        return None if data is None else (data, {condaauth.CREDENTIALS_LABEL: "true"})
 
     async def read_job(self, namespace: str, name: str) -> None:
         return None
@@ -332,7 +334,7 @@ def attempt(environment: EnvironmentSpec, ref: EnvironmentRef = REF) -> Attempt:
 def fake_kube(monkeypatch) -> FakeKube:
     fake = FakeKube({("team", "conda-creds"): {"username": "u", "password": "p"},
                      ("kenv-system", "conda-creds"): {"token": "cluster"}})
-    for name in ("read_secret", "read_secret_labels", "read_job", "list_jobs", "create", "set_owner"):
+    for name in ("read_secret", "read_secret_with_labels", "read_job", "list_jobs", "create", "set_owner"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
     return fake
 
