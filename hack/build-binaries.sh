@@ -6,6 +6,7 @@
 #   etcd                                                           (go.etcd.io/etcd/server/v3 $ETCD_VERSION)
 #   helm                                                           (helm.sh/helm/v3 $HELM_VERSION)
 #   registry-$REGISTRY_VERSION     (github.com/distribution/distribution/v3: OCI distribution 1.1, tag deletion)
+#   coredns-$COREDNS_VERSION       (github.com/coredns/coredns: the cluster DNS, with only the plugins it uses)
 # Prints the folder holding the binaries (the envtest KUBEBUILDER_ASSETS convention).
 set -euo pipefail
 
@@ -13,6 +14,7 @@ KUBE_VERSION=${KUBE_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 REGISTRY_VERSION=${REGISTRY_VERSION:-v3.1.2}
+COREDNS_VERSION=${COREDNS_VERSION:-v1.14.0}
 CACHE_ROOT=${KENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kenv}
 OUT="$CACHE_ROOT/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 WORK="$CACHE_ROOT/src"
@@ -67,6 +69,26 @@ if need "registry-$REGISTRY_VERSION"; then
   GOBIN="$WORK/registry-$REGISTRY_VERSION" go install -trimpath -ldflags "-s -w" \
     "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" >&2
   mv "$WORK/registry-$REGISTRY_VERSION/registry" "$OUT/registry-$REGISTRY_VERSION"
+fi
+
+# CoreDNS with the plugins the local cluster's Corefile uses (hack/localcluster.py) rather than all ~60: the
+# kubernetes plugin answers for Services and pods, forward sends the rest to the machine's resolver.
+if need "coredns-$COREDNS_VERSION"; then
+  dir="$WORK/coredns-$COREDNS_VERSION"; mkdir -p "$dir"; cd "$dir"
+  [ -f go.mod ] || go mod init kenv.dev/localcoredns >&2 2>&1
+  plugins="bind cache errors forward health kubernetes log ready"
+  {
+    echo "package main"; echo; echo "import ("
+    for p in $plugins; do echo "	_ \"github.com/coredns/coredns/plugin/$p\""; done
+    echo "	\"github.com/coredns/coredns/coremain\""; echo ")"; echo
+    echo "func main() { coremain.Run() }"
+  } > main.go
+  for p in $plugins coremain; do
+    case $p in coremain) pkg=coremain ;; *) pkg=plugin/$p ;; esac
+    go get "github.com/coredns/coredns/$pkg@$COREDNS_VERSION" >&2
+  done
+  log "building coredns $COREDNS_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$OUT/coredns-$COREDNS_VERSION.tmp" . && mv "$OUT/coredns-$COREDNS_VERSION.tmp" "$OUT/coredns-$COREDNS_VERSION"
 fi
 
 echo "$OUT"

@@ -1,7 +1,7 @@
 """A real Kubernetes cluster on this machine, without Docker: control plane, registry and one real node.
 
-etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy (built from source by
-hack/build-binaries.sh), Debian's containerd + runc and CNI plugins (hack/node.py), and the distribution v3
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy and CoreDNS (built from
+source by hack/build-binaries.sh), Debian's containerd + runc and CNI plugins (hack/node.py), and the distribution v3
 registry (also built by hack/build-binaries.sh). The images the node needs (pause first) are built here by
 hack/images.py.
 
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import images
 from kubeapi import KubeAPI
 from node import Node
-from nodeconfig import NODE_IP, POD_SUBNET, SERVICE_CIDR, kubeconfig, node_name
+from nodeconfig import NODE_IP, POD_SUBNET, SERVICE_CIDR, corefile, kubeconfig, node_name
 from pki import cert_pem, issue_cert, key_pem, make_ca
 from procs import alive, ensure_no_proxy, free_port, proc_start_time, script_output, spawn, stop_all
 
@@ -67,6 +67,7 @@ class LocalCluster:
         self.registry = ""
         self.images: dict[str, str] = {}  # harness images in the registry: pause, kaniko, base, ...
         self.procs: list[dict] = []
+        self.owned_paths: list[str] = []  # made for a process the cluster runs (hack/frameworks.py); removed on stop
         ensure_no_proxy(hosts=LOCAL_HOSTS)
 
     @property
@@ -92,7 +93,7 @@ class LocalCluster:
         try:
             pki = self._write_pki()
             ports = {k: free_port() for k in ("etcd", "etcd_peer", "kcm", "scheduler", "proxy_healthz",
-                                              "proxy_metrics")}
+                                              "proxy_metrics", "dns_health", "dns_ready")}
             self.node.prepare_network()
             ports |= {"apiserver": free_port(NODE_IP), "registry": free_port(NODE_IP)}
             self.server = f"https://{NODE_IP}:{ports['apiserver']}"
@@ -105,10 +106,12 @@ class LocalCluster:
             self._wait_ready("kube-apiserver")
             self._start_controllers(bins, ports, pki)
             self._start_registry(bins)
+            self._start_dns(bins, ports)
             self.images["pause"] = images.push(pause, self.registry)
             self._start_node(bins, ports)
             self._wait_ready("kube-controller-manager")
             self._wait_ready("kube-scheduler")
+            self._wait_ready("coredns")
         except BaseException:
             self.stop()
             raise
@@ -130,6 +133,9 @@ class LocalCluster:
                 stop_all([p for p in self.procs if p["name"] in ("kube-proxy", "kubelet", "containerd")])
         finally:
             self.node.cleanup()
+            for path in reversed(self.owned_paths):
+                shutil.rmtree(path, ignore_errors=True)
+            self.owned_paths = []
             if self.procs:  # etcd last: an API server that lost etcd waits out its whole shutdown timeout.
                 # The API server's graceful shutdown takes ~15 s even with no client left (its endpoint
                 # reconciler); nothing is lost by cutting it short once its clients are gone.
@@ -157,6 +163,26 @@ class LocalCluster:
         self._wait_ready(name, timeout)
         self._save_state()
 
+    def add_process(self, name: str, argv: list, env: dict[str, str], health: str | None,
+                    timeout: float = 120) -> None:
+        """Run one more process with the cluster (a workload controller, hack/frameworks.py): logged with the
+        others, stopped by stop() and by `down` after a crash, and waited for until `health` answers."""
+        self._spawn(name, argv, health, extra_env=env)
+        self._wait_ready(name, timeout)
+        self._save_state()
+
+    def stop_process(self, name: str) -> None:
+        """Stop and forget a process add_process started."""
+        proc = self._proc(name)
+        stop_all([proc], timeout=5)
+        self.procs.remove(proc)
+        self._save_state()
+
+    def own_path(self, path: str | Path) -> None:
+        """A directory made on this machine for a cluster process: removed on stop (and by `down`)."""
+        self.owned_paths.append(str(path))
+        self._save_state()
+
     def _proc(self, name: str) -> dict:
         return next(p for p in self.procs if p["name"] == name)
 
@@ -171,6 +197,7 @@ class LocalCluster:
         state = json.loads(self.state_file.read_text())
         self.server, self.registry, self.procs = state["server"], state["registry"], state["procs"]
         self.images = state.get("images", {})
+        self.owned_paths = state.get("owned_paths", [])
         self.bin_dir = Path(state["bin_dir"])
         return self
 
@@ -199,8 +226,9 @@ class LocalCluster:
                 self.bin_dir = Path(script_output(REPO / "hack/build-binaries.sh"))
         return self.bin_dir
 
-    def _spawn(self, name: str, argv: list, health: str | None = None, replace: dict | None = None) -> None:
-        env = dict(os.environ)
+    def _spawn(self, name: str, argv: list, health: str | None = None, replace: dict | None = None,
+               extra_env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) | (extra_env or {})
         env.setdefault("OTEL_TRACES_EXPORTER", "none")  # the registry (distribution v3) would export traces
         ensure_no_proxy(env, LOCAL_HOSTS)
         proc = spawn(name, argv, self.state_dir / "logs", env) | {"health": health}
@@ -317,6 +345,14 @@ class LocalCluster:
         self._spawn("registry", [binary, "serve", cfg], health=f"http://{self.registry}/v2/")
         self._wait_ready("registry")
 
+    def _start_dns(self, bins: Path, ports: dict) -> None:
+        """CoreDNS on the node address, where the kubelet points every pod (clusterDNS): the workload
+        controllers' pods find each other by Service name (a PyTorchJob's master, a Ray head)."""
+        config = self.state_dir / "Corefile"
+        config.write_text(corefile(self.kubeconfig, ports["dns_health"], ports["dns_ready"]))
+        binary = max(bins.glob("coredns-v*"), key=lambda p: [int(n) for n in p.name[9:].split(".")])
+        self._spawn("coredns", [binary, "-conf", config], health=f"http://127.0.0.1:{ports['dns_ready']}/ready")
+
     def _start_node(self, bins: Path, ports: dict) -> None:
         """containerd, then the kubelet (which registers the Node), then kube-proxy (Service routing)."""
         for name, argv, health in self.node.commands(bins, ports["proxy_healthz"]):
@@ -356,7 +392,7 @@ class LocalCluster:
         procs = [{k: v for k, v in p.items() if k != "popen"} for p in self.procs]
         self.state_file.write_text(json.dumps({"server": self.server, "registry": self.registry,
                                                "images": self.images, "bin_dir": str(self.bin_dir),
-                                               "procs": procs}, indent=1))
+                                               "owned_paths": self.owned_paths, "procs": procs}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

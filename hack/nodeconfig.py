@@ -17,6 +17,7 @@ from pathlib import Path
 NODE_IP = "10.244.0.1"
 POD_SUBNET = "10.244.0.0/24"
 SERVICE_CIDR = "10.0.0.0/24"
+CLUSTER_DOMAIN = "cluster.local"
 BRIDGE = "kenv0"
 CNI_NETWORK = "kenv"
 CGROUP_ROOT = "kenv"  # every pod cgroup lives under /sys/fs/cgroup/<controller>/kenv
@@ -188,8 +189,9 @@ def kubelet_config(paths: NodePaths, pki: Path) -> dict:
         "serverTLSBootstrap": False,
         "podLogsDir": str(paths.kubelet_dir / "pod-logs"),
         "volumePluginDir": str(paths.kubelet_dir / "volume-plugins"),
-        "resolvConf": "/etc/resolv.conf",
-        "clusterDomain": "cluster.local",
+        "resolvConf": "/etc/resolv.conf",  # what CoreDNS forwards to, and pods with dnsPolicy Default get
+        "clusterDomain": CLUSTER_DOMAIN,
+        "clusterDNS": [NODE_IP],  # CoreDNS, a host process on the node address (hack/localcluster.py)
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
@@ -228,3 +230,24 @@ def kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, user
                                           "client-key-data": b64(key_pem)}}],
         "contexts": [{"name": "kenv-local", "context": {"cluster": "kenv-local", "user": user}}],
     }
+
+
+def corefile(kubeconfig_path: Path, health_port: int, ready_port: int) -> str:
+    """The cluster DNS on the node address: Services and pods of cluster.local from the API server (as in kind and
+    kubeadm clusters), everything else forwarded to the machine's own resolver."""
+    return f"""\
+.:53 {{
+    bind {NODE_IP}
+    errors
+    health 127.0.0.1:{health_port}
+    ready 127.0.0.1:{ready_port}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig_path} kenv-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+}}
+"""

@@ -24,9 +24,18 @@ Errors: `choose_version` returns an `InjectionRefusal`; `build_pod_mutation` and
   interpreter, any other with `bash -e` where the image has bash, else `/bin/sh -e`. On failure it exits with
   the script's code and writes that code and the script's last output lines to the container's termination
   message ($KENV_TERMINATION_MESSAGE_PATH, the container's terminationMessagePath); else it execs the original
-  argv untouched. RankZero: rank 0 ($rankVariable, else RANK, else JOB_COMPLETION_INDEX, else 0) runs it and
-  writes $KENV_BOOTSTRAP_MARKER_DIR/kenv-bootstrap-<id>.done (or .failed); other ranks poll. The id is
-  $KENV_RUN_ID, else the Job name (label batch.kubernetes.io/job-name), else `default`.
+  argv untouched. RankZero: rank 0 runs it and writes $KENV_BOOTSTRAP_MARKER_DIR/kenv-bootstrap-<id>.done (or
+  .failed); other ranks poll. The rank: $rankVariable (explicit, wins), else KENV_RANK_ZERO ("true"/"false", with
+  KENV_RANK_SOURCE saying which label; set at admission from a framework's pod labels, see
+  `framework_rank_zero`: KubeRay and JobSet pods have no rank variable that is 0 in exactly one pod), else RANK,
+  else JOB_COMPLETION_INDEX, else 0. The id is $KENV_RUN_ID, else the run's name from the first of the labels
+  RUN_LABELS the pod has (a JobSet, a RayCluster, a PyTorchJob, else the Job: a JobSet's child Jobs each have
+  their own Job name, but all its pods must wait for one marker), else `default`.
+- Image followers: controllers copy the target container's image into other containers before any webhook
+  (KubeRay's wait-gcs-ready init container and autoscaler sidecar). Every other container and initContainer
+  (not ephemeral ones) whose image equals the target's as submitted (both absent or empty counts) gets the image
+  kenv sets on the target: at admission (also the placeholder of a gated pod whose target has no image) and on
+  un-gating (those still equal to the target's image). Only the image: no variables, no command wrapping.
 - Idempotence: a pod annotated `kenv.dev/injected: "true"` gets an empty patch.
 """
 
@@ -57,6 +66,11 @@ AWAITING_RUNTIME = "kenv.dev/awaiting-runtime"  # runtime hash of the definition
 OVERRIDDEN_ENV = "kenv.dev/overridden-env"
 GATE_NAME = "kenv.dev/image"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+# Labels naming the whole run a pod belongs to, most specific first: KENV_JOB_NAME, the marker's id, reads it.
+RUN_LABELS = ("jobset.sigs.k8s.io/jobset-name", "ray.io/cluster", "training.kubeflow.org/job-name", JOB_NAME_LABEL)
+RAY_NODE_TYPE = "ray.io/node-type"  # head | worker: the head is rank 0
+JOBSET_GLOBAL_INDEX = "jobset.sigs.k8s.io/job-global-index"  # the child Job's index across the JobSet
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the pod's index in an Indexed Job
 SHM_VOLUME = "kenv-dshm"
 # Only for a gated container without any image (the API server requires one); replaced on un-gating.
 PLACEHOLDER_IMAGE = "kenv.invalid/awaiting-environment-image"
@@ -291,13 +305,48 @@ def render_bootstrap(spec: EnvironmentSpec) -> str:
     """The wrapper script before `$` escaping; spec.bootstrap must be set."""
     bootstrap = spec.bootstrap
     assert bootstrap is not None
-    names = [v for v in (bootstrap.rank_variable, "RANK", "JOB_COMPLETION_INDEX") if v]
-    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in names):  # names land in shell code
-        raise InjectionRefused(f"bootstrap.rankVariable {bootstrap.rank_variable!r} is not a variable name")
+    explicit = bootstrap.rank_variable
+    if explicit is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", explicit):  # it lands in shell code
+        raise InjectionRefused(f"bootstrap.rankVariable {explicit!r} is not a variable name")
     return _templates.get_template("bootstrap.sh.j2").render(
-        mode=bootstrap.mode.value, rank_variables=list(dict.fromkeys(names)),
+        mode=bootstrap.mode.value, explicit_rank_variables=[explicit] if explicit else [],
+        default_rank_variables=[v for v in ("RANK", "JOB_COMPLETION_INDEX") if v != explicit],
         timeout_seconds=int(bootstrap.timeout_seconds),
     )
+
+
+def _index_in_metadata(pod: dict[str, Any], key: str) -> tuple[str, int | None] | None:
+    """('label key=value', its integer value or None) from the pod's label `key`, else its annotation."""
+    metadata = pod.get("metadata") or {}
+    for kind in ("label", "annotation"):
+        value = (metadata.get(kind + "s") or {}).get(key)
+        if value is not None:
+            return f"{kind} {key}={value}", _int(value)
+    return None
+
+
+def framework_rank_zero(pod: dict[str, Any]) -> tuple[str, bool] | None:
+    """(the signal read, whether this pod is rank 0) for pods of frameworks whose rank variables do not single
+    out one pod: KubeRay sets none (its head is rank 0); in a JobSet every child Job is Indexed, so each has a
+    pod with JOB_COMPLETION_INDEX 0 (rank 0 is completion index 0 of global Job index 0; a child Job without a
+    completion index has one pod). None for other pods, and for a malformed index (the variables decide)."""
+    node_type = ((pod.get("metadata") or {}).get("labels") or {}).get(RAY_NODE_TYPE)
+    if node_type:
+        return f"label {RAY_NODE_TYPE}={node_type}", node_type == "head"
+    job = _index_in_metadata(pod, JOBSET_GLOBAL_INDEX)
+    if job is None or job[1] is None:
+        return None
+    completion = _index_in_metadata(pod, COMPLETION_INDEX)
+    if completion is None:
+        return job[0], job[1] == 0
+    if completion[1] is None:
+        return None
+    return f"{job[0]}, {completion[0]}", job[1] == 0 and completion[1] == 0
+
+
+def _run_label(pod: dict[str, Any]) -> str:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return next((label for label in RUN_LABELS if labels.get(label)), JOB_NAME_LABEL)
 
 
 def _covers(mount_path: str, directory: str) -> bool:
@@ -330,9 +379,24 @@ def _bootstrap(env: EnvironmentView, spec: EnvironmentSpec, pod: dict[str, Any],
         if "emptyDir" in volumes.get(mount.get("name"), {}):
             warnings.append(f"bootstrap marker dir {directory} is an emptyDir, which other pods cannot see")
         entries += [{"name": "KENV_BOOTSTRAP_MARKER_DIR", "value": directory},
-                    {"name": "KENV_JOB_NAME", "valueFrom": _field(f"metadata.labels['{JOB_NAME_LABEL}']")}]
+                    {"name": "KENV_JOB_NAME", "valueFrom": _field(f"metadata.labels['{_run_label(pod)}']")}]
+        signal = framework_rank_zero(pod)
+        # A container's own KENV_RANK_ZERO wins (as any variable it sets); kenv's source would misdescribe it.
+        if signal is not None and "KENV_RANK_ZERO" not in _names(container, "env"):
+            source, rank_zero = signal
+            entries += [{"name": "KENV_RANK_ZERO", "value": "true" if rank_zero else "false"},
+                        {"name": "KENV_RANK_SOURCE", "value": _literal(source)}]
     argv = list(container["command"]) + list(container.get("args") or [])
     return ["/bin/sh", "-c", _literal(render_bootstrap(spec)), "kenv-bootstrap", *argv], entries
+
+
+def _image_followers(pod: dict[str, Any], index: int, image: str | None) -> list[str]:
+    """Paths of the other containers and initContainers whose image is `image` (absent counts as empty): the
+    image followers of the target container `index` (module docstring)."""
+    spec = pod.get("spec") or {}
+    return [f"/spec/{key}/{position}" for key in ("containers", "initContainers")
+            for position, other in enumerate(spec.get(key) or [])
+            if (key, position) != ("containers", index) and (other.get("image") or "") == (image or "")]
 
 
 def _env_entries(env: EnvironmentView, choice: VersionChoice) -> list[Op]:
@@ -388,7 +452,8 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
     path, name = f"/spec/containers/{index}", container.get("name")
     ops: list[Op] = []
     if not gated or not container.get("image"):
-        ops.append({"op": "add", "path": f"{path}/image", "value": choice.image or PLACEHOLDER_IMAGE})
+        ops += [{"op": "add", "path": f"{target}/image", "value": choice.image or PLACEHOLDER_IMAGE}
+                for target in (path, *_image_followers(pod, index, container.get("image")))]
     entries = _env_entries(env, choice)
     command = None
     if chosen.bootstrap is not None:
@@ -445,9 +510,9 @@ def pod_is_awaiting_image(pod: dict[str, Any], gate_name: str = GATE_NAME) -> bo
 
 def build_ungate_patch(pod: dict[str, Any], image: str, container_name: str | None = None, *,
                        version: int | None = None, gate_name: str = GATE_NAME) -> list[Op]:
-    """For the operator once the image is Ready: set the target container's image (container_name, else the
-    kenv.dev/container annotation, else the first), lift only kenv's scheduling gate, write
-    kenv.dev/injected-image (and -version when given: gated pods read both as KENV_IMAGE/KENV_VERSION) and
+    """For the operator once the image is Ready: set the image of the target container (container_name, else the
+    kenv.dev/container annotation, else the first) and of its image followers, lift only kenv's scheduling gate,
+    write kenv.dev/injected-image (and -version when given: gated pods read both as KENV_IMAGE/KENV_VERSION) and
     drop kenv.dev/awaiting-image. `test` ops make the patch fail on a pod that changed meanwhile."""
     if not DIGEST_IMAGE.match(image):
         raise InjectionRefused(f"image {image!r} is not pinned by digest (repo@sha256:...)")
@@ -455,6 +520,9 @@ def build_ungate_patch(pod: dict[str, Any], image: str, container_name: str | No
     path = f"/spec/containers/{index}"
     ops: list[Op] = [{"op": "test", "path": f"{path}/name", "value": container.get("name")},
                      {"op": "add", "path": f"{path}/image", "value": image}]
+    for follower in _image_followers(pod, index, container.get("image")):
+        ops += [{"op": "test", "path": f"{follower}/image", "value": container.get("image")},
+                {"op": "add", "path": f"{follower}/image", "value": image}]
     gates = (pod.get("spec") or {}).get("schedulingGates") or []
     for position in reversed(range(len(gates))):
         if gates[position].get("name") == gate_name:

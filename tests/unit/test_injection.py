@@ -26,6 +26,7 @@ from kenv.injection import (
     build_pod_mutation,
     build_ungate_patch,
     choose_version,
+    framework_rank_zero,
     pod_is_awaiting_image,
     render_bootstrap,
 )
@@ -912,3 +913,230 @@ def test_the_webhook_uses_only_versions_of_the_same_environment_object():
     view = lookup("Environment", pod, {("team-a", "torch"): [entry]},  # type: ignore[arg-type]
                   {("Environment", "team-a", "torch"): [stale, mine]})  # type: ignore[arg-type]
     assert list(view.versions) == [2]
+
+
+# --- image followers: containers sharing the target's image (KubeRay's wait-gcs-ready, its autoscaler) ----
+
+RAY_START = ["ulimit -n 65536; ray start --block --address=rc-head-svc.team-a.svc.cluster.local:6379"]
+
+
+def ray_pod(node_type: str, image: str | None = "placeholder:latest") -> dict:
+    """A pod as KubeRay v1.5 builds it from a RayCluster's group template, before any webhook: its Ray container
+    first, the head with the autoscaler sidecar and a worker with the wait-gcs-ready init container, both given
+    the Ray container's image."""
+    name = "ray-head" if node_type == "head" else "ray-worker"
+    pod = make_pod(name=name, command=["/bin/bash", "-c", "--"], args=RAY_START,
+                   volumeMounts=[{"name": "shared", "mountPath": "/shared"}])
+    pod["metadata"]["labels"] = {"ray.io/cluster": "rc", "ray.io/node-type": node_type,
+                                 "ray.io/group": "headgroup" if node_type == "head" else "workers",
+                                 "kenv.dev/environment": "torch"}
+    copied = {"image": image} if image is not None else {}
+    if node_type == "head":
+        pod["spec"]["containers"].append({"name": "autoscaler", "command": ["ray"], "args": ["kuberay-autoscaler"]}
+                                         | copied)
+    else:
+        pod["spec"]["initContainers"] = [{"name": "wait-gcs-ready", "command": ["/bin/bash", "-c", "--"],
+                                          "args": ["until ray health-check; do sleep 5; done"]} | copied]
+    if image is None:
+        del pod["spec"]["containers"][0]["image"]
+    else:
+        pod["spec"]["containers"][0]["image"] = image
+    pod["spec"]["volumes"] = [{"name": "shared", "persistentVolumeClaim": {"claimName": "rwx"}}]
+    return pod
+
+
+def images(pod: dict) -> dict[str, str | None]:
+    spec = pod["spec"]
+    return {c["name"]: c.get("image") for c in spec["containers"] + spec.get("initContainers", [])}
+
+
+def test_containers_sharing_the_targets_image_follow_it_and_only_in_their_image():
+    worker = ray_pod("worker")
+    worker["spec"]["initContainers"].append({"name": "fetch", "image": "busybox:1.36"})
+    env = make_env({"environmentVariables": {"A": "1"}, "bootstrap": {"script": "true"}})
+    patch = build_pod_mutation(worker, env, GATE).patch
+    result = apply_patch(worker, patch)
+    jsonpatch = pytest.importorskip("jsonpatch")
+    assert result == jsonpatch.apply_patch(worker, patch)
+    assert images(result) == {"ray-worker": IMAGES[3], "wait-gcs-ready": IMAGES[3], "fetch": "busybox:1.36"}
+    assert result["spec"]["initContainers"][0] == worker["spec"]["initContainers"][0] | {"image": IMAGES[3]}
+    head, _ = mutate(ray_pod("head"), env)
+    assert images(head) == {"ray-head": IMAGES[3], "autoscaler": IMAGES[3]}
+    assert "env" not in head["spec"]["containers"][1]  # no variables, no command wrapping
+    assert head["spec"]["containers"][1]["command"] == ["ray"]
+
+
+def test_followers_are_relative_to_the_named_target_and_ignore_ephemeral_containers():
+    pod = make_pod({"kenv.dev/container": "worker"})
+    pod["spec"]["containers"].append({"name": "worker", "image": "w", "command": ["run"]})
+    pod["spec"]["initContainers"] = [{"name": "copy", "image": "w"}]
+    pod["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "w"}]
+    result, _ = mutate(pod, make_env())
+    assert images(result) == {"train": "placeholder:latest", "worker": IMAGES[3], "copy": IMAGES[3]}
+    assert result["spec"]["ephemeralContainers"][0]["image"] == "w"
+
+
+def test_without_any_image_followers_get_the_image_or_the_gated_placeholder():
+    for pod in (ray_pod("worker", image=None), ray_pod("head", image="")):
+        assert set(images(mutate(pod, make_env())[0]).values()) == {IMAGES[3]}
+        gated, mutation = mutate(pod, make_env(status=BUILDING))
+        assert mutation.gated and set(images(gated).values()) == {"kenv.invalid/awaiting-environment-image"}
+        ready = apply_patch(gated, build_ungate_patch(gated, IMAGES[2]))
+        assert set(images(ready).values()) == {IMAGES[2]}
+
+
+def test_ungating_sets_the_followers_image_and_fails_if_one_changed():
+    worker = ray_pod("worker")
+    worker["spec"]["containers"].append({"name": "log-shipper", "image": "fluent-bit:3"})
+    gated, _ = mutate(worker, make_env(status=BUILDING))
+    assert images(gated) == images(worker)  # gated: the pod keeps its own image until un-gating
+    patch = build_ungate_patch(gated, IMAGES[2], version=2)
+    assert {"op": "test", "path": "/spec/initContainers/0/image", "value": "placeholder:latest"} in patch
+    ready = apply_patch(gated, patch)
+    assert images(ready) == {"ray-worker": IMAGES[2], "wait-gcs-ready": IMAGES[2], "log-shipper": "fluent-bit:3"}
+    changed = copy.deepcopy(gated)
+    changed["spec"]["initContainers"][0]["image"] = "someone/else:1"
+    with pytest.raises(AssertionError, match="test failed"):
+        apply_patch(changed, patch)
+
+
+# --- framework rank signals for RankZero (KubeRay, JobSet) ----------------------------------------
+
+JS, JOB = "jobset.sigs.k8s.io/", "batch.kubernetes.io/"
+
+
+def jobset_pod(global_index: int, completion_index: int | None) -> dict:
+    """A pod of JobSet `js` as its child Job's controller creates it: JobSet's labels and annotations on the
+    template, the Job controller's completion index (Indexed Jobs only) and job name."""
+    pod = make_pod(env=[{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.annotations['{JOB}job-completion-index']"}}}] if completion_index is not None else [])
+    child = f"js-workers-{global_index}"
+    jobset = {f"{JS}jobset-name": "js", f"{JS}replicatedjob-name": "workers", f"{JS}job-index": str(global_index),
+              f"{JS}job-global-index": str(global_index)}
+    pod["metadata"]["labels"] = jobset | {f"{JOB}job-name": child, "job-name": child}
+    pod["metadata"]["annotations"] = dict(jobset)
+    if completion_index is not None:
+        pod["metadata"]["annotations"][f"{JOB}job-completion-index"] = str(completion_index)
+    return pod
+
+
+def pytorch_pod(replica_type: str, index: int) -> dict:
+    """A PyTorchJob v1.9 pod: the training operator sets RANK itself (master 0, workers index + 1)."""
+    rank = 0 if replica_type == "master" else index + 1
+    pod = make_pod(env=[{"name": "MASTER_PORT", "value": "23456"}, {"name": "RANK", "value": str(rank)}])
+    pod["metadata"]["labels"] = {"training.kubeflow.org/job-name": "pt", "training.kubeflow.org/replica-type":
+                                 replica_type, "training.kubeflow.org/replica-index": str(index)}
+    return pod
+
+
+def with_metadata(kind: str, values: dict) -> dict:
+    pod = make_pod()
+    pod["metadata"][kind] = values
+    return pod
+
+
+@pytest.mark.parametrize(("pod", "expected"), [
+    (ray_pod("head"), ("label ray.io/node-type=head", True)),
+    (ray_pod("worker"), ("label ray.io/node-type=worker", False)),
+    (jobset_pod(0, 0), (f"label {JS}job-global-index=0, annotation {JOB}job-completion-index=0", True)),
+    (jobset_pod(0, 1), (f"label {JS}job-global-index=0, annotation {JOB}job-completion-index=1", False)),
+    (jobset_pod(2, 0), (f"label {JS}job-global-index=2, annotation {JOB}job-completion-index=0", False)),
+    (jobset_pod(0, None), (f"label {JS}job-global-index=0", True)),  # a non-Indexed child Job: one pod
+    (jobset_pod(1, None), (f"label {JS}job-global-index=1", False)),
+    (with_metadata("annotations", {f"{JS}job-global-index": "0"}), (f"annotation {JS}job-global-index=0", True)),
+    (with_metadata("labels", {f"{JS}job-global-index": "x"}), None),  # malformed: the rank variables decide
+    (pytorch_pod("master", 0), None),  # RANK already singles out the master
+    (make_pod(), None),
+])
+def test_framework_rank_zero(pod, expected):
+    assert framework_rank_zero(pod) == expected
+
+
+RANK_ZERO = {"bootstrap": {"script": "true", "mode": "RankZero", "markerDir": "/shared"}}
+
+
+def injected_env(pod: dict, spec: dict = RANK_ZERO) -> dict[str, dict]:
+    """The target's variables once `pod`, given the shared volume RankZero needs, is injected."""
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "shared", "mountPath": "/shared"}]
+    return env_of(mutate(pod, make_env(spec))[0]["spec"]["containers"][0])
+
+
+def run_label(variables: dict[str, dict]) -> str:
+    return variables["KENV_JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+
+
+def test_rank_zero_mode_injects_the_signal_and_names_the_run_by_its_framework():
+    worker = injected_env(ray_pod("worker"))
+    assert worker["KENV_RANK_ZERO"]["value"] == "false"
+    assert worker["KENV_RANK_SOURCE"]["value"] == "label ray.io/node-type=worker"
+    assert run_label(worker) == "metadata.labels['ray.io/cluster']"
+    jobset_rank0 = injected_env(jobset_pod(0, 0))
+    assert jobset_rank0["KENV_RANK_ZERO"]["value"] == "true"
+    assert run_label(jobset_rank0) == f"metadata.labels['{JS}jobset-name']"  # not the child Job's name
+    master_env = injected_env(pytorch_pod("master", 0))
+    assert "KENV_RANK_ZERO" not in master_env and master_env["RANK"]["value"] == "0"
+    assert run_label(master_env) == "metadata.labels['training.kubeflow.org/job-name']"
+    all_mode = injected_env(ray_pod("head"), {"bootstrap": {"script": "true"}})
+    assert "KENV_RANK_ZERO" not in all_mode and "KENV_JOB_NAME" not in all_mode
+
+
+def test_a_containers_own_kenv_rank_zero_wins_without_kenvs_source():
+    pod = ray_pod("worker")
+    pod["spec"]["containers"][0]["env"] = [{"name": "KENV_RANK_ZERO", "value": "true"}]
+    variables = injected_env(pod)
+    assert variables["KENV_RANK_ZERO"]["value"] == "true" and "KENV_RANK_SOURCE" not in variables
+
+
+def framework_bootstrapped(tmp_path: Path, pod: dict, script: str = 'touch "$OUT/ran"', **bootstrap: Any) -> dict:
+    """`pod` injected with a RankZero bootstrap whose marker dir is tmp_path, ready for run_container."""
+    container = pod["spec"]["containers"][0]
+    container.update(command=PRINT_ARGS[:2], args=PRINT_ARGS[2:] + ARGS,
+                     volumeMounts=[{"name": "shared", "mountPath": str(tmp_path)}],
+                     terminationMessagePath=str(tmp_path / "termination-log"))
+    spec = {"bootstrap": {"script": script, "mode": "RankZero", "markerDir": str(tmp_path), **bootstrap},
+            "environmentVariables": {"OUT": str(tmp_path)}}
+    return mutate(pod, make_env(spec))[0]
+
+
+def test_jobset_has_one_rank_zero_and_one_marker_across_its_child_jobs(tmp_path):
+    other_job = framework_bootstrapped(tmp_path, jobset_pod(1, 0), timeoutSeconds=1)
+    waiting = run_container(other_job, {"JOB_COMPLETION_INDEX": "0"})  # index 0 of the second child Job
+    assert waiting.returncode == 1 and not (tmp_path / "ran").exists()
+    assert (f"kenv: rank other than 0 (from label {JS}job-global-index=1, annotation {JOB}job-completion-index=0) "
+            f"waits for rank 0's bootstrap marker {tmp_path}/kenv-bootstrap-js.done") in waiting.stderr
+    done = run_container(framework_bootstrapped(tmp_path, jobset_pod(0, 0)), {"JOB_COMPLETION_INDEX": "0"})
+    assert done.returncode == 0, done.stderr
+    assert (f"kenv: rank 0 (from label {JS}job-global-index=0, annotation {JOB}job-completion-index=0) runs the "
+            "bootstrap script") in done.stderr
+    assert (tmp_path / "ran").exists() and (tmp_path / "kenv-bootstrap-js.done").exists() and ran_command(done)
+    (tmp_path / "ran").unlink()
+    follows = run_container(other_job, {"JOB_COMPLETION_INDEX": "0"})
+    assert follows.returncode == 0 and ran_command(follows) and not (tmp_path / "ran").exists()
+
+
+def test_ray_head_is_rank_zero_and_precedence(tmp_path):
+    worker = framework_bootstrapped(tmp_path, ray_pod("worker"), timeoutSeconds=1)
+    waiting = run_container(worker, {"RANK": "0", "JOB_COMPLETION_INDEX": "0"})  # the signal beats both
+    assert waiting.returncode == 1 and "rank other than 0 (from label ray.io/node-type=worker)" in waiting.stderr
+    assert "kenv-bootstrap-rc.done" in waiting.stderr
+    head = run_container(framework_bootstrapped(tmp_path, ray_pod("head")), {"RANK": "3"})
+    assert head.returncode == 0 and (tmp_path / "ran").exists() and ran_command(head)
+    assert "kenv: rank 0 (from label ray.io/node-type=head) runs the bootstrap script" in head.stderr
+    (tmp_path / "ran").unlink()
+    (tmp_path / "kenv-bootstrap-rc.done").unlink()
+    explicit = framework_bootstrapped(tmp_path, ray_pod("worker"), rankVariable="RANK")
+    done = run_container(explicit, {"RANK": "0"})  # bootstrap.rankVariable beats the signal
+    assert done.returncode == 0 and (tmp_path / "ran").exists(), done.stderr
+    assert "kenv: rank 0 (from RANK) runs the bootstrap script" in done.stderr
+    fallback = run_container(explicit, {"RANK": ""})  # empty: the signal decides
+    assert fallback.returncode == 0 and "rank other than 0" in fallback.stderr and ran_command(fallback)
+
+
+def test_invalid_kenv_rank_zero_fails_clearly(tmp_path):
+    pod = ray_pod("head")
+    pod["spec"]["containers"][0]["env"] = [{"name": "KENV_RANK_ZERO", "value": "yes"}]
+    done = run_container(framework_bootstrapped(tmp_path, pod), {})
+    message = "kenv: KENV_RANK_ZERO 'yes' (from KENV_RANK_ZERO) is neither true nor false"
+    assert done.returncode == 1 and message in done.stderr.splitlines() and not ran_command(done)
+    assert termination_message(tmp_path) == message + "\n"
+    assert not (tmp_path / "ran").exists()

@@ -18,6 +18,7 @@ from nodeconfig import (  # noqa: E402
     NodePaths,
     cni_conflist,
     containerd_config,
+    corefile,
     kube_proxy_config,
     kubelet_config,
     registry_hosts_toml,
@@ -82,3 +83,13 @@ def test_kube_proxy_leaves_conntrack_limits_alone(key):
 def test_a_too_deep_state_dir_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="KENV_CLUSTER_DIR"):
         NodePaths(Path("/" + "d" * 100)).check()
+
+
+def test_pods_resolve_through_coredns_on_the_node_address():
+    config = kubelet_config(PATHS, Path("/pki"))
+    assert config["clusterDNS"] == [NODE_IP] and config["clusterDomain"] == "cluster.local"
+    lines = [line.strip() for line in corefile(Path("/state/kubeconfig"), 1001, 1002).splitlines()]
+    assert f"bind {NODE_IP}" in lines and "forward . /etc/resolv.conf" in lines
+    assert "kubernetes cluster.local in-addr.arpa ip6.arpa {" in lines
+    assert "kubeconfig /state/kubeconfig kenv-local" in lines  # the admin kubeconfig's context
+    assert "health 127.0.0.1:1001" in lines and "ready 127.0.0.1:1002" in lines

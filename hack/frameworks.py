@@ -1,0 +1,291 @@
+"""The workload controllers ML teams run, on the local cluster: Kubeflow's training operator (PyTorchJob),
+KubeRay (RayJob, RayCluster), JobSet and Kueue.
+
+Each is built by hack/build-frameworks.sh from the Go module proxy and runs as a host process against the
+cluster's API server, like the control plane. Its CRDs come from the same module version. Its admission
+webhooks are the module's own manifests, with each in-cluster Service reference replaced by a URL on 127.0.0.1
+and a CA made here: no cert-manager and no in-cluster Service. Nothing starts until a test asks for a
+controller. stop() removes the webhook configurations before stopping the processes, so that no API request is
+refused by a webhook that has gone away.
+
+    python hack/frameworks.py start kueue jobset      # on the cluster of `hack/cluster up`, until `down`
+    frameworks = Frameworks(cluster); frameworks.start("jobset"); ...; frameworks.stop()   # tests
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import images
+from pki import cert_pem, issue_cert, key_pem, make_ca
+from procs import free_port
+
+HACK = Path(__file__).resolve().parent
+NAMES = ("training-operator", "kuberay", "jobset", "kueue")
+# Paths the controllers insist on, whatever their flags say (see each _start_*): created here, removed by stop().
+TRAINING_OPERATOR_CERT_DIR = Path(tempfile.gettempdir()) / "k8s-webhook-server/serving-certs"
+KUEUE_METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
+# The training operator's built-in init container template, with getent (glibc's resolver, search list included)
+# where it has nslookup.
+PYTORCH_INIT_CONTAINER = """
+- name: init-pytorch
+  image: {{.InitContainerImage}}
+  imagePullPolicy: IfNotPresent
+  resources:
+    limits: {cpu: 100m, memory: 20Mi}
+    requests: {cpu: 50m, memory: 10Mi}
+  command: ['sh', '-c', 'err=1;for i in $(seq {{.MaxTries}}); do if getent hosts {{.MasterAddr}};
+    then err=0 && break; fi;echo waiting for master; sleep 2; done; exit $err']
+"""
+
+
+@dataclass(frozen=True)
+class Built:
+    name: str
+    version: str
+    binary: Path
+    source: Path  # the module's files: CRDs and webhook manifests
+
+
+def build(names: Iterable[str]) -> dict[str, Built]:
+    out = subprocess.run(["bash", str(HACK / "build-frameworks.sh"), *names], check=True, stdout=subprocess.PIPE,
+                         text=True).stdout
+    rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 3]
+    return {name: Built(name, version, Path(binary), Path(source)) for name, version, binary, source in rows}
+
+
+def local_webhooks(documents: Iterable[dict], prefix: str, base_url: str, ca_bundle: str,
+                   keep: Callable[[dict], bool] = lambda webhook: True,
+                   patch: Callable[[dict], None] = lambda webhook: None) -> list[dict]:
+    """A module's (Mutating|Validating)WebhookConfigurations as its release installs them (names prefixed), with
+    each Service reference turned into base_url + its path; only the webhooks `keep` accepts, after `patch`
+    (the release's kustomize patches: selectors)."""
+    configurations = []
+    for document in documents:
+        if document.get("kind") not in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            continue
+        result = copy.deepcopy(document)
+        result["metadata"] = {"name": prefix + document["metadata"]["name"]}
+        result["webhooks"] = []
+        for webhook in copy.deepcopy(document["webhooks"]):
+            if not keep(webhook):
+                continue
+            path = webhook["clientConfig"]["service"].get("path", "/")
+            webhook["clientConfig"] = {"url": base_url + path, "caBundle": ca_bundle}
+            patch(webhook)
+            result["webhooks"].append(webhook)
+        if result["webhooks"]:
+            configurations.append(result)
+    return configurations
+
+
+def resources_of(webhook: dict) -> set[str]:
+    return {r.split("/")[0] for rule in webhook.get("rules") or [] for r in rule.get("resources") or []}
+
+
+class Frameworks:
+    """The controllers started on one cluster (a hack/localcluster.LocalCluster)."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.dir = Path(cluster.state_dir) / "frameworks"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ca = make_ca("kenv-frameworks-ca")
+        cert, key = issue_cert(ca, "127.0.0.1", hosts=("127.0.0.1", "localhost"))
+        self.certs = self.dir / "certs"
+        self.certs.mkdir(exist_ok=True)
+        (self.certs / "tls.crt").write_bytes(cert_pem(cert))
+        (self.certs / "tls.key").write_bytes(key_pem(key))
+        (self.certs / "tls.key").chmod(0o600)
+        self.ca_bundle = base64.b64encode(cert_pem(ca[0])).decode()
+        self.started: dict[str, Built] = {}
+        self.webhook_configurations: list[tuple[str, str]] = []  # (kind, name), removed first by stop()
+        self.created_paths: list[Path] = []
+
+    # -- lifecycle
+
+    def start(self, name: str) -> Built:
+        """Build (cached), install the CRDs, start the controller, register its webhooks; idempotent."""
+        if name not in NAMES:
+            raise ValueError(f"unknown controller {name!r}: one of {', '.join(NAMES)}")
+        if name not in self.started:
+            built = build([name])[name]
+            t0 = time.monotonic()
+            getattr(self, "_start_" + name.replace("-", "_"))(built)
+            self.started[name] = built
+            print(f"[frameworks] {name} {built.version} ready in {time.monotonic() - t0:.1f}s", flush=True)
+        return self.started[name]
+
+    def stop(self) -> None:
+        for kind, name in reversed(self.webhook_configurations):
+            self.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")
+        self.webhook_configurations.clear()
+        for name in reversed(list(self.started)):
+            self.cluster.stop_process(name)
+        self.started.clear()
+        for path in reversed(self.created_paths):
+            shutil.rmtree(path, ignore_errors=True)
+        self.created_paths.clear()
+
+    # -- the controllers
+
+    def _start_training_operator(self, built: Built) -> None:
+        """PyTorchJob only (--enable-scheme). Its cert rotator cannot be turned off: it wants a Secret to fill in
+        its namespace and waits for tls.crt in the temp dir's k8s-webhook-server/serving-certs, which is also
+        where the webhook server reads it; ours goes there. Workers' init container waits for the master's DNS
+        name: upstream with alpine's nslookup, here with `getent hosts` in the Debian base image (Debian's busybox
+        nslookup fails for a name found through the search list), through the operator's own template flag."""
+        self.install_crds([built.source / "manifests/base/crds/kubeflow.org_pytorchjobs.yaml"])
+        self.kubectl("create", "namespace", "kubeflow", check=False)
+        self.kubectl("create", "secret", "generic", "training-operator-webhook-cert", "-n", "kubeflow", check=False)
+        self._own_path(TRAINING_OPERATOR_CERT_DIR.parent)
+        TRAINING_OPERATOR_CERT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(self.certs, TRAINING_OPERATOR_CERT_DIR, dirs_exist_ok=True)
+        base = images.build(["base"], self.cluster.registry)["base"]
+        template = self.dir / "pytorch-init-container.yaml"
+        template.write_text(PYTORCH_INIT_CONTAINER)
+        webhook, health = free_port(), free_port()
+        self.cluster.add_process("training-operator", [
+            built.binary, "--enable-scheme=pytorchjob", f"--webhook-server-port={webhook}",
+            f"--health-probe-bind-address=127.0.0.1:{health}", "--metrics-bind-address=0",
+            f"--pytorch-init-container-image={base}", f"--pytorch-init-container-template-file={template}"],
+            env={"KUBECONFIG": str(self.cluster.kubeconfig), "MY_POD_NAMESPACE": "kubeflow"},
+            health=f"http://127.0.0.1:{health}/readyz")
+        documents = self._yaml(built.source / "manifests/base/webhook/manifests.yaml")
+        self.register(local_webhooks(documents, "kenv-local-training-operator-", f"https://127.0.0.1:{webhook}",
+                                     self.ca_bundle, keep=lambda w: "pytorchjobs" in resources_of(w)))
+
+    def _start_kuberay(self, built: Built) -> None:
+        """RayJob and RayCluster (RayService's CRD too: its controller always runs). The operator reaches each
+        head's dashboard through the API server's Service proxy (--use-kubernetes-proxy): on this host, outside
+        the pod network's DNS, it could not resolve the head Service's name. No webhooks by default."""
+        self.install_crds(sorted((built.source / "config/crd/bases").glob("ray.io_*.yaml")))
+        health = free_port()
+        self.cluster.add_process("kuberay", [
+            built.binary, "--enable-leader-election=false", "--use-kubernetes-proxy", "--metrics-addr=0",
+            f"--health-probe-bind-address=127.0.0.1:{health}", "--log-stdout-encoder=console"],
+            env={"KUBECONFIG": str(self.cluster.kubeconfig)}, health=f"http://127.0.0.1:{health}/readyz")
+
+    def _start_jobset(self, built: Built) -> None:
+        """With its webhooks: the defaulting one is required (the controller dereferences the fields it
+        defaults). The release's pod webhooks only see JobSet pods (its kustomize patch)."""
+        self.install_crds([built.source / "config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml"])
+        webhook, health = free_port(), free_port()
+        config = {"apiVersion": "config.jobset.x-k8s.io/v1alpha1", "kind": "Configuration",
+                  "leaderElection": {"leaderElect": False}, "internalCertManagement": {"enable": False},
+                  "webhook": {"host": "127.0.0.1", "port": webhook, "certDir": str(self.certs)},
+                  "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"}, "metrics": {"bindAddress": "0"}}
+        self.cluster.add_process("jobset", [built.binary, f"--config={self._write('jobset.yaml', config)}"],
+                                 env={"KUBECONFIG": str(self.cluster.kubeconfig)},
+                                 health=f"http://127.0.0.1:{health}/readyz")
+        jobset_pods = {"matchExpressions": [{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}]}
+
+        def only_jobset_pods(webhook: dict) -> None:
+            if "pods" in resources_of(webhook):
+                webhook["objectSelector"] = jobset_pods
+        documents = self._yaml(built.source / "config/components/webhook/manifests.yaml")
+        self.register(local_webhooks(documents, "jobset-", f"https://127.0.0.1:{webhook}", self.ca_bundle,
+                                     patch=only_jobset_pods))
+
+    def _start_kueue(self, built: Built) -> None:
+        """Queues batch/v1 Jobs (and the other frameworks already started). The visibility API server is off
+        (it wants its own certificates); the metrics server is off but loads a fixed certificate path anyway."""
+        self.install_crds(sorted((built.source / "config/components/crd/bases").glob("*.yaml")))
+        self._own_path(KUEUE_METRICS_CERT_DIR.parent.parent)
+        KUEUE_METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(self.certs, KUEUE_METRICS_CERT_DIR, dirs_exist_ok=True)
+        integrations = {"batch/job": {"jobs"}, "jobset.x-k8s.io/jobset": {"jobsets"},
+                        "kubeflow.org/pytorchjob": {"pytorchjobs"}, "ray.io/rayjob": {"rayjobs"},
+                        "ray.io/raycluster": {"rayclusters"}}
+        needs = {"batch/job": None, "jobset.x-k8s.io/jobset": "jobset", "kubeflow.org/pytorchjob": "training-operator",
+                 "ray.io/rayjob": "kuberay", "ray.io/raycluster": "kuberay"}
+        frameworks = [f for f, controller in needs.items() if controller is None or controller in self.started]
+        webhook, health = free_port(), free_port()
+        config = {"apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
+                  "namespace": "kueue-system", "manageJobsWithoutQueueName": False,
+                  "leaderElection": {"leaderElect": False}, "internalCertManagement": {"enable": False},
+                  "webhook": {"host": "127.0.0.1", "port": webhook, "certDir": str(self.certs)},
+                  "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"}, "metrics": {"bindAddress": "0"},
+                  "featureGates": {"VisibilityOnDemand": False},
+                  "integrations": {"frameworks": frameworks}}
+        self.cluster.add_process("kueue", [built.binary, f"--config={self._write('kueue.yaml', config)}"],
+                                 env={"KUBECONFIG": str(self.cluster.kubeconfig)},
+                                 health=f"http://127.0.0.1:{health}/readyz")
+        served = {"clusterqueues", "resourceflavors", "workloads", "cohorts",
+                  *(r for f in frameworks for r in integrations[f])}
+        documents = self._yaml(built.source / "config/components/webhook/manifests.yaml")
+        self.register(local_webhooks(documents, "kueue-", f"https://127.0.0.1:{webhook}", self.ca_bundle,
+                                     keep=lambda w: bool(resources_of(w) & served)))
+
+    # -- helpers
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        result = subprocess.run([self.cluster.kubectl, "--kubeconfig", str(self.cluster.kubeconfig), *args],
+                                input=stdin, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def install_crds(self, files: list[Path]) -> None:
+        """Server-side: KubeRay's CRDs are too big for the last-applied annotation of a client-side apply."""
+        args = [arg for f in files for arg in ("-f", str(f))]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *args)
+        names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
+
+    def register(self, configurations: list[dict]) -> None:
+        for configuration in configurations:
+            self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(configuration))
+            self.webhook_configurations.append((configuration["kind"], configuration["metadata"]["name"]))
+
+    def _own_path(self, path: Path) -> None:
+        """A directory to remove on stop (and on `hack/cluster down` after a crash), unless it existed before."""
+        if not path.exists():
+            self.created_paths.append(path)
+            self.cluster.own_path(path)
+
+    def _write(self, name: str, document: dict) -> Path:
+        path = self.dir / name
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    @staticmethod
+    def _yaml(path: Path) -> list[dict]:
+        return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python hack/frameworks.py start NAME...`: start controllers on the cluster `hack/cluster up` runs; they
+    stay with it until `hack/cluster down`."""
+    import argparse
+    import sys
+
+    from localcluster import LocalCluster
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start"])
+    parser.add_argument("names", nargs="+", choices=NAMES)
+    args = parser.parse_args(argv)
+    cluster = LocalCluster.attach()
+    if cluster is None or not cluster.healthy():
+        print("no local cluster is running: run `hack/cluster up` first", file=sys.stderr)
+        return 1
+    frameworks = Frameworks(cluster)
+    for name in args.names:
+        frameworks.start(name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
