@@ -36,6 +36,12 @@ NAMES = ("training-operator", "kuberay", "jobset", "kueue")
 # Paths the controllers insist on, whatever their flags say (see each _start_*): created here, removed by stop().
 TRAINING_OPERATOR_CERT_DIR = Path(tempfile.gettempdir()) / "k8s-webhook-server/serving-certs"
 KUEUE_METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
+# Kueue's integrations: framework -> (the controller it needs started first, else None; the resources its
+# webhooks see).
+KUEUE_INTEGRATIONS: dict[str, tuple[str | None, set[str]]] = {
+    "batch/job": (None, {"jobs"}), "pod": (None, {"pods"}), "jobset.x-k8s.io/jobset": ("jobset", {"jobsets"}),
+    "kubeflow.org/pytorchjob": ("training-operator", {"pytorchjobs"}), "ray.io/rayjob": ("kuberay", {"rayjobs"}),
+    "ray.io/raycluster": ("kuberay", {"rayclusters"})}
 # The training operator's built-in init container template, with getent (glibc's resolver, search list included)
 # where it has nslookup.
 PYTORCH_INIT_CONTAINER = """
@@ -101,14 +107,18 @@ class Frameworks:
         self.cluster = cluster
         self.dir = Path(cluster.state_dir) / "frameworks"
         self.dir.mkdir(parents=True, exist_ok=True)
-        ca = make_ca("kenv-frameworks-ca")
-        cert, key = issue_cert(ca, "127.0.0.1", hosts=("127.0.0.1", "localhost"))
+        # One CA per cluster, kept: controllers started earlier (another `start`) serve this certificate, and
+        # their webhook configurations trust only this CA.
         self.certs = self.dir / "certs"
-        self.certs.mkdir(exist_ok=True)
-        (self.certs / "tls.crt").write_bytes(cert_pem(cert))
-        (self.certs / "tls.key").write_bytes(key_pem(key))
-        (self.certs / "tls.key").chmod(0o600)
-        self.ca_bundle = base64.b64encode(cert_pem(ca[0])).decode()
+        if not (self.certs / "ca.crt").exists():
+            ca = make_ca("kenv-frameworks-ca")
+            cert, key = issue_cert(ca, "127.0.0.1", hosts=("127.0.0.1", "localhost"))
+            self.certs.mkdir(exist_ok=True)
+            (self.certs / "tls.key").write_bytes(key_pem(key))
+            (self.certs / "tls.key").chmod(0o600)
+            (self.certs / "tls.crt").write_bytes(cert_pem(cert))
+            (self.certs / "ca.crt").write_bytes(cert_pem(ca[0]))
+        self.ca_bundle = base64.b64encode((self.certs / "ca.crt").read_bytes()).decode()
         self.started: dict[str, Built] = {}
         self.webhook_configurations: list[tuple[str, str]] = []  # (kind, name), removed first by stop()
         self.created_paths: list[Path] = []
@@ -122,8 +132,12 @@ class Frameworks:
         if name not in self.started:
             built = build([name])[name]
             t0 = time.monotonic()
-            getattr(self, "_start_" + name.replace("-", "_"))(built)
-            self.started[name] = built
+            self.started[name] = built  # from here on, stop() undoes whatever part of the start happened
+            try:
+                getattr(self, "_start_" + name.replace("-", "_"))(built)
+            except BaseException:
+                self.stop()
+                raise
             print(f"[frameworks] {name} {built.version} ready in {time.monotonic() - t0:.1f}s", flush=True)
         return self.started[name]
 
@@ -132,10 +146,12 @@ class Frameworks:
             self.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")
         self.webhook_configurations.clear()
         for name in reversed(list(self.started)):
-            self.cluster.stop_process(name)
+            if any(p["name"] == name for p in self.cluster.procs):
+                self.cluster.stop_process(name)
         self.started.clear()
         for path in reversed(self.created_paths):
             shutil.rmtree(path, ignore_errors=True)
+            self.cluster.disown_path(path)
         self.created_paths.clear()
 
     # -- the controllers
@@ -199,18 +215,15 @@ class Frameworks:
                                      patch=only_jobset_pods))
 
     def _start_kueue(self, built: Built) -> None:
-        """Queues batch/v1 Jobs (and the other frameworks already started). The visibility API server is off
-        (it wants its own certificates); the metrics server is off but loads a fixed certificate path anyway."""
+        """Queues batch/v1 Jobs, plain pods (its `pod` integration: a scheduling gate) and the workloads of the
+        other frameworks already started. The visibility API server is off (it wants its own certificates); the
+        metrics server is off but loads a fixed certificate path anyway."""
         self.install_crds(sorted((built.source / "config/components/crd/bases").glob("*.yaml")))
         self._own_path(KUEUE_METRICS_CERT_DIR.parent.parent)
         KUEUE_METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copytree(self.certs, KUEUE_METRICS_CERT_DIR, dirs_exist_ok=True)
-        integrations = {"batch/job": {"jobs"}, "jobset.x-k8s.io/jobset": {"jobsets"},
-                        "kubeflow.org/pytorchjob": {"pytorchjobs"}, "ray.io/rayjob": {"rayjobs"},
-                        "ray.io/raycluster": {"rayclusters"}}
-        needs = {"batch/job": None, "jobset.x-k8s.io/jobset": "jobset", "kubeflow.org/pytorchjob": "training-operator",
-                 "ray.io/rayjob": "kuberay", "ray.io/raycluster": "kuberay"}
-        frameworks = [f for f, controller in needs.items() if controller is None or controller in self.started]
+        frameworks = [f for f, (controller, _) in KUEUE_INTEGRATIONS.items()
+                      if controller is None or controller in self.started]
         webhook, health = free_port(), free_port()
         config = {"apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
                   "namespace": "kueue-system", "manageJobsWithoutQueueName": False,
@@ -223,10 +236,17 @@ class Frameworks:
                                  env={"KUBECONFIG": str(self.cluster.kubeconfig)},
                                  health=f"http://127.0.0.1:{health}/readyz")
         served = {"clusterqueues", "resourceflavors", "workloads", "cohorts",
-                  *(r for f in frameworks for r in integrations[f])}
+                  *(r for f in frameworks for r in KUEUE_INTEGRATIONS[f][1])}
         documents = self._yaml(built.source / "config/components/webhook/manifests.yaml")
+        # The release's kustomize patch: its pod webhooks (failurePolicy Fail) never see the system namespaces.
+        not_system = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                            "values": ["kube-system", "kueue-system"]}]}
+
+        def release_selectors(webhook: dict) -> None:
+            if resources_of(webhook) & {"pods", "deployments", "statefulsets"}:
+                webhook["namespaceSelector"] = not_system
         self.register(local_webhooks(documents, "kueue-", f"https://127.0.0.1:{webhook}", self.ca_bundle,
-                                     keep=lambda w: bool(resources_of(w) & served)))
+                                     keep=lambda w: bool(resources_of(w) & served), patch=release_selectors))
 
     # -- helpers
 
@@ -282,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no local cluster is running: run `hack/cluster up` first", file=sys.stderr)
         return 1
     frameworks = Frameworks(cluster)
-    for name in args.names:
+    running = {p["name"] for p in cluster.procs}
+    # In NAMES order, Kueue last: it queues the workloads of the controllers started before it.
+    for name in sorted(set(args.names) - running, key=NAMES.index):
         frameworks.start(name)
     return 0
 

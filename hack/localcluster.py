@@ -167,8 +167,14 @@ class LocalCluster:
                     timeout: float = 120) -> None:
         """Run one more process with the cluster (a workload controller, hack/frameworks.py): logged with the
         others, stopped by stop() and by `down` after a crash, and waited for until `health` answers."""
+        if any(p["name"] == name for p in self.procs):
+            raise RuntimeError(f"{name} is already running with this cluster")
         self._spawn(name, argv, health, extra_env=env)
-        self._wait_ready(name, timeout)
+        try:
+            self._wait_ready(name, timeout)
+        except BaseException:
+            self.stop_process(name)  # never left running unrecorded
+            raise
         self._save_state()
 
     def stop_process(self, name: str) -> None:
@@ -181,6 +187,11 @@ class LocalCluster:
     def own_path(self, path: str | Path) -> None:
         """A directory made on this machine for a cluster process: removed on stop (and by `down`)."""
         self.owned_paths.append(str(path))
+        self._save_state()
+
+    def disown_path(self, path: str | Path) -> None:
+        """Forget a directory its owner removed itself (stop() must not remove what might be someone else's by then)."""
+        self.owned_paths = [p for p in self.owned_paths if p != str(path)]
         self._save_state()
 
     def _proc(self, name: str) -> dict:
@@ -350,7 +361,8 @@ class LocalCluster:
         controllers' pods find each other by Service name (a PyTorchJob's master, a Ray head)."""
         config = self.state_dir / "Corefile"
         config.write_text(corefile(self.kubeconfig, ports["dns_health"], ports["dns_ready"]))
-        binary = max(bins.glob("coredns-v*"), key=lambda p: [int(n) for n in p.name[9:].split(".")])
+        built = [p for p in bins.glob("coredns-v*") if not p.name.endswith(".tmp")]  # .tmp: an interrupted build
+        binary = max(built, key=lambda p: [int(n) for n in p.name[9:].split(".")])
         self._spawn("coredns", [binary, "-conf", config], health=f"http://127.0.0.1:{ports['dns_ready']}/ready")
 
     def _start_node(self, bins: Path, ports: dict) -> None:

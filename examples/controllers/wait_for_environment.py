@@ -4,8 +4,9 @@ kenv offers other controllers (README, "For controller authors").
     python wait_for_environment.py NAME [-n NAMESPACE] [--timeout 600] [--create workload.yaml]
 
 Prints the digest-pinned image on stdout and exits 0; exits 1 if the build of the current spec failed (the
-message on stderr), 2 on timeout. --create then creates the objects in a manifest (a Job, a PyTorchJob...) in
-the namespace. Only kubernetes_asyncio, which kenv itself uses.
+message on stderr), 2 on timeout. --create then creates the objects in a manifest (built-in kinds such as a
+Job; a custom resource such as a PyTorchJob needs CustomObjectsApi) in the namespace. Only kubernetes_asyncio,
+which kenv itself uses.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ Errors: `choose_version` returns an `InjectionRefusal`; `build_pod_mutation` and
   `framework_rank_zero`: KubeRay and JobSet pods have no rank variable that is 0 in exactly one pod), else RANK,
   else JOB_COMPLETION_INDEX, else 0. The id is $KENV_RUN_ID, else the run's name from the first of the labels
   RUN_LABELS the pod has (a JobSet, a RayCluster, a PyTorchJob, else the Job: a JobSet's child Jobs each have
-  their own Job name, but all its pods must wait for one marker), else `default`.
+  their own Job name, but all its pods must wait for one marker), else `default`; a JobSet's pods add
+  `-attempt-<restart attempt>` ($KENV_RUN_ATTEMPT).
 - Image followers: controllers copy the target container's image into other containers before any webhook
   (KubeRay's wait-gcs-ready init container and autoscaler sidecar). Every other container and initContainer
   (not ephemeral ones) whose image equals the target's as submitted (both absent or empty counts) gets the image
@@ -69,8 +70,15 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Labels naming the whole run a pod belongs to, most specific first: KENV_JOB_NAME, the marker's id, reads it.
 RUN_LABELS = ("jobset.sigs.k8s.io/jobset-name", "ray.io/cluster", "training.kubeflow.org/job-name", JOB_NAME_LABEL)
 RAY_NODE_TYPE = "ray.io/node-type"  # head | worker: the head is rank 0
+# The training operator's pods: job-role=master on the master, or on worker 0 of a job without one.
+TRAINING_REPLICA_TYPE = "training.kubeflow.org/replica-type"
+TRAINING_JOB_ROLE = "training.kubeflow.org/job-role"
 JOBSET_GLOBAL_INDEX = "jobset.sigs.k8s.io/job-global-index"  # the child Job's index across the JobSet
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the pod's index in an Indexed Job
+# A restarted JobSet keeps its name: its attempt joins the marker's id, so no replica of a new attempt takes the
+# previous attempt's marker for its own.
+JOBSET_RESTART_ATTEMPT = "jobset.sigs.k8s.io/restart-attempt"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SHM_VOLUME = "kenv-dshm"
 # Only for a gated container without any image (the API server requires one); replaced on un-gating.
 PLACEHOLDER_IMAGE = "kenv.invalid/awaiting-environment-image"
@@ -327,12 +335,20 @@ def _index_in_metadata(pod: dict[str, Any], key: str) -> tuple[str, int | None] 
 
 def framework_rank_zero(pod: dict[str, Any]) -> tuple[str, bool] | None:
     """(the signal read, whether this pod is rank 0) for pods of frameworks whose rank variables do not single
-    out one pod: KubeRay sets none (its head is rank 0); in a JobSet every child Job is Indexed, so each has a
-    pod with JOB_COMPLETION_INDEX 0 (rank 0 is completion index 0 of global Job index 0; a child Job without a
-    completion index has one pod). None for other pods, and for a malformed index (the variables decide)."""
-    node_type = ((pod.get("metadata") or {}).get("labels") or {}).get(RAY_NODE_TYPE)
+    out one pod: KubeRay sets none (its head is rank 0); the training operator sets RANK only when the job has a
+    Master, but labels its rank-0 pod job-role=master either way (the master, else worker 0); in a JobSet every
+    child Job is Indexed, so each has a pod with JOB_COMPLETION_INDEX 0 (rank 0 is completion index 0 of global
+    Job index 0; a child Job without a completion index has one pod). None for other pods, and for a malformed
+    index (the variables decide)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    node_type = labels.get(RAY_NODE_TYPE)
     if node_type:
         return f"label {RAY_NODE_TYPE}={node_type}", node_type == "head"
+    if labels.get(TRAINING_REPLICA_TYPE):
+        role = labels.get(TRAINING_JOB_ROLE)
+        if role:
+            return f"label {TRAINING_JOB_ROLE}={role}", role == "master"
+        return f"label {TRAINING_REPLICA_TYPE}={labels[TRAINING_REPLICA_TYPE]} without {TRAINING_JOB_ROLE}", False
     job = _index_in_metadata(pod, JOBSET_GLOBAL_INDEX)
     if job is None or job[1] is None:
         return None
@@ -380,6 +396,9 @@ def _bootstrap(env: EnvironmentView, spec: EnvironmentSpec, pod: dict[str, Any],
             warnings.append(f"bootstrap marker dir {directory} is an emptyDir, which other pods cannot see")
         entries += [{"name": "KENV_BOOTSTRAP_MARKER_DIR", "value": directory},
                     {"name": "KENV_JOB_NAME", "valueFrom": _field(f"metadata.labels['{_run_label(pod)}']")}]
+        if JOBSET_RESTART_ATTEMPT in ((pod.get("metadata") or {}).get("labels") or {}):
+            attempt = _field(f"metadata.labels['{JOBSET_RESTART_ATTEMPT}']")
+            entries.append({"name": "KENV_RUN_ATTEMPT", "valueFrom": attempt})
         signal = framework_rank_zero(pod)
         # A container's own KENV_RANK_ZERO wins (as any variable it sets); kenv's source would misdescribe it.
         if signal is not None and "KENV_RANK_ZERO" not in _names(container, "env"):
@@ -448,6 +467,8 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
     if isinstance(choice, InjectionRefusal):
         raise InjectionRefused(choice.message)
     gated, chosen = choice.image is None, choice.spec
+    if gated and _queued_by_kueue_pod_integration(pod):
+        raise InjectionRefused(_kueue_refusal(title, env))
     warnings: list[str] = list(choice.warnings)
     path, name = f"/spec/containers/{index}", container.get("name")
     ops: list[Op] = []
@@ -499,6 +520,22 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
     added_annotations[INJECTED] = "true"
     _annotate(ops, pod, added_annotations)
     return Mutation(patch=ops, gated=gated, annotations=added_annotations, warnings=warnings)
+
+
+def _queued_by_kueue_pod_integration(pod: dict[str, Any]) -> bool:
+    """A pod Kueue queues itself (its `pod` integration): labelled with a queue and made by no controller (the
+    pods of a Job, JobSet, PyTorchJob... are queued through their owner, which Kueue suspends instead)."""
+    metadata = pod.get("metadata") or {}
+    return bool((metadata.get("labels") or {}).get(KUEUE_QUEUE_LABEL)) and not metadata.get("ownerReferences")
+
+
+def _kueue_refusal(title: str, env: EnvironmentView) -> str:
+    _, ref = _titles(env.kind, env.name, env.namespace)
+    return (f"{title} is still building its image, and this pod is queued by Kueue's pod integration "
+            f"({KUEUE_QUEUE_LABEL}): Kueue compares a queued pod's containers with its Workload and deletes the pod "
+            "when kenv sets the image once the build is Ready, so the pod cannot wait gated. Create it once "
+            f"`kubectl wait {ref} --for=condition=Built` succeeds, or queue a Job instead (Kueue suspends the Job, "
+            "so its pods are created after admission and may wait for the image)")
 
 
 def pod_is_awaiting_image(pod: dict[str, Any], gate_name: str = GATE_NAME) -> bool:

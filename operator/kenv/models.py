@@ -399,8 +399,8 @@ class Bootstrap(KenvModel):
     )
     rank_variable: EnvName | None = Field(
         None, description="Variable holding the pod's rank; when set in the pod it wins. Default: KENV_RANK_ZERO, "
-        "which kenv sets from the pod's labels for KubeRay (the head is rank 0) and JobSet (completion index 0 of "
-        "job global index 0) pods, then RANK, then JOB_COMPLETION_INDEX, else 0."
+        "which kenv sets from the pod's labels for KubeRay (the head is rank 0), PyTorchJob (job-role master) and "
+        "JobSet (completion index 0 of job global index 0) pods, then RANK, then JOB_COMPLETION_INDEX, else 0."
     )
     marker_dir: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._+/-]*$")] = Field(
         "/kenv-shared",

@@ -23,7 +23,7 @@ import pytest
 
 from buildgate import BuildGate
 from frameworks import Frameworks
-from kenvfixtures import create_env, kubectl, pod_log, wait_for, wait_phase
+from kenvfixtures import create_env, kubectl, pod_log, refused, wait_for, wait_phase
 from localcluster import LocalCluster
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -41,17 +41,22 @@ def frameworks(cluster):
     started.stop()
 
 
+def variables_and_secret(kube, namespace: str, token: str) -> dict:
+    """Spec fields giving pods TRAIN_TOKEN (a variable) and TRACKING_KEY (from a Secret made here), both `token`."""
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", {
+        "metadata": {"name": "tracking"}, "data": {"key": base64.b64encode(token.encode()).decode()}})
+    return {"environmentVariables": {"TRAIN_TOKEN": token},
+            "secretEnv": [{"name": "TRACKING_KEY", "secretKeyRef": {"name": "tracking", "key": "key"}}]}
+
+
 @pytest.fixture
 def train_env(kube, namespace, base_image) -> tuple[dict, str]:
     """A Ready Environment with a variable and a secret variable, both holding a token unique to the test."""
     token = uuid.uuid4().hex
-    kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", {
-        "metadata": {"name": "tracking"}, "data": {"key": base64.b64encode(token.encode()).decode()}})
     create_env(kube, namespace, "train", {
         "docker": {"baseImage": base_image},
         "python": {"userManagedDependencies": True, "interpreterPath": "/usr/bin/python3"},
-        "environmentVariables": {"TRAIN_TOKEN": token},
-        "secretEnv": [{"name": "TRACKING_KEY", "secretKeyRef": {"name": "tracking", "key": "key"}}]})
+        **variables_and_secret(kube, namespace, token)})
     env = wait_phase(kube, namespace, "train", {"Ready", "Failed"})
     assert env["status"]["phase"] == "Ready", env["status"]
     return env, token
@@ -150,14 +155,17 @@ def test_jobset_runs_the_environment_and_its_bootstrap_once_on_global_rank_zero(
     frameworks.start("jobset")
     shared = tmp_path / "shared"
     shared.mkdir()
+    token = uuid.uuid4().hex
     create_env(kube, namespace, "prepared", {
         "docker": {"baseImage": base_image},
         "python": {"userManagedDependencies": True, "interpreterPath": "/usr/bin/python3"},
         "bootstrap": {"script": "hostname >> /shared/ran\necho prepared > /shared/data\n", "mode": "RankZero",
-                      "markerDir": "/shared"}})
+                      "markerDir": "/shared"},
+        **variables_and_secret(kube, namespace, token)})
     env = wait_phase(kube, namespace, "prepared", {"Ready", "Failed"})
     assert env["status"]["phase"] == "Ready", env["status"]
-    read = "print(open('/shared/data').read().strip())"
+    read = ("import os; print(open('/shared/data').read().strip(), os.environ['TRAIN_TOKEN'], "
+            "os.environ['TRACKING_KEY'])")
     container = {"name": "train", "image": "placeholder", "command": ["python3", "-c", read],
                  "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}
     template = labelled_template("prepared", [container], restartPolicy="Never",
@@ -175,12 +183,38 @@ def test_jobset_runs_the_environment_and_its_bootstrap_once_on_global_rank_zero(
     by_index = {p["metadata"]["labels"]["jobset.sigs.k8s.io/job-global-index"]: p for p in replicas}
     for pod in replicas:
         assert images_of(pod)["train"] == env["status"]["image"]
-        assert pod_log(kube, namespace, pod["metadata"]["name"]).splitlines()[-1] == "prepared"
+        assert pod_log(kube, namespace, pod["metadata"]["name"]).splitlines()[-1] == f"prepared {token} {token}"
     # the script ran once, in the pod of global job index 0 (JobSet sets its hostname: <job>-<index>)
     assert (shared / "ran").read_text().splitlines() == [by_index["0"]["spec"]["hostname"]]
 
 
 # -- Kueue ---------------------------------------------------------------------------------------------------
+
+KUEUE = "kueue.x-k8s.io/v1beta2"
+KUEUE_GATE = "kueue.x-k8s.io/admission"
+
+
+def held_queue(cluster, namespace: str) -> str:
+    """A ClusterQueue on hold (it admits nothing until release_queue) and the namespace's LocalQueue `team`."""
+    queue, flavor = f"cq-{namespace}", f"flavor-{namespace}"
+    apply(cluster, {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": flavor}})
+    apply(cluster, {"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": {"name": queue}, "spec": {
+        "namespaceSelector": {}, "stopPolicy": "Hold", "resourceGroups": [{
+            "coveredResources": ["cpu", "memory"], "flavors": [{"name": flavor, "resources": [
+                {"name": "cpu", "nominalQuota": "2"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}})
+    apply(cluster, {"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": {"name": "team", "namespace": namespace},
+                    "spec": {"clusterQueue": queue}})
+    return queue
+
+
+def release_queue(kube, queue: str) -> None:
+    kube.request("PATCH", f"/apis/{KUEUE}/clusterqueues/{queue}", {"spec": {"stopPolicy": "None"}},
+                 content_type="application/merge-patch+json")
+
+
+def gates_of(kube, namespace: str, name: str) -> list[str]:
+    pod = get(kube, f"/api/v1/namespaces/{namespace}/pods/{name}")
+    return [g["name"] for g in pod["spec"].get("schedulingGates") or []]
 
 def test_kueue_queued_job_waits_for_admission_and_for_the_environment(
         cluster, kube, namespace, frameworks, base_image):
@@ -188,15 +222,7 @@ def test_kueue_queued_job_waits_for_admission_and_for_the_environment(
     Job's pod is created while the Environment is still building, so kenv admits it gated, and lifts its gate
     with the digest-pinned image once the build is Ready. No pod is ever scheduled with a placeholder image."""
     frameworks.start("kueue")
-    queue, flavor = f"cq-{namespace}", f"flavor-{namespace}"
-    kueue = "kueue.x-k8s.io/v1beta2"
-    apply(cluster, {"apiVersion": kueue, "kind": "ResourceFlavor", "metadata": {"name": flavor}})
-    apply(cluster, {"apiVersion": kueue, "kind": "ClusterQueue", "metadata": {"name": queue}, "spec": {
-        "namespaceSelector": {}, "stopPolicy": "Hold", "resourceGroups": [{
-            "coveredResources": ["cpu", "memory"], "flavors": [{"name": flavor, "resources": [
-                {"name": "cpu", "nominalQuota": "2"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}})
-    apply(cluster, {"apiVersion": kueue, "kind": "LocalQueue", "metadata": {"name": "team", "namespace": namespace},
-                    "spec": {"clusterQueue": queue}})
+    queue = held_queue(cluster, namespace)
     gate = BuildGate()
     try:
         token = uuid.uuid4().hex
@@ -209,12 +235,11 @@ def test_kueue_queued_job_waits_for_admission_and_for_the_environment(
             "spec": {"backoffLimit": 0, "template": labelled_template("queued", [container], restartPolicy="Never")}})
         job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs/train"
         assert get(kube, job_path)["spec"]["suspend"] is True  # Kueue's webhook suspended it on creation
-        workloads = f"/apis/{kueue}/namespaces/{namespace}/workloads"
+        workloads = f"/apis/{KUEUE}/namespaces/{namespace}/workloads"
         wait_for(lambda: kube.request("GET", workloads)["items"], 60, "Kueue's Workload for the Job")
         assert not pods(kube, namespace, "job-name%3Dtrain")  # queued: the Job controller made no pod
 
-        kube.request("PATCH", f"/apis/{kueue}/clusterqueues/{queue}", {"spec": {"stopPolicy": "None"}},
-                     content_type="application/merge-patch+json")
+        release_queue(kube, queue)
         pod = wait_for(lambda: (pods(kube, namespace, "job-name%3Dtrain") or [None])[0], 60, "the admitted Job's pod")
         spec = pod["spec"]
         assert get(kube, job_path)["spec"]["suspend"] is False
@@ -236,10 +261,56 @@ def test_kueue_queued_job_waits_for_admission_and_for_the_environment(
         kube.request("DELETE", f"/apis/batch/v1/namespaces/{namespace}/jobs/train?propagationPolicy=Background")
 
 
+def test_kueue_queued_plain_pod_is_refused_while_building_and_queued_once_ready(
+        cluster, kube, namespace, frameworks, base_image):
+    """Kueue's pod integration queues a bare pod by gating it, and compares the pod's containers with its
+    Workload: had kenv gated it too, setting the image on un-gating would make Kueue delete the pod. So while the
+    Environment builds such a pod is refused, saying what to do; once it is Ready, the pod gets the image at
+    admission, waits for Kueue's gate alone and runs when the queue admits it."""
+    frameworks.start("kueue")
+    queue = held_queue(cluster, namespace)
+    gate = BuildGate()
+    container = {"name": "train", "image": "placeholder", "command": ["python3", "-c", "print('trained')"],
+                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}
+    labels = {"kenv.dev/environment": "solo", "kueue.x-k8s.io/queue-name": "team"}
+    body = {"metadata": {"name": "solo", "labels": labels},
+            "spec": {"restartPolicy": "Never", "containers": [container]}}
+    pod_path = f"/api/v1/namespaces/{namespace}/pods/solo"
+    try:
+        token = uuid.uuid4().hex
+        create_env(kube, namespace, "solo", gate.spec(base_image, token))
+        wait_for(lambda: gate.waiting(token), 180, "the build to reach its gate")
+        message = refused(kube, namespace, body)
+        assert "is queued by Kueue's pod integration" in message and "--for=condition=Built" in message, message
+
+        gate.release(token)
+        env = wait_phase(kube, namespace, "solo", {"Ready", "Failed"})
+        assert env["status"]["phase"] == "Ready", env["status"]
+        kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)
+        gates = gates_of(kube, namespace, "solo")
+        assert KUEUE_GATE in gates and GATE not in gates  # Kueue's wait only: the image is already there
+        assert images_of(get(kube, pod_path))["train"] == env["status"]["image"]
+        time.sleep(2)  # held: Kueue keeps its gate, nothing schedules the pod
+        assert KUEUE_GATE in gates_of(kube, namespace, "solo") and "nodeName" not in get(kube, pod_path)["spec"]
+
+        release_queue(kube, queue)
+        wait_for(lambda: get(kube, pod_path)["status"].get("phase") in ("Succeeded", "Failed"), 120, "the pod to run")
+        assert get(kube, pod_path)["status"]["phase"] == "Succeeded"
+        assert pod_log(kube, namespace, "solo").strip() == "trained"
+    finally:
+        gate.close()
+        # Kueue's finalizer is on the pod: delete it while Kueue runs
+        if kube.request("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]:
+            kube.request("DELETE", f"{pod_path}?gracePeriodSeconds=0")
+        wait_for(lambda: not kube.request("GET", f"/api/v1/namespaces/{namespace}/pods")["items"], 120,
+                 "the queued pod to be deleted")
+
+
 # -- RayJob --------------------------------------------------------------------------------------------------
 
 RAY_ENTRYPOINT = ("python3 -c \"import os, ray; ray.init(); "
-                  "task = ray.remote(lambda: (os.environ['RAY_NODE_TYPE_NAME'], os.environ['TRAIN_TOKEN'])); "
+                  "task = ray.remote(lambda: (os.environ['RAY_NODE_TYPE_NAME'], os.environ['TRAIN_TOKEN'], "
+                  "os.environ['TRACKING_KEY'])); "
                   "print('ray-result', *ray.get(task.remote()))\"")
 
 
@@ -251,7 +322,7 @@ def test_rayjob_head_workers_and_submitter_run_in_the_environment(
     token = uuid.uuid4().hex
     create_env(kube, namespace, "ray", {
         "docker": {"baseImage": base_image}, "pip": {"requirements": f"ray[default]=={RAY_VERSION}\n"},
-        "environmentVariables": {"TRAIN_TOKEN": token}, "build": {"caBundle": ca_config_map}})
+        "build": {"caBundle": ca_config_map}, **variables_and_secret(kube, namespace, token)})
     env = wait_phase(kube, namespace, "ray", {"Ready", "Failed"}, timeout=900)
     assert env["status"]["phase"] == "Ready", env["status"]
     image = env["status"]["image"]
@@ -280,8 +351,9 @@ def test_rayjob_head_workers_and_submitter_run_in_the_environment(
         submitters = pods(kube, namespace, "job-name%3Drj")
         logs = {p["metadata"]["name"]: pod_log(kube, namespace, p["metadata"]["name"]) for p in submitters}
         assert job["status"]["jobStatus"] == "SUCCEEDED", (job["status"], logs)
-        # the task ran on the worker (the head has no CPUs for tasks) and saw the Environment's variable
-        assert any(line == f"ray-result workers {token}" for log in logs.values() for line in log.splitlines()), logs
+        # the task ran on the worker (the head has no CPUs for tasks) and saw the Environment's variable and secret
+        assert any(line == f"ray-result workers {token} {token}" for log in logs.values()
+                   for line in log.splitlines()), logs
         ray_pods = pods(kube, namespace, "ray.io%2Fis-ray-node%3Dyes")
         assert sorted(p["metadata"]["labels"]["ray.io/node-type"] for p in ray_pods) == ["head", "worker"]
         for pod in [*ray_pods, *submitters]:

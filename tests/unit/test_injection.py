@@ -1005,14 +1005,14 @@ def test_ungating_sets_the_followers_image_and_fails_if_one_changed():
 JS, JOB = "jobset.sigs.k8s.io/", "batch.kubernetes.io/"
 
 
-def jobset_pod(global_index: int, completion_index: int | None) -> dict:
+def jobset_pod(global_index: int, completion_index: int | None, attempt: int = 0) -> dict:
     """A pod of JobSet `js` as its child Job's controller creates it: JobSet's labels and annotations on the
     template, the Job controller's completion index (Indexed Jobs only) and job name."""
     pod = make_pod(env=[{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
         "fieldPath": f"metadata.annotations['{JOB}job-completion-index']"}}}] if completion_index is not None else [])
     child = f"js-workers-{global_index}"
     jobset = {f"{JS}jobset-name": "js", f"{JS}replicatedjob-name": "workers", f"{JS}job-index": str(global_index),
-              f"{JS}job-global-index": str(global_index)}
+              f"{JS}job-global-index": str(global_index), f"{JS}restart-attempt": str(attempt)}
     pod["metadata"]["labels"] = jobset | {f"{JOB}job-name": child, "job-name": child}
     pod["metadata"]["annotations"] = dict(jobset)
     if completion_index is not None:
@@ -1020,12 +1020,16 @@ def jobset_pod(global_index: int, completion_index: int | None) -> dict:
     return pod
 
 
-def pytorch_pod(replica_type: str, index: int) -> dict:
-    """A PyTorchJob v1.9 pod: the training operator sets RANK itself (master 0, workers index + 1)."""
+def pytorch_pod(replica_type: str, index: int, master: bool = True) -> dict:
+    """A PyTorchJob v1.9 pod: with a Master replica, the training operator sets RANK (master 0, workers index +
+    1); job-role=master is on the master, or on worker 0 of a job without one (which gets no RANK)."""
     rank = 0 if replica_type == "master" else index + 1
-    pod = make_pod(env=[{"name": "MASTER_PORT", "value": "23456"}, {"name": "RANK", "value": str(rank)}])
+    env = [{"name": "MASTER_PORT", "value": "23456"}, {"name": "RANK", "value": str(rank)}] if master else []
+    pod = make_pod(env=env)
     pod["metadata"]["labels"] = {"training.kubeflow.org/job-name": "pt", "training.kubeflow.org/replica-type":
                                  replica_type, "training.kubeflow.org/replica-index": str(index)}
+    if replica_type == "master" or (not master and index == 0):
+        pod["metadata"]["labels"]["training.kubeflow.org/job-role"] = "master"
     return pod
 
 
@@ -1045,7 +1049,12 @@ def with_metadata(kind: str, values: dict) -> dict:
     (jobset_pod(1, None), (f"label {JS}job-global-index=1", False)),
     (with_metadata("annotations", {f"{JS}job-global-index": "0"}), (f"annotation {JS}job-global-index=0", True)),
     (with_metadata("labels", {f"{JS}job-global-index": "x"}), None),  # malformed: the rank variables decide
-    (pytorch_pod("master", 0), None),  # RANK already singles out the master
+    (pytorch_pod("master", 0), ("label training.kubeflow.org/job-role=master", True)),
+    (pytorch_pod("worker", 0), ("label training.kubeflow.org/replica-type=worker without "
+                                "training.kubeflow.org/job-role", False)),
+    (pytorch_pod("worker", 0, master=False), ("label training.kubeflow.org/job-role=master", True)),  # no RANK
+    (pytorch_pod("worker", 1, master=False), ("label training.kubeflow.org/replica-type=worker without "
+                                              "training.kubeflow.org/job-role", False)),
     (make_pod(), None),
 ])
 def test_framework_rank_zero(pod, expected):
@@ -1074,7 +1083,9 @@ def test_rank_zero_mode_injects_the_signal_and_names_the_run_by_its_framework():
     assert jobset_rank0["KENV_RANK_ZERO"]["value"] == "true"
     assert run_label(jobset_rank0) == f"metadata.labels['{JS}jobset-name']"  # not the child Job's name
     master_env = injected_env(pytorch_pod("master", 0))
-    assert "KENV_RANK_ZERO" not in master_env and master_env["RANK"]["value"] == "0"
+    assert master_env["KENV_RANK_ZERO"]["value"] == "true" and master_env["RANK"]["value"] == "0"  # they agree
+    masterless = injected_env(pytorch_pod("worker", 0, master=False))  # no RANK: only the label says rank 0
+    assert masterless["KENV_RANK_ZERO"]["value"] == "true" and "RANK" not in masterless
     assert run_label(master_env) == "metadata.labels['training.kubeflow.org/job-name']"
     all_mode = injected_env(ray_pod("head"), {"bootstrap": {"script": "true"}})
     assert "KENV_RANK_ZERO" not in all_mode and "KENV_JOB_NAME" not in all_mode
@@ -1103,15 +1114,20 @@ def test_jobset_has_one_rank_zero_and_one_marker_across_its_child_jobs(tmp_path)
     waiting = run_container(other_job, {"JOB_COMPLETION_INDEX": "0"})  # index 0 of the second child Job
     assert waiting.returncode == 1 and not (tmp_path / "ran").exists()
     assert (f"kenv: rank other than 0 (from label {JS}job-global-index=1, annotation {JOB}job-completion-index=0) "
-            f"waits for rank 0's bootstrap marker {tmp_path}/kenv-bootstrap-js.done") in waiting.stderr
+            f"waits for rank 0's bootstrap marker {tmp_path}/kenv-bootstrap-js-attempt-0.done") in waiting.stderr
     done = run_container(framework_bootstrapped(tmp_path, jobset_pod(0, 0)), {"JOB_COMPLETION_INDEX": "0"})
     assert done.returncode == 0, done.stderr
     assert (f"kenv: rank 0 (from label {JS}job-global-index=0, annotation {JOB}job-completion-index=0) runs the "
             "bootstrap script") in done.stderr
-    assert (tmp_path / "ran").exists() and (tmp_path / "kenv-bootstrap-js.done").exists() and ran_command(done)
+    assert (tmp_path / "ran").exists() and ran_command(done)
+    assert (tmp_path / "kenv-bootstrap-js-attempt-0.done").exists()
     (tmp_path / "ran").unlink()
     follows = run_container(other_job, {"JOB_COMPLETION_INDEX": "0"})
     assert follows.returncode == 0 and ran_command(follows) and not (tmp_path / "ran").exists()
+    # after a JobSet restart, attempt 0's marker does not count: the new attempt's replicas wait for its rank 0
+    restarted = run_container(framework_bootstrapped(tmp_path, jobset_pod(1, 0, attempt=1), timeoutSeconds=1),
+                              {"JOB_COMPLETION_INDEX": "0"})
+    assert restarted.returncode == 1 and f"{tmp_path}/kenv-bootstrap-js-attempt-1.done" in restarted.stderr
 
 
 def test_ray_head_is_rank_zero_and_precedence(tmp_path):
@@ -1140,3 +1156,29 @@ def test_invalid_kenv_rank_zero_fails_clearly(tmp_path):
     assert done.returncode == 1 and message in done.stderr.splitlines() and not ran_command(done)
     assert termination_message(tmp_path) == message + "\n"
     assert not (tmp_path / "ran").exists()
+
+
+# --- Kueue's pod integration --------------------------------------------------------------------------------
+
+def queued(pod: dict, owner: bool = False) -> dict:
+    pod["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team"}
+    if owner:
+        pod["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "u",
+                                               "controller": True}]
+    return pod
+
+
+def test_a_pod_kueue_queues_itself_is_refused_while_building_not_gated():
+    # Kueue compares a queued pod's containers with its Workload: the image set on un-gating would make it delete
+    # the pod. So such a pod is refused, with what to do instead.
+    with pytest.raises(InjectionRefused) as refused:
+        build_pod_mutation(queued(make_pod()), make_env(status=BUILDING), GATE)
+    assert "Kueue's pod integration (kueue.x-k8s.io/queue-name)" in refused.value.message
+    assert "`kubectl wait env/torch -n team-a --for=condition=Built`" in refused.value.message
+
+
+def test_kueue_queued_pods_are_injected_when_ready_and_job_pods_may_wait_gated():
+    ready, _ = mutate(queued(make_pod()), make_env())
+    assert ready["spec"]["containers"][0]["image"] == IMAGES[3] and "schedulingGates" not in ready["spec"]
+    job_pod, mutation = mutate(queued(make_pod(), owner=True), make_env(status=BUILDING))
+    assert mutation.gated and [g["name"] for g in job_pod["spec"]["schedulingGates"]] == ["kenv.dev/image"]
