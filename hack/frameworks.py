@@ -132,27 +132,35 @@ class Frameworks:
         if name not in self.started:
             built = build([name])[name]
             t0 = time.monotonic()
-            self.started[name] = built  # from here on, stop() undoes whatever part of the start happened
+            webhooks, paths = len(self.webhook_configurations), len(self.created_paths)
             try:
                 getattr(self, "_start_" + name.replace("-", "_"))(built)
-            except BaseException:
-                self.stop()
+            except BaseException:  # undo this one's part; the others keep running
+                self._undo(name, self.webhook_configurations[webhooks:], self.created_paths[paths:])
+                del self.webhook_configurations[webhooks:], self.created_paths[paths:]
                 raise
+            self.started[name] = built
             print(f"[frameworks] {name} {built.version} ready in {time.monotonic() - t0:.1f}s", flush=True)
         return self.started[name]
 
     def stop(self) -> None:
-        for kind, name in reversed(self.webhook_configurations):
-            self.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")
-        self.webhook_configurations.clear()
+        self._undo(None, self.webhook_configurations, [])
         for name in reversed(list(self.started)):
-            if any(p["name"] == name for p in self.cluster.procs):
-                self.cluster.stop_process(name)
+            self._undo(name, [], [])
+        self._undo(None, [], self.created_paths)
+        self.webhook_configurations.clear()
         self.started.clear()
-        for path in reversed(self.created_paths):
+        self.created_paths.clear()
+
+    def _undo(self, name: str | None, webhooks: list[tuple[str, str]], paths: list[Path]) -> None:
+        """Webhook configurations first (no request meets a webhook that is gone), then the process, then paths."""
+        for kind, configuration in reversed(webhooks):
+            self.kubectl("delete", kind, configuration, "--ignore-not-found", "--wait=false")
+        if name is not None and any(p["name"] == name for p in self.cluster.procs):
+            self.cluster.stop_process(name)
+        for path in reversed(paths):
             shutil.rmtree(path, ignore_errors=True)
             self.cluster.disown_path(path)
-        self.created_paths.clear()
 
     # -- the controllers
 

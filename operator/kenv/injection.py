@@ -79,6 +79,7 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the pod's index
 # previous attempt's marker for its own.
 JOBSET_RESTART_ATTEMPT = "jobset.sigs.k8s.io/restart-attempt"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GATE = "kueue.x-k8s.io/admission"  # on the pods Kueue's pod integration queues
 SHM_VOLUME = "kenv-dshm"
 # Only for a gated container without any image (the API server requires one); replaced on un-gating.
 PLACEHOLDER_IMAGE = "kenv.invalid/awaiting-environment-image"
@@ -458,11 +459,16 @@ def _merge_env(title: str, container: dict[str, Any], entries: list[Op],
 def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: InjectionSettings) -> Mutation:
     """The JSON Patch injecting `env` into `pod`; raises InjectionRefused when the pod must be denied."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    title, _ = _titles(env.kind, env.name, env.namespace)
     if annotations.get(INJECTED) == "true":
+        # Re-invoked after a later webhook changed the pod: Kueue's pod webhook may have queued a pod kenv gated
+        # (its default LocalQueue, manageJobsWithoutQueueName), which kenv could not see the first time.
+        if pod_is_awaiting_image(pod, settings.gate_name) and KUEUE_GATE in _names(pod.get("spec") or {},
+                                                                                     "schedulingGates"):
+            raise InjectionRefused(_kueue_refusal(title, env))
         return Mutation(patch=[])
     spec = pod.get("spec") or {}
     index, container = _target(pod)
-    title, _ = _titles(env.kind, env.name, env.namespace)
     choice = choose_version(env, annotations.get(VERSION_ANNOTATION), settings.pending_image_policy)
     if isinstance(choice, InjectionRefusal):
         raise InjectionRefused(choice.message)
@@ -524,16 +530,20 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
 
 def _queued_by_kueue_pod_integration(pod: dict[str, Any]) -> bool:
     """A pod Kueue queues itself (its `pod` integration): labelled with a queue and made by no controller (the
-    pods of a Job, JobSet, PyTorchJob... are queued through their owner, which Kueue suspends instead)."""
+    pods of a queued Job, JobSet, PyTorchJob... are queued through their owner, which Kueue suspends instead).
+    A pod Kueue queues without the label (a LocalQueue named `default`) is caught when kenv is re-invoked after
+    Kueue's webhook added its gate (build_pod_mutation)."""
     metadata = pod.get("metadata") or {}
-    return bool((metadata.get("labels") or {}).get(KUEUE_QUEUE_LABEL)) and not metadata.get("ownerReferences")
+    controlled = any(o.get("controller") for o in metadata.get("ownerReferences") or [])
+    return bool((metadata.get("labels") or {}).get(KUEUE_QUEUE_LABEL)) and not controlled
 
 
 def _kueue_refusal(title: str, env: EnvironmentView) -> str:
     _, ref = _titles(env.kind, env.name, env.namespace)
     return (f"{title} is still building its image, and this pod is queued by Kueue's pod integration "
-            f"({KUEUE_QUEUE_LABEL}): Kueue compares a queued pod's containers with its Workload and deletes the pod "
-            "when kenv sets the image once the build is Ready, so the pod cannot wait gated. Create it once "
+            f"({KUEUE_QUEUE_LABEL}, or a LocalQueue named default): Kueue compares a queued pod's containers with its "
+            "Workload and deletes the pod when kenv sets the image once the build is Ready, so the pod cannot wait "
+            "gated. Create it once "
             f"`kubectl wait {ref} --for=condition=Built` succeeds, or queue a Job instead (Kueue suspends the Job, "
             "so its pods are created after admission and may wait for the image)")
 

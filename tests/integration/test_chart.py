@@ -170,7 +170,8 @@ def test_rendered_manifests_pass_server_side_validation(helm, cluster, kube, nam
             hook = hooks[f"{name}.kenv.dev"]
             assert hook["clientConfig"]["service"]["path"] == f"/{name}"
             assert hook["objectSelector"] == {"matchExpressions": [{"key": label, "operator": "Exists"}]}
-            assert (hook["failurePolicy"], hook["sideEffects"], hook["reinvocationPolicy"]) == ("Fail", "None", "Never")
+            assert (hook["failurePolicy"], hook["sideEffects"]) == ("Fail", "None")
+            assert hook["reinvocationPolicy"] == "IfNeeded"  # again after Kueue's pod webhook queued the pod
 
         if case == "defaults":
             assert env["KENV_NAMESPACES"] == "" and env["KENV_MAX_PARALLEL_BUILDS"] == "4"

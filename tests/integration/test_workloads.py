@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,18 @@ def release_queue(kube, queue: str) -> None:
                  content_type="application/merge-patch+json")
 
 
+def refused_or_created(kube, namespace: str, body: dict) -> str:
+    """The refusal's text, or "" after deleting the pod if it was created (Kueue's cache may not have the new
+    LocalQueue yet)."""
+    try:
+        kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)
+    except urllib.error.HTTPError as error:
+        return error.read().decode()
+    kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{body['metadata']['name']}?gracePeriodSeconds=0")
+    wait_for(lambda: not kube.request("GET", f"/api/v1/namespaces/{namespace}/pods")["items"], 60, "the pod gone")
+    return ""
+
+
 def gates_of(kube, namespace: str, name: str) -> list[str]:
     pod = get(kube, f"/api/v1/namespaces/{namespace}/pods/{name}")
     return [g["name"] for g in pod["spec"].get("schedulingGates") or []]
@@ -282,6 +295,14 @@ def test_kueue_queued_plain_pod_is_refused_while_building_and_queued_once_ready(
         wait_for(lambda: gate.waiting(token), 180, "the build to reach its gate")
         message = refused(kube, namespace, body)
         assert "is queued by Kueue's pod integration" in message and "--for=condition=Built" in message, message
+        # Without the label, queued by the namespace's LocalQueue `default`: Kueue's webhook labels and gates the
+        # pod after kenv's, and kenv, called again (reinvocationPolicy IfNeeded), refuses it then.
+        apply(cluster, {"apiVersion": KUEUE, "kind": "LocalQueue",
+                        "metadata": {"name": "default", "namespace": namespace}, "spec": {"clusterQueue": queue}})
+        unlabelled = {**body, "metadata": {"name": "solo", "labels": {"kenv.dev/environment": "solo"}}}
+        message = wait_for(lambda: (lambda m: m if "is queued by Kueue's pod integration" in m else None)(
+            refused_or_created(kube, namespace, unlabelled)), 30, "the default LocalQueue to queue the pod")
+        assert "--for=condition=Built" in message, message
 
         gate.release(token)
         env = wait_phase(kube, namespace, "solo", {"Ready", "Failed"})

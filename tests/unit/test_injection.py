@@ -1173,7 +1173,7 @@ def test_a_pod_kueue_queues_itself_is_refused_while_building_not_gated():
     # the pod. So such a pod is refused, with what to do instead.
     with pytest.raises(InjectionRefused) as refused:
         build_pod_mutation(queued(make_pod()), make_env(status=BUILDING), GATE)
-    assert "Kueue's pod integration (kueue.x-k8s.io/queue-name)" in refused.value.message
+    assert "Kueue's pod integration (kueue.x-k8s.io/queue-name, or a LocalQueue named default)" in refused.value.message
     assert "`kubectl wait env/torch -n team-a --for=condition=Built`" in refused.value.message
 
 
@@ -1182,3 +1182,29 @@ def test_kueue_queued_pods_are_injected_when_ready_and_job_pods_may_wait_gated()
     assert ready["spec"]["containers"][0]["image"] == IMAGES[3] and "schedulingGates" not in ready["spec"]
     job_pod, mutation = mutate(queued(make_pod(), owner=True), make_env(status=BUILDING))
     assert mutation.gated and [g["name"] for g in job_pod["spec"]["schedulingGates"]] == ["kenv.dev/image"]
+
+
+def test_a_pod_owned_but_not_controlled_is_still_kueues_own():
+    pod = queued(make_pod())
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u"}]
+    with pytest.raises(InjectionRefused):
+        build_pod_mutation(pod, make_env(status=BUILDING), GATE)
+
+
+def test_re_invoked_after_kueue_queued_a_gated_pod_refuses_it():
+    # kenv runs first and gates the pod; Kueue's webhook then queues it (a LocalQueue named `default`: no label
+    # when kenv saw it) and adds its gate; the API server calls kenv again (reinvocationPolicy IfNeeded).
+    gated, mutation = mutate(make_pod(), make_env(status=BUILDING))
+    assert mutation.gated
+    gated["metadata"].setdefault("labels", {})["kueue.x-k8s.io/queue-name"] = "default"
+    gated["spec"]["schedulingGates"].append({"name": "kueue.x-k8s.io/admission"})
+    with pytest.raises(InjectionRefused) as refused:
+        build_pod_mutation(gated, make_env(status=BUILDING), GATE)
+    assert "Kueue's pod integration" in refused.value.message
+    # re-invoked for any other change, or once the pod has its image: nothing to do
+    other = copy.deepcopy(gated)
+    other["spec"]["schedulingGates"] = [{"name": "kenv.dev/image"}, {"name": "someone.else/gate"}]
+    assert build_pod_mutation(other, make_env(status=BUILDING), GATE).patch == []
+    ready, _ = mutate(queued(make_pod()), make_env())
+    ready["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    assert build_pod_mutation(ready, make_env(), GATE).patch == []
