@@ -173,19 +173,16 @@ class Frameworks:
         self.install_crds([built.source / "manifests/base/crds/kubeflow.org_pytorchjobs.yaml"])
         self.kubectl("create", "namespace", "kubeflow", check=False)
         self.kubectl("create", "secret", "generic", "training-operator-webhook-cert", "-n", "kubeflow", check=False)
-        self._own_path(TRAINING_OPERATOR_CERT_DIR.parent)
-        TRAINING_OPERATOR_CERT_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.certs, TRAINING_OPERATOR_CERT_DIR, dirs_exist_ok=True)
+        self._copy_certs(TRAINING_OPERATOR_CERT_DIR, owned=TRAINING_OPERATOR_CERT_DIR.parent)
         base = images.build(["base"], self.cluster.registry)["base"]
         template = self.dir / "pytorch-init-container.yaml"
         template.write_text(PYTORCH_INIT_CONTAINER)
         webhook, health = free_port(), free_port()
-        self.cluster.add_process("training-operator", [
+        self._run("training-operator", [
             built.binary, "--enable-scheme=pytorchjob", f"--webhook-server-port={webhook}",
             f"--health-probe-bind-address=127.0.0.1:{health}", "--metrics-bind-address=0",
             f"--pytorch-init-container-image={base}", f"--pytorch-init-container-template-file={template}"],
-            env={"KUBECONFIG": str(self.cluster.kubeconfig), "MY_POD_NAMESPACE": "kubeflow"},
-            health=f"http://127.0.0.1:{health}/readyz")
+            health, MY_POD_NAMESPACE="kubeflow")
         documents = self._yaml(built.source / "manifests/base/webhook/manifests.yaml")
         self.register(local_webhooks(documents, "kenv-local-training-operator-", f"https://127.0.0.1:{webhook}",
                                      self.ca_bundle, keep=lambda w: "pytorchjobs" in resources_of(w)))
@@ -196,10 +193,9 @@ class Frameworks:
         the pod network's DNS, it could not resolve the head Service's name. No webhooks by default."""
         self.install_crds(sorted((built.source / "config/crd/bases").glob("ray.io_*.yaml")))
         health = free_port()
-        self.cluster.add_process("kuberay", [
+        self._run("kuberay", [
             built.binary, "--enable-leader-election=false", "--use-kubernetes-proxy", "--metrics-addr=0",
-            f"--health-probe-bind-address=127.0.0.1:{health}", "--log-stdout-encoder=console"],
-            env={"KUBECONFIG": str(self.cluster.kubeconfig)}, health=f"http://127.0.0.1:{health}/readyz")
+            f"--health-probe-bind-address=127.0.0.1:{health}", "--log-stdout-encoder=console"], health)
 
     def _start_jobset(self, built: Built) -> None:
         """With its webhooks: the defaulting one is required (the controller dereferences the fields it
@@ -210,9 +206,7 @@ class Frameworks:
                   "leaderElection": {"leaderElect": False}, "internalCertManagement": {"enable": False},
                   "webhook": {"host": "127.0.0.1", "port": webhook, "certDir": str(self.certs)},
                   "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"}, "metrics": {"bindAddress": "0"}}
-        self.cluster.add_process("jobset", [built.binary, f"--config={self._write('jobset.yaml', config)}"],
-                                 env={"KUBECONFIG": str(self.cluster.kubeconfig)},
-                                 health=f"http://127.0.0.1:{health}/readyz")
+        self._run("jobset", [built.binary, f"--config={self._write('jobset.yaml', config)}"], health)
         jobset_pods = {"matchExpressions": [{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}]}
 
         def only_jobset_pods(webhook: dict) -> None:
@@ -227,9 +221,7 @@ class Frameworks:
         other frameworks already started. The visibility API server is off (it wants its own certificates); the
         metrics server is off but loads a fixed certificate path anyway."""
         self.install_crds(sorted((built.source / "config/components/crd/bases").glob("*.yaml")))
-        self._own_path(KUEUE_METRICS_CERT_DIR.parent.parent)
-        KUEUE_METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.certs, KUEUE_METRICS_CERT_DIR, dirs_exist_ok=True)
+        self._copy_certs(KUEUE_METRICS_CERT_DIR, owned=KUEUE_METRICS_CERT_DIR.parent.parent)
         frameworks = [f for f, (controller, _) in KUEUE_INTEGRATIONS.items()
                       if controller is None or controller in self.started]
         webhook, health = free_port(), free_port()
@@ -240,9 +232,7 @@ class Frameworks:
                   "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"}, "metrics": {"bindAddress": "0"},
                   "featureGates": {"VisibilityOnDemand": False},
                   "integrations": {"frameworks": frameworks}}
-        self.cluster.add_process("kueue", [built.binary, f"--config={self._write('kueue.yaml', config)}"],
-                                 env={"KUBECONFIG": str(self.cluster.kubeconfig)},
-                                 health=f"http://127.0.0.1:{health}/readyz")
+        self._run("kueue", [built.binary, f"--config={self._write('kueue.yaml', config)}"], health)
         served = {"clusterqueues", "resourceflavors", "workloads", "cohorts",
                   *(r for f in frameworks for r in KUEUE_INTEGRATIONS[f][1])}
         documents = self._yaml(built.source / "config/components/webhook/manifests.yaml")
@@ -277,11 +267,19 @@ class Frameworks:
             self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(configuration))
             self.webhook_configurations.append((configuration["kind"], configuration["metadata"]["name"]))
 
-    def _own_path(self, path: Path) -> None:
-        """A directory to remove on stop (and on `hack/cluster down` after a crash), unless it existed before."""
-        if not path.exists():
-            self.created_paths.append(path)
-            self.cluster.own_path(path)
+    def _copy_certs(self, target: Path, owned: Path) -> None:
+        """The serving certificate where a controller insists on finding it. `owned` (target or a parent) is
+        removed on stop (and by `hack/cluster down` after a crash), unless it existed before."""
+        if not owned.exists():
+            self.created_paths.append(owned)
+            self.cluster.own_path(owned)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(self.certs, target, dirs_exist_ok=True)
+
+    def _run(self, name: str, argv: list, health_port: int, **env: str) -> None:
+        """The controller as a process of the cluster, against its API server, ready once /readyz answers."""
+        self.cluster.add_process(name, argv, env={"KUBECONFIG": str(self.cluster.kubeconfig), **env},
+                                 health=f"http://127.0.0.1:{health_port}/readyz")
 
     def _write(self, name: str, document: dict) -> Path:
         path = self.dir / name
@@ -291,7 +289,6 @@ class Frameworks:
     @staticmethod
     def _yaml(path: Path) -> list[dict]:
         return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
 
 
 def main(argv: list[str] | None = None) -> int:

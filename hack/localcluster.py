@@ -51,6 +51,12 @@ CONTROLLERS = ",".join([
 LOCAL_HOSTS = (NODE_IP, POD_SUBNET, SERVICE_CIDR, ".svc", ".cluster.local")
 
 
+def newest(bins: Path, name: str) -> Path:
+    """The highest version of a binary build-binaries.sh names NAME-vX.Y.Z (not a .tmp an interrupted build left)."""
+    built = [p for p in bins.glob(f"{name}-v*") if not p.name.endswith(".tmp")]
+    return max(built, key=lambda p: [int(n) for n in p.name.removeprefix(f"{name}-v").split(".")])
+
+
 def default_state_dir() -> Path:
     return Path(os.environ.get("KENV_CLUSTER_DIR") or Path.home() / ".cache/kenv/cluster")
 
@@ -352,7 +358,7 @@ class LocalCluster:
                   "http": {"addr": self.registry}}
         cfg = self.state_dir / "registry.yml"
         cfg.write_text(yaml.safe_dump(config))
-        binary = max(bins.glob("registry-v*"), key=lambda p: [int(n) for n in p.name[10:].split(".")])
+        binary = newest(bins, "registry")
         self._spawn("registry", [binary, "serve", cfg], health=f"http://{self.registry}/v2/")
         self._wait_ready("registry")
 
@@ -361,8 +367,7 @@ class LocalCluster:
         controllers' pods find each other by Service name (a PyTorchJob's master, a Ray head)."""
         config = self.state_dir / "Corefile"
         config.write_text(corefile(self.kubeconfig, ports["dns_health"], ports["dns_ready"]))
-        built = [p for p in bins.glob("coredns-v*") if not p.name.endswith(".tmp")]  # .tmp: an interrupted build
-        binary = max(built, key=lambda p: [int(n) for n in p.name[9:].split(".")])
+        binary = newest(bins, "coredns")
         self._spawn("coredns", [binary, "-conf", config], health=f"http://127.0.0.1:{ports['dns_ready']}/ready")
 
     def _start_node(self, bins: Path, ports: dict) -> None:
