@@ -26,12 +26,12 @@ Errors: `choose_version` returns an `InjectionRefusal`; `build_pod_mutation` and
   message ($KENV_TERMINATION_MESSAGE_PATH, the container's terminationMessagePath); else it execs the original
   argv untouched. RankZero: rank 0 runs it and writes $KENV_BOOTSTRAP_MARKER_DIR/kenv-bootstrap-<id>.done (or
   .failed); other ranks poll. The rank: $rankVariable (explicit, wins), else KENV_RANK_ZERO ("true"/"false", with
-  KENV_RANK_SOURCE saying which label; set at admission from a framework's pod labels, see
-  `framework_rank_zero`: KubeRay and JobSet pods have no rank variable that is 0 in exactly one pod), else RANK,
+  KENV_RANK_SOURCE saying which label; set at admission from a framework's pod labels, see `framework_rank_zero`:
+  KubeRay, JobSet and Master-less PyTorchJob pods have no rank variable that is 0 in exactly one pod), else RANK,
   else JOB_COMPLETION_INDEX, else 0. The id is $KENV_RUN_ID, else the run's name from the first of the labels
-  RUN_LABELS the pod has (a JobSet, a RayCluster, a PyTorchJob, else the Job: a JobSet's child Jobs each have
-  their own Job name, but all its pods must wait for one marker), else `default`; a JobSet's pods add
-  `-attempt-<restart attempt>` ($KENV_RUN_ATTEMPT).
+  RUN_LABELS the pod has (a JobSet, a RayCluster, a PyTorchJob, else the Job: a JobSet's child Jobs each have their
+  own Job name, but all its pods must wait for one marker), else `default`; a JobSet's pods add `-attempt-<restart
+  attempt>` ($KENV_RUN_ATTEMPT).
 - Image followers: controllers copy the target container's image into other containers before any webhook
   (KubeRay's wait-gcs-ready init container and autoscaler sidecar). Every other container and initContainer
   (not ephemeral ones) whose image equals the target's as submitted (both absent or empty counts) gets the image
@@ -465,7 +465,7 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
         # (its default LocalQueue, manageJobsWithoutQueueName), which kenv could not see the first time.
         if pod_is_awaiting_image(pod, settings.gate_name) and KUEUE_GATE in _names(pod.get("spec") or {},
                                                                                      "schedulingGates"):
-            raise InjectionRefused(_kueue_refusal(title, env))
+            raise InjectionRefused(_kueue_refusal(env))
         return Mutation(patch=[])
     spec = pod.get("spec") or {}
     index, container = _target(pod)
@@ -474,7 +474,7 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
         raise InjectionRefused(choice.message)
     gated, chosen = choice.image is None, choice.spec
     if gated and _queued_by_kueue_pod_integration(pod):
-        raise InjectionRefused(_kueue_refusal(title, env))
+        raise InjectionRefused(_kueue_refusal(env))
     warnings: list[str] = list(choice.warnings)
     path, name = f"/spec/containers/{index}", container.get("name")
     ops: list[Op] = []
@@ -538,8 +538,8 @@ def _queued_by_kueue_pod_integration(pod: dict[str, Any]) -> bool:
     return bool((metadata.get("labels") or {}).get(KUEUE_QUEUE_LABEL)) and not controlled
 
 
-def _kueue_refusal(title: str, env: EnvironmentView) -> str:
-    _, ref = _titles(env.kind, env.name, env.namespace)
+def _kueue_refusal(env: EnvironmentView) -> str:
+    title, ref = _titles(env.kind, env.name, env.namespace)
     return (f"{title} is still building its image, and this pod is queued by Kueue's pod integration "
             f"({KUEUE_QUEUE_LABEL}, or a LocalQueue named default): Kueue compares a queued pod's containers with its "
             "Workload and deletes the pod when kenv sets the image once the build is Ready, so the pod cannot wait "
