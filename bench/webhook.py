@@ -1,35 +1,57 @@
-"""Pod CREATE latency with the kenv admission webhook vs. without, in one run, against a Ready Environment.
+"""Pod CREATE latency through the API server with no webhook, with a minimal Go webhook (the floor) and with kenv,
+interleaved in one run against a Ready Environment; then where kenv's time goes.
 
-    python bench/webhook.py [--rate 20] [--seconds 60] [--warmup 20]
+    python bench/webhook.py [--rate 20] [--seconds 60] [--warmup 20] [--direct 300]
 
-Starts its own stack (bench/stack.py: the local cluster, base image, CRDs, kenv by Helm), makes one
-Environment Ready, then creates pods at --rate pods/s (open loop: a request is sent on schedule whether or not the
-previous ones have answered) for --seconds, alternating a pod labelled kenv.dev/environment (the webhook is called)
-with an unlabelled one (the webhook's objectSelector skips it), so machine noise hits both kinds alike. Every pod
-carries a scheduling gate: the admission is what is measured, so nothing schedules or runs it. Latency is the
-client's POST round trip over kept-alive connections. Prints p50/p99 of both kinds, the difference (what the
-webhook adds) next to the issue's targets, and the failed admissions (a refused labelled pod, or one admitted
-without a digest-pinned image); exits 1 if any.
+Starts its own stack (bench/stack.py: the local cluster, base image, CRDs, kenv by Helm, the operator a real pod),
+makes one Environment Ready and deploys the floor webhook (bench/floor.py: Go, standard library only, a one-operation
+JSON Patch, registered like kenv's). Then creates pods at --rate pods/s (open loop: a request is sent on schedule
+whether or not the previous ones have answered) for --seconds, cycling four kinds so machine noise hits all alike:
+unlabelled (no webhook is called), labelled for the floor, labelled for a second floor that answers with kenv's
+exact JSON Patch (what the API server pays to apply a bigger patch), labelled kenv.dev/environment. Every pod carries a
+scheduling gate: the admission is what is measured, so nothing schedules or runs it. Latency is the client's POST
+round trip over kept-alive connections.
+
+Prints p50/p99 per kind, what each webhook adds (its kind minus the unlabelled kind), kenv's added latency as a
+multiple of the floor's (target ≤ 1.5×) and against the absolute targets, and the failed admissions (a refused
+labelled pod, or one admitted without the webhook's image); exits 1 if any. The breakdown then sends --direct
+AdmissionReviews straight to each webhook's pod (host to pod, TLS, kept-alive, no API server) and reads kenv's own
+handler time from its metrics: API server's share = added - direct; server's share = direct - handler.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import math
+import re
+import ssl
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "hack")]
+from floor import LABEL as FLOOR_LABEL  # noqa: E402
+from floor import PORT as FLOOR_PORT  # noqa: E402
+from floor import FloorWebhook  # noqa: E402
 from stack import Stack  # noqa: E402
 
 TARGET_ADDED_P50_MS = 5.0
 TARGET_ADDED_P99_MS = 15.0
+TARGET_FLOOR_MULTIPLE = 1.5
 ENVIRONMENT = "bench"
+KINDS = ("none", "floor", "floor-kenv-patch", "kenv")
+WEBHOOK_KINDS = KINDS[1:]
+MEANINGS = {"none": "unlabelled, no webhook", "floor": "Go floor, one-op patch",
+            "floor-kenv-patch": "Go floor, kenv's patch", "kenv": "kenv"}
+LABELS = {"none": {"app": ENVIRONMENT}, "floor": {FLOOR_LABEL: "floor"},
+          "floor-kenv-patch": {FLOOR_LABEL: "floor-kenv-patch"}, "kenv": {"kenv.dev/environment": ENVIRONMENT}}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,8 +60,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def verdict(value: float, target: float) -> str:
-    return f"(target ≤ {target:g} ms: {'target met' if value <= target else 'missed'})"
+def verdict(met: bool, target: str) -> str:
+    return f"(target {target}: {'met' if met else 'missed'})"
 
 
 class PodCreator:
@@ -49,12 +71,11 @@ class PodCreator:
         self.client = httpx.Client(base_url=kube.server, verify=kube.ssl, headers=kube.headers, trust_env=False,
                                    timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
         self.lock = threading.Lock()
-        self.latency: dict[bool, list[float]] = {True: [], False: []}
-        self.failures: dict[bool, list[str]] = {True: [], False: []}
+        self.latency: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        self.failures: dict[str, list[str]] = {kind: [] for kind in KINDS}
 
-    def create(self, name: str, labelled: bool, record: bool = True) -> None:
-        labels = {"kenv.dev/environment": ENVIRONMENT} if labelled else {"app": ENVIRONMENT}
-        body = {"metadata": {"name": name, "labels": labels},
+    def create(self, name: str, kind: str, record: bool = True) -> None:
+        body = {"metadata": {"name": name, "labels": LABELS[kind]},
                 "spec": {"schedulingGates": [{"name": "bench.kenv.dev/hold"}],
                          "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
         started = time.perf_counter()
@@ -64,7 +85,7 @@ class PodCreator:
             failure = None
             if response.status_code != 201:
                 failure = f"{name}: HTTP {response.status_code} {response.text[:300]}"
-            elif labelled and "@sha256:" not in response.json()["spec"]["containers"][0]["image"]:
+            elif kind != "none" and "@sha256:" not in response.json()["spec"]["containers"][0]["image"]:
                 failure = f"{name}: admitted without a digest-pinned image"
         except httpx.HTTPError as error:
             elapsed, failure = time.perf_counter() - started, f"{name}: {error!r}"
@@ -73,64 +94,175 @@ class PodCreator:
                 raise RuntimeError(f"warm-up pod failed: {failure}")
             return
         with self.lock:
-            self.latency[labelled].append(elapsed)
+            self.latency[kind].append(elapsed)
             if failure:
-                self.failures[labelled].append(failure)
+                self.failures[kind].append(failure)
 
 
-def run(rate: float, seconds: float, warmup: int) -> int:
+def open_loop(creator: PodCreator, rate: float, seconds: float) -> tuple[int, float, int]:
+    """Send rate*seconds CREATEs on schedule, cycling the kinds; returns (sent, seconds taken to send, sent late)."""
+    total, interval, late = int(rate * seconds), 1 / rate, 0
+    run = uuid.uuid4().hex[:4]
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        start = time.monotonic()
+        for i in range(total):
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -interval:
+                late += 1
+            kind = KINDS[i % len(KINDS)]
+            pool.submit(creator.create, f"{kind}-{run}-{i}", kind)
+    return total, time.monotonic() - start, late
+
+
+def admission_review(namespace: str) -> dict:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"direct-{uuid.uuid4().hex[:8]}", "namespace": namespace,
+                        "labels": LABELS["kenv"]},
+           "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": namespace, "operation": "CREATE", "object": pod, "dryRun": False,
+                        "userInfo": {"username": "bench", "groups": []}}}
+
+
+def direct_client() -> httpx.Client:
+    """For AdmissionReviews straight to a webhook pod. The pods' serving certificates name their Services, not
+    their IPs: the chain is not checked, the latency is what is measured."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return httpx.Client(verify=context, trust_env=False, timeout=10)
+
+
+def direct_response(client: httpx.Client, url: str, namespace: str) -> dict:
+    response = client.post(url, json=admission_review(namespace))
+    if response.status_code != 200 or not response.json()["response"]["allowed"]:
+        raise RuntimeError(f"{url} refused a direct AdmissionReview: {response.text[:300]}")
+    return dict(response.json()["response"])
+
+
+def direct_round_trips(url: str, namespace: str, count: int) -> list[float]:
+    """count AdmissionReviews POSTed one after another straight to a webhook pod; seconds each."""
+    times = []
+    with direct_client() as client:
+        for i in range(count + 20):
+            started = time.perf_counter()
+            direct_response(client, url, namespace)
+            if i >= 20:  # the first ones open the connection and warm the server
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def kenv_patch(stack: Stack) -> list[dict]:
+    """The JSON Patch kenv answers the bench's pods with, for the floor that answers with the same."""
+    with direct_client() as client:
+        answer = direct_response(client, f"{kenv_url(stack)}/inject-environment", stack.namespace)
+    return list(json.loads(base64.b64decode(answer["patch"])))
+
+
+def kenv_url(stack: Stack) -> str:
+    port = (stack.operator.values().get("webhook") or {}).get("port", 9443)
+    return f"https://{stack.operator.pod()['status']['podIP']}:{port}"
+
+
+def handler_seconds(metrics_url: str) -> tuple[float, float]:
+    """(sum, count) of kenv_admission_seconds in the operator's Prometheus metrics."""
+    text = httpx.get(metrics_url, trust_env=False, timeout=10).text
+    found = {m[0]: float(m[1]) for m in re.findall(r"^kenv_admission_seconds_(sum|count) (\S+)$", text, re.M)}
+    return found.get("sum", 0.0), found.get("count", 0.0)
+
+
+def breakdown(stack: Stack, floor: FloorWebhook, count: int) -> dict[str, list[float]]:
+    operator_ip = stack.operator.pod()["status"]["podIP"]
+    metrics_url = f"http://{operator_ip}:{(stack.operator.values().get('metrics') or {}).get('port', 8000)}/metrics"
+    before = handler_seconds(metrics_url)
+    kenv = direct_round_trips(f"{kenv_url(stack)}/inject-environment", stack.namespace, count)
+    after = handler_seconds(metrics_url)
+    floor_ip = floor.pod()["status"]["podIP"]
+    go = direct_round_trips(f"https://{floor_ip}:{FLOOR_PORT}/mutate", stack.namespace, count)
+    handled = after[1] - before[1]
+    handler = [(after[0] - before[0]) / handled] if handled else []
+    return {"kenv": kenv, "floor": go, "handler": handler}
+
+
+def kenv_webhook(stack: Stack) -> dict:
+    configurations = stack.kube.request(
+        "GET", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations")["items"]
+    return next(w for c in configurations for w in c.get("webhooks") or []
+                if w["name"] == "inject-environment.kenv.dev")
+
+
+def run(rate: float, seconds: float, warmup: int, direct: int) -> int:
     stack = Stack(max_parallel_builds=4).start()
     try:
         stack.ready_environment(ENVIRONMENT)
+        floor = FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack)).deploy()
+        FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack), name="floor-kenv-patch",
+                     patch=kenv_patch(stack)).deploy()
         creator = PodCreator(stack)
-        for i in range(warmup):  # TLS sessions, the webhook's first calls, the apiserver's caches
-            creator.create(f"warm-w{i}", labelled=True, record=False)
-            creator.create(f"warm-n{i}", labelled=False, record=False)
-        total = int(rate * seconds)
-        interval = 1 / rate
-        late = 0
-        with ThreadPoolExecutor(max_workers=64) as pool:
-            start = time.monotonic()
-            for i in range(total):
-                delay = start + i * interval - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                elif delay < -interval:
-                    late += 1
-                labelled = i % 2 == 0
-                pool.submit(creator.create, f"{'w' if labelled else 'n'}{i}", labelled)
-        sent_seconds = time.monotonic() - start
+        for i in range(warmup):  # TLS sessions, the webhooks' first calls, the apiserver's caches
+            for kind in KINDS:
+                creator.create(f"warm-{kind}-{i}", kind, record=False)
+        total, sent_seconds, late = open_loop(creator, rate, seconds)
         creator.client.close()
+        parts = breakdown(stack, floor, direct) if direct else {}
     finally:
         stack.stop()
+    return report(creator, parts, rate, seconds, warmup, total, sent_seconds, late)
 
+
+def report(creator: PodCreator, parts: dict[str, list[float]], rate: float, seconds: float, warmup: int,
+           total: int, sent_seconds: float, late: int) -> int:
     ms = {kind: [v * 1000 for v in values] for kind, values in creator.latency.items()}
     p50 = {kind: percentile(values, 0.50) for kind, values in ms.items()}
     p99 = {kind: percentile(values, 0.99) for kind, values in ms.items()}
-    added50, added99 = p50[True] - p50[False], p99[True] - p99[False]
-    failed = len(creator.failures[True])
     print(f"webhook: {total} pod CREATEs at {rate:g} pods/s for {seconds:g} s (sent in {sent_seconds:.1f} s, "
-          f"{late} sent late), alternating labelled/unlabelled, scheduling-gated; {warmup}+{warmup} warm-up pods "
+          f"{late} sent late), cycling {'/'.join(KINDS)}, scheduling-gated; {warmup} warm-up pods of each kind "
           f"not counted")
-    print(f"  with webhook    (label kenv.dev/environment, n={len(ms[True])}): "
-          f"p50 {p50[True]:.1f} ms, p99 {p99[True]:.1f} ms")
-    print(f"  without webhook (unlabelled,                 n={len(ms[False])}): "
-          f"p50 {p50[False]:.1f} ms, p99 {p99[False]:.1f} ms")
-    print(f"  added by the webhook: p50 {added50:+.1f} ms {verdict(added50, TARGET_ADDED_P50_MS)}, "
-          f"p99 {added99:+.1f} ms {verdict(added99, TARGET_ADDED_P99_MS)}")
-    print(f"  failed admissions: {failed} (labelled); unlabelled pods failed: {len(creator.failures[False])}")
-    for failure in (creator.failures[True] + creator.failures[False])[:5]:
+    for kind in KINDS:
+        print(f"  {kind:16s} ({MEANINGS[kind]:22s} n={len(ms[kind])}): p50 {p50[kind]:6.1f} ms, "
+              f"p99 {p99[kind]:6.1f} ms")
+    added = {kind: (p50[kind] - p50["none"], p99[kind] - p99["none"]) for kind in WEBHOOK_KINDS}
+    for kind in WEBHOOK_KINDS:
+        print(f"  added by {kind:16s}: p50 {added[kind][0]:+.1f} ms, p99 {added[kind][1]:+.1f} ms")
+    for label, index, target in (("p50", 0, TARGET_ADDED_P50_MS), ("p99", 1, TARGET_ADDED_P99_MS)):
+        floor_added, kenv_added = added["floor"][index], added["kenv"][index]
+        multiple = kenv_added / floor_added if floor_added > 0 else math.inf
+        print(f"  kenv vs floor at {label}: {multiple:.2f}x "
+              f"{verdict(multiple <= TARGET_FLOOR_MULTIPLE, f'≤ {TARGET_FLOOR_MULTIPLE:g}x')}; "
+              f"absolute {kenv_added:+.1f} ms {verdict(kenv_added <= target, f'≤ {target:g} ms')}")
+        same = added["floor-kenv-patch"][index]
+        like = kenv_added / same if same > 0 else math.inf
+        print(f"    like for like (the floor answering with kenv's patch): {like:.2f}x; "
+              f"what kenv's bigger patch costs the API server: {same - floor_added:+.1f} ms")
+    if parts:
+        direct = {kind: percentile([v * 1000 for v in parts[kind]], 0.5) for kind in ("kenv", "floor")}
+        handler = parts["handler"][0] * 1000 if parts["handler"] else math.nan
+        print(f"  where kenv's added p50 goes ({len(parts['kenv'])} direct AdmissionReviews per webhook, p50):")
+        print(f"    API server's call and JSON (added - direct): kenv {added['kenv'][0] - direct['kenv']:+.2f} ms, "
+              f"floor {added['floor'][0] - direct['floor']:+.2f} ms")
+        print(f"    webhook server, TLS and HTTP (direct - handler): kenv {direct['kenv'] - handler:.2f} ms, "
+              f"floor {direct['floor']:.2f} ms (handler included)")
+        print(f"    kenv's handler (kenv_admission_seconds, mean): {handler:.3f} ms")
+        print("    (in-process: python bench/admission_profile.py splits the server's share further)")
+    failed = sum(len(creator.failures[kind]) for kind in WEBHOOK_KINDS)
+    print("  failed admissions: " + ", ".join(f"{kind} {len(creator.failures[kind])}" for kind in WEBHOOK_KINDS)
+          + f"; unlabelled pods failed: {len(creator.failures['none'])}")
+    for failure in [f for kind in KINDS for f in creator.failures[kind]][:5]:
         print(f"    {failure}")
-    return 1 if failed or creator.failures[False] else 0
+    return 1 if failed or creator.failures["none"] else 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=20, help="pods per second, both kinds together")
+    parser.add_argument("--rate", type=float, default=20, help="pods per second, all kinds together")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=int, default=20, help="uncounted pods of each kind first")
+    parser.add_argument("--direct", type=int, default=300, help="direct AdmissionReviews per webhook (0: none)")
     args = parser.parse_args()
-    return run(args.rate, args.seconds, args.warmup)
+    return run(args.rate, args.seconds, args.warmup, args.direct)
 
 
 if __name__ == "__main__":

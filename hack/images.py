@@ -39,7 +39,7 @@ DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Where each image goes in a registry; the tag is the content hash (the base image keeps the examples' tag).
 REPOSITORIES = {"pause": "kenv/pause", "kaniko": "kenv/kaniko-executor", "base": "kenv/base/python",
                 "operator": "kenv/operator", "buildah": "kenv/buildah", "buildkit": "kenv/buildkit",
-                "conda-installer": "kenv/conda-installer"}
+                "conda-installer": "kenv/conda-installer", "floor-webhook": "kenv/bench/floor-webhook"}
 
 
 def log(message: str) -> None:
@@ -219,9 +219,25 @@ def buildkit_builder() -> str:
                                pip_ca=False)
 
 
+def floor_webhook() -> str:
+    """bench/webhook.py's floor: a minimal mutating webhook in Go (standard library only), FROM scratch."""
+    source = ROOT / "bench/floorwebhook"
+    go_version = subprocess.run(["go", "version"], check=True, capture_output=True, text=True).stdout
+    ref = f"localhost/{REPOSITORIES['floor-webhook']}:{digest_of(source, go_version)}"
+    if not have_local(ref):
+        log(f"building {ref}")
+        with tempfile.TemporaryDirectory() as tmp:
+            binary = Path(tmp) / "floor-webhook"
+            subprocess.run(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(binary), "."], cwd=source,
+                           check=True, env={**os.environ, "CGO_ENABLED": "0"})
+            from_scratch(ref, {"/floor-webhook": binary}, ["--entrypoint", '["/floor-webhook"]',
+                                                           "--user", "65534:65534"], {"/floor-webhook": 0o755})
+    return ref
+
+
 BUILDERS: dict[str, Callable[[], str]] = {"pause": pause, "kaniko": kaniko, "base": base, "operator": operator,
                                           "buildah": buildah_builder, "buildkit": buildkit_builder,
-                                          "conda-installer": conda_installer}
+                                          "conda-installer": conda_installer, "floor-webhook": floor_webhook}
 
 
 # -- the registry ---------------------------------------------------------------------------------------------

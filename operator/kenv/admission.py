@@ -1,12 +1,23 @@
-"""Glue between kopf's mutating webhook and the pure pod mutation in injection.py.
+"""Admission: the pure pod mutation of injection.py, served from in-memory indexes on two paths with one core.
 
-The Environment comes from kopf's in-memory index (filled from the watch stream), so admitting a pod costs no
-API call. Refusals become kopf.AdmissionError, whose message `kubectl` shows to the user.
+The Environment comes from kopf's in-memory indexes (filled from the watch stream), so admitting a pod costs no
+API call, and its spec is validated once per watch event when it is indexed, not once per pod.
+- The lean path, `review()`: webhookserver.AdmissionServer answers the API server's AdmissionReview here and
+  returns injection.py's JSON Patch as built. It takes no executor thread, no copy of the pod and no diff.
+- kopf's path, `inject()`: the @kopf.on.mutate handlers in main.py, for a server without the lean path (kopf's
+  own servers and tunnels). kopf applies the patch to a copy of the pod and diffs it back: the same pod, in more
+  steps (tests/unit/test_admission.py compares the two).
+Both go through `admit()`. A refusal's message (it names the object and the fix) is what `kubectl` shows.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import jsonpatch  # kopf's own dependency
 import kopf
@@ -15,16 +26,41 @@ from pydantic import ValidationError
 from kenv import gating, metrics
 from kenv.config import get_settings
 from kenv.errors import describe_validation_error
-from kenv.injection import EnvironmentView, InjectionRefused, InjectionSettings, build_pod_mutation
+from kenv.injection import EnvironmentView, InjectionRefused, InjectionSettings, Mutation, build_pod_mutation
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL, EnvironmentSpec
 from kenv.reconcile import rebuild_token
 from kenv.versions import Snapshot
 
+Kind = Literal["Environment", "ClusterEnvironment"]
+# The webhook id (kopf serves each @kopf.on.mutate handler at /<id>; the chart's paths) -> what it admits.
+WEBHOOKS: dict[str, tuple[Kind, str]] = {
+    "inject-environment": ("Environment", ENVIRONMENT_LABEL),
+    "inject-cluster-environment": ("ClusterEnvironment", CLUSTER_ENVIRONMENT_LABEL),
+}
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """kopf's live indexes (main.py's @kopf.index handlers), as the startup handler receives them."""
+    environments: Mapping[Any, Any]
+    cluster_environments: Mapping[Any, Any]
+    versions: Mapping[Any, Any]
+
+    def of(self, kind: Kind) -> Mapping[Any, Any]:
+        return self.environments if kind == "Environment" else self.cluster_environments
+
 
 def indexed(body: kopf.Body) -> dict[str, Any]:
-    """What the index keeps per Environment: plain copies, so later watch events don't mutate them."""
-    return {"spec": dict(body.spec), "status": dict(body.status), "generation": body.metadata.get("generation"),
-            "rebuild": rebuild_token(body.metadata), "uid": body.metadata.uid}
+    """What the index keeps per Environment: the validated spec (or why it is invalid) and plain copies of the
+    rest, so later watch events don't mutate them. Runs once per watch event."""
+    try:
+        spec, invalid = EnvironmentSpec.model_validate(dict(body.spec)), None
+    except ValidationError as error:
+        spec, invalid = None, describe_validation_error(error)
+    return {"spec": spec, "invalid": invalid, "status": dict(body.status),
+            "generation": body.metadata.get("generation"), "rebuild": rebuild_token(body.metadata),
+            "uid": body.metadata.uid}
 
 
 def indexed_version(body: kopf.Body) -> dict[Any, Snapshot]:
@@ -33,48 +69,85 @@ def indexed_version(body: kopf.Body) -> dict[Any, Snapshot]:
     return {(owner.get("kind"), owner.get("namespace"), owner.get("name")): Snapshot.from_object(body)}
 
 
-def lookup(kind: str, pod: kopf.Body, index: kopf.Index, versions: kopf.Index) -> EnvironmentView:
-    namespace = pod.metadata.namespace
+def lookup(kind: Kind, namespace: str, name: str, index: Mapping[Any, Any],
+           versions: Mapping[Any, Any]) -> EnvironmentView:
     if kind == "Environment":
-        name = pod.metadata.labels[ENVIRONMENT_LABEL]
         key: Any = (namespace, name)
         hint = f"Environment {namespace}/{name} does not exist; check `kubectl get env {name} -n {namespace}`"
     else:
-        name = pod.metadata.labels[CLUSTER_ENVIRONMENT_LABEL]
         key = name
         hint = f"ClusterEnvironment {name} does not exist; check `kubectl get cenv {name}`"
     entries = list(index.get(key, []))
     if not entries:
         raise InjectionRefused(hint + " or fix the pod's label")
     entry = entries[0]
-    try:
-        spec = EnvironmentSpec.model_validate(entry["spec"])
-    except ValidationError as error:
-        raise InjectionRefused(f"{kind} {name} has an invalid spec: {describe_validation_error(error)}") from error
+    if entry["spec"] is None:
+        raise InjectionRefused(f"{kind} {name} has an invalid spec: {entry['invalid']}")
     env_namespace = namespace if kind == "Environment" else None
     # Only this object's versions: an Environment deleted and made again under the same name may still have
     # versions the garbage collector has not removed yet.
     snapshots = {s.number: s for s in versions.get((kind, env_namespace, name), []) if s.uid == entry["uid"]}
-    return EnvironmentView(kind=kind, name=name, namespace=env_namespace,  # type: ignore[arg-type]
-                           spec=spec, status=entry["status"], generation=entry["generation"],
+    return EnvironmentView(kind=kind, name=name, namespace=env_namespace, spec=entry["spec"],
+                           status=entry["status"], generation=entry["generation"],
                            rebuild_token=entry["rebuild"], versions=snapshots)
 
 
-def inject(kind: str, body: kopf.Body, patch: kopf.Patch, warnings: list[str], index: kopf.Index,
+def admit(kind: Kind, pod: dict[str, Any], index: Mapping[Any, Any], versions: Mapping[Any, Any]) -> Mutation:
+    """The mutation of a labelled pod, counted in the metrics; InjectionRefused with the reason otherwise."""
+    with metrics.ADMISSION_SECONDS.time():
+        config = get_settings()
+        settings = InjectionSettings(pull_secret=config.pull_secret,
+                                     pending_image_policy=config.pending_image_policy.value)
+        metadata = pod.get("metadata") or {}
+        label = ENVIRONMENT_LABEL if kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
+        try:
+            view = lookup(kind, metadata.get("namespace") or "", (metadata.get("labels") or {})[label],
+                          index, versions)
+            mutation = build_pod_mutation(pod, view, settings)
+        except InjectionRefused:
+            metrics.ADMISSIONS.labels("refused").inc()
+            raise
+        metrics.ADMISSIONS.labels("gated" if mutation.gated else "injected").inc()
+        if mutation.gated:
+            gating.remember_gated(kind, view.namespace, view.name)
+        return mutation
+
+
+def inject(kind: Kind, body: kopf.Body, patch: kopf.Patch, warnings: list[str], index: kopf.Index,
            versions: kopf.Index) -> None:
-    config = get_settings()
-    settings = InjectionSettings(pull_secret=config.pull_secret,
-                                 pending_image_policy=config.pending_image_policy.value)
+    """kopf's path: the patch goes through kopf.Patch.fns, a refusal through kopf.AdmissionError."""
     try:
-        view = lookup(kind, body, index, versions)
-        mutation = build_pod_mutation(dict(body), view, settings)
+        mutation = admit(kind, dict(body), index, versions)
     except InjectionRefused as refusal:
-        metrics.ADMISSIONS.labels("refused").inc()
         raise kopf.AdmissionError(f"kenv: {refusal.message}", code=400) from refusal
-    metrics.ADMISSIONS.labels("gated" if mutation.gated else "injected").inc()
-    if mutation.gated:
-        gating.remember_gated(kind, view.namespace, view.name)
     warnings.extend(mutation.warnings)
     if mutation.patch:
         ops = mutation.patch
         patch.fns.append(lambda pod: jsonpatch.apply_patch(pod, ops, in_place=True))
+
+
+def review(webhook: str, request: dict[str, Any], indexes: Indexes) -> dict[str, Any]:
+    """The lean path: the AdmissionReview response to `request` for the webhook `webhook` (a key of WEBHOOKS),
+    shaped as kopf's build_response shapes it. A request that is not a CREATE of a pod with the webhook's label is
+    allowed unchanged, as kopf's handler filters would."""
+    payload = request.get("request") or {}
+    answer: dict[str, Any] = {"uid": payload.get("uid", ""), "allowed": True}
+    response = {"apiVersion": request.get("apiVersion", "admission.k8s.io/v1"),
+                "kind": request.get("kind", "AdmissionReview"), "response": answer}
+    kind, label = WEBHOOKS[webhook]
+    pod = payload.get("object") or {}
+    if payload.get("operation") != "CREATE" or label not in ((pod.get("metadata") or {}).get("labels") or {}):
+        return response
+    try:
+        mutation = admit(kind, pod, indexes.of(kind), indexes.versions)
+    except InjectionRefused as refusal:
+        logger.info("refused pod %s/%s: %s", payload.get("namespace"), (pod.get("metadata") or {}).get("name")
+                    or (pod.get("metadata") or {}).get("generateName"), refusal.message)
+        answer.update(allowed=False, status={"message": f"kenv: {refusal.message}", "code": 400})
+        return response
+    if mutation.warnings:
+        answer["warnings"] = list(mutation.warnings)
+    if mutation.patch:
+        answer.update(patch=base64.b64encode(json.dumps(mutation.patch).encode()).decode("ascii"),
+                      patchType="JSONPatch")
+    return response

@@ -21,8 +21,9 @@ CLUSTER_ENVIRONMENTS = (GROUP, VERSION, "clusterenvironments")
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    runtime.configure(settings, SETTINGS)
+def startup(settings: kopf.OperatorSettings, environments: kopf.Index, cluster_environments: kopf.Index,
+            environment_versions: kopf.Index, **_: Any) -> None:
+    runtime.configure(settings, SETTINGS, admission.Indexes(environments, cluster_environments, environment_versions))
 
 
 @kopf.on.startup()
@@ -124,14 +125,14 @@ def environment_versions(body: kopf.Body, **_: Any) -> dict[Any, Any]:
 # failurePolicy Fail (ignore_failures=False) only for pods carrying our labels (the objectSelector): a pod that
 # asked for an environment must not start without it; every other pod never reaches this webhook.
 
-@kopf.on.mutate("", "v1", "pods", id="inject-environment", operation="CREATE", ignore_failures=False,
+@kopf.on.mutate("", "v1", "pods", id="inject-environment", operations={"CREATE"}, ignore_failures=False,
                 labels={ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str], environments: kopf.Index,
                        environment_versions: kopf.Index, **_: Any) -> None:
     admission.inject("Environment", body, patch, warnings, environments, environment_versions)
 
 
-@kopf.on.mutate("", "v1", "pods", id="inject-cluster-environment", operation="CREATE", ignore_failures=False,
+@kopf.on.mutate("", "v1", "pods", id="inject-cluster-environment", operations={"CREATE"}, ignore_failures=False,
                 labels={CLUSTER_ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_cluster_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
                                cluster_environments: kopf.Index, environment_versions: kopf.Index,

@@ -15,6 +15,10 @@ CACHE_HITS = Counter("kenv_cache_hits_total", "Environments whose image was alre
 BUILD_QUEUE = Gauge("kenv_build_queue_length", "Environments waiting for a free build slot")
 ACTIVE_BUILDS = Gauge("kenv_active_builds", "Build Jobs running at the last check")
 ADMISSIONS = Counter("kenv_admissions_total", "Pod admissions by result", ["result"])
+ADMISSION_SECONDS = Histogram(
+    "kenv_admission_seconds", "kenv's own work on one pod admission (index lookup, mutation), kopf's dispatch excluded",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+)
 RECONCILE_SECONDS = Histogram("kenv_reconcile_seconds", "Time spent in one reconcile")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kenv import catalog, gating, kube, metrics, references, tracking
+from kenv import admission, catalog, gating, kube, metrics, references, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
 from kenv.models import GROUP, spec_from_body
@@ -21,6 +21,7 @@ from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryClient
 from kenv.status import rebuild_pending
 from kenv.statusmodels import Phase
+from kenv.webhookserver import AdmissionServer
 
 PREFIX = GROUP  # our own annotation prefix and finalizer, not kopf.zalando.org
 _reconciler: Reconciler | None = None
@@ -32,13 +33,15 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
-def configure(settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes: admission.Indexes) -> None:
     global _reconciler
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request is noise
+    # and one per admission request (aiohttp's access log under kopf's INFO root logger) is noise on the hot path
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings.posting.level = logging.WARNING  # our own Events carry the story; one per kopf log line is API load
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
@@ -47,8 +50,9 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings) -> None
     settings.execution.max_workers = 20
     cert_dir = Path(config.webhook_cert_dir) if config.webhook_cert_dir else write_serving_certs(
         Path(tempfile.mkdtemp(prefix="kenv-webhook-")), [config.webhook_url_host or config.webhook_host])
-    settings.admission.server = kopf.WebhookServer(
-        addr=config.webhook_host, port=config.webhook_port, host=config.webhook_url_host or config.webhook_host,
+    settings.admission.server = AdmissionServer(
+        indexes, addr=config.webhook_host, port=config.webhook_port,
+        host=config.webhook_url_host or config.webhook_host,
         certfile=str(cert_dir / "tls.crt"), pkeyfile=str(cert_dir / "tls.key"), cafile=str(cert_dir / "ca.crt"))
     if config.webhook_managed:
         settings.admission.managed = GROUP

@@ -902,16 +902,13 @@ def test_a_status_only_version_is_never_paired_with_a_newer_spec():
 
 
 def test_the_webhook_uses_only_versions_of_the_same_environment_object():
-    import kopf
-
     from kenv.admission import lookup
 
-    pod = kopf.Body({"metadata": {"namespace": "team-a", "labels": {"kenv.dev/environment": "torch"}}})
-    entry = {"spec": {}, "status": READY, "generation": None, "rebuild": None, "uid": "new-uid"}
+    entry = {"spec": EnvironmentSpec(), "status": READY, "generation": None, "rebuild": None, "uid": "new-uid"}
     stale = Snapshot(number=1, image=IMAGES[2], definition=OLD_DEFINITION, uid="old-uid")
     mine = Snapshot(number=2, image=IMAGES[2], definition=OLD_DEFINITION, uid="new-uid")
-    view = lookup("Environment", pod, {("team-a", "torch"): [entry]},  # type: ignore[arg-type]
-                  {("Environment", "team-a", "torch"): [stale, mine]})  # type: ignore[arg-type]
+    view = lookup("Environment", "team-a", "torch", {("team-a", "torch"): [entry]},
+                  {("Environment", "team-a", "torch"): [stale, mine]})
     assert list(view.versions) == [2]
 
 

@@ -1,0 +1,3 @@
+module kenv.dev/bench/floorwebhook
+
+go 1.22

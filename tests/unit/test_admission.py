@@ -1,0 +1,161 @@
+"""The lean admission path (admission.review) against kopf's own admission path with kenv's handlers.
+
+kopf's `serve_admission_request` is the function kopf's webhook server calls per AdmissionReview; here it runs
+kenv.main's real handlers over real kopf indexes, and the lean path must give the same pod, warnings and refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import uuid
+from typing import Any
+
+import jsonpatch
+import pytest
+
+ENV_IMAGE = "registry.example/kenv/environments@sha256:" + "a" * 64
+READY = {"phase": "Ready", "image": ENV_IMAGE, "version": 1, "observedGeneration": 1}
+BUILDING = {"phase": "Building", "version": 1, "image": ENV_IMAGE, "observedGeneration": 1}
+
+
+@pytest.fixture
+def kenv_main(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("KENV_DESTINATION_REPO", "registry.example/kenv/environments")
+    from kenv.config import get_settings
+
+    get_settings.cache_clear()
+    import kenv.main
+
+    yield kenv.main
+    get_settings.cache_clear()
+
+
+class Admission:
+    """kenv.main's handlers as kopf serves them, and the same indexes for the lean path."""
+
+    def __init__(self) -> None:
+        import kopf
+        from kopf._cogs.structs import references
+        from kopf._core.engines import indexing
+        from kopf._core.reactor import inventory
+
+        from kenv import admission
+
+        self.admission = admission
+        registry = kopf.get_default_registry()
+        self.indexers = indexing.OperatorIndexers()
+        self.indexers.ensure(registry._indexing.get_all_handlers())
+        insights = references.Insights()
+        insights.webhook_resources.add(references.Resource(group="", version="v1", plural="pods", kind="Pod",
+                                                           namespaced=True))
+        self.kopf_kwargs = dict(settings=kopf.OperatorSettings(), memories=inventory.ResourceMemories(),
+                                memobase=kopf.Memo(), registry=registry, insights=insights,
+                                indices=self.indexers.indices)
+        indices = self.indexers.indices
+        self.indexes = admission.Indexes(indices["environments"], indices["cluster_environments"],
+                                         indices["environment_versions"])
+
+    def add_environment(self, name: str, spec: dict[str, Any], status: dict[str, Any],
+                        namespace: str = "team-a") -> None:
+        import kopf
+
+        body = kopf.Body({"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
+                          "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                                       "generation": 1},
+                          "spec": spec, "status": status})
+        self.indexers["environments"].replace(self.indexers.make_key(body),
+                                              {(namespace, name): self.admission.indexed(body)})
+
+    def via_kopf(self, request: dict[str, Any], webhook: str = "inject-environment") -> dict[str, Any]:
+        from kopf._core.engines.admission import serve_admission_request
+
+        return dict(asyncio.run(serve_admission_request(copy.deepcopy(request), webhook=webhook,
+                                                        **self.kopf_kwargs))["response"])
+
+    def via_lean_path(self, request: dict[str, Any], webhook: str = "inject-environment") -> dict[str, Any]:
+        return dict(self.admission.review(webhook, copy.deepcopy(request), self.indexes)["response"])
+
+
+def review(pod: dict[str, Any], operation: str = "CREATE") -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": "team-a",
+                        "operation": operation, "object": pod, "dryRun": False,
+                        "userInfo": {"username": "alice", "groups": []}}}
+
+
+def pod(labels: dict[str, str], **container: Any) -> dict[str, Any]:
+    main = {"name": "train", "image": "placeholder", "command": ["python", "train.py"]} | container
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team-a", "labels": labels},
+            "spec": {"containers": [main]}}
+
+
+def admitted_pod(request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    assert response["allowed"], response
+    ops = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
+    return dict(jsonpatch.apply_patch(request["request"]["object"], ops))
+
+
+@pytest.mark.parametrize("case", ["injected", "gated", "clash"])
+def test_the_lean_path_admits_the_same_pod_as_kopf(kenv_main: Any, case: str) -> None:
+    admission = Admission()
+    spec = {"environmentVariables": {"STAGE": "train", "EPOCHS": "3"},
+            "secretEnv": [{"name": "TOKEN", "secretKeyRef": {"name": "wandb", "key": "key"}}]}
+    admission.add_environment("torch", spec, BUILDING if case == "gated" else READY)
+    extra = {"env": [{"name": "STAGE", "value": "mine"}]} if case == "clash" else {}
+    request = review(pod({"kenv.dev/environment": "torch"}, **extra))
+    by_kopf, lean = admission.via_kopf(request), admission.via_lean_path(request)
+    assert lean["uid"] == by_kopf["uid"] == request["request"]["uid"]
+    assert admitted_pod(request, lean) == admitted_pod(request, by_kopf)
+    assert lean.get("warnings") == by_kopf.get("warnings")
+    admitted = admitted_pod(request, lean)
+    if case == "gated":
+        assert {"name": "kenv.dev/image"} in admitted["spec"]["schedulingGates"]
+    else:
+        assert admitted["spec"]["containers"][0]["image"] == ENV_IMAGE
+    if case == "clash":
+        assert lean["warnings"] and "STAGE" in lean["warnings"][0]
+
+
+def test_the_lean_path_refuses_as_kopf_does(kenv_main: Any) -> None:
+    admission = Admission()
+    admission.add_environment("broken", {"docker": {"baseImage": "python:3.11", "dockerfile": "FROM x"}}, READY)
+    for name, fragment in (("missing", "Environment team-a/missing does not exist"),
+                           ("broken", "Environment broken has an invalid spec: spec.docker")):
+        request = review(pod({"kenv.dev/environment": name}))
+        by_kopf, lean = admission.via_kopf(request), admission.via_lean_path(request)
+        assert lean["allowed"] is by_kopf["allowed"] is False
+        assert lean["status"] == by_kopf["status"]
+        assert lean["status"]["code"] == 400 and lean["status"]["message"].startswith(f"kenv: {fragment}")
+        assert "patch" not in lean
+
+
+def test_the_lean_path_leaves_what_kopfs_filters_skip(kenv_main: Any) -> None:
+    admission = Admission()
+    admission.add_environment("torch", {}, READY)
+    unlabelled = review(pod({"app": "x"}))
+    cluster_label_only = review(pod({"kenv.dev/cluster-environment": "torch"}))
+    for request in (unlabelled, cluster_label_only):
+        lean = admission.via_lean_path(request)
+        assert lean == {"uid": request["request"]["uid"], "allowed": True}
+        assert "patch" not in admission.via_kopf(request)
+    # kopf filters operations only in the webhook configuration it writes (the chart's rules say CREATE too);
+    # the lean path checks again, so a hand-written configuration cannot re-inject a running pod's UPDATE.
+    update = review(pod({"kenv.dev/environment": "torch"}), operation="UPDATE")
+    assert admission.via_lean_path(update) == {"uid": update["request"]["uid"], "allowed": True}
+
+
+def test_an_invalid_spec_is_validated_once_when_indexed(kenv_main: Any) -> None:
+    import kopf
+
+    from kenv import admission
+
+    body = kopf.Body({"metadata": {"name": "e", "namespace": "n", "uid": "u", "generation": 2},
+                      "spec": {"python": {"userManagedDependencies": "maybe"}}, "status": {}})
+    entry = admission.indexed(body)
+    assert entry["spec"] is None and "spec.python.userManagedDependencies" in entry["invalid"]
+    good = admission.indexed(kopf.Body({"metadata": {"name": "e", "uid": "u"}, "spec": {}, "status": {}}))
+    assert good["invalid"] is None and good["spec"].environment_variables == {}
