@@ -34,7 +34,8 @@ class FloorWebhook:
         self.kube, self.registry, self.kenv_webhook = kube, registry, kenv_webhook
         self.name, self.patch = name, patch
 
-    def deploy(self, timeout: float = 120) -> FloorWebhook:
+    def deploy(self, probe_namespace: str, timeout: float = 120) -> FloorWebhook:
+        """probe_namespace: one kenv's webhook applies to, where a dry-run pod proves the floor answers."""
         image = images.build(["floor-webhook"], self.registry)["floor-webhook"]
         with tempfile.TemporaryDirectory() as tmp:
             certs = write_serving_certs(Path(tmp), [f"{self.name}.{NAMESPACE}.svc"])
@@ -54,7 +55,7 @@ class FloorWebhook:
         self._wait_ready(timeout)
         self.kube.request("POST", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
                           self._configuration(ca))
-        self._wait_admitting(timeout)
+        self._wait_admitting(probe_namespace, timeout)
         return self
 
     def _deployment(self, image: str) -> dict[str, Any]:
@@ -86,7 +87,7 @@ class FloorWebhook:
             raise RuntimeError(f"expected one floor webhook pod, found {len(pods)}")
         return dict(pods[0])
 
-    def _wait_admitting(self, timeout: float) -> None:
+    def _wait_admitting(self, namespace: str, timeout: float) -> None:
         """A Ready pod is not yet reachable through its Service: dry-run a labelled pod until the webhook changed
         the image."""
         pod = {"metadata": {"generateName": "floor-probe-", "labels": {LABEL: self.name}},
@@ -94,7 +95,7 @@ class FloorWebhook:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                admitted = self.kube.request("POST", "/api/v1/namespaces/default/pods?dryRun=All", pod)
+                admitted = self.kube.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod)
                 if admitted["spec"]["containers"][0]["image"] != "probe":
                     return
             except urllib.error.HTTPError:

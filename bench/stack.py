@@ -3,11 +3,13 @@ the CRDs and kenv installed by Helm (the operator a real pod; builds are real Ka
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,12 @@ from release import BUILD_NAMESPACE, KenvRelease
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_PATH = "/apis/kenv.dev/v1alpha1"
+
+
+def metric_sum_count(text: str, name: str) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram in exposition text."""
+    found = {m[0]: float(m[1]) for m in re.findall(rf"^{name}_(sum|count) (\S+)$", text, re.M)}
+    return found.get("sum", 0.0), found.get("count", 0.0)
 
 
 class Stack:
@@ -69,6 +77,14 @@ class Stack:
     def stop(self) -> None:
         if hasattr(self, "cluster"):
             self.cluster.stop()
+
+    def operator_metrics(self) -> str:
+        """The operator pod's Prometheus text, read from its pod address (this host reaches pod IPs)."""
+        port = (self.operator.values().get("metrics") or {}).get("port", 8000)
+        url = f"http://{self.operator.pod()['status']['podIP']}:{port}/metrics"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=10) as response:
+            return str(response.read().decode())
 
     def environments(self) -> list[dict[str, Any]]:
         return list(self.kube.request("GET", f"{GROUP_PATH}/namespaces/{self.namespace}/environments")["items"])

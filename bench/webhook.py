@@ -12,7 +12,8 @@ exact JSON Patch (what the API server pays to apply a bigger patch), labelled ke
 scheduling gate: the admission is what is measured, so nothing schedules or runs it. Latency is the client's POST
 round trip over kept-alive connections.
 
-Prints p50/p99 per kind, what each webhook adds (its kind minus the unlabelled kind), kenv's added latency as a
+Prints p50/p99 per kind, what each webhook adds (its kind's percentile minus the unlabelled kind's: an estimate, not
+the percentile of a per-pod difference), kenv's added latency as a
 multiple of the floor's (target ≤ 1.5×) and against the absolute targets, and the failed admissions (a refused
 labelled pod, or one admitted without the webhook's image); exits 1 if any. The breakdown then sends --direct
 AdmissionReviews straight to each webhook's pod (host to pod, TLS, kept-alive, no API server) and reads kenv's own
@@ -25,13 +26,10 @@ import argparse
 import base64
 import json
 import math
-import re
 import ssl
 import sys
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -40,7 +38,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from floor import LABEL as FLOOR_LABEL  # noqa: E402
 from floor import PORT as FLOOR_PORT  # noqa: E402
 from floor import FloorWebhook  # noqa: E402
-from stack import Stack  # noqa: E402
+from podload import PodCreator, open_loop, percentile  # noqa: E402
+from stack import Stack, metric_sum_count  # noqa: E402
 
 TARGET_ADDED_P50_MS = 5.0
 TARGET_ADDED_P99_MS = 15.0
@@ -54,66 +53,15 @@ LABELS = {"none": {"app": ENVIRONMENT}, "floor": {FLOOR_LABEL: "floor"},
           "floor-kenv-patch": {FLOOR_LABEL: "floor-kenv-patch"}, "kenv": {"kenv.dev/environment": ENVIRONMENT}}
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1) of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def verdict(met: bool, target: str) -> str:
     return f"(target {target}: {'met' if met else 'missed'})"
 
 
-class PodCreator:
-    def __init__(self, stack: Stack) -> None:
-        kube = stack.kube
-        self.path = f"/api/v1/namespaces/{stack.namespace}/pods"
-        self.client = httpx.Client(base_url=kube.server, verify=kube.ssl, headers=kube.headers, trust_env=False,
-                                   timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
-        self.lock = threading.Lock()
-        self.latency: dict[str, list[float]] = {kind: [] for kind in KINDS}
-        self.failures: dict[str, list[str]] = {kind: [] for kind in KINDS}
-
-    def create(self, name: str, kind: str, record: bool = True) -> None:
-        body = {"metadata": {"name": name, "labels": LABELS[kind]},
-                "spec": {"schedulingGates": [{"name": "bench.kenv.dev/hold"}],
-                         "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
-        started = time.perf_counter()
-        try:
-            response = self.client.post(self.path, json=body)
-            elapsed = time.perf_counter() - started
-            failure = None
-            if response.status_code != 201:
-                failure = f"{name}: HTTP {response.status_code} {response.text[:300]}"
-            elif kind != "none" and "@sha256:" not in response.json()["spec"]["containers"][0]["image"]:
-                failure = f"{name}: admitted without a digest-pinned image"
-        except httpx.HTTPError as error:
-            elapsed, failure = time.perf_counter() - started, f"{name}: {error!r}"
-        if not record:
-            if failure:
-                raise RuntimeError(f"warm-up pod failed: {failure}")
-            return
-        with self.lock:
-            self.latency[kind].append(elapsed)
-            if failure:
-                self.failures[kind].append(failure)
-
-
-def open_loop(creator: PodCreator, rate: float, seconds: float) -> tuple[int, float, int]:
-    """Send rate*seconds CREATEs on schedule, cycling the kinds; returns (sent, seconds taken to send, sent late)."""
-    total, interval, late = int(rate * seconds), 1 / rate, 0
-    run = uuid.uuid4().hex[:4]
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        start = time.monotonic()
-        for i in range(total):
-            delay = start + i * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -interval:
-                late += 1
-            kind = KINDS[i % len(KINDS)]
-            pool.submit(creator.create, f"{kind}-{run}-{i}", kind)
-    return total, time.monotonic() - start, late
+def send_pod(stack: Stack, creator: PodCreator, run: str, i: int, record: bool = True) -> None:
+    """The i-th pod of a run, of the kind i picks in the cycle."""
+    kind = KINDS[i % len(KINDS)]
+    creator.create(stack.namespace, f"{kind}-{run}-{i}", LABELS[kind], kind, injected=kind != "none",
+                   record=record)
 
 
 def admission_review(namespace: str) -> dict:
@@ -147,11 +95,10 @@ def direct_round_trips(url: str, namespace: str, count: int) -> list[float]:
     """count AdmissionReviews POSTed one after another straight to a webhook pod; seconds each."""
     times = []
     with direct_client() as client:
-        for i in range(count + 20):
+        for _ in range(count):
             started = time.perf_counter()
             direct_response(client, url, namespace)
-            if i >= 20:  # the first ones open the connection and warm the server
-                times.append(time.perf_counter() - started)
+            times.append(time.perf_counter() - started)
     return times
 
 
@@ -167,20 +114,13 @@ def kenv_url(stack: Stack) -> str:
     return f"https://{stack.operator.pod()['status']['podIP']}:{port}"
 
 
-def handler_seconds(metrics_url: str) -> tuple[float, float]:
-    """(sum, count) of kenv_admission_seconds in the operator's Prometheus metrics."""
-    text = httpx.get(metrics_url, trust_env=False, timeout=10).text
-    found = {m[0]: float(m[1]) for m in re.findall(r"^kenv_admission_seconds_(sum|count) (\S+)$", text, re.M)}
-    return found.get("sum", 0.0), found.get("count", 0.0)
-
-
 def breakdown(stack: Stack, floor: FloorWebhook, count: int) -> dict[str, list[float]]:
-    operator_ip = stack.operator.pod()["status"]["podIP"]
-    metrics_url = f"http://{operator_ip}:{(stack.operator.values().get('metrics') or {}).get('port', 8000)}/metrics"
-    before = handler_seconds(metrics_url)
+    direct_round_trips(f"{kenv_url(stack)}/inject-environment", stack.namespace, 20)  # warm, not counted
+    before = metric_sum_count(stack.operator_metrics(), "kenv_admission_seconds")
     kenv = direct_round_trips(f"{kenv_url(stack)}/inject-environment", stack.namespace, count)
-    after = handler_seconds(metrics_url)
+    after = metric_sum_count(stack.operator_metrics(), "kenv_admission_seconds")
     floor_ip = floor.pod()["status"]["podIP"]
+    direct_round_trips(f"https://{floor_ip}:{FLOOR_PORT}/mutate", stack.namespace, 20)
     go = direct_round_trips(f"https://{floor_ip}:{FLOOR_PORT}/mutate", stack.namespace, count)
     handled = after[1] - before[1]
     handler = [(after[0] - before[0]) / handled] if handled else []
@@ -198,15 +138,16 @@ def run(rate: float, seconds: float, warmup: int, direct: int) -> int:
     stack = Stack(max_parallel_builds=4).start()
     try:
         stack.ready_environment(ENVIRONMENT)
-        floor = FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack)).deploy()
+        floor = FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack)).deploy(stack.namespace)
         FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack), name="floor-kenv-patch",
-                     patch=kenv_patch(stack)).deploy()
-        creator = PodCreator(stack)
-        for i in range(warmup):  # TLS sessions, the webhooks' first calls, the apiserver's caches
-            for kind in KINDS:
-                creator.create(f"warm-{kind}-{i}", kind, record=False)
-        total, sent_seconds, late = open_loop(creator, rate, seconds)
-        creator.client.close()
+                     patch=kenv_patch(stack)).deploy(stack.namespace)
+        creator = PodCreator(stack.kube, list(KINDS))
+        for i in range(warmup * len(KINDS)):  # TLS sessions, the webhooks' first calls, the apiserver's caches
+            send_pod(stack, creator, "warm", i, record=False)
+        total = int(rate * seconds)
+        run_id = uuid.uuid4().hex[:4]
+        sent_seconds, late = open_loop(lambda i: send_pod(stack, creator, run_id, i), rate, total)
+        creator.close()
         parts = breakdown(stack, floor, direct) if direct else {}
     finally:
         stack.stop()

@@ -92,8 +92,11 @@ def lookup(kind: Kind, namespace: str, name: str, index: Mapping[Any, Any],
                            rebuild_token=entry["rebuild"], versions=snapshots)
 
 
-def admit(kind: Kind, pod: dict[str, Any], index: Mapping[Any, Any], versions: Mapping[Any, Any]) -> Mutation:
-    """The mutation of a labelled pod, counted in the metrics; InjectionRefused with the reason otherwise."""
+def admit(kind: Kind, pod: dict[str, Any], index: Mapping[Any, Any], versions: Mapping[Any, Any],
+          dry_run: bool = False) -> Mutation:
+    """The mutation of a labelled pod, counted in the metrics; InjectionRefused with the reason otherwise.
+    A dry run (`kubectl create --dry-run=server`) gets the same answer without side effects: the webhooks declare
+    sideEffects None, so no gated pod is remembered for it."""
     with metrics.ADMISSION_SECONDS.time():
         config = get_settings()
         settings = InjectionSettings(pull_secret=config.pull_secret,
@@ -108,16 +111,16 @@ def admit(kind: Kind, pod: dict[str, Any], index: Mapping[Any, Any], versions: M
             metrics.ADMISSIONS.labels("refused").inc()
             raise
         metrics.ADMISSIONS.labels("gated" if mutation.gated else "injected").inc()
-        if mutation.gated:
+        if mutation.gated and not dry_run:
             gating.remember_gated(kind, view.namespace, view.name)
         return mutation
 
 
 def inject(kind: Kind, body: kopf.Body, patch: kopf.Patch, warnings: list[str], index: kopf.Index,
-           versions: kopf.Index) -> None:
+           versions: kopf.Index, dry_run: bool) -> None:
     """kopf's path: the patch goes through kopf.Patch.fns, a refusal through kopf.AdmissionError."""
     try:
-        mutation = admit(kind, dict(body), index, versions)
+        mutation = admit(kind, dict(body), index, versions, dry_run)
     except InjectionRefused as refusal:
         raise kopf.AdmissionError(f"kenv: {refusal.message}", code=400) from refusal
     warnings.extend(mutation.warnings)
@@ -126,10 +129,21 @@ def inject(kind: Kind, body: kopf.Body, patch: kopf.Patch, warnings: list[str], 
         patch.fns.append(lambda pod: jsonpatch.apply_patch(pod, ops, in_place=True))
 
 
+def takes(request: dict[str, Any]) -> bool:
+    """Whether the lean path answers this AdmissionReview: a pod's own (no subresource), from an API server (with
+    userInfo). Anything else goes to kopf, which answers it as it always has (404, 400)."""
+    payload = request.get("request")
+    if not isinstance(payload, dict) or not isinstance(payload.get("userInfo"), dict):
+        return False
+    resource = payload.get("resource") or {}
+    return resource.get("group") == "" and resource.get("resource") == "pods" and not payload.get("subResource")
+
+
 def review(webhook: str, request: dict[str, Any], indexes: Indexes) -> dict[str, Any]:
-    """The lean path: the AdmissionReview response to `request` for the webhook `webhook` (a key of WEBHOOKS),
-    shaped as kopf's build_response shapes it. A request that is not a CREATE of a pod with the webhook's label is
-    allowed unchanged, as kopf's handler filters would."""
+    """The lean path: the AdmissionReview response to `request` (one that `takes()`) for the webhook `webhook` (a
+    key of WEBHOOKS), shaped as kopf's build_response shapes it. A request that is not a CREATE of a pod with the
+    webhook's label is allowed unchanged, as kopf's handler filters would. An unexpected error refuses the pod, as
+    kopf does (code 500), so a failurePolicy Ignore can never admit a pod kenv failed to look at."""
     payload = request.get("request") or {}
     answer: dict[str, Any] = {"uid": payload.get("uid", ""), "allowed": True}
     response = {"apiVersion": request.get("apiVersion", "admission.k8s.io/v1"),
@@ -138,12 +152,19 @@ def review(webhook: str, request: dict[str, Any], indexes: Indexes) -> dict[str,
     pod = payload.get("object") or {}
     if payload.get("operation") != "CREATE" or label not in ((pod.get("metadata") or {}).get("labels") or {}):
         return response
+    metadata = pod.get("metadata") or {}
+    where = f"{payload.get('namespace')}/{metadata.get('name') or metadata.get('generateName')}"
     try:
-        mutation = admit(kind, pod, indexes.of(kind), indexes.versions)
+        mutation = admit(kind, pod, indexes.of(kind), indexes.versions, bool(payload.get("dryRun")))
     except InjectionRefused as refusal:
-        logger.info("refused pod %s/%s: %s", payload.get("namespace"), (pod.get("metadata") or {}).get("name")
-                    or (pod.get("metadata") or {}).get("generateName"), refusal.message)
+        logger.warning("refused pod %s: %s", where, refusal.message)
         answer.update(allowed=False, status={"message": f"kenv: {refusal.message}", "code": 400})
+        return response
+    except Exception as error:  # noqa: BLE001 - any bug must refuse the pod, never let it through unmutated
+        logger.exception("admission of pod %s failed", where)
+        metrics.ADMISSIONS.labels("error").inc()
+        answer.update(allowed=False, status={"message": f"kenv: internal error: {str(error) or repr(error)}",
+                                             "code": 500})
         return response
     if mutation.warnings:
         answer["warnings"] = list(mutation.warnings)

@@ -175,7 +175,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
-    import uvloop
+
+    try:
+        from uvloop import run
+    except ImportError:  # Windows: no uvloop
+        from asyncio import run  # type: ignore[assignment]
 
     import kenv.main  # noqa: F401 - registers the handlers (and validates KENV_* settings)
 
@@ -186,7 +190,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     if namespaces and settings.build_namespace not in namespaces:
         namespaces.append(settings.build_namespace)  # where ClusterEnvironments' EnvironmentVersions live
     # uvloop, as `kopf run` uses it when installed: admission's TLS round trips are its hot path (bench/webhook.py)
-    uvloop.run(kopf.operator(
+    run(kopf.operator(
         clusterwide=not namespaces, namespaces=namespaces, standalone=True,
         liveness_endpoint=args.liveness or None,
     ))

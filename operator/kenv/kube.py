@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -24,7 +27,18 @@ async def api_client() -> client.ApiClient:
         except config.ConfigException:
             await config.load_kube_config()
         _api = client.ApiClient()
+        if not uses_environment_settings(os.environ):
+            # kubernetes_asyncio's session trusts the environment, so aiohttp looks for a ~/.netrc in a thread for
+            # every API request: with none to find, that is a thread hop per call (bench/reconcile.py).
+            _api.rest_client.pool_manager._trust_env = False
     return _api
+
+
+def uses_environment_settings(environ: Mapping[str, str]) -> bool:
+    """Whether aiohttp's trust_env can matter: a proxy or a netrc file named in the environment."""
+    return any(environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                 "ALL_PROXY", "all_proxy", "NETRC")) or \
+        Path(environ.get("HOME") or "/nonexistent", ".netrc").is_file()
 
 
 async def close() -> None:

@@ -128,13 +128,14 @@ def environment_versions(body: kopf.Body, **_: Any) -> dict[Any, Any]:
 @kopf.on.mutate("", "v1", "pods", id="inject-environment", operations={"CREATE"}, ignore_failures=False,
                 labels={ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str], environments: kopf.Index,
-                       environment_versions: kopf.Index, **_: Any) -> None:
-    admission.inject("Environment", body, patch, warnings, environments, environment_versions)
+                       environment_versions: kopf.Index, dryrun: bool, **_: Any) -> None:
+    admission.inject("Environment", body, patch, warnings, environments, environment_versions, dryrun)
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject-cluster-environment", operations={"CREATE"}, ignore_failures=False,
                 labels={CLUSTER_ENVIRONMENT_LABEL: kopf.PRESENT})
 def inject_cluster_environment(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
                                cluster_environments: kopf.Index, environment_versions: kopf.Index,
-                               **_: Any) -> None:
-    admission.inject("ClusterEnvironment", body, patch, warnings, cluster_environments, environment_versions)
+                               dryrun: bool, **_: Any) -> None:
+    admission.inject("ClusterEnvironment", body, patch, warnings, cluster_environments, environment_versions,
+                     dryrun)

@@ -213,10 +213,11 @@ class Reconciler:
         plan, current, generation = attempt.plan, attempt.current, attempt.generation
         push_config = await self._push_config()
         push_credentials = credentials_for(builds.registry_of(plan.destination), push_config)
-        own = await kube.read_job(plan.namespace, plan.job_name)
+        waiting = attempt.forced or current.get("phase") == Phase.BUILDING
+        own = await kube.read_job(plan.namespace, plan.job_name) if waiting else None
         if own is None and current.get("phase") == Phase.BUILDING:
             own = await self._followed_job(attempt)
-        if own is not None and (attempt.forced or current.get("phase") == Phase.BUILDING):
+        if own is not None and waiting:
             # We were waiting on this Job: its outcome decides, even if the pushed tag shows up first.
             if jobstate.job_finished(own):
                 return await self._finished(attempt, own, push_credentials)
@@ -229,6 +230,9 @@ class Reconciler:
                 return await self._ready(attempt, digest, "ImageFound",
                                          "image with this content is in the registry; no build needed",
                                          push_credentials)
+            # Not waiting on a Job, and the image is not there: read the Job only now (a cache hit, the common
+            # case, needs no Job at all).
+            own = await kube.read_job(plan.namespace, plan.job_name)
         if own is not None and jobstate.job_finished(own):  # this attempt already failed, no image since
             return await self._finished(attempt, own, push_credentials)
         job = own

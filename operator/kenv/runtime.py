@@ -82,8 +82,12 @@ def environment_ref(kind: str, body: kopf.Body) -> EnvironmentRef:
 
 
 def unsettled(body: kopf.Body, **_: Any) -> bool:
-    """Timer filter: only Environments that still have something to wait for get polled."""
+    """Timer filter: only Environments that still have something to wait for get polled. One whose generation no
+    reconcile has answered yet belongs to its change handler (kopf retries it until it does): polling it too
+    would do the same work twice, and a burst of new Environments would poll itself into a backlog."""
     status = body.get("status") or {}
+    if status.get("observedGeneration") != body.metadata.get("generation"):
+        return False
     if rebuild_pending(status, rebuild_token(body.metadata)):
         return True
     if status.get("phase") == Phase.FAILED:

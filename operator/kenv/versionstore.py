@@ -129,8 +129,10 @@ class VersionStore:
                     credentials: Credentials | None, keep: set[int] | None = None) -> None:
         """Delete what retention lets go: the tag first, then the object, so a crash in between leaves an
         object that the next pruning finishes, never a tag nothing points to."""
-        doomed = versions.prunable([s.number for s in snapshots], current, self.settings.history_limit,
-                                   await self.used(ref) | (keep or set()))
+        numbers, kept = [s.number for s in snapshots], keep or set()
+        if not versions.prunable(numbers, current, self.settings.history_limit, kept):
+            return  # within the limit: no need to ask which versions pods use (a LIST of pods per new version)
+        doomed = versions.prunable(numbers, current, self.settings.history_limit, await self.used(ref) | kept)
         api = await kube.custom()
         for snapshot in (s for s in snapshots if s.number in doomed):
             if snapshot.tag and not await self.registry.untag(snapshot.tag, credentials):

@@ -35,4 +35,6 @@ class AdmissionServer(kopf.WebhookServer):
             raise aiohttp.web.HTTPBadRequest(reason=f"not an AdmissionReview: {error}") from error
         if not isinstance(data, dict):
             raise aiohttp.web.HTTPBadRequest(reason="not an AdmissionReview: expected a JSON object")
+        if not admission.takes(data):
+            return await kopf.WebhookServer._serve(fn, request)  # aiohttp keeps the body it read
         return aiohttp.web.json_response(admission.review(webhook, data, self.indexes))

@@ -24,6 +24,7 @@ BUILDING = {"phase": "Building", "version": 1, "image": ENV_IMAGE, "observedGene
 @pytest.fixture
 def kenv_main(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("KENV_DESTINATION_REPO", "registry.example/kenv/environments")
+    from kenv import gating
     from kenv.config import get_settings
 
     get_settings.cache_clear()
@@ -31,6 +32,7 @@ def kenv_main(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     yield kenv.main
     get_settings.cache_clear()
+    gating._awaiting.clear()  # gated admissions are remembered process-wide
 
 
 class Admission:
@@ -59,15 +61,17 @@ class Admission:
                                          indices["environment_versions"])
 
     def add_environment(self, name: str, spec: dict[str, Any], status: dict[str, Any],
-                        namespace: str = "team-a") -> None:
+                        namespace: str | None = "team-a") -> None:
+        """An Environment, or with namespace None a ClusterEnvironment, as the watch would index it."""
         import kopf
 
-        body = kopf.Body({"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
-                          "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
-                                       "generation": 1},
-                          "spec": spec, "status": status})
-        self.indexers["environments"].replace(self.indexers.make_key(body),
-                                              {(namespace, name): self.admission.indexed(body)})
+        kind = "Environment" if namespace else "ClusterEnvironment"
+        metadata = {"name": name, "uid": str(uuid.uuid4()), "generation": 1} | ({"namespace": namespace}
+                                                                               if namespace else {})
+        body = kopf.Body({"apiVersion": "kenv.dev/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec,
+                          "status": status})
+        index, key = ("environments", (namespace, name)) if namespace else ("cluster_environments", name)
+        self.indexers[index].replace(self.indexers.make_key(body), {key: self.admission.indexed(body)})
 
     def via_kopf(self, request: dict[str, Any], webhook: str = "inject-environment") -> dict[str, Any]:
         from kopf._core.engines.admission import serve_admission_request
@@ -79,11 +83,11 @@ class Admission:
         return dict(self.admission.review(webhook, copy.deepcopy(request), self.indexes)["response"])
 
 
-def review(pod: dict[str, Any], operation: str = "CREATE") -> dict[str, Any]:
+def review(pod: dict[str, Any], operation: str = "CREATE", dry_run: bool = False) -> dict[str, Any]:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
                         "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": "team-a",
-                        "operation": operation, "object": pod, "dryRun": False,
+                        "operation": operation, "object": pod, "dryRun": dry_run,
                         "userInfo": {"username": "alice", "groups": []}}}
 
 
@@ -99,15 +103,18 @@ def admitted_pod(request: dict[str, Any], response: dict[str, Any]) -> dict[str,
     return dict(jsonpatch.apply_patch(request["request"]["object"], ops))
 
 
-@pytest.mark.parametrize("case", ["injected", "gated", "clash"])
+@pytest.mark.parametrize("case", ["injected", "gated", "clash", "cluster"])
 def test_the_lean_path_admits_the_same_pod_as_kopf(kenv_main: Any, case: str) -> None:
     admission = Admission()
     spec = {"environmentVariables": {"STAGE": "train", "EPOCHS": "3"},
             "secretEnv": [{"name": "TOKEN", "secretKeyRef": {"name": "wandb", "key": "key"}}]}
-    admission.add_environment("torch", spec, BUILDING if case == "gated" else READY)
+    admission.add_environment("torch", spec, BUILDING if case == "gated" else READY,
+                              namespace=None if case == "cluster" else "team-a")
     extra = {"env": [{"name": "STAGE", "value": "mine"}]} if case == "clash" else {}
-    request = review(pod({"kenv.dev/environment": "torch"}, **extra))
-    by_kopf, lean = admission.via_kopf(request), admission.via_lean_path(request)
+    label = "kenv.dev/cluster-environment" if case == "cluster" else "kenv.dev/environment"
+    webhook = "inject-cluster-environment" if case == "cluster" else "inject-environment"
+    request = review(pod({label: "torch"}, **extra))
+    by_kopf, lean = admission.via_kopf(request, webhook), admission.via_lean_path(request, webhook)
     assert lean["uid"] == by_kopf["uid"] == request["request"]["uid"]
     assert admitted_pod(request, lean) == admitted_pod(request, by_kopf)
     assert lean.get("warnings") == by_kopf.get("warnings")
@@ -140,18 +147,113 @@ def test_the_lean_path_leaves_what_kopfs_filters_skip(kenv_main: Any) -> None:
     cluster_label_only = review(pod({"kenv.dev/cluster-environment": "torch"}))
     for request in (unlabelled, cluster_label_only):
         lean = admission.via_lean_path(request)
-        assert lean == {"uid": request["request"]["uid"], "allowed": True}
-        assert "patch" not in admission.via_kopf(request)
+        assert lean == {"uid": request["request"]["uid"], "allowed": True} == admission.via_kopf(request)
     # kopf filters operations only in the webhook configuration it writes (the chart's rules say CREATE too);
     # the lean path checks again, so a hand-written configuration cannot re-inject a running pod's UPDATE.
     update = review(pod({"kenv.dev/environment": "torch"}), operation="UPDATE")
     assert admission.via_lean_path(update) == {"uid": update["request"]["uid"], "allowed": True}
 
 
-def test_an_invalid_spec_is_validated_once_when_indexed(kenv_main: Any) -> None:
+def test_an_unexpected_error_refuses_the_pod_on_both_paths(kenv_main: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    admission = Admission()
+    admission.add_environment("torch", {}, READY)
+
+    def broken(*_: Any) -> None:
+        raise KeyError("image")
+
+    monkeypatch.setattr(admission.admission, "build_pod_mutation", broken)
+    request = review(pod({"kenv.dev/environment": "torch"}))
+    lean, by_kopf = admission.via_lean_path(request), admission.via_kopf(request)
+    assert lean["allowed"] is by_kopf["allowed"] is False
+    assert lean["status"]["code"] == by_kopf["status"]["code"] == 500
+    assert lean["status"]["message"] == "kenv: internal error: 'image'"
+
+
+def test_a_dry_run_is_answered_without_remembering_a_gated_pod(kenv_main: Any) -> None:
+    from kenv import gating
+
+    admission = Admission()
+    admission.add_environment("torch", {}, BUILDING)
+    dry = review(pod({"kenv.dev/environment": "torch"}), dry_run=True)
+    for answer in (admission.via_lean_path(dry), admission.via_kopf(dry)):
+        assert {"name": "kenv.dev/image"} in admitted_pod(dry, answer)["spec"]["schedulingGates"]
+    assert not gating._awaiting
+    admission.via_lean_path(review(pod({"kenv.dev/environment": "torch"})))
+    assert gating._awaiting == {("Environment", "team-a", "torch")}
+
+
+def test_the_lean_path_takes_only_pod_reviews_from_an_api_server(kenv_main: Any) -> None:
+    from kenv import admission
+
+    request = review(pod({"kenv.dev/environment": "torch"}))
+    assert admission.takes(request)
+    no_user = copy.deepcopy(request)
+    del no_user["request"]["userInfo"]
+    status = copy.deepcopy(request)
+    status["request"]["subResource"] = "status"
+    other = copy.deepcopy(request)
+    other["request"]["resource"] = {"group": "batch", "version": "v1", "resource": "jobs"}
+    assert not any(admission.takes(r) for r in (no_user, status, other, {"request": None}, {}))
+
+
+def test_the_server_answers_kenvs_webhooks_itself_and_passes_the_rest_to_kopf(kenv_main: Any) -> None:
+    import aiohttp
+
+    from kenv.webhookserver import AdmissionServer
+
+    admission = Admission()
+    admission.add_environment("torch", {}, READY)
+    to_kopf: list[str | None] = []
+
+    async def kopf_fn(request: dict[str, Any], *, webhook: str | None = None, **_: Any) -> dict[str, Any]:
+        to_kopf.append(webhook)
+        return {"response": {"uid": request["request"]["uid"], "allowed": True}}
+
+    async def scenario() -> list[dict[str, Any]]:
+        server = AdmissionServer(admission.indexes, addr="127.0.0.1", port=0, insecure=True)
+        server.port = server._allocate_free_port()
+        answers = []
+        async with aiohttp.ClientSession() as session:
+            served = server(kopf_fn)
+            config = await served.__anext__()
+            try:
+                request = review(pod({"kenv.dev/environment": "torch"}))
+                jobs = copy.deepcopy(request)
+                jobs["request"]["resource"]["resource"] = "jobs"
+                for path, body in (("inject-environment", request), ("some-other-webhook", request),
+                                   ("inject-environment", jobs)):
+                    async with session.post(f"{config['url']}/{path}", json=body) as response:
+                        answers.append(await response.json())
+                async with session.post(f"{config['url']}/inject-environment", data=b"[1]") as response:
+                    assert response.status == 400
+            finally:
+                await served.aclose()
+        return answers
+
+    lean, other, jobs = asyncio.run(scenario())
+    assert to_kopf == ["some-other-webhook", "inject-environment"]
+    assert "patch" in lean["response"] and "patch" not in other["response"] and "patch" not in jobs["response"]
+
+
+def test_a_spec_is_validated_once_when_indexed_not_per_pod(kenv_main: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
     from kenv import admission
+    from kenv.models import EnvironmentSpec
+
+    harness = Admission()
+    harness.add_environment("torch", {"environmentVariables": {"A": "1"}}, READY)
+    validations = []
+    original = EnvironmentSpec.model_validate
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        validations.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(EnvironmentSpec, "model_validate", counting)
+    for _ in range(3):
+        assert harness.via_lean_path(review(pod({"kenv.dev/environment": "torch"})))["allowed"]
+    assert validations == []
 
     body = kopf.Body({"metadata": {"name": "e", "namespace": "n", "uid": "u", "generation": 2},
                       "spec": {"python": {"userManagedDependencies": "maybe"}}, "status": {}})

@@ -1,0 +1,54 @@
+"""The operator's runtime choices: the poll timer's filter (runtime.unsettled), the API client's environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+import pytest
+
+
+@pytest.fixture
+def unsettled(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("KENV_DESTINATION_REPO", "registry.example/kenv/environments")
+    from kenv.config import get_settings
+
+    get_settings.cache_clear()
+    from kenv import runtime
+
+    yield runtime.unsettled
+    get_settings.cache_clear()
+
+
+def body(generation: int, status: dict[str, Any], annotations: dict[str, str] | None = None) -> kopf.Body:
+    return kopf.Body({"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
+                      "metadata": {"name": "e", "namespace": "n", "generation": generation,
+                                   "annotations": annotations or {}},
+                      "status": status})
+
+
+def test_a_generation_no_reconcile_has_answered_is_left_to_its_change_handler(unsettled: Any) -> None:
+    assert not unsettled(body(1, {}))  # just created: the create handler has it
+    assert not unsettled(body(3, {"phase": "Building", "observedGeneration": 2}))  # edited: the update handler
+
+
+@pytest.mark.parametrize("phase", ["Building", "Queued", "Pending"])
+def test_an_answered_generation_still_waiting_is_polled(unsettled: Any, phase: str) -> None:
+    assert unsettled(body(2, {"phase": phase, "observedGeneration": 2}))
+
+
+def test_a_ready_environment_is_polled_only_for_a_rebuild(unsettled: Any) -> None:
+    ready = {"phase": "Ready", "observedGeneration": 2, "image": "r/e@sha256:" + "a" * 64, "version": 1}
+    assert not unsettled(body(2, ready))
+    # The rebuild token is an annotation: the generation does not move, the poll follows the rebuild's Job.
+    assert unsettled(body(2, ready, {"kenv.dev/rebuild": "now"}))
+
+
+def test_the_api_client_trusts_the_environment_only_when_it_says_something(tmp_path: Any) -> None:
+    from kenv.kube import uses_environment_settings
+
+    assert not uses_environment_settings({"HOME": str(tmp_path)})
+    assert uses_environment_settings({"HOME": str(tmp_path), "HTTPS_PROXY": "http://proxy:3128"})
+    assert uses_environment_settings({"NETRC": "/etc/netrc"})
+    (tmp_path / ".netrc").write_text("machine api login a password b\n")
+    assert uses_environment_settings({"HOME": str(tmp_path)})
