@@ -22,16 +22,12 @@ BUILDING = {"phase": "Building", "version": 1, "image": ENV_IMAGE, "observedGene
 
 
 @pytest.fixture
-def kenv_main(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("KENV_DESTINATION_REPO", "registry.example/kenv/environments")
-    from kenv import gating
-    from kenv.config import get_settings
-
-    get_settings.cache_clear()
+def kenv_main(operator_settings: None) -> Any:
+    """kenv.main imported: its handlers registered in kopf's default registry."""
     import kenv.main
+    from kenv import gating
 
     yield kenv.main
-    get_settings.cache_clear()
     gating._awaiting.clear()  # gated admissions are remembered process-wide
 
 

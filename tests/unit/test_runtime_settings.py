@@ -9,15 +9,10 @@ import pytest
 
 
 @pytest.fixture
-def unsettled(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("KENV_DESTINATION_REPO", "registry.example/kenv/environments")
-    from kenv.config import get_settings
-
-    get_settings.cache_clear()
+def unsettled(operator_settings: None) -> Any:
     from kenv import runtime
 
-    yield runtime.unsettled
-    get_settings.cache_clear()
+    return runtime.unsettled
 
 
 def body(generation: int, status: dict[str, Any], annotations: dict[str, str] | None = None) -> kopf.Body:
