@@ -28,17 +28,20 @@ async def api_client() -> client.ApiClient:
             await config.load_kube_config()
         _api = client.ApiClient()
         if not uses_environment_settings(os.environ):
-            # kubernetes_asyncio's session trusts the environment, so aiohttp looks for a ~/.netrc in a thread for
-            # every API request: with none to find, that is a thread hop per call (bench/reconcile.py).
+            # kubernetes_asyncio's session trusts the environment, so aiohttp looks for a ~/.netrc and for proxy
+            # variables in threads for every API request: two thread hops per call, for nothing to find
+            # (bench/reconcile.py).
             _api.rest_client.pool_manager._trust_env = False
     return _api
 
 
 def uses_environment_settings(environ: Mapping[str, str]) -> bool:
-    """Whether aiohttp's trust_env can matter: a proxy or a netrc file named in the environment."""
+    """Whether aiohttp's trust_env can matter: a proxy or a netrc file named in the environment, or a netrc file
+    where aiohttp looks for one (HOME, else the user's home directory)."""
+    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
     return any(environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
                                                  "ALL_PROXY", "all_proxy", "NETRC")) or \
-        Path(environ.get("HOME") or "/nonexistent", ".netrc").is_file()
+        any((home / name).is_file() for name in (".netrc", "_netrc"))
 
 
 async def close() -> None:

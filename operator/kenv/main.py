@@ -42,14 +42,16 @@ async def registry_probe(**_: Any) -> str:
 
 
 # --- Environments and ClusterEnvironments: build the image, record the digest -------------------------------
+# A failed change handler is retried at the poll interval, not kopf's 60 s: the poll timer leaves a change kopf
+# has not handled yet to these handlers (runtime.unsettled).
 
-@kopf.on.resume(*ENVIRONMENTS)
+@kopf.on.resume(*ENVIRONMENTS, backoff=SETTINGS.poll_seconds)
 async def environment_resumed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
     await runtime.reconcile("Environment", body, patch, logger, resumed=True)
 
 
-@kopf.on.create(*ENVIRONMENTS)
-@kopf.on.update(*ENVIRONMENTS)
+@kopf.on.create(*ENVIRONMENTS, backoff=SETTINGS.poll_seconds)
+@kopf.on.update(*ENVIRONMENTS, backoff=SETTINGS.poll_seconds)
 async def environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
     await runtime.reconcile("Environment", body, patch, logger)
 
@@ -60,14 +62,14 @@ async def environment_poll(body: kopf.Body, patch: kopf.Patch, logger: logging.L
     await runtime.reconcile("Environment", body, patch, logger)
 
 
-@kopf.on.resume(*CLUSTER_ENVIRONMENTS)
+@kopf.on.resume(*CLUSTER_ENVIRONMENTS, backoff=SETTINGS.poll_seconds)
 async def cluster_environment_resumed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                                       **_: Any) -> None:
     await runtime.reconcile("ClusterEnvironment", body, patch, logger, resumed=True)
 
 
-@kopf.on.create(*CLUSTER_ENVIRONMENTS)
-@kopf.on.update(*CLUSTER_ENVIRONMENTS)
+@kopf.on.create(*CLUSTER_ENVIRONMENTS, backoff=SETTINGS.poll_seconds)
+@kopf.on.update(*CLUSTER_ENVIRONMENTS, backoff=SETTINGS.poll_seconds)
 async def cluster_environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                                       **_: Any) -> None:
     await runtime.reconcile("ClusterEnvironment", body, patch, logger)

@@ -230,9 +230,9 @@ class Reconciler:
                 return await self._ready(attempt, digest, "ImageFound",
                                          "image with this content is in the registry; no build needed",
                                          push_credentials)
-            # Not waiting on a Job, and the image is not there: read the Job only now (a cache hit, the common
-            # case, needs no Job at all).
-            own = await kube.read_job(plan.namespace, plan.job_name)
+            if not waiting:
+                # The image is not there: only now read the Job (a cache hit, the common case, needs none).
+                own = await kube.read_job(plan.namespace, plan.job_name)
         if own is not None and jobstate.job_finished(own):  # this attempt already failed, no image since
             return await self._finished(attempt, own, push_credentials)
         job = own

@@ -73,10 +73,11 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', params))
 
 
-# Registry requests in flight at once. httpx's pool scans every waiting request whenever a connection changes
-# state, so a thousand reconciles queueing there at once (a burst of new Environments) cost more CPU in the
-# scan than in the requests; waiting here costs nothing (bench/reconcile.py).
-MAX_CONCURRENT_REQUESTS = 16
+# Requests in flight at once to one registry. httpx's pool scans every waiting request whenever a connection
+# changes state, so a thousand reconciles queueing there at once (a burst of new Environments) cost more CPU in
+# the scan than in the requests; waiting here costs nothing (bench/reconcile.py). Per registry, so a slow one
+# (a base image's, watched for moves) never holds up lookups in another.
+MAX_REQUESTS_PER_REGISTRY = 16
 
 
 class RegistryClient:
@@ -84,9 +85,12 @@ class RegistryClient:
                  timeout: float = 10.0) -> None:
         self.insecure = set(insecure_registries or [])
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=True, trust_env=False,
-                                      limits=httpx.Limits(max_connections=MAX_CONCURRENT_REQUESTS))
-        self.slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=True, trust_env=False)
+        self.slots: dict[str, asyncio.Semaphore] = {}
+
+    def _slot(self, url: str) -> asyncio.Semaphore:
+        host = httpx.URL(url).netloc.decode()
+        return self.slots.setdefault(host, asyncio.Semaphore(MAX_REQUESTS_PER_REGISTRY))
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -153,7 +157,7 @@ class RegistryClient:
     async def _request(self, url: str, headers: dict[str, str], method: str = "HEAD",
                        content: bytes | None = None) -> httpx.Response:
         try:
-            async with self.slots:
+            async with self._slot(url):
                 return await self.http.request(method, url, headers=headers, content=content)
         except httpx.HTTPError as error:
             raise RegistryError("RegistryUnavailable", f"cannot reach {url.split('/v2/')[0]}: "
@@ -171,9 +175,10 @@ class RegistryClient:
             return f"Basic {basic}"
         query = {"service": params.get("service", ""), "scope": f"repository:{name.repository}:{actions}"}
         try:
-            token_response = await self.http.get(
-                params["realm"], params=query, headers={"Authorization": f"Basic {basic}"} if basic else {}
-            )
+            async with self._slot(params["realm"]):
+                token_response = await self.http.get(
+                    params["realm"], params=query, headers={"Authorization": f"Basic {basic}"} if basic else {}
+                )
         except (KeyError, httpx.HTTPError) as error:
             raise RegistryError("RegistryUnavailable", f"token service of {name.registry} failed: {error}") from error
         if token_response.status_code != 200:

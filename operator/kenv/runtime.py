@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kopf._cogs.structs.diffs import diff as kopf_diff  # not exported; what kopf decides changes with
 from pydantic import ValidationError
 
 from kenv import admission, catalog, gating, kube, metrics, references, tracking
@@ -24,6 +25,9 @@ from kenv.statusmodels import Phase
 from kenv.webhookserver import AdmissionServer
 
 PREFIX = GROUP  # our own annotation prefix and finalizer, not kopf.zalando.org
+# Where kopf records what it handled: the object's essence as of the last change handled, and handler progress.
+DIFFBASE = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
+PROGRESS = kopf.AnnotationsProgressStorage(prefix=PREFIX)
 _reconciler: Reconciler | None = None
 _catalog_task: asyncio.Task[None] | None = None
 
@@ -36,9 +40,8 @@ def reconciler() -> Reconciler:
 def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes: admission.Indexes) -> None:
     global _reconciler
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
+    settings.persistence.progress_storage = PROGRESS
+    settings.persistence.diffbase_storage = DIFFBASE
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request is noise
     # and one per admission request (aiohttp's access log under kopf's INFO root logger) is noise on the hot path
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -81,12 +84,23 @@ def environment_ref(kind: str, body: kopf.Body) -> EnvironmentRef:
     return EnvironmentRef(kind=kind, namespace=body.metadata.namespace, name=body.metadata.name)
 
 
+def change_pending(body: kopf.Body) -> bool:
+    """Whether kopf still has a change of this object for a change handler: the essence it recorded as handled
+    is not the object's now, compared as kopf's own processing compares them."""
+    handled = DIFFBASE.fetch(body=body)
+    if handled is None:
+        return True  # never handled: the create (or resume) handler has it
+    now = DIFFBASE.build(body=body)
+    return bool(kopf_diff(PROGRESS.clear(essence=handled), PROGRESS.clear(essence=now)))
+
+
 def unsettled(body: kopf.Body, **_: Any) -> bool:
-    """Timer filter: only Environments that still have something to wait for get polled. One whose generation no
-    reconcile has answered yet belongs to its change handler (kopf retries it until it does): polling it too
-    would do the same work twice, and a burst of new Environments would poll itself into a backlog."""
+    """Timer filter: only Environments that still have something to wait for get polled. A change kopf has not
+    handled yet belongs to its change handler (retried until it succeeds): polling it too would do the same work
+    twice, and a burst of new Environments would poll itself into a backlog. A generation nothing answered with
+    no change pending (a spec edited and reverted before kopf looked, a status patch that failed) is polled."""
     status = body.get("status") or {}
-    if status.get("observedGeneration") != body.metadata.get("generation"):
+    if status.get("observedGeneration") != body.metadata.get("generation") and change_pending(body):
         return False
     if rebuild_pending(status, rebuild_token(body.metadata)):
         return True
@@ -103,9 +117,14 @@ async def reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, logger: loggi
     ref = environment_ref(kind, body)
     if resumed:
         gating.check_after_restart(ref)
-    started = time.monotonic()
+    started, generation = time.monotonic(), body.metadata.get("generation")
     outcome = await reconciler().reconcile(ref, dict(body), logger)
     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+    if body.metadata.get("generation") != generation:
+        # kopf updated this live body while we awaited: a newer spec's reconcile writes the status; this older
+        # answer must not land after it (a timer's patch is applied even once its object moved on).
+        logger.debug("generation %s superseded by %s; outcome dropped", generation, body.metadata.get("generation"))
+        return
     apply(body, patch, outcome)
     merged = {**dict(body.get("status") or {}), **outcome.status}
     await gating.follow_up(ref, merged, get_settings(), body.metadata.get("generation"),

@@ -15,16 +15,36 @@ def unsettled(operator_settings: None) -> Any:
     return runtime.unsettled
 
 
-def body(generation: int, status: dict[str, Any], annotations: dict[str, str] | None = None) -> kopf.Body:
+def body(generation: int, status: dict[str, Any], annotations: dict[str, str] | None = None,
+         spec: dict[str, Any] | None = None) -> kopf.Body:
     return kopf.Body({"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
                       "metadata": {"name": "e", "namespace": "n", "generation": generation,
                                    "annotations": annotations or {}},
-                      "status": status})
+                      "spec": spec or {"environmentVariables": {"A": "1"}}, "status": status})
 
 
-def test_a_generation_no_reconcile_has_answered_is_left_to_its_change_handler(unsettled: Any) -> None:
+def handled(spec: dict[str, Any]) -> dict[str, str]:
+    """The annotation kopf writes once the change handlers succeeded for this spec."""
+    import json
+
+    from kenv.runtime import DIFFBASE
+
+    essence = DIFFBASE.build(body=body(1, {}, spec=spec))
+    return {"kenv.dev/last-handled-configuration": json.dumps(essence, separators=(",", ":"))}
+
+
+def test_a_change_kopf_has_not_handled_is_left_to_its_change_handler(unsettled: Any) -> None:
     assert not unsettled(body(1, {}))  # just created: the create handler has it
-    assert not unsettled(body(3, {"phase": "Building", "observedGeneration": 2}))  # edited: the update handler
+    old, new = {"environmentVariables": {"A": "1"}}, {"environmentVariables": {"A": "2"}}
+    edited = body(3, {"phase": "Ready", "observedGeneration": 2}, handled(old), spec=new)
+    assert not unsettled(edited)  # the update handler has it
+
+
+def test_a_generation_nothing_answered_with_no_change_pending_is_polled(unsettled: Any) -> None:
+    # Edited and reverted before kopf looked: kopf sees no change, so no handler will answer generation 3.
+    spec = {"environmentVariables": {"A": "1"}}
+    reverted = body(3, {"phase": "Ready", "observedGeneration": 1}, handled(spec), spec=spec)
+    assert unsettled(reverted)
 
 
 @pytest.mark.parametrize("phase", ["Building", "Queued", "Pending"])
@@ -37,6 +57,23 @@ def test_a_ready_environment_is_polled_only_for_a_rebuild(unsettled: Any) -> Non
     assert not unsettled(body(2, ready))
     # The rebuild token is an annotation: the generation does not move, the poll follows the rebuild's Job.
     assert unsettled(body(2, ready, {"kenv.dev/rebuild": "now"}))
+
+
+def test_the_api_clients_session_has_the_switch_kube_turns_off() -> None:
+    import asyncio
+
+    import aiohttp
+    from kubernetes_asyncio import client
+
+    async def session_trusts_env() -> bool:
+        api = client.ApiClient()
+        try:
+            return bool(api.rest_client.pool_manager._trust_env)
+        finally:
+            await api.close()
+
+    assert "_trust_env" in aiohttp.ClientSession.ATTRS
+    assert asyncio.run(session_trusts_env())  # kubernetes_asyncio's default, which kube.api_client() turns off
 
 
 def test_the_api_client_trusts_the_environment_only_when_it_says_something(tmp_path: Any) -> None:
