@@ -32,7 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "operator"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "hack")]  # podload (beside this file) uses hack/kubeapi
 os.environ.setdefault("KENV_DESTINATION_REPO", "registry.invalid/kenv/environments")
 
 import kopf  # noqa: E402
@@ -45,6 +46,7 @@ import kenv.main  # noqa: E402,F401 - registers kenv's handlers in kopf's defaul
 from kenv import admission  # noqa: E402
 from kenv.injection import InjectionSettings, build_pod_mutation  # noqa: E402
 from kenv.models import ENVIRONMENT_LABEL, EnvironmentSpec  # noqa: E402
+from podload import admission_review  # noqa: E402
 
 NAMESPACE, NAME = "team-a", "bench"
 IMAGE = "registry.invalid/kenv/environments@sha256:" + "0" * 64
@@ -56,20 +58,6 @@ ENVIRONMENT = {"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
                "spec": SPEC,
                "status": {"phase": "Ready", "image": IMAGE, "version": 1, "observedGeneration": 1,
                           "hash": "0" * 64, "digest": "sha256:" + "0" * 64}}
-
-
-def review() -> dict[str, Any]:
-    """An AdmissionReview as the API server sends it for a labelled pod CREATE (defaulted fields left out)."""
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": f"train-{uuid.uuid4().hex[:8]}", "namespace": NAMESPACE,
-                        "labels": {ENVIRONMENT_LABEL: NAME}},
-           "spec": {"containers": [{"name": "train", "image": "placeholder", "command": ["python", "train.py"]}]}}
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                        "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-                        "namespace": NAMESPACE, "operation": "CREATE", "object": pod, "dryRun": False,
-                        "userInfo": {"username": "system:serviceaccount:team-a:default", "groups": []}}}
 
 
 class Harness:
@@ -105,7 +93,7 @@ def mean_seconds(count: int, call: Callable[[], object]) -> float:
 
 async def measure(count: int, profile: bool) -> dict[str, float]:
     harness = Harness()
-    requests = [review() for _ in range(count)]
+    requests = [admission_review(NAMESPACE, {ENVIRONMENT_LABEL: NAME}) for _ in range(count)]
     first = await harness.serve(requests[0])
     if not first["response"]["allowed"] or "patch" not in first["response"]:
         raise SystemExit(f"the harness did not admit the pod: {first}")

@@ -1,4 +1,5 @@
-"""Labelled pod CREATEs sent on an open loop through the API server, for bench/webhook.py and bench/reconcile.py.
+"""Labelled pod CREATEs sent on an open loop through the API server, for bench/webhook.py and bench/reconcile.py,
+and the AdmissionReview the API server sends a webhook for such a pod (bench/webhook.py, bench/admission_profile.py).
 
 Every pod carries a scheduling gate: admission is what is measured, nothing schedules or runs it. Latency is the
 client's POST round trip over kept-alive connections; a request is sent on schedule whether or not the previous
@@ -10,12 +11,27 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
 from kubeapi import KubeAPI
+
+
+def admission_review(namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """An AdmissionReview as the API server sends it for a labelled pod CREATE (defaulted fields left out)."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"train-{uuid.uuid4().hex[:8]}", "namespace": namespace, "labels": labels},
+           "spec": {"containers": [{"name": "train", "image": "placeholder", "command": ["python", "train.py"]}]}}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "namespace": namespace, "operation": "CREATE", "object": pod, "dryRun": False,
+                        "userInfo": {"username": f"system:serviceaccount:{namespace}:default", "groups": []}}}
 
 
 def percentile(values: list[float], q: float) -> float:

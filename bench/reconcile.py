@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "operator")]
 
 from kenv.models import EnvironmentSpec  # noqa: E402
 from kenv.render import render_context  # noqa: E402
-from podload import PodCreator, open_loop  # noqa: E402
+from podload import PodCreator, open_loop, percentile  # noqa: E402
 from stack import GROUP_PATH, Stack, metric_sum_count  # noqa: E402
 
 
@@ -61,11 +61,6 @@ def push_tiny_image(registry: str, repository: str, tag: str, label: str) -> str
         f"http://{registry}/v2/{repository}/manifests/{tag}", data=manifest, method="PUT",
         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
     return str(response.headers["Docker-Content-Digest"])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def peak_rss_mib(pid: int) -> float:

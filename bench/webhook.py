@@ -38,7 +38,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from floor import LABEL as FLOOR_LABEL  # noqa: E402
 from floor import PORT as FLOOR_PORT  # noqa: E402
 from floor import FloorWebhook  # noqa: E402
-from podload import PodCreator, open_loop, percentile  # noqa: E402
+from podload import PodCreator, admission_review, open_loop, percentile  # noqa: E402
 from stack import Stack, metric_sum_count  # noqa: E402
 
 TARGET_ADDED_P50_MS = 5.0
@@ -64,18 +64,6 @@ def send_pod(stack: Stack, creator: PodCreator, run: str, i: int, record: bool =
                    record=record)
 
 
-def admission_review(namespace: str) -> dict:
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": f"direct-{uuid.uuid4().hex[:8]}", "namespace": namespace,
-                        "labels": LABELS["kenv"]},
-           "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                        "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "namespace": namespace, "operation": "CREATE", "object": pod, "dryRun": False,
-                        "userInfo": {"username": "bench", "groups": []}}}
-
-
 def direct_client() -> httpx.Client:
     """For AdmissionReviews straight to a webhook pod. The pods' serving certificates name their Services, not
     their IPs: the chain is not checked, the latency is what is measured."""
@@ -85,7 +73,7 @@ def direct_client() -> httpx.Client:
 
 
 def direct_response(client: httpx.Client, url: str, namespace: str) -> dict:
-    response = client.post(url, json=admission_review(namespace))
+    response = client.post(url, json=admission_review(namespace, LABELS["kenv"]))
     if response.status_code != 200 or not response.json()["response"]["allowed"]:
         raise RuntimeError(f"{url} refused a direct AdmissionReview: {response.text[:300]}")
     return dict(response.json()["response"])

@@ -32,11 +32,10 @@ from kenv.reconcile import rebuild_token
 from kenv.versions import Snapshot
 
 Kind = Literal["Environment", "ClusterEnvironment"]
-# The webhook id (kopf serves each @kopf.on.mutate handler at /<id>; the chart's paths) -> what it admits.
-WEBHOOKS: dict[str, tuple[Kind, str]] = {
-    "inject-environment": ("Environment", ENVIRONMENT_LABEL),
-    "inject-cluster-environment": ("ClusterEnvironment", CLUSTER_ENVIRONMENT_LABEL),
-}
+# The label a pod asks for each kind with.
+LABELS: dict[Kind, str] = {"Environment": ENVIRONMENT_LABEL, "ClusterEnvironment": CLUSTER_ENVIRONMENT_LABEL}
+# The webhook id (kopf serves each @kopf.on.mutate handler at /<id>; the chart's paths) -> the kind it admits.
+WEBHOOKS: dict[str, Kind] = {"inject-environment": "Environment", "inject-cluster-environment": "ClusterEnvironment"}
 logger = logging.getLogger(__name__)
 
 
@@ -102,9 +101,8 @@ def admit(kind: Kind, pod: dict[str, Any], index: Mapping[Any, Any], versions: M
         settings = InjectionSettings(pull_secret=config.pull_secret,
                                      pending_image_policy=config.pending_image_policy.value)
         metadata = pod.get("metadata") or {}
-        label = ENVIRONMENT_LABEL if kind == "Environment" else CLUSTER_ENVIRONMENT_LABEL
         try:
-            view = lookup(kind, metadata.get("namespace") or "", (metadata.get("labels") or {})[label],
+            view = lookup(kind, metadata.get("namespace") or "", (metadata.get("labels") or {})[LABELS[kind]],
                           index, versions)
             mutation = build_pod_mutation(pod, view, settings)
         except InjectionRefused:
@@ -148,11 +146,11 @@ def review(webhook: str, request: dict[str, Any], indexes: Indexes) -> dict[str,
     answer: dict[str, Any] = {"uid": payload.get("uid", ""), "allowed": True}
     response = {"apiVersion": request.get("apiVersion", "admission.k8s.io/v1"),
                 "kind": request.get("kind", "AdmissionReview"), "response": answer}
-    kind, label = WEBHOOKS[webhook]
+    kind = WEBHOOKS[webhook]
     pod = payload.get("object") or {}
-    if payload.get("operation") != "CREATE" or label not in ((pod.get("metadata") or {}).get("labels") or {}):
-        return response
     metadata = pod.get("metadata") or {}
+    if payload.get("operation") != "CREATE" or LABELS[kind] not in (metadata.get("labels") or {}):
+        return response
     where = f"{payload.get('namespace')}/{metadata.get('name') or metadata.get('generateName')}"
     try:
         mutation = admit(kind, pod, indexes.of(kind), indexes.versions, bool(payload.get("dryRun")))
