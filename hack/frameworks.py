@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import copy
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,20 @@ def build(names: Iterable[str]) -> dict[str, Built]:
                          text=True).stdout
     rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 3]
     return {name: Built(name, version, Path(binary), Path(source)) for name, version, binary, source in rows}
+
+
+def wait_listening(url: str, timeout: float = 30) -> None:
+    """Until something accepts TCP connections at the URL's host and port."""
+    address = urllib.parse.urlsplit(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((address.hostname, address.port or 443), timeout=1).close()
+            return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens at {url} after {timeout:.0f}s: {error}") from error
+            time.sleep(0.1)
 
 
 def local_webhooks(documents: Iterable[dict], prefix: str, base_url: str, ca_bundle: str,
@@ -263,6 +279,11 @@ class Frameworks:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
 
     def register(self, configurations: list[dict]) -> None:
+        """Register the webhook configurations once every address they name accepts connections: a controller's
+        /readyz answers before its webhook server listens, and a request in between would be refused (a cached
+        Environment is Ready, and a test's first object sent, within that second)."""
+        for url in sorted({w["clientConfig"]["url"] for c in configurations for w in c.get("webhooks") or []}):
+            wait_listening(url)
         for configuration in configurations:
             self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(configuration))
             self.webhook_configurations.append((configuration["kind"], configuration["metadata"]["name"]))

@@ -25,8 +25,13 @@ GROUP_PATH = "/apis/kenv.dev/v1alpha1"
 
 
 def kubectl(cluster: Any, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), *args], input=stdin,
-                          capture_output=True, text=True, check=check)
+    """kubectl against the test cluster; with check, a failure raises with kubectl's own message in it."""
+    result = subprocess.run([cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), *args], input=stdin,
+                            capture_output=True, text=True)
+    if check and result.returncode:
+        raise RuntimeError(f"kubectl {' '.join(args)} exited {result.returncode}: "
+                           f"{result.stderr.strip() or result.stdout.strip()}")
+    return result
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition", interval: float = 0.5) -> Any:
