@@ -58,11 +58,12 @@ crds: venv ## regenerate crds/ and the chart's copy from the models
 image: apt ## the operator image (hack/operator.Dockerfile) on the local Debian/python3 base, built with buildah, tagged kenv-operator:dev
 	ref=$$($(PYTHON) hack/images.py build operator) && buildah --storage-driver vfs tag "$$ref" kenv-operator:dev && echo "$$ref"
 
-bench: deps ## figures, printed (see README): render, pod start, admission latency, a build vs a plain Kaniko Job, reconcile
+bench: deps ## figures, printed (see README): render, pod start, admission latency, a build vs a plain Kaniko Job, the iteration loop, reconcile
 	$(PY) bench/run.py render
 	$(PY) bench/pods.py
 	$(PY) bench/admission_profile.py
 	$(PY) bench/webhook.py
+	$(PY) bench/overhead.py
 	$(PY) bench/build.py
 	$(PY) bench/reconcile.py
 

@@ -1,199 +1,271 @@
-"""A real pip Environment end to end vs. a plain Kaniko Job of the same context, and a one-package edit.
+"""The iteration loop: from editing an Environment to a pod running in the new image, with real Kaniko pods.
 
-    python bench/build.py [--rounds 2]
+    python bench/build.py [--index pypi|local] [--skip conda]
 
-Starts its own stack (bench/stack.py: a real node, kenv by Helm) and, in one run:
-  (a) applies an Environment (the stack's base image, pip `six==1.16.0`, build.caBundle from a ConfigMap holding
-      /etc/ssl/certs/ca-certificates.crt) and times it from the POST to Ready: operator reconcile, registry lookup,
-      build Job, the Kaniko pod (pip through the network), push, digest read back, status written;
-  (b) renders the same context with kenv.render.render_context (what `kenv render --ca-bundle` writes) and times a
-      plain Kaniko Job of it (the same executor image and flags, no operator) from its POST to Complete;
-      prints both and the ratio; --rounds repeats (a) and (b) in ABBA order (a later (a) is a new Environment of
-      the same content with a kenv.dev/rebuild token, which forces its build; each (b) pushes to its own tag and
-      cache repository, so it never reuses (a)'s layers);
-  (c) applies a second Environment that differs only by one pip package (`idna==3.7`), times it, and shows which
-      build steps Kaniko reused ("Using caching version of cmd" in the build pod's log) and which image layers it
-      shares with (a)'s image in the registry.
-One untimed plain build runs first, so neither (a) nor (b) pays for being the run's first (image pulls, caches).
+Starts its own stack (bench/stack.py: a fresh registry and package cache, a real node, kenv by Helm) and in one
+run, interleaved step by step:
+  pip    an Environment of 10 pinned packages (PACKAGES; pip installer): the first build, one package added,
+         one version changed, one variable changed;
+  plain  the same requirements.txt at each step, built by a plain Dockerfile (FROM the base, COPY requirements.txt,
+         RUN pip install -r) with the same Kaniko executor and flags, a cache repository of its own, no package
+         cache: what a hand-written Dockerfile gets;
+  uv     the pip Environment's steps with `pip.installer: uv`;
+  conda  a conda + pip Environment (python 3.11 and five packages from the local channel, hack/condachannel.py,
+         served on this host; three pip packages): the first build, a conda package added, a pip package added.
+Each step is timed from the POST or PATCH to Ready (plain: to the Job's Complete) and then to a pod in the new
+image Running (the webhook injects it; plain: the pod names the pushed digest). Per build it prints which steps
+Kaniko reused from the cache repository and which it built ("Using caching version of cmd" / "No cached layer
+found" in the build pod's log: the proof, not the timing), and what the installers fetched (pip: "Downloading"
+vs "Using cached"; uv: "Prepared N packages" = downloaded and unpacked, the rest came from its cache).
+
+--index local serves the pip packages (and their dependencies, downloaded once from PyPI) from an index on this
+host that sends PyPI's Cache-Control header (hack/pypiindex.py): this machine's TLS proxy drops that header, and
+without it pip's HTTP cache keeps nothing (uv still goes to PyPI: a plain-http index needs --trusted-host, which
+uv does not read). --index pypi (default) goes through the proxy, as a build here does.
+Figures, never verdicts; the goal it prints (a one-package change Ready in <= 35% of the first build's time) is
+checked by reading them.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import re
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "hack")]
-from kenv.models import EnvironmentSpec  # noqa: E402
-from kenv.render import Externals, render_context  # noqa: E402
-from stack import Stack  # noqa: E402
+import condachannel  # noqa: E402
+import pypiindex  # noqa: E402
+from condaserver import ChannelServer  # noqa: E402
+from kenv.logs import kaniko_steps  # noqa: E402
+from nodeconfig import NODE_IP  # noqa: E402
+from overhead import CA_FILE, job_pod, plain_kaniko_job  # noqa: E402
+from stack import GROUP_PATH, Stack  # noqa: E402
 
-CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
-TARGET_RATIO = 1.2
-MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, "
-                  "application/vnd.docker.distribution.manifest.v2+json")
-
-
-def pip_spec(base_image: str, requirements: str) -> dict[str, Any]:
-    return {"docker": {"baseImage": base_image}, "pip": {"requirements": requirements},
-            "build": {"caBundle": {"name": "kenv-ca", "key": "ca.crt"}}}
-
-
-def container_seconds(pod: dict[str, Any]) -> float:
-    state = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    parse = dt.datetime.fromisoformat
-    return (parse(state["finishedAt"]) - parse(state["startedAt"])).total_seconds()
-
-
-def job_pod(stack: Stack, namespace: str, job: str) -> dict[str, Any]:
-    pods = stack.kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=job-name%3D{job}")["items"]
-    if len(pods) != 1:
-        raise RuntimeError(f"Job {namespace}/{job}: expected one pod, found {len(pods)}")
-    return dict(pods[0])
+PACKAGES = ["numpy==2.1.3", "pandas==2.2.3", "requests==2.32.3", "PyYAML==6.0.2", "tqdm==4.67.1", "click==8.1.7",
+            "rich==13.9.4", "packaging==24.2", "attrs==24.2.0", "six==1.16.0"]
+ADDED = "tabulate==0.9.0"
+CHANGED = ("requests==2.32.3", "requests==2.32.2")
+IMPORTS = "numpy, pandas, requests, yaml, tqdm, click, rich, packaging, attr, six"
+CONDA_PACKAGES = ["python=3.11", "requests", "attrs", "packaging", "six", "tqdm"]
+CONDA_ADDED = "kenv-pyhello"
+CONDA_PIP = ["PyYAML==6.0.2", "click==8.1.7", "tabulate==0.9.0"]
+CONDA_PIP_ADDED = "rich==13.9.4"
+GOAL = 0.35
+CA = {"name": "kenv-ca", "key": "ca.crt"}
 
 
-def timed_environment(stack: Stack, name: str, spec: dict[str, Any],
-                      annotations: dict[str, str] | None = None) -> tuple[float, dict[str, Any], dict[str, Any]]:
-    """(seconds from POST to Ready, the Environment, its build pod)."""
+@dataclass
+class Step:
+    label: str
+    ready: float  # edit -> Ready (plain: POST -> Complete)
+    running: float  # Ready -> a pod in the new image Running
+    log: str  # the build pod's log ("" when nothing was built)
+
+    @property
+    def total(self) -> float:
+        return self.ready + self.running
+
+    def fetched(self) -> str:
+        if not self.log:
+            return "no build"
+        if prepared := re.search(r"Prepared (\d+) packages?", self.log):  # uv
+            installed = re.search(r"Installed (\d+) packages?", self.log)
+            return f"uv prepared {prepared.group(1)} of {installed.group(1) if installed else '?'}"
+        downloads, cached = self.log.count("Downloading "), self.log.count("Using cached ")
+        return f"pip downloaded {downloads}, cached {cached}" if downloads or cached else "no pip step"
+
+    def steps(self) -> str:
+        steps = kaniko_steps(self.log)
+        return f"{sum(reused for _, reused in steps)} of {len(steps)} reused" if steps else "-"
+
+
+def requirements(packages: list[str], source: list[str]) -> str:
+    return "\n".join([*source, *packages]) + "\n"
+
+
+class Loop:
+    """Edits of one Environment, each timed to Ready and to a pod running in its image."""
+
+    def __init__(self, stack: Stack, name: str, imports: str) -> None:
+        self.stack, self.name, self.imports = stack, name, imports
+        self.path = f"{GROUP_PATH}/namespaces/{stack.namespace}/environments/{name}"
+        self.steps: list[Step] = []
+
+    def apply(self, label: str, spec: dict[str, Any], create: bool = False) -> Step:
+        before = {job["metadata"]["name"] for job in self.stack.build_jobs()}
+        started = time.monotonic()
+        if create:
+            self.stack.create_environment(self.name, spec)
+        else:
+            self.stack.kube.request("PATCH", self.path, {"spec": spec}, content_type="application/merge-patch+json")
+        env = self.wait_current()
+        ready = time.monotonic() - started
+        running = pod_running(self.stack, self.name, {"kenv.dev/environment": self.name}, "placeholder",
+                              self.imports)
+        job = env["status"].get("buildJob") or {}
+        step = Step(label, ready, running, pod_log(self.stack, job["namespace"], job["name"])
+                    if job.get("name") not in before | {None} else "")
+        self.steps.append(step)
+        return step
+
+    def wait_current(self, timeout: float = 1800) -> dict[str, Any]:
+        """The Environment once Ready for its latest generation."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            env = self.stack.kube.request("GET", self.path)
+            status = env.get("status") or {}
+            if status.get("observedGeneration") == env["metadata"]["generation"]:
+                if status.get("phase") == "Ready":
+                    return dict(env)
+                if status.get("phase") == "Failed":
+                    raise RuntimeError(f"{self.name} Failed: {status.get('conditions')}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not Ready after {timeout:.0f} s")
+
+
+def pod_log(stack: Stack, namespace: str, job: str) -> str:
+    pod = job_pod(stack, namespace, job)["metadata"]["name"]
+    return str(stack.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log"))
+
+
+def pod_running(stack: Stack, name: str, labels: dict[str, str], image: str, imports: str) -> float:
+    """Seconds from the pod's POST to Running (or done); then checks, untimed, that the imports succeeded."""
+    namespace = stack.namespace
+    pod_name = f"{name}-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
-    stack.create_environment(name, spec, annotations)
-    env = stack.wait_ready(name)
-    seconds = time.monotonic() - started
-    job = env["status"]["buildJob"]
-    return seconds, env, job_pod(stack, job["namespace"], job["name"])
-
-
-def plain_kaniko_job(stack: Stack, files: dict[str, str], tag: str) -> tuple[float, dict[str, Any]]:
-    """A Kaniko Job of the rendered context, shaped like the operator's (context ConfigMap one level down, digest
-    file, cache on) but to its own tag and cache repository; (seconds from POST to Complete, its pod)."""
-    namespace, registry = stack.namespace, stack.cluster.registry
-    name = f"plain-{uuid.uuid4().hex[:8]}"
-    stack.kube.request("POST", f"/api/v1/namespaces/{namespace}/configmaps",
-                       {"metadata": {"name": name}, "data": files})
-    args = ["--context=dir:///workspace/context", "--dockerfile=/workspace/context/Dockerfile",
-            f"--destination={registry}/bench/plain:{tag}", "--digest-file=/dev/termination-log", "--cache=true",
-            f"--cache-repo={registry}/bench/plain-cache-{tag}", "--log-format=text", f"--insecure-registry={registry}"]
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"backoffLimit": 0,
-           "template": {"spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [
-               {"name": "build", "image": stack.operator.images["kaniko"], "args": args,
-                "env": [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}],
-                "volumeMounts": [{"name": "context", "mountPath": "/workspace", "readOnly": True},
-                                 {"name": "ca", "mountPath": "/kenv/ca", "readOnly": True}]}],
-               "volumes": [{"name": "context", "configMap": {"name": name, "items": [
-                   {"key": key, "path": f"context/{key}"} for key in sorted(files)]}},
-                   {"name": "ca", "configMap": {"name": name, "items": [{"key": "kenv-ca.crt", "path": "ca.crt"}]}}]}}}}
-    started = time.monotonic()
-    stack.kube.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job)
+    created = stack.kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
+        "metadata": {"name": pod_name, "labels": labels}, "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "train", "image": image, "command": ["python3", "-c", f"import {imports}"]}]}})
+    if created["spec"].get("schedulingGates"):
+        print(f"    (pod {pod_name} was admitted gated: the webhook had not seen its Environment Ready yet)")
+    seconds = None
     while True:
-        status = stack.kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}").get("status", {})
-        finished = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
-        if "Complete" in finished:
-            return time.monotonic() - started, job_pod(stack, namespace, name)
-        if "Failed" in finished:
-            raise RuntimeError(f"plain Kaniko Job {name} failed: {status}")
-        time.sleep(0.2)
+        phase = stack.kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name}")["status"].get("phase")
+        if seconds is None and phase in ("Running", "Succeeded", "Failed"):
+            seconds = time.monotonic() - started
+        if phase in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.1)
+    if phase != "Succeeded":
+        log = stack.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log")
+        raise RuntimeError(f"pod {pod_name} in {name}'s image failed: {log[-2000:]}")
+    stack.kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod_name}")
+    return seconds
 
 
-def build_steps(log: str) -> list[tuple[str, bool]]:
-    """(step, reused?) for each cacheable step in a Kaniko log (--log-format=text)."""
-    steps: list[tuple[str, bool]] = []
-    for line in log.splitlines():
-        if match := re.search(r"Using caching version of cmd: (.*?)\"?$", line):
-            steps.append((match.group(1), True))
-        elif match := re.search(r"No cached layer found for cmd (.*?)\"?$", line):
-            steps.append((match.group(1), False))
-    return steps
+class Plain:
+    """The same requirements built by a hand-written Dockerfile with the same Kaniko, its own cache repository."""
+
+    def __init__(self, stack: Stack, ca: str) -> None:
+        self.stack, self.ca = stack, ca
+        self.steps: list[Step] = []
+
+    def apply(self, label: str, requirements_txt: str) -> Step:
+        dockerfile = (f"FROM {self.stack.base_image}\nCOPY kenv-ca.crt /etc/kenv-ca.crt\n"
+                      "ARG PIP_CERT=/etc/kenv-ca.crt\nARG PIP_BREAK_SYSTEM_PACKAGES=1\n"
+                      "COPY requirements.txt /tmp/requirements.txt\n"
+                      "RUN python3 -m pip install -r /tmp/requirements.txt\n")
+        files = {"Dockerfile": dockerfile, "requirements.txt": requirements_txt, "kenv-ca.crt": self.ca}
+        ready, pod = plain_kaniko_job(self.stack, files, f"step-{len(self.steps)}", cache="plain-cache")
+        digest = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+        image = f"{self.stack.cluster.registry}/bench/plain@{digest}"
+        running = pod_running(self.stack, "plain", {}, image, IMPORTS)
+        log = pod_log(self.stack, self.stack.namespace, pod["metadata"]["labels"]["job-name"])
+        step = Step(label, ready, running, log)
+        self.steps.append(step)
+        return step
 
 
-def layers(registry: str, repository: str, reference: str) -> list[str]:
-    response = httpx.get(f"http://{registry}/v2/{repository}/manifests/{reference}",
-                         headers={"Accept": MANIFEST_TYPES}, trust_env=False, timeout=30)
-    response.raise_for_status()
-    return [layer["digest"] for layer in response.json()["layers"]]
+def report(title: str, steps: list[Step]) -> None:
+    first = steps[0].total
+    print(f"\n{title}")
+    print(f"  {'step':<28}{'to Ready':>9}{'to pod':>8}{'total':>8}{'/first':>8}  {'Kaniko steps':<15} fetched")
+    for step in steps:
+        print(f"  {step.label:<28}{step.ready:>8.1f}s{step.running:>7.1f}s{step.total:>7.1f}s"
+              f"{step.total / first:>8.2f}  {step.steps():<15} {step.fetched()}")
 
 
-def run(rounds: int, warmup: bool) -> int:
+def run(args: argparse.Namespace) -> int:
     stack = Stack(max_parallel_builds=4).start()
     try:
-        registry, base = stack.cluster.registry, stack.base_image
-        print(f"build: Kaniko build pods ({stack.operator.images['kaniko']}) on the local node, cache repo on")
-        ca_text = CA_FILE.read_text()
+        ca = CA_FILE.read_text()
         stack.kube.request("POST", f"/api/v1/namespaces/{stack.namespace}/configmaps",
-                           {"metadata": {"name": "kenv-ca"}, "data": {"ca.crt": ca_text}})
-        spec_a = pip_spec(base, "six==1.16.0\n")
-        context = render_context(EnvironmentSpec.model_validate(spec_a), Externals(ca_bundle=ca_text))
-        files = dict(context.files) | {"kenv-ca.crt": ca_text}
-        if warmup:
-            seconds, _ = plain_kaniko_job(stack, files, f"{context.tag}-warmup")
-            print(f"warm-up: one plain Kaniko Job of the same context, not counted: {seconds:.1f} s")
+                           {"metadata": {"name": CA["name"]}, "data": {"ca.crt": ca}})
+        source: list[str] = []
+        index = None
+        if args.index == "local":
+            root = pypiindex.build(stack.state / "pypi-index",
+                                   [*PACKAGES, ADDED, CHANGED[1], *CONDA_PIP, CONDA_PIP_ADDED], dependencies=True)
+            index = ChannelServer(root, host=NODE_IP, cache_control=pypiindex.PYPI_FILE_CACHE_CONTROL).start()
+            source = [f"--index-url {index.url}/simple", f"--trusted-host {NODE_IP}:{index.port}"]
+        print(f"build: Kaniko pods ({stack.operator.images['kaniko']}); packages from "
+              f"{index.url if index else 'PyPI through the proxy'}; a fresh registry and package cache")
+        ready, _ = plain_kaniko_job(stack, {"Dockerfile": f"FROM {stack.base_image}\nRUN true\n", "kenv-ca.crt": ca},
+                                    "warmup")
+        print(f"warm-up: a plain Kaniko Job of FROM base + RUN true (image pulls), not counted: {ready:.1f} s")
 
-        e2e: list[float] = []
-        pods: list[float] = []
-        plain: list[float] = []
-        for round_ in range(rounds):
-            for part in ("ab" if round_ % 2 == 0 else "ba"):
-                if part == "a":
-                    name = "six" if round_ == 0 else f"six-{round_}"
-                    annotations = {"kenv.dev/rebuild": f"bench-{round_}"} if round_ else None
-                    seconds, env, pod = timed_environment(stack, name, spec_a, annotations)
-                    if round_ == 0:
-                        env_a = env
-                    if context.hash != env["status"]["hash"]:
-                        raise RuntimeError(f"rendered hash {context.hash} != the operator's {env['status']['hash']}")
-                    e2e.append(seconds)
-                    pods.append(container_seconds(pod))
-                    print(f"(a) round {round_ + 1}: Environment {name} (pip six==1.16.0, caBundle) applied -> Ready: "
-                          f"{seconds:.1f} s; its Kaniko container ran {pods[-1]:.1f} s; the rest (operator, Job, "
-                          f"pod start, status): {seconds - pods[-1]:.1f} s")
-                else:
-                    seconds, pod = plain_kaniko_job(stack, files, f"{context.tag}-{round_}")
-                    plain.append(seconds)
-                    print(f"(b) round {round_ + 1}: plain Kaniko Job of the same rendered context "
-                          f"({', '.join(sorted(context.files))}): {seconds:.1f} s "
-                          f"(container {container_seconds(pod):.1f} s)")
-        ratio = sum(e2e) / sum(plain)
-        print(f"(a) {' '.join(f'{v:.1f}' for v in e2e)} s vs (b) {' '.join(f'{v:.1f}' for v in plain)} s: "
-              f"ratio (a)/(b) = {ratio:.2f} (target ≤ {TARGET_RATIO}: "
-              f"{'target met' if ratio <= TARGET_RATIO else 'missed'})")
-        seconds_a = sum(e2e) / len(e2e)
+        def pip_spec(packages: list[str], installer: str, variables: dict[str, str] | None = None) -> dict:
+            # uv refuses --trusted-host, which a plain-http index needs: uv goes to PyPI (it caches by content)
+            where = [] if installer == "uv" else source
+            return {"docker": {"baseImage": stack.base_image}, "build": {"caBundle": CA},
+                    "pip": {"installer": installer, "requirements": requirements(packages, where)},
+                    "environmentVariables": variables or {}}
 
-        seconds_c, env_c, pod_c = timed_environment(stack, "six-idna", pip_spec(base, "six==1.16.0\nidna==3.7\n"))
-        print(f"(c) Environment six-idna (+ idna==3.7) applied -> Ready: {seconds_c:.1f} s "
-              f"(Kaniko container {container_seconds(pod_c):.1f} s); {seconds_c / seconds_a:.2f}x (a)")
-        log = stack.kube.text(f"/api/v1/namespaces/{pod_c['metadata']['namespace']}/pods/"
-                              f"{pod_c['metadata']['name']}/log")
-        steps = build_steps(log)
-        print(f"    build steps ({sum(r for _, r in steps)} of {len(steps)} reused, \"Using caching version of "
-              f"cmd\" in the build pod's log):")
-        for step, reused in steps:
-            print(f"      {'reused ' if reused else 'rebuilt'}  {step[:100]}")
-        base_repository, base_tag = base.split("/", 1)[1].rsplit(":", 1)
-        base_layers = set(layers(registry, base_repository, base_tag))
-        layers_a = set(layers(registry, "kenv/environments", env_a["status"]["digest"]))
-        layers_c = layers(registry, "kenv/environments", env_c["status"]["digest"])
-        shared = [d for d in layers_c if d in layers_a]
-        print(f"    image layers: {len(layers_c)} in (c)'s image, {len(shared)} shared with (a)'s "
-              f"({len([d for d in shared if d in base_layers])} of them the base image's), "
-              f"{len(layers_c) - len(shared)} new")
+        added = [*PACKAGES, ADDED]
+        changed = [CHANGED[1] if p == CHANGED[0] else p for p in added]
+        edits = [("first build (10 packages)", PACKAGES, True), (f"+ {ADDED}", added, False),
+                 (f"{CHANGED[0]} -> {CHANGED[1].split('==')[1]}", changed, False)]
+        pip, plain, uv = Loop(stack, "pip", IMPORTS), Plain(stack, ca), Loop(stack, "uv", IMPORTS)
+        for label, packages, create in edits:
+            pip.apply(label, pip_spec(packages, "pip"), create)
+            plain.apply(label, requirements(packages, source))
+            uv.apply(label, pip_spec(packages, "uv"), create)
+        step = pip.apply("variable changed", pip_spec(changed, "pip", {"KENV_BENCH_ROUND": "2"}))
+        if step.log:
+            raise RuntimeError("a variable change started a build")
+        report("pip (kenv, pip installer)", pip.steps)
+        report("plain Dockerfile, same Kaniko, own cache repository, no package cache", plain.steps)
+        report("uv (kenv, pip.installer uv)", uv.steps)
+        if "conda" not in args.skip:
+            conda_loop(stack, source)
+        for name, loop in (("pip", pip), ("uv", uv), ("plain", plain)):
+            ratio = loop.steps[1].total / loop.steps[0].total
+            print(f"{name}: one package added -> pod running in {ratio:.2f} of the first build's time "
+                  f"(goal <= {GOAL}: {'met' if ratio <= GOAL else 'missed'})")
+        print(f"uv vs pip, first build to pod running: {uv.steps[0].total / pip.steps[0].total:.2f}; one package "
+              f"added: {uv.steps[1].total / pip.steps[1].total:.2f}")
+        if index:
+            index.stop()
     finally:
         stack.stop()
     return 0
 
 
+def conda_loop(stack: Stack, source: list[str]) -> None:
+    with ChannelServer(condachannel.build(), NODE_IP) as channel:
+        def spec(conda: list[str], pip: list[str]) -> dict:
+            return {"docker": {"baseImage": stack.base_image}, "build": {"caBundle": CA},
+                    "conda": {"channels": [channel.url, "nodefaults"], "packages": conda},
+                    "pip": {"requirements": requirements(pip, source)}}
+        loop = Loop(stack, "conda", "requests, yaml, click, tabulate")
+        loop.apply("first build (conda + pip)", spec(CONDA_PACKAGES, CONDA_PIP), create=True)
+        loop.apply(f"+ conda {CONDA_ADDED}", spec([*CONDA_PACKAGES, CONDA_ADDED], CONDA_PIP))
+        loop.apply(f"+ pip {CONDA_PIP_ADDED}", spec([*CONDA_PACKAGES, CONDA_ADDED], [*CONDA_PIP, CONDA_PIP_ADDED]))
+        report(f"conda + pip (kenv; conda from {channel.url})", loop.steps)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2, help="(a)/(b) pairs, in ABBA order")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up build")
-    args = parser.parse_args()
-    return run(args.rounds, not args.no_warmup)
+    parser.add_argument("--index", choices=("pypi", "local"), default="pypi",
+                        help="where pip packages come from (see above)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: conda")
+    return run(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "hack")]
 import condachannel  # noqa: E402
-from build import CA_FILE, MANIFEST_TYPES, container_seconds, timed_environment  # noqa: E402  (bench/build.py)
 from condawheels import WHEELS  # noqa: E402
 from nodeconfig import NODE_IP  # noqa: E402
+from overhead import CA_FILE, MANIFEST_TYPES, container_seconds, timed_environment  # noqa: E402
 from stack import GROUP_PATH, Stack  # noqa: E402
 
 INSTALLER = ROOT / "operator/kenv/conda_installer.py"

@@ -5,7 +5,8 @@
 The others start their own local cluster (a real node) and kenv by Helm (bench/stack.py):
   python bench/pods.py [--pods 10]                   # pod start latency on the local node
   python bench/webhook.py [--rate 20 --seconds 60]   # pod CREATE with vs. without the webhook, p50/p99
-  python bench/build.py                              # Environment to Ready vs. a plain Kaniko Job; one-package edit
+  python bench/overhead.py                           # Environment to Ready vs. a plain Kaniko Job; one-package edit
+  python bench/build.py [--index pypi|local]         # the iteration loop: edit -> pod running, pip, uv, conda, plain
   python bench/conda.py [--rounds 2] [--host-only]    # conda vs pip build of the same packages; solve time
   python bench/load.py [--envs 300 --cap 4]          # build cap, one Job per content, lost updates
 """

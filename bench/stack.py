@@ -4,6 +4,7 @@ the CRDs and kenv installed by Helm (the operator a real pod; builds are real Ka
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -75,8 +76,10 @@ class Stack:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        """Stop the cluster and remove its state (registry, images, package cache): about 1 GB a run."""
         if hasattr(self, "cluster"):
             self.cluster.stop()
+        shutil.rmtree(self.state, ignore_errors=True)
 
     def operator_metrics(self) -> str:
         """The operator pod's Prometheus text, read from its pod address (this host reaches pod IPs)."""

@@ -64,15 +64,18 @@ class ChannelServer:
     """`with ChannelServer(channel_dir, "127.0.0.1") as server: ... server.url ... server.requests`.
 
     With user/password and/or token, every request needs matching Basic or Bearer credentials (401 otherwise);
-    with tls (make_tls), it serves HTTPS. port 0 picks a free port."""
+    with tls (make_tls), it serves HTTPS; cache_control: a Cache-Control header for every response (a PyPI-style
+    index, hack/pypiindex.py). port 0 picks a free port."""
 
     def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0, *, user: str | None = None,
-                 password: str | None = None, token: str | None = None, tls: TLS | None = None) -> None:
+                 password: str | None = None, token: str | None = None, tls: TLS | None = None,
+                 cache_control: str | None = None) -> None:
         if host in WILDCARD_HOSTS:
             raise ValueError(f"refusing to bind {host!r}: give the one address clients use")
         if (user is None) != (password is None):
             raise ValueError("user and password go together")
         self.directory, self.host, self.tls = Path(directory), host, tls
+        self.cache_control = cache_control  # a Cache-Control header on every response (PyPI sends one)
         self.requests: list[Request] = []
         self._credentials = {"basic": (user, password) if user is not None else None, "token": token}
         self._lock = threading.Lock()
@@ -178,6 +181,11 @@ class _Handler(SimpleHTTPRequestHandler):
     def do_HEAD(self) -> None:
         if self._allowed():
             super().do_HEAD()
+
+    def end_headers(self) -> None:
+        if self.server.channel.cache_control:  # type: ignore[attr-defined]
+            self.send_header("Cache-Control", self.server.channel.cache_control)  # type: ignore[attr-defined]
+        super().end_headers()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         status = int(code) if isinstance(code, int) else 0  # HTTPStatus is an int

@@ -22,6 +22,7 @@ import yaml
 
 import images
 from kubeapi import KubeAPI
+from localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts/kenv"
@@ -53,6 +54,10 @@ class KenvRelease:
             "image": {"repository": operator_repo, "tag": operator_tag},
             "builderImages": {name: self.images[name] for name in ("kaniko", "buildah", "buildkit")},
             "conda": {"installerImage": self.images["conda-installer"]},
+            # A cluster of hack/localcluster.py runs its node on this machine: the package cache lives in its
+            # state folder (kept across `hack/cluster up`s, like the registry's contents). Elsewhere: off.
+            "packageCache": {"hostPath": str(Path(self.cluster.state_dir) / "package-cache")
+                             if isinstance(self.cluster, LocalCluster) else ""},
             "extraEnv": [{"name": f"KENV_{k.upper()}", "value": str(v)} for k, v in self.settings.items()],
         }
         return _merge(values, self.extra_values)

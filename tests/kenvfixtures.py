@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 import yaml
 
 import images
+from kenv.logs import kaniko_steps
 from release import BUILD_NAMESPACE, KenvRelease
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,13 +86,12 @@ def build_jobs(kube: Any, content_hash: str | None = None) -> list[dict[str, Any
                 ["items"])
 
 
-def registry_digest(registry: str, repository: str, tag: str) -> str | None:
-    import urllib.request
+MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 
+
+def registry_digest(registry: str, repository: str, tag: str) -> str | None:
     request = urllib.request.Request(
-        f"http://{registry}/v2/{repository}/manifests/{tag}", method="HEAD",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
-                           "application/vnd.docker.distribution.manifest.v2+json"})
+        f"http://{registry}/v2/{repository}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_TYPES})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.headers.get("Docker-Content-Digest")
@@ -96,6 +99,31 @@ def registry_digest(registry: str, repository: str, tag: str) -> str | None:
         if error.code == 404:
             return None
         raise
+
+
+def registry_get(registry: str, path: str, accept: str = "*/*") -> bytes:
+    request = urllib.request.Request(f"http://{registry}/v2/{path}", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return bytes(response.read())
+
+
+def layer_digests(registry: str, repository: str, reference: str) -> list[str]:
+    manifest = json.loads(registry_get(registry, f"{repository}/manifests/{reference}", MANIFEST_TYPES))
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def layer_paths(registry: str, repository: str, digest: str) -> set[str]:
+    with tarfile.open(fileobj=io.BytesIO(registry_get(registry, f"{repository}/blobs/{digest}"))) as tar:
+        return {member.name.removeprefix("./").rstrip("/") for member in tar.getmembers()}
+
+
+def added_paths(registry: str, base_image: str, digest: str) -> set[str]:
+    """Every path in the layers an Environment's image adds over its base image (base_image: registry/repo:tag)."""
+    base_repository, base_tag = base_image.split("/", 1)[1].rsplit(":", 1)
+    base_layers = layer_digests(registry, base_repository, base_tag)
+    layers = layer_digests(registry, "kenv/environments", digest)
+    assert layers[:len(base_layers)] == base_layers and len(layers) > len(base_layers)
+    return set().union(*(layer_paths(registry, "kenv/environments", d) for d in layers[len(base_layers):]))
 
 
 @pytest.fixture(scope="session")
@@ -191,6 +219,12 @@ def build_pod(kube: Any, status: dict[str, Any]) -> tuple[dict[str, Any], str]:
     job = status["buildJob"]
     pod = job_pods(kube, job["namespace"], job["name"])[-1]
     return pod, pod_log(kube, job["namespace"], pod["metadata"]["name"])
+
+
+def step_reused(log: str, command_part: str) -> bool:
+    """Whether Kaniko reused (True) or built (False) the one cacheable step whose instruction has command_part."""
+    [reused] = [reused for instruction, reused in kaniko_steps(log) if command_part in instruction]
+    return reused
 
 
 def exit_code(pod: dict[str, Any], container: str | None = None) -> int:

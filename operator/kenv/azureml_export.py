@@ -36,7 +36,7 @@ from kenv.azureml_common import (
     quantity_to_shm,
 )
 from kenv.errors import SpecError
-from kenv.models import EnvironmentSpec
+from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
     CONDA_PIP_FILE,
     DEFAULT_BASE_IMAGE,
@@ -107,6 +107,9 @@ def _unexportable(spec: EnvironmentSpec, fmt: str, annotations: dict[str, str]) 
                    "credentials its own way (e.g. a token in the channel URL or the workspace's connection)")
     if spec.build.model_dump() != type(spec.build)().model_dump():
         out.append("spec.build settings are kenv-only and were not exported")
+    if spec.pip is not None and spec.pip.installer is not PipInstaller.PIP:
+        out.append(f"spec.pip.installer {spec.pip.installer.value} is kenv-only: Azure ML installs the pip list with "
+                   "pip")
     if ref := spec.docker.dockerfile_from:
         out.append(f"spec.docker.dockerfileFrom (ConfigMap {ref.name} key {ref.key}) cannot be read offline")
     if fmt == "v2":

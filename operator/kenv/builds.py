@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 
 from kenv.config import OperatorSettings
 from kenv.models import Builder, BuildSettings
-from kenv.render import CA_FILE, BuildContext, render_template
+from kenv.render import CA_FILE, CACHE_MOUNT, BuildContext, cache_build_args, render_template
 
 LABEL_ROLE = "kenv.dev/role"
 LABEL_HASH = "kenv.dev/hash"
@@ -37,6 +38,10 @@ CONTEXT_DIR = f"{CONTEXT_MOUNT}/context"
 # the file and no image layer holds it. Kaniko only: buildah and BuildKit run RUN steps in a root of their own.
 CONDA_AUTH_DIR = "/kaniko/kenv/conda"
 CONDA_AUTH_KEY = "auth.json"
+# The package cache volume (KENV_PACKAGE_CACHE_DIR) in Kaniko build pods: a mount point, so never in a snapshot;
+# RUN steps reach it through the build args of render.cache_build_args.
+PACKAGE_CACHE_MOUNT = CACHE_MOUNT
+URL_WITH_USERINFO = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@]*@", re.IGNORECASE)
 
 # The builder scripts get the destination as "$1" (--destination=...) and never by interpolation.
 BUILDAH_SCRIPT = """set -eu
@@ -196,8 +201,16 @@ class BuildCredentials:
         return secrets
 
 
+def may_share_package_cache(files: dict[str, str], conda_credentials: bool) -> bool:
+    """Whether a build may keep its downloads in the node's shared package cache: not one that fetches with
+    credentials (conda channel credentials, a user:password@ URL in its requirements or environment file), whose
+    packages builds of other teams must not be able to read there."""
+    return not conda_credentials and not any(URL_WITH_USERINFO.search(text) for text in files.values())
+
+
 def builder_container(
-    builder: Builder, plan: BuildPlan, build: BuildSettings, settings: OperatorSettings, has_ca: bool
+    builder: Builder, plan: BuildPlan, build: BuildSettings, settings: OperatorSettings, has_ca: bool,
+    package_cache: bool = False,
 ) -> dict[str, Any]:
     """Image, command, args, env and docker-config location of the chosen builder."""
     insecure = settings.insecure_registry_list
@@ -212,13 +225,21 @@ def builder_container(
             f"--cache={'true' if build.cache else 'false'}",
             "--log-format=text",  # no ANSI colours in logs and in the failure message's log tail
         ]
+        mounts: list[dict[str, Any]] = []
+        volumes: list[dict[str, Any]] = []
         if build.cache:
             args.append(f"--cache-repo={settings.destination_repo}/cache")
+        if build.cache and settings.package_cache_dir and package_cache:
+            args += [f"--build-arg={name}={value}"
+                     for name, value in cache_build_args(PACKAGE_CACHE_MOUNT).items()]
+            mounts.append({"name": "package-cache", "mountPath": PACKAGE_CACHE_MOUNT})
+            volumes.append({"name": "package-cache",
+                            "hostPath": {"path": settings.package_cache_dir, "type": "DirectoryOrCreate"}})
         args += [f"--insecure-registry={registry}" for registry in insecure]
         env = [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}] if has_ca else []
         return {"image": settings.kaniko_image, "command": None, "args": args, "env": env,
                 "docker_config_dir": "/kaniko/.docker", "conda_auth_dir": CONDA_AUTH_DIR, "security_context": None,
-                "mounts": [], "volumes": []}
+                "mounts": mounts, "volumes": volumes}
     tls = "--tls-verify=false" if destination_insecure else ("--cert-dir=/kenv/ca" if has_ca else "")
     if builder is Builder.BUILDAH:
         env = [{"name": "KENV_TLS", "value": tls},
@@ -251,10 +272,12 @@ def build_job(
     has_docker_config: bool,
     has_ca: bool,
     conda_auth_secret: str | None = None,
+    package_cache: bool = False,
 ) -> dict[str, Any]:
     """context_files: the keys of the context ConfigMap (build_context_config_map), each mounted as a file;
-    conda_auth_secret: a Secret from build_conda_auth_secret, mounted at CONDA_AUTH_DIR (Kaniko only)."""
-    container = builder_container(build.builder, plan, build, settings, has_ca)
+    conda_auth_secret: a Secret from build_conda_auth_secret, mounted at CONDA_AUTH_DIR (Kaniko only);
+    package_cache: whether the build may use the operator's package cache (see may_share_package_cache)."""
+    container = builder_container(build.builder, plan, build, settings, has_ca, package_cache)
     if conda_auth_secret and not container["conda_auth_dir"]:
         raise ValueError(f"conda channel credentials need the kaniko builder, not {build.builder.value}")
     labels = {LABEL_ROLE: "build", LABEL_HASH: hash_label(plan.hash), "app.kubernetes.io/managed-by": "kenv"}

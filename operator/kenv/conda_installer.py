@@ -146,15 +146,17 @@ def install_pip(prefix: Path, requirements: list[str]) -> None:
                            f"{result.returncode} (pip's message is above)")
 
 
-def run(environment: Path, prefix: Path, target: Target, with_pip: bool = True) -> None:
+def run(environment: Path, prefix: Path, target: Target, with_pip: bool = True, cache_dir: Path | None = None
+        ) -> None:
     channels, specs, pip = read_environment(environment)
     if not specs:
         raise InstallError(f"{environment} lists no conda dependencies, only a pip list: add python and pip to "
                            "its dependencies, or install the packages with spec.pip instead")
     channels = solve_channels(channels, specs)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="kenv-rattler-") as cache:
-        records = asyncio.run(solve_and_install(channels, specs, prefix, Path(cache), target))
+    with tempfile.TemporaryDirectory(prefix="kenv-rattler-") as scratch:
+        # A cache that outlives the build (rattler locks its entries, so parallel builds may share it) or none.
+        records = asyncio.run(solve_and_install(channels, specs, prefix, cache_dir or Path(scratch), target))
     print(f"kenv: conda environment {prefix}: {len(records)} packages from {', '.join(channels)} "
           f"in {time.monotonic() - started:.1f} s (solved for glibc {target.glibc or 'of this machine'}, "
           f"{'CUDA ' + target.cuda if target.cuda else 'no CUDA'})", flush=True)
@@ -173,9 +175,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--glibc", help="the glibc to solve for (the base image's, or older); default: this one's")
     parser.add_argument("--cuda", help="the CUDA driver version to solve for (none by default)")
     parser.add_argument("--no-pip", action="store_true", help="leave the pip list to the caller")
+    caching = parser.add_mutually_exclusive_group()
+    caching.add_argument("--cache-dir", type=Path, help="keep repodata and packages here for later builds")
+    caching.add_argument("--no-cache", action="store_true", help="a temporary cache, removed at exit (default)")
     args = parser.parse_args(argv)
     try:
-        run(args.environment, args.prefix, Target(args.glibc, args.cuda), with_pip=not args.no_pip)
+        run(args.environment, args.prefix, Target(args.glibc, args.cuda), with_pip=not args.no_pip,
+            cache_dir=args.cache_dir)
     except InstallError as error:
         print(f"kenv: {error}", file=sys.stderr, flush=True)
         return 1

@@ -64,6 +64,13 @@ class OperatorSettings(BaseSettings):
         None, pattern=r"^[0-9]+(\.[0-9]+){0,2}$",
         description="CUDA driver version conda packages are solved for (build pods see no GPU); unset: none.",
     )
+    package_cache_dir: str = Field(
+        "", pattern=r"^(/[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
+        description="Absolute host directory (no . or .. segments) mounted into Kaniko build pods (hostPath, "
+        "created if missing) where pip, uv and rattler keep downloaded packages between builds; empty: no package "
+        "cache. Every build on a node shares it: whoever can create an Environment can read and write it, as the "
+        "cache repository.",
+    )
     micromamba_image: str = Field("mambaorg/micromamba:2.0.5", pattern=IMAGE_REF_PATTERN)
     default_base_image: str = Field("python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN)
     insecure_registries: str = Field(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from kenv.models import EnvironmentSpec
+from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
     CA_FILE,
     INSTALLER_SCRIPT,
@@ -224,6 +224,9 @@ def notes(spec: EnvironmentSpec, kind: Kind, python: str, ca_given: bool) -> lis
         ref = spec.build.ca_bundle
         said.append(f"spec.build.caBundle names ConfigMap {ref.name} key {ref.key}: pass its content as "
                     "--ca-bundle FILE for pip/conda to trust it here")
+    if spec.pip is not None and spec.pip.installer is PipInstaller.UV:
+        said.append("spec.pip.installer uv: the image build installs requirements.txt with uv; here pip installs "
+                    "it, which may pick other versions where the requirements leave a choice")
     if spec.bootstrap:
         said.append("spec.bootstrap runs in pods before the training command; it is not run locally")
     if spec.docker.shm_size is not None:

@@ -7,6 +7,7 @@ with the EnvironmentVersion it made (spec.buildLog), a failed build's in the Env
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -14,6 +15,21 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import jobstate, kube, versioncli
 from kenv.statusmodels import Phase
+
+KANIKO_REUSED = re.compile(r"Using caching version of cmd: (.*?)\"?$")
+KANIKO_BUILT = re.compile(r"No cached layer found for cmd (.*?)\"?$")
+
+
+def kaniko_steps(log: str) -> list[tuple[str, bool]]:
+    """(instruction, reused?) for each cacheable step of a Kaniko build log: the proof that a layer came from the
+    cache repository ("Using caching version of cmd") or was built ("No cached layer found for cmd")."""
+    steps: list[tuple[str, bool]] = []
+    for line in log.splitlines():
+        if match := KANIKO_REUSED.search(line):
+            steps.append((match.group(1), True))
+        elif match := KANIKO_BUILT.search(line):
+            steps.append((match.group(1), False))
+    return steps
 
 
 def kept_version_log(objects: list[dict[str, Any]], number: int) -> tuple[str | None, str]:

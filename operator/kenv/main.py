@@ -31,6 +31,11 @@ async def start_catalog(**_: Any) -> None:
     runtime.start_catalog(SETTINGS)
 
 
+@kopf.on.startup()
+async def start_build_watch(**_: Any) -> None:
+    runtime.start_build_watch(SETTINGS)
+
+
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     await runtime.shutdown()

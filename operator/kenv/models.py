@@ -82,6 +82,11 @@ class SecretKeyRef(KenvModel):
     optional: bool = Field(False, description="If true, a missing Secret or key leaves the variable unset.")
 
 
+class PipInstaller(StrEnum):
+    PIP = "pip"
+    UV = "uv"
+
+
 class PipSection(KenvModel):
     """pip dependencies, installed after conda (Azure ML: Environment.from_pip_requirements / add_pip_package)."""
 
@@ -99,6 +104,15 @@ class PipSection(KenvModel):
     )
     index_url: Url | None = Field(None, description="pip --index-url for every pip install of this build.")
     extra_index_urls: list[Url] = Field(default_factory=list, description="pip --extra-index-url values.")
+    installer: PipInstaller = Field(
+        PipInstaller.PIP,
+        description="What installs the requirements in the build: pip (default, the image's own pip) or uv "
+        "(fetched from the same indexes for the build step only, not kept in the image; faster). uv resolves "
+        "across indexes as pip does and compiles bytecode as pip does, but may pick other versions where the "
+        "requirements leave a choice (README, \"Caches and uv\"); it ignores --pre, --prefer-binary and "
+        "--trusted-host in a requirements file, so they are refused with uv. The conda file's pip list is "
+        "always installed by pip.",
+    )
 
     @field_validator("requirements")
     @classmethod
@@ -113,6 +127,13 @@ class PipSection(KenvModel):
     @classmethod
     def _pep508_packages(cls, value: list[str]) -> list[str]:
         return validation.check_each(value, validation.check_requirement, "spec.pip.packages")
+
+    @model_validator(mode="after")
+    def _uv_reads_the_options(self) -> PipSection:
+        if self.installer is PipInstaller.UV:
+            validation.check_uv_requirements(self.requirements or "", int(self.index_url is not None),
+                                             "spec.pip.requirements")
+        return self
 
 
 class ChannelCredential(KenvModel):
@@ -433,7 +454,8 @@ class BuildSettings(KenvModel):
         "buildah (in a user namespace of its own: seccomp Unconfined and only SETUID, SETGID, SETFCAP) or buildkit "
         "(rootless BuildKit as user 1000: seccomp and AppArmor Unconfined). Each is tested in real pods.",
     )
-    cache: bool = Field(True, description="Reuse layers from the cache repository between builds.")
+    cache: bool = Field(True, description="Reuse layers from the cache repository between builds, and (Kaniko "
+                        "with the operator's package cache) downloaded packages. false: a build from scratch.")
     timeout_seconds: int = Field(3600, ge=60, le=86400, description="activeDeadlineSeconds of the build Job.")
     resources: ResourceRequirements | None = Field(None, description="Resources of the build container.")
     ca_bundle: ConfigMapKeyRef | None = Field(

@@ -393,7 +393,8 @@ class Reconciler:
             plan, attempt.spec.build, self.settings, requested_by=f"{attempt.ref.kind}/{attempt.ref.display}",
             context_files=list(config_map["data"]), has_docker_config=bool(credentials.docker_config["auths"]),
             conda_auth_secret=plan.conda_auth_secret if credentials.conda_auth else None,
-            has_ca=bool(attempt.ca_bundle)))
+            has_ca=bool(attempt.ca_bundle),
+            package_cache=builds.may_share_package_cache(attempt.context.files, bool(credentials.conda_auth))))
         owned = [("ConfigMap", config_map["metadata"]["name"])]
         return job, owned + [("Secret", secret["metadata"]["name"]) for secret in secrets]
 

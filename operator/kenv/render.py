@@ -19,11 +19,12 @@ import yaml
 from kenv import validation
 from kenv.conda_installer import split_dependencies
 from kenv.errors import SpecError
-from kenv.models import EnvironmentSpec
+from kenv.models import EnvironmentSpec, PipInstaller
 
 # Bump when the templates or the rendering change what an image contains: every hash moves and images are
 # rebuilt. 2: canonical files (whitespace-only edits, YAML comments and key order no longer move the hash).
-RECIPE_VERSION = "2"
+# 3: package caches through build args (below), spec.pip.installer.
+RECIPE_VERSION = "3"
 DEFAULT_MICROMAMBA_IMAGE = "mambaorg/micromamba:2.0.5"
 DEFAULT_CONDA_INSTALLER_IMAGE = "python:3.11-slim-bookworm"
 RATTLER = "rattler"
@@ -33,6 +34,19 @@ MICROMAMBA = "micromamba"
 INSTALLER_REQUIREMENTS = ("py-rattler==0.28.0", "PyYAML==6.0.3")
 INSTALLER_SCRIPT = "kenv-conda.py"  # kenv/conda_installer.py, copied into the context
 CONDA_PIP_FILE = "conda-requirements.txt"  # the environment file's pip list, installed in the image itself
+# Package caches. The Dockerfile declares one ARG per installer whose default keeps that installer's cache out of
+# the image; Kaniko build pods with a cache volume (KENV_PACKAGE_CACHE_DIR) override them with --build-arg so pip,
+# uv and rattler keep their downloads on the volume, which Kaniko leaves out of every snapshot. Build args are not
+# in the context: the content hash, and what the image holds, are the same with or without a cache.
+CACHE_MOUNT = "/kaniko/kenv-cache"  # where build pods mount the cache: Kaniko never snapshots /kaniko
+CACHE_ARGS: dict[str, tuple[str, str]] = {  # ARG: (default, with a cache at {dir})
+    "KENV_PIP_CACHE": ("--no-cache-dir", "--cache-dir={dir}/pip"),
+    "KENV_UV_CACHE": ("--no-cache", "--cache-dir={dir}/uv"),
+    "KENV_CONDA_CACHE": ("--no-cache", "--cache-dir={dir}/rattler"),
+}
+# spec.pip.installer uv: this uv is pip-installed into a folder for the install step only (a new pin rebuilds).
+UV_REQUIREMENT = "uv==0.13.9"
+UV_FILE = "uv-requirements.txt"  # the pin, after the requirements' own index options
 # glibc 2.28 (Debian 10, RHEL 8, Ubuntu 20.04 have it or newer): conda-forge's current baseline, not the glibc of
 # whatever image the installer stage runs.
 DEFAULT_CONDA_GLIBC = "2.28"
@@ -46,6 +60,11 @@ CA_FILE = "kenv-ca.crt"
 # names it already or opts out with conda's `nodefaults` pseudo-channel (dropped from the rendered file).
 IMPLICIT_CHANNEL = "conda-forge"
 NO_DEFAULTS = "nodefaults"
+
+
+def cache_build_args(directory: str) -> dict[str, str]:
+    """The --build-arg values that point every installer at a package cache in `directory`."""
+    return {name: with_cache.format(dir=directory) for name, (_, with_cache) in CACHE_ARGS.items()}
 
 
 @dataclass(frozen=True)
@@ -216,6 +235,13 @@ def conda_pip_requirements(spec: EnvironmentSpec) -> str | None:
     return "\n".join(lines) + "\n" if lines else None
 
 
+def uv_requirements(requirements: str) -> str:
+    """The uv pin, fetched from wherever the requirements say packages come from (a private index)."""
+    sources = [f"{name} {value}" for line in requirements.splitlines() for name, value in validation.options(line)
+               if name in validation.INDEX_OPTIONS]
+    return "\n".join([*sources, UV_REQUIREMENT]) + "\n"
+
+
 def python_command(spec: EnvironmentSpec) -> str:
     if uses_conda(spec):
         return f"{CONDA_PREFIX}/bin/python"
@@ -237,8 +263,11 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         files[INSTALLER_SCRIPT] = installer_script()
     if conda_pip:
         files[CONDA_PIP_FILE] = conda_pip
+    uv = requirements is not None and spec.pip is not None and spec.pip.installer is PipInstaller.UV
     if requirements:
         files["requirements.txt"] = requirements
+    if requirements and uv:
+        files[UV_FILE] = uv_requirements(requirements)
     installs = conda or requirements is not None
     user_dockerfile = base_dockerfile(spec, externals)
     global_args = ""
@@ -264,6 +293,9 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         conda_pip=CONDA_PIP_FILE if conda_pip else None,
         prefix=CONDA_PREFIX,
         pip=requirements is not None,
+        uv_file=UV_FILE if uv else None,
+        cache_args={name: default for name, (default, _) in CACHE_ARGS.items()},
+        cache_mount=CACHE_MOUNT,
         python=python_command(spec),
         micromamba_image=externals.micromamba_image,
     )

@@ -13,7 +13,7 @@ import kopf
 from kopf._cogs.structs.diffs import diff as kopf_diff  # not exported; what kopf decides changes with
 from pydantic import ValidationError
 
-from kenv import admission, catalog, gating, kube, metrics, references, tracking
+from kenv import admission, buildwatch, catalog, gating, kube, metrics, references, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
 from kenv.models import GROUP, spec_from_body
@@ -30,6 +30,8 @@ DIFFBASE = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-conf
 PROGRESS = kopf.AnnotationsProgressStorage(prefix=PREFIX)
 _reconciler: Reconciler | None = None
 _catalog_task: asyncio.Task[None] | None = None
+_build_watch: asyncio.Task[None] | None = None
+_indexes: admission.Indexes | None = None
 
 
 def reconciler() -> Reconciler:
@@ -38,7 +40,8 @@ def reconciler() -> Reconciler:
 
 
 def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes: admission.Indexes) -> None:
-    global _reconciler
+    global _reconciler, _indexes
+    _indexes = indexes
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = PROGRESS
     settings.persistence.diffbase_storage = DIFFBASE
@@ -72,9 +75,21 @@ def start_catalog(config: OperatorSettings) -> None:
                                                                   config.catalog_sync_seconds))
 
 
+def start_build_watch(config: OperatorSettings) -> None:
+    """Reconcile the Environments waiting on a build Job as soon as it finishes (buildwatch.py)."""
+    global _build_watch
+    assert _indexes is not None, "operator not configured"
+    indexes = _indexes
+    _build_watch = asyncio.create_task(buildwatch.follow(
+        config.build_namespace, lambda job: buildwatch.waiting_on(job, indexes.environments,
+                                                                  indexes.cluster_environments)))
+
+
 async def shutdown() -> None:
-    if _catalog_task is not None:
-        _catalog_task.cancel()
+    tasks = [task for task in (_catalog_task, _build_watch) if task is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     if _reconciler is not None:
         await _reconciler.registry.close()
     await kube.close()
@@ -97,10 +112,11 @@ def change_pending(body: kopf.Body) -> bool:
 def unsettled(body: kopf.Body, **_: Any) -> bool:
     """Timer filter: only Environments that still have something to wait for get polled. A change kopf has not
     handled yet belongs to its change handler (retried until it succeeds): polling it too would do the same work
-    twice, and a burst of new Environments would poll itself into a backlog. A generation nothing answered with
-    no change pending (a spec edited and reverted before kopf looked, a status patch that failed) is polled."""
+    twice, and a burst of new Environments would poll itself into a backlog (the same for a metadata change, such
+    as buildwatch's nudge). A generation nothing answered with no change pending (a spec edited and reverted before
+    kopf looked, a status patch that failed) is polled."""
     status = body.get("status") or {}
-    if status.get("observedGeneration") != body.metadata.get("generation") and change_pending(body):
+    if change_pending(body):
         return False
     if rebuild_pending(status, rebuild_token(body.metadata)):
         return True

@@ -258,6 +258,46 @@ def check_requirements_body(text: str, where: str) -> None:
             raise ValueError(f"{where} line {number}: {problem}")
 
 
+# What uv does not read from a requirements file (it warns and goes on): with spec.pip.installer uv they would be
+# dropped silently, so they are refused instead.
+UV_IGNORED_OPTIONS = {"--pre", "--prefer-binary", "--trusted-host"}
+INDEX_URL_OPTIONS = {"-i", "--index-url"}
+# Options that say where packages come from: the uv installer step fetches uv itself from the same places.
+INDEX_OPTIONS = INDEX_URL_OPTIONS | {"--extra-index-url", "-f", "--find-links"}
+
+
+def options(line: str) -> list[tuple[str, str | None]]:
+    """(name, value) of each option on an option line, as pip reads it: `--index-url=X` and `--index-url X` both
+    give ("--index-url", "X"); flags have no value. A requirement line has none."""
+    if not line.startswith("-"):
+        return []
+    found: list[tuple[str, str | None]] = []
+    tokens = strip_comment(line).split()
+    index = 0
+    while index < len(tokens):
+        name, eq, value = tokens[index].partition("=")
+        if name in PIP_VALUE_OPTIONS and not eq and index + 1 < len(tokens):
+            index += 1
+            value = tokens[index]
+        found.append((name, value if name in PIP_VALUE_OPTIONS else None))
+        index += 1
+    return found
+
+
+def check_uv_requirements(text: str, index_urls: int, where: str) -> None:
+    """What uv would not do as pip does with these requirements (index_urls: those given outside them, by
+    spec.pip.indexUrl). Raises ValueError naming the line and the fix."""
+    for number, line in logical_lines(text):
+        ignored = sorted({name for name, _ in options(line)} & UV_IGNORED_OPTIONS)
+        if ignored:
+            raise ValueError(f"{where} line {number}: uv does not read {', '.join(ignored)} from a requirements "
+                             "file and would ignore it: remove it, or set spec.pip.installer to pip")
+        index_urls += sum(1 for name, _ in options(line) if name in INDEX_URL_OPTIONS)
+    if index_urls > 1:
+        raise ValueError(f"{where}: uv takes one --index-url (pip takes the last of several), and spec.pip.indexUrl "
+                         f"and the requirements give {index_urls}: keep one, or make the others --extra-index-url")
+
+
 def check_each(values: list[str], check: Callable[[str, str], None], field: str) -> list[str]:
     """Run `check` on every item, naming it `field[index]` in the error; returns the list unchanged."""
     for index, value in enumerate(values):

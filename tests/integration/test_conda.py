@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from condachannel import ChannelServer, build, make_tls
-from kenvfixtures import create_env, env_versions, run_pod, wait_for, wait_phase
+from kenvfixtures import build_pod, create_env, env_versions, run_pod, step_reused, wait_for, wait_phase
 from nodeconfig import NODE_IP
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -74,7 +74,9 @@ def train(kube: Any, namespace: str, env: str, script: str) -> str:
 def test_environment_yaml_installs_a_package_and_its_dependency(kube, namespace, base_image, channel):
     environment_yaml = (f"name: hello\nchannels:\n  - {channel.url}\n  - nodefaults\n"
                         "dependencies:\n  - kenv-hello\n  - kenv-greeting 1.0  # hello needs >=1.0; 2.0 exists\n")
-    env = conda_env(kube, namespace, "hello", base_image, {"environmentYaml": environment_yaml})
+    # No caches: the packages must come from the channel in this build (asserted below).
+    env = conda_env(kube, namespace, "hello", base_image, {"environmentYaml": environment_yaml},
+                    build={"cache": False})
     assert env["status"]["phase"] == "Ready", env["status"]
     log = train(kube, namespace, "hello", "command -v kenv-hello; kenv-hello; ls /opt/kenv/env/conda-meta")
     lines = log.splitlines()
@@ -102,6 +104,34 @@ def test_structured_fields_install_pip_packages_into_the_channels_python(kube, n
     assert hello == "hello from kenv-pyhello 1.0"  # conda's noarch: python package
     site_packages = "/opt/kenv/env/lib/python3.11/site-packages/"
     assert six_file.startswith(site_packages) and idna_file.startswith(site_packages), log  # both pip lists
+
+
+def fetches(channel: ChannelServer, suffix: str) -> int:
+    return sum(1 for r in list(channel.requests) if r.method == "GET" and r.path.endswith(suffix) and r.status == 200)
+
+
+def test_an_unchanged_conda_stage_is_reused_and_a_changed_one_fetches_only_new_packages(kube, namespace, base_image,
+                                                                                       channel):
+    """Kaniko's cache repository keeps the conda stage's layer; the package cache keeps rattler's downloads."""
+    name = f"cache-{uuid.uuid4().hex[:8]}"  # a new environment file, so the first build runs the conda stage
+
+    def environment_yaml(*packages: str) -> str:
+        return f"name: {name}\nchannels: [{channel.url}, nodefaults]\ndependencies: [{', '.join(packages)}]\n"
+    conda_env(kube, namespace, "first", base_image, {"environmentYaml": environment_yaml("kenv-greeting")})
+    greeting = "/noarch/kenv-greeting-2.0-0.conda"
+    fetched_once = fetches(channel, greeting)
+    # Another final stage (its own Dockerfile) on the same environment file: the conda stage is not run again.
+    env = conda_env(kube, namespace, "second", base_image, {"environmentYaml": environment_yaml("kenv-greeting")},
+                    docker={"dockerfile": f"FROM {base_image}\nENV KENV_TEST_STAGE=second\n"})
+    assert env["status"]["phase"] == "Ready", env["status"]
+    assert step_reused(build_pod(kube, env["status"])[1], "/tmp/kenv/kenv-conda.py")
+    # A conda package added: the stage runs again, and what it had is taken from the package cache.
+    env = conda_env(kube, namespace, "third", base_image,
+                    {"environmentYaml": environment_yaml("kenv-greeting", "kenv-hello")})
+    assert env["status"]["phase"] == "Ready", env["status"]
+    assert not step_reused(build_pod(kube, env["status"])[1], "/tmp/kenv/kenv-conda.py")
+    assert fetches(channel, greeting) == fetched_once
+    assert "hello from kenv-greeting 2.0" in train(kube, namespace, "third", "kenv-hello").splitlines()
 
 
 def test_build_failures_say_why_in_the_status(kube, namespace, base_image, channel):

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from kenv.builds import PACKAGE_CACHE_MOUNT
 from kenvfixtures import GROUP_PATH, build_jobs, create_env, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -95,14 +96,17 @@ def test_cluster_environment_secrets_resolve_in_the_pods_namespace(kube, namespa
         kube.request("DELETE", f"{GROUP_PATH}/clusterenvironments/{name}")
 
 
-def test_build_pod_mounts_only_context_credentials_and_ca(kube, namespace, base_image, ca_config_map):
+def test_build_pod_mounts_only_context_credentials_ca_and_cache(kube, namespace, base_image, ca_config_map,
+                                                                operator):
     create_env(kube, namespace, "mounts", {"docker": {"baseImage": base_image}, "pip": {"packages": ["six"]},
                                            "build": {"caBundle": ca_config_map}})
     env = wait_phase(kube, namespace, "mounts", {"Building", "Ready", "Failed"}, timeout=120)
     job = build_jobs(kube, env["status"].get("desiredHash") or env["status"]["hash"])[0]
     spec = job["spec"]["template"]["spec"]
     assert spec["automountServiceAccountToken"] is False
-    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
-    assert mounts <= {"/workspace", "/kaniko/.docker", "/kenv/ca"}
-    assert all(m.get("readOnly") for m in spec["containers"][0]["volumeMounts"])
-    assert not any("hostPath" in v for v in spec["volumes"])
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert set(mounts) <= {"/workspace", "/kaniko/.docker", "/kenv/ca", PACKAGE_CACHE_MOUNT}
+    # Writable: only the package cache, the one host directory, the one the release configured.
+    assert all(m.get("readOnly") for path, m in mounts.items() if path != PACKAGE_CACHE_MOUNT)
+    host_paths = [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v]
+    assert host_paths == [path for path in [operator.values()["packageCache"]["hostPath"]] if path]

@@ -388,6 +388,14 @@ def test_export_warns_about_every_field_v1_cannot_hold(tmp_path):
     assert json.loads((tmp_path / "azureml_environment.json").read_text())["docker"]["shmSize"] is None
 
 
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+def test_export_says_the_uv_installer_is_not_carried_over(tmp_path, fmt):
+    spec = {"docker": {"baseImage": "python:3.11"}, "pip": {"packages": ["rich"], "installer": "uv"}}
+    assert any("spec.pip.installer uv is kenv-only" in w for w in export_azureml(manifest(spec), tmp_path, fmt))
+    assert not any("installer" in w for w in export_azureml(manifest({**spec, "pip": {"packages": ["rich"]}}),
+                                                              tmp_path / "pip", fmt))
+
+
 def test_v2_export_writes_the_joined_image_and_says_the_address_is_gone(tmp_path):
     spec = {"docker": {"baseImage": "/team/img:1.2",
                        "baseImageRegistry": {"address": "myacr.azurecr.io", "secretName": "pull"}}}

@@ -52,4 +52,7 @@ def test_values_defaults_match_the_operator_defaults() -> None:
     assert schema["conda"]["properties"]["installer"]["enum"] == [i.value for i in CondaInstaller]
     assert values["webhook"]["port"] == fields["webhook_port"].default
     assert values["metrics"]["port"] == fields["metrics_port"].default
+    assert values["packageCache"]["hostPath"] == fields["package_cache_dir"].default
+    cache_pattern = fields["package_cache_dir"].metadata[0].pattern
+    assert schema["packageCache"]["properties"]["hostPath"]["pattern"] == cache_pattern
     assert values["replicaCount"] == 1

@@ -195,7 +195,8 @@ def test_conda_plan_with_rattler_runs_the_image_builds_installer_script():
         ("/usr/bin/python3", "/stage/kenv-conda.py", "/stage/environment.yml", "/envs/e")]
     assert planned.staged["kenv-conda.py"] == files["kenv-conda.py"]
     # the image build runs the same script; its pip list then goes in the image (wheels for the base's glibc)
-    assert ("RUN python3 /tmp/kenv/kenv-conda.py --no-pip --glibc 2.28 /tmp/kenv/environment.yml /opt/kenv/env"
+    assert ("RUN python3 /tmp/kenv/kenv-conda.py --no-pip $KENV_CONDA_CACHE --glibc 2.28 /tmp/kenv/environment.yml "
+            "/opt/kenv/env"
             in files["Dockerfile"])
     assert files["conda-requirements.txt"] == "rich\n"
 
@@ -241,6 +242,9 @@ def test_notes_for_what_pods_have_and_the_local_environment_does_not():
     assert "ConfigMap proxy-ca key ca.crt" in text and "--ca-bundle FILE" in text
     assert not any("caBundle" in note for note in plan({"pip": {"packages": ["six"]}, "build": {
         "caBundle": {"name": "proxy-ca", "key": "ca.crt"}}}, ca_given=True).notes)
+    uv = plan({"pip": {"packages": ["six"], "installer": "uv"}})
+    assert any("spec.pip.installer uv" in note for note in uv.notes)
+    assert uv.steps[-1].argv[1:4] == ("-m", "pip", "install")  # pip here, said so
 
 
 # --- the activation script --------------------------------------------------------------------------------------

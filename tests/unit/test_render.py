@@ -52,8 +52,8 @@ def test_conda_is_installed_in_a_rattler_stage_and_copied_before_the_pip_layer()
     dockerfile = context.files["Dockerfile"]
     stage = dockerfile.index("FROM python:3.11-slim-bookworm AS kenv-conda")
     assert stage < dockerfile.index("FROM python:3.11-slim-bookworm\n")  # the installer stage, then the image
-    assert ("RUN python3 /tmp/kenv/kenv-conda.py --no-pip --glibc 2.28 /tmp/kenv/environment.yml /opt/kenv/env"
-            in dockerfile)
+    assert ("RUN python3 /tmp/kenv/kenv-conda.py --no-pip $KENV_CONDA_CACHE --glibc 2.28 /tmp/kenv/environment.yml "
+            "/opt/kenv/env" in dockerfile)
     assert dockerfile.index("COPY --from=kenv-conda /opt/kenv/env /opt/kenv/env") < dockerfile.index(
         "COPY requirements.txt")
     # With conda, pip runs with the conda environment's python, after checking there is one.
@@ -290,9 +290,9 @@ def test_content_hash_separates_names_from_contents():
     assert content_hash({"a": "1", "b": "2"}) == content_hash({"b": "2", "a": "1"})
 
 
-def test_recipe_version_is_2():
-    assert RECIPE_VERSION == "2"
-    assert "(recipe 2)" in render(BASE).files["Dockerfile"]
+def test_recipe_version_is_3():
+    assert RECIPE_VERSION == "3"
+    assert "(recipe 3)" in render(BASE).files["Dockerfile"]
 
 
 ENV_YAML = (
@@ -411,9 +411,10 @@ def test_dockerfile_heredoc_bodies_are_kept_byte_for_byte():
 def test_the_installer_solves_for_the_configured_glibc_and_cuda_not_the_build_pods():
     body = {"conda": {"packages": ["pytorch"]}}
     default = render(body).files["Dockerfile"]
-    assert "kenv-conda.py --no-pip --glibc 2.28 /tmp/kenv/environment.yml" in default
+    assert "kenv-conda.py --no-pip $KENV_CONDA_CACHE --glibc 2.28 /tmp/kenv/environment.yml" in default
     gpu = render(body, Externals(conda_glibc="2.31", conda_cuda="12.4"))
-    assert "kenv-conda.py --no-pip --glibc 2.31 --cuda 12.4 /tmp/kenv/environment.yml" in gpu.files["Dockerfile"]
+    assert ("kenv-conda.py --no-pip $KENV_CONDA_CACHE --glibc 2.31 --cuda 12.4 /tmp/kenv/environment.yml"
+            in gpu.files["Dockerfile"])
     assert gpu.hash != render(body).hash  # another target is another image
 
 
@@ -422,7 +423,7 @@ def test_the_environment_files_pip_list_is_installed_in_the_image_itself():
     assert context.files["conda-requirements.txt"] == "rich\n--pre\n"
     dockerfile = context.files["Dockerfile"]
     copy = dockerfile.index("COPY --from=kenv-conda /opt/kenv/env /opt/kenv/env")
-    assert copy < dockerfile.index("RUN /opt/kenv/env/bin/python -m pip install --no-cache-dir "
+    assert copy < dockerfile.index("RUN /opt/kenv/env/bin/python -m pip install $KENV_PIP_CACHE "
                                    "--disable-pip-version-check -r /tmp/kenv/conda-requirements.txt")
     assert "conda-requirements.txt" not in render({"conda": {"packages": ["numpy"]}}).files
 

@@ -7,6 +7,8 @@ from typing import Any
 import kopf
 import pytest
 
+from kenv.buildwatch import ANNOTATION
+
 
 @pytest.fixture
 def unsettled(operator_settings: None) -> Any:
@@ -23,14 +25,18 @@ def body(generation: int, status: dict[str, Any], annotations: dict[str, str] | 
                       "spec": spec or {"environmentVariables": {"A": "1"}}, "status": status})
 
 
-def handled(spec: dict[str, Any]) -> dict[str, str]:
-    """The annotation kopf writes once the change handlers succeeded for this spec."""
+def handled(spec: dict[str, Any] | None = None, seen: dict[str, str] | None = None, **annotations: str
+            ) -> dict[str, str]:
+    """The annotations kopf writes once the change handlers succeeded for this spec and the annotations `seen`
+    (its diffbase, and the marker of its storage prefix), plus `seen` and `annotations`."""
     import json
 
     from kenv.runtime import DIFFBASE
 
-    essence = DIFFBASE.build(body=body(1, {}, spec=spec))
-    return {"kenv.dev/last-handled-configuration": json.dumps(essence, separators=(",", ":"))}
+    essence = DIFFBASE.build(body=body(1, {}, annotations=seen, spec=spec))
+    return {"kenv.dev/kopf-managed": "yes",
+            "kenv.dev/last-handled-configuration": json.dumps(essence, separators=(",", ":")),
+            **(seen or {}), **annotations}
 
 
 def test_a_change_kopf_has_not_handled_is_left_to_its_change_handler(unsettled: Any) -> None:
@@ -49,14 +55,22 @@ def test_a_generation_nothing_answered_with_no_change_pending_is_polled(unsettle
 
 @pytest.mark.parametrize("phase", ["Building", "Queued", "Pending"])
 def test_an_answered_generation_still_waiting_is_polled(unsettled: Any, phase: str) -> None:
-    assert unsettled(body(2, {"phase": phase, "observedGeneration": 2}))
+    assert unsettled(body(2, {"phase": phase, "observedGeneration": 2}, handled()))
 
 
 def test_a_ready_environment_is_polled_only_for_a_rebuild(unsettled: Any) -> None:
     ready = {"phase": "Ready", "observedGeneration": 2, "image": "r/e@sha256:" + "a" * 64, "version": 1}
-    assert not unsettled(body(2, ready))
-    # The rebuild token is an annotation: the generation does not move, the poll follows the rebuild's Job.
-    assert unsettled(body(2, ready, {"kenv.dev/rebuild": "now"}))
+    assert not unsettled(body(2, ready, handled()))
+    # The rebuild token is an annotation under kopf's own prefix, so no change handler sees it: the generation
+    # does not move, and the poll follows the rebuild's Job.
+    assert unsettled(body(2, ready, handled(**{"kenv.dev/rebuild": "now"})))
+
+
+def test_a_build_watch_nudge_is_left_to_the_update_handler(unsettled: Any) -> None:
+    building = {"phase": "Building", "observedGeneration": 2, "buildJob": {"namespace": "b", "name": "j"}}
+    nudged = handled(**{ANNOTATION: "uid-1"})
+    assert not unsettled(body(2, building, nudged))  # the update handler reconciles it: not twice
+    assert unsettled(body(2, building, handled(seen={ANNOTATION: "uid-1"})))  # once handled, the poll is back
 
 
 def test_the_api_clients_session_has_the_switch_kube_turns_off() -> None:

@@ -1,0 +1,139 @@
+"""Build Jobs, watched: when one finishes, the Environments waiting on it are reconciled now, not at their next poll.
+
+The poll timer (KENV_POLL_SECONDS) stays the safety net; this only takes its wait out of every build (half the
+interval on average, the whole of it at worst). kopf has no way to run an object's handlers on demand, so the
+nudge is what kopf reacts to: an annotation on the Environment, set to the finished Job's name, which is a change
+its update handler reconciles. Not under `kenv.dev/`: kopf leaves every annotation of the prefix it keeps its own
+state under out of the object's essence, so a change there would reach no handler. The watch covers the build
+namespace only, which the operator's Role already lets it list and watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from kubernetes_asyncio import watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kenv import kube
+from kenv.builds import LABEL_ROLE
+from kenv.jobstate import job_finished
+from kenv.models import GROUP, VERSION
+from kenv.refs import EnvironmentRef
+
+log = logging.getLogger(__name__)
+ANNOTATION = f"build.{GROUP}/finished"
+SELECTOR = f"{LABEL_ROLE}=build"
+NUDGES_AT_ONCE = 8
+REMEMBERED = 4096  # finished Jobs already told (a Job's later events must not nudge again)
+WATCH_SECONDS = 270  # the server ends each watch after this; a fresh list follows
+
+
+def waiting_on(job: str, environments: Mapping[Any, Any], cluster_environments: Mapping[Any, Any]
+               ) -> list[EnvironmentRef]:
+    """The Environments and ClusterEnvironments whose status names this build Job (from the admission indexes,
+    which hold each object's last status)."""
+    refs: list[EnvironmentRef] = []
+    for kind, index in (("Environment", environments), ("ClusterEnvironment", cluster_environments)):
+        for key, entries in index.items():
+            if any(((entry.get("status") or {}).get("buildJob") or {}).get("name") == job for entry in entries):
+                namespace, name = key if kind == "Environment" else (None, key)
+                refs.append(EnvironmentRef(kind=kind, namespace=namespace, name=name))
+    return refs
+
+
+async def nudge(ref: EnvironmentRef, value: str) -> None:
+    """Set the annotation; a failure only costs the wait for the next poll."""
+    api = await kube.custom()
+    body = {"metadata": {"annotations": {ANNOTATION: value}}}
+    merge = "application/merge-patch+json"  # the client's default for a dict is a JSON Patch, which wants a list
+    try:
+        if ref.namespace is None:
+            await api.patch_cluster_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, "clusterenvironments", ref.name, body, _content_type=merge)
+        else:
+            await api.patch_namespaced_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, ref.namespace, "environments", ref.name, body, _content_type=merge)
+    except ApiException as error:
+        if not kube.not_found(error):  # deleted meanwhile: nothing to tell
+            log.warning("could not tell %s its build finished (%s): its next poll will", ref.display, error.reason)
+    except Exception as error:  # noqa: BLE001 - a connection error must not end the watch
+        log.warning("could not tell %s its build finished (%s): its next poll will", ref.display, error)
+
+
+async def nudge_all(refs: Iterable[EnvironmentRef], job: dict[str, Any]) -> None:
+    """The annotation's value is the Job's uid: a later Job of the same name is a new value, hence a change."""
+    limit = asyncio.Semaphore(NUDGES_AT_ONCE)
+    uid = str(job["metadata"]["uid"])
+
+    async def one(ref: EnvironmentRef) -> None:
+        async with limit:
+            await nudge(ref, uid)
+    await asyncio.gather(*(one(ref) for ref in refs))
+
+
+class Follower:
+    """Tells the waiting Environments of each build Job that finishes, once per Job."""
+
+    def __init__(self, waiting: Callable[[str], list[EnvironmentRef]],
+                 on_finished: Callable[[list[EnvironmentRef], dict[str, Any]], Awaitable[None]]) -> None:
+        self.waiting, self.on_finished = waiting, on_finished
+        self.told: dict[str, None] = {}  # uids, insertion-ordered: the oldest is forgotten first
+
+    def remember(self, job: dict[str, Any]) -> None:
+        self.told[str(job["metadata"]["uid"])] = None
+        while len(self.told) > REMEMBERED:
+            self.told.pop(next(iter(self.told)))
+
+    async def seen(self, job: dict[str, Any]) -> None:
+        """A Job as a list or a watch event shows it."""
+        if not job_finished(job) or str(job["metadata"]["uid"]) in self.told:
+            return
+        self.remember(job)
+        if refs := self.waiting(job["metadata"]["name"]):
+            log.debug("build Job %s finished: reconciling %d environments now", job["metadata"]["name"], len(refs))
+            await self.on_finished(refs, job)
+
+
+async def follow(namespace: str, waiting: Callable[[str], list[EnvironmentRef]],
+                 on_finished: Callable[[list[EnvironmentRef], dict[str, Any]], Awaitable[None]] = nudge_all,
+                 retry_seconds: float = 5.0) -> None:
+    """Watch the build Jobs of `namespace` until cancelled; for each that finishes, `on_finished(waiting(job))`.
+    Jobs already finished at the first list are the poll's; a later list (the watch ends every few minutes, or its
+    resourceVersion expired) tells those that finished in between."""
+    follower = Follower(waiting, on_finished)
+    first = True
+    while True:
+        try:
+            api = await kube.batch()
+            listing = await api.list_namespaced_job(namespace, label_selector=SELECTOR)
+            for item in listing.items:
+                job = kube.plain(item)
+                if first:
+                    follower.remember(job)
+                else:
+                    await follower.seen(job)
+            first = False
+            # A server-side timeout ends the watch cleanly (then a fresh list); the client timeout catches a
+            # connection that died without a word.
+            async with watch.Watch().stream(api.list_namespaced_job, namespace, label_selector=SELECTOR,
+                                            resource_version=listing.metadata.resource_version,
+                                            timeout_seconds=WATCH_SECONDS,
+                                            _request_timeout=WATCH_SECONDS + 30) as stream:
+                async for event in stream:
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        await follower.seen(event["raw_object"])
+        except asyncio.CancelledError:
+            raise
+        except ApiException as error:
+            if error.status != 410:  # 410 Gone: the resourceVersion expired; list again at once
+                log.warning("watching build Jobs in %s failed (%s); retrying in %.0f s", namespace, error.reason,
+                            retry_seconds)
+                await asyncio.sleep(retry_seconds)
+        except Exception as error:  # noqa: BLE001 - the watch must outlive any API hiccup; the poll covers the gap
+            log.warning("watching build Jobs in %s failed (%s: %s); retrying in %.0f s", namespace,
+                        type(error).__name__, error, retry_seconds)
+            await asyncio.sleep(retry_seconds)
