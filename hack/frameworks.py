@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import shutil
-import socket
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,18 +76,28 @@ def build(names: Iterable[str]) -> dict[str, Built]:
     return {name: Built(name, version, Path(binary), Path(source)) for name, version, binary, source in rows}
 
 
-def wait_listening(url: str, timeout: float = 30) -> None:
-    """Until something accepts TCP connections at the URL's host and port."""
-    address = urllib.parse.urlsplit(url)
+def wait_serving(url: str, ca_pem: str, timeout: float = 30) -> None:
+    """Until the webhook at `url` answers its own path: anything but a 404 (an empty AdmissionReview gets a 400 or
+    an error review). A controller's /readyz answers before its webhook server listens, and a listening server
+    may answer 404 for a path whose handler is not registered yet: the API server's call then fails."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ssl.create_default_context(cadata=ca_pem)))
+    body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode()
     deadline = time.monotonic() + timeout
     while True:
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
         try:
-            socket.create_connection((address.hostname, address.port or 443), timeout=1).close()
-            return
-        except OSError as error:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens at {url} after {timeout:.0f}s: {error}") from error
-            time.sleep(0.1)
+            with opener.open(request, timeout=2):
+                return
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                return
+            last: Exception = error
+        except OSError as error:  # refused, reset, TLS not up yet
+            last = error
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the webhook at {url} does not serve its path after {timeout:.0f}s: {last}")
+        time.sleep(0.1)
 
 
 def local_webhooks(documents: Iterable[dict], prefix: str, base_url: str, ca_bundle: str,
@@ -279,11 +292,13 @@ class Frameworks:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
 
     def register(self, configurations: list[dict]) -> None:
-        """Register the webhook configurations once every address they name accepts connections: a controller's
-        /readyz answers before its webhook server listens, and a request in between would be refused (a cached
-        Environment is Ready, and a test's first object sent, within that second)."""
-        for url in sorted({w["clientConfig"]["url"] for c in configurations for w in c.get("webhooks") or []}):
-            wait_listening(url)
+        """Register the webhook configurations once every webhook they name serves its path (wait_serving): a
+        request in between would be refused (a cached Environment is Ready, and a test's first object sent,
+        within that second)."""
+        clients = {w["clientConfig"]["url"]: w["clientConfig"]["caBundle"]
+                   for c in configurations for w in c.get("webhooks") or []}
+        for url, ca_bundle in sorted(clients.items()):
+            wait_serving(url, base64.b64decode(ca_bundle).decode())
         for configuration in configurations:
             self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(configuration))
             self.webhook_configurations.append((configuration["kind"], configuration["metadata"]["name"]))

@@ -78,6 +78,9 @@ class Reconciler:
         self.versions = VersionStore(settings, registry)
         self.build_slots = asyncio.Lock()  # count-then-create must not interleave within this process
         self.queued: set[str] = set()
+        # The image each Environment (by uid) was last counted Ready with: a poll and a build-watch nudge may both
+        # find the same finished Job before either status lands (kopf runs timers beside change handlers).
+        self.counted_ready: dict[str, str] = {}
 
     @property
     def previous_serves(self) -> bool:
@@ -338,7 +341,9 @@ class Reconciler:
                              message=message)
         if attempt.token:
             patch["rebuildToken"] = attempt.token
-        if reason in ("BuildSucceeded", "Rebuilt", "BaseImageMoved") and current.get("image") != image:
+        if reason in ("BuildSucceeded", "Rebuilt", "BaseImageMoved") and current.get("image") != image and \
+                self.counted_ready.get(attempt.uid) != image:
+            self.counted_ready[attempt.uid] = image
             metrics.BUILDS_SUCCEEDED.inc()
         events = [] if number == current.get("version") else [
             ("Normal", "Ready", f"version {number} is {image} ({message})")]

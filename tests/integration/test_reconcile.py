@@ -49,7 +49,8 @@ def test_pip_environment_builds_to_ready_with_digest(kube, cluster, namespace, b
     assert status["version"] == 1 and "history" not in status
     [first] = env_versions(kube, namespace, "sklearn")
     assert first["spec"]["version"] == 1 and first["spec"]["image"] == status["image"]
-    assert first["spec"]["definition"]["pip"] == {"requirements": "six==1.16.0\n"}
+    # the spec as the API server keeps it: the CRD's defaults applied (pip.installer)
+    assert first["spec"]["definition"]["pip"] == {"requirements": "six==1.16.0\n", "installer": "pip"}
     assert first["metadata"]["ownerReferences"][0]["uid"] == env["metadata"]["uid"]
     assert registry_digest(cluster.registry, "kenv/environments", f"{namespace}.sklearn-v1") == digest
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
