@@ -109,7 +109,7 @@ class Loop:
         running = pod_running(self.stack, self.name, {"kenv.dev/environment": self.name}, "placeholder",
                               self.imports)
         job = env["status"].get("buildJob") or {}
-        step = Step(label, ready, running, pod_log(self.stack, job["namespace"], job["name"])
+        step = Step(label, ready, running, job_log(self.stack, job["namespace"], job["name"])
                     if job.get("name") not in before | {None} else "")
         self.steps.append(step)
         return step
@@ -129,9 +129,8 @@ class Loop:
         raise TimeoutError(f"{self.name} not Ready after {timeout:.0f} s")
 
 
-def pod_log(stack: Stack, namespace: str, job: str) -> str:
-    pod = job_pod(stack, namespace, job)["metadata"]["name"]
-    return str(stack.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log"))
+def job_log(stack: Stack, namespace: str, job: str) -> str:
+    return stack.pod_log(namespace, job_pod(stack, namespace, job)["metadata"]["name"])
 
 
 def pod_running(stack: Stack, name: str, labels: dict[str, str], image: str, imports: str) -> float:
@@ -153,7 +152,7 @@ def pod_running(stack: Stack, name: str, labels: dict[str, str], image: str, imp
             break
         time.sleep(0.1)
     if phase != "Succeeded":
-        log = stack.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log")
+        log = stack.pod_log(namespace, pod_name)
         raise RuntimeError(f"pod {pod_name} in {name}'s image failed: {log[-2000:]}")
     stack.kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod_name}")
     return seconds
@@ -176,7 +175,7 @@ class Plain:
         digest = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
         image = f"{self.stack.cluster.registry}/bench/plain@{digest}"
         running = pod_running(self.stack, "plain", {}, image, IMPORTS)
-        log = pod_log(self.stack, self.stack.namespace, pod["metadata"]["labels"]["job-name"])
+        log = self.stack.pod_log(self.stack.namespace, pod["metadata"]["name"])
         step = Step(label, ready, running, log)
         self.steps.append(step)
         return step

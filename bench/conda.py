@@ -107,8 +107,7 @@ def image_bytes(registry: str, repository: str, reference: str) -> dict[str, int
 def build_log(stack: Stack, env: dict[str, Any], pod: dict[str, Any]) -> str:
     """The build pod's log; the EnvironmentVersion's spec.buildLog (the log's end) if the pod's is unreadable."""
     try:
-        return stack.kube.text(f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}"
-                               "/log")
+        return stack.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"])
     except OSError:  # urllib's HTTPError and URLError
         selector = f"kenv.dev%2Fenvironment-uid%3D{env['metadata']['uid']}"
         versions = stack.kube.request("GET", f"{GROUP_PATH}/environmentversions?labelSelector={selector}")["items"]

@@ -101,8 +101,7 @@ def plain_kaniko_job(stack: Stack, files: dict[str, str], tag: str, cache: str |
         if "Complete" in finished:
             return time.monotonic() - started, job_pod(stack, namespace, name)
         if "Failed" in finished:
-            pod = job_pod(stack, namespace, name)["metadata"]["name"]
-            log = stack.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log")
+            log = stack.pod_log(namespace, job_pod(stack, namespace, name)["metadata"]["name"])
             raise RuntimeError(f"plain Kaniko Job {name} failed: {status}\n{log[-3000:]}")
         time.sleep(0.2)
 
@@ -162,8 +161,7 @@ def run(rounds: int, warmup: bool) -> int:
         seconds_c, env_c, pod_c = timed_environment(stack, "six-idna", pip_spec(base, "six==1.16.0\nidna==3.7\n"))
         print(f"(c) Environment six-idna (+ idna==3.7) applied -> Ready: {seconds_c:.1f} s "
               f"(Kaniko container {container_seconds(pod_c):.1f} s); {seconds_c / seconds_a:.2f}x (a)")
-        log = stack.kube.text(f"/api/v1/namespaces/{pod_c['metadata']['namespace']}/pods/"
-                              f"{pod_c['metadata']['name']}/log")
+        log = stack.pod_log(pod_c["metadata"]["namespace"], pod_c["metadata"]["name"])
         steps = kaniko_steps(log)
         print(f"    build steps ({sum(r for _, r in steps)} of {len(steps)} reused, \"Using caching version of "
               f"cmd\" in the build pod's log):")

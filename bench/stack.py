@@ -89,6 +89,9 @@ class Stack:
         with opener.open(url, timeout=10) as response:
             return str(response.read().decode())
 
+    def pod_log(self, namespace: str, pod: str) -> str:
+        return str(self.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log"))
+
     def environments(self) -> list[dict[str, Any]]:
         return list(self.kube.request("GET", f"{GROUP_PATH}/namespaces/{self.namespace}/environments")["items"])
 

@@ -38,9 +38,6 @@ CONTEXT_DIR = f"{CONTEXT_MOUNT}/context"
 # the file and no image layer holds it. Kaniko only: buildah and BuildKit run RUN steps in a root of their own.
 CONDA_AUTH_DIR = "/kaniko/kenv/conda"
 CONDA_AUTH_KEY = "auth.json"
-# The package cache volume (KENV_PACKAGE_CACHE_DIR) in Kaniko build pods: a mount point, so never in a snapshot;
-# RUN steps reach it through the build args of render.cache_build_args.
-PACKAGE_CACHE_MOUNT = CACHE_MOUNT
 URL_WITH_USERINFO = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@]*@", re.IGNORECASE)
 
 # The builder scripts get the destination as "$1" (--destination=...) and never by interpolation.
@@ -230,9 +227,10 @@ def builder_container(
         if build.cache:
             args.append(f"--cache-repo={settings.destination_repo}/cache")
         if build.cache and settings.package_cache_dir and package_cache:
-            args += [f"--build-arg={name}={value}"
-                     for name, value in cache_build_args(PACKAGE_CACHE_MOUNT).items()]
-            mounts.append({"name": "package-cache", "mountPath": PACKAGE_CACHE_MOUNT})
+            # The package cache volume: a mount point, so never in a snapshot; RUN steps reach it through the
+            # build args (render.CACHE_ARGS).
+            args += [f"--build-arg={name}={value}" for name, value in cache_build_args(CACHE_MOUNT).items()]
+            mounts.append({"name": "package-cache", "mountPath": CACHE_MOUNT})
             volumes.append({"name": "package-cache",
                             "hostPath": {"path": settings.package_cache_dir, "type": "DirectoryOrCreate"}})
         args += [f"--insecure-registry={registry}" for registry in insecure]

@@ -266,7 +266,7 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
     uv = requirements is not None and spec.pip is not None and spec.pip.installer is PipInstaller.UV
     if requirements:
         files["requirements.txt"] = requirements
-    if requirements and uv:
+    if requirements and uv:  # `requirements and`: for the type checker, `uv` implies it
         files[UV_FILE] = uv_requirements(requirements)
     installs = conda or requirements is not None
     user_dockerfile = base_dockerfile(spec, externals)

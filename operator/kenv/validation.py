@@ -288,11 +288,12 @@ def check_uv_requirements(text: str, index_urls: int, where: str) -> None:
     """What uv would not do as pip does with these requirements (index_urls: those given outside them, by
     spec.pip.indexUrl). Raises ValueError naming the line and the fix."""
     for number, line in logical_lines(text):
-        ignored = sorted({name for name, _ in options(line)} & UV_IGNORED_OPTIONS)
+        names = [name for name, _ in options(line)]
+        ignored = sorted(set(names) & UV_IGNORED_OPTIONS)
         if ignored:
             raise ValueError(f"{where} line {number}: uv does not read {', '.join(ignored)} from a requirements "
                              "file and would ignore it: remove it, or set spec.pip.installer to pip")
-        index_urls += sum(1 for name, _ in options(line) if name in INDEX_URL_OPTIONS)
+        index_urls += sum(1 for name in names if name in INDEX_URL_OPTIONS)
     if index_urls > 1:
         raise ValueError(f"{where}: uv takes one --index-url (pip takes the last of several), and spec.pip.indexUrl "
                          f"and the requirements give {index_urls}: keep one, or make the others --extra-index-url")

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from kenv.builds import PACKAGE_CACHE_MOUNT
+from kenv.render import CACHE_MOUNT
 from kenvfixtures import GROUP_PATH, build_jobs, create_env, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -105,8 +105,8 @@ def test_build_pod_mounts_only_context_credentials_ca_and_cache(kube, namespace,
     spec = job["spec"]["template"]["spec"]
     assert spec["automountServiceAccountToken"] is False
     mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
-    assert set(mounts) <= {"/workspace", "/kaniko/.docker", "/kenv/ca", PACKAGE_CACHE_MOUNT}
+    assert set(mounts) <= {"/workspace", "/kaniko/.docker", "/kenv/ca", CACHE_MOUNT}
     # Writable: only the package cache, the one host directory, the one the release configured.
-    assert all(m.get("readOnly") for path, m in mounts.items() if path != PACKAGE_CACHE_MOUNT)
+    assert all(m.get("readOnly") for path, m in mounts.items() if path != CACHE_MOUNT)
     host_paths = [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v]
     assert host_paths == [path for path in [operator.values()["packageCache"]["hostPath"]] if path]

@@ -12,7 +12,7 @@ from kenv.config import OperatorSettings
 from kenv.errors import describe_validation_error
 from kenv.models import Builder, BuildSettings, spec_from_body
 from kenv.refs import EnvironmentRef
-from kenv.render import CACHE_ARGS, UV_FILE, UV_REQUIREMENT, cache_build_args, render_context
+from kenv.render import CACHE_ARGS, CACHE_MOUNT, UV_FILE, UV_REQUIREMENT, cache_build_args, render_context
 
 PIP = {"docker": {"baseImage": "python:3.12-slim"}, "pip": {"packages": ["six==1.16.0"]}}
 CONDA_PIP = {"conda": {"packages": ["numpy"]}, "pip": {"packages": ["six"]}}
@@ -51,7 +51,7 @@ def test_a_cache_changes_build_args_never_the_context_or_its_hash():
     context = render_context(spec_from_body(PIP))
     plain, cached = container(job_for(PIP, SETTINGS)), container(job_for(PIP, CACHED))
     assert [a for a in cached["args"] if a.startswith("--build-arg=")] == [
-        f"--build-arg={name}={value}" for name, value in cache_build_args(builds.PACKAGE_CACHE_MOUNT).items()]
+        f"--build-arg={name}={value}" for name, value in cache_build_args(CACHE_MOUNT).items()]
     assert not [a for a in plain["args"] if a.startswith("--build-arg=")]
     # Same ConfigMap content, so the same hash and tag, with or without the cache.
     assert job_for(PIP, CACHED)["metadata"]["annotations"][builds.ANNOTATION_HASH] == context.hash
@@ -63,8 +63,8 @@ def test_the_cache_volume_is_the_configured_host_directory_at_a_path_kaniko_neve
     volume = next(v for v in pod["volumes"] if v["name"] == "package-cache")
     assert volume["hostPath"] == {"path": "/var/cache/kenv", "type": "DirectoryOrCreate"}
     mount = next(m for m in container(job_for(PIP, CACHED))["volumeMounts"] if m["name"] == "package-cache")
-    assert mount["mountPath"] == builds.PACKAGE_CACHE_MOUNT and not mount.get("readOnly")
-    assert builds.PACKAGE_CACHE_MOUNT.startswith("/kaniko/")  # Kaniko's own folder: ignored even unmounted
+    assert mount["mountPath"] == CACHE_MOUNT and not mount.get("readOnly")
+    assert CACHE_MOUNT.startswith("/kaniko/")  # Kaniko's own folder: ignored even unmounted
 
 
 @pytest.mark.parametrize(("builder", "cache"), [(Builder.BUILDAH, True), (Builder.BUILDKIT, True),
@@ -92,7 +92,7 @@ def test_uv_installs_the_requirements_and_leaves_no_uv_in_the_image():
     for flag in ("--compile-bytecode", "--break-system-packages", "$cache"):
         assert flag in install.split()
     # the cache the operator passes, unless this step's USER cannot write it
-    assert f'cache="$KENV_UV_CACHE" && {{ [ -w {builds.PACKAGE_CACHE_MOUNT} ] || cache=--no-cache; }}' in install
+    assert f'cache="$KENV_UV_CACHE" && {{ [ -w {CACHE_MOUNT} ] || cache=--no-cache; }}' in install
     assert words[words.index("--index-strategy") + 1] == "unsafe-best-match"  # pip's choice across indexes
     assert [line for line in run_lines(body) if "/tmp/kenv/requirements.txt" in line] == [install]  # not pip
 
