@@ -58,7 +58,7 @@ crds: venv ## regenerate crds/ and the chart's copy from the models
 image: apt ## the operator image (hack/operator.Dockerfile) on the local Debian/python3 base, built with buildah, tagged kenv-operator:dev
 	ref=$$($(PYTHON) hack/images.py build operator) && buildah --storage-driver vfs tag "$$ref" kenv-operator:dev && echo "$$ref"
 
-bench: deps ## figures, printed (see README): render, pod start, admission latency, a build vs a plain Kaniko Job, the iteration loop, reconcile
+bench: deps ## figures, printed (see README): render, pod start, admission latency, a build vs a plain Kaniko Job, the iteration loop, reconcile, failover
 	$(PY) bench/run.py render
 	$(PY) bench/pods.py
 	$(PY) bench/admission_profile.py
@@ -66,6 +66,7 @@ bench: deps ## figures, printed (see README): render, pod start, admission laten
 	$(PY) bench/overhead.py
 	$(PY) bench/build.py
 	$(PY) bench/reconcile.py
+	$(PY) bench/failover.py
 
 bench-load: deps ## the full-size load test (300 Environments, real builds; about an hour on 2 cores)
 	$(PY) bench/load.py

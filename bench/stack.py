@@ -31,10 +31,13 @@ def metric_sum_count(text: str, name: str) -> tuple[float, float]:
 
 
 class Stack:
-    def __init__(self, max_parallel_builds: int, **operator_settings: str) -> None:
-        """max_parallel_builds: the operator's cap; operator_settings: extra KENV_* settings (poll_seconds="5")."""
+    def __init__(self, max_parallel_builds: int, replicas: int = 1, **operator_settings: str) -> None:
+        """max_parallel_builds: the operator's cap; replicas: of admission and of controllers (1, as the figures
+        before replicated admission were taken; bench/failover.py runs the chart's 2); operator_settings: extra
+        KENV_* settings (poll_seconds="5")."""
         self.state = Path(tempfile.mkdtemp(prefix="kenv-bench-"))
         self.cap = max_parallel_builds
+        self.replicas = replicas
         self.operator_settings = operator_settings
         self.namespace = f"bench-{uuid.uuid4().hex[:6]}"
 
@@ -54,7 +57,8 @@ class Stack:
         self._wait_established(["environments.kenv.dev", "clusterenvironments.kenv.dev"])
         self.kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": self.namespace}})
         self.operator = KenvRelease(self.cluster, settings=self.operator_settings,
-                                    values={"maxParallelBuilds": self.cap}).install()
+                                    values={"maxParallelBuilds": self.cap, "admission": {"replicas": self.replicas},
+                                            "controller": {"replicas": self.replicas}}).install()
         return self
 
     def _wait_established(self, crds: list[str], timeout: float = 60) -> None:
@@ -81,13 +85,11 @@ class Stack:
             self.cluster.stop()
         shutil.rmtree(self.state, ignore_errors=True)
 
-    def operator_metrics(self) -> str:
-        """The operator pod's Prometheus text, read from its pod address (this host reaches pod IPs)."""
-        port = (self.operator.values().get("metrics") or {}).get("port", 8000)
-        url = f"http://{self.operator.pod()['status']['podIP']}:{port}/metrics"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=10) as response:
-            return str(response.read().decode())
+    def operator_metrics(self, role: str = "controller") -> str:
+        """The Prometheus text of the leading controller, or of the (one) admission pod, read from its pod
+        address (this host reaches pod IPs)."""
+        pod = self.operator.pod() if role == "controller" else self.operator.pods(role=role)[0]
+        return self.operator.pod_metrics(pod)
 
     def pod_log(self, namespace: str, pod: str) -> str:
         return str(self.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log"))

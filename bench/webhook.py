@@ -99,14 +99,14 @@ def kenv_patch(stack: Stack) -> list[dict]:
 
 def kenv_url(stack: Stack) -> str:
     port = (stack.operator.values().get("webhook") or {}).get("port", 9443)
-    return f"https://{stack.operator.pod()['status']['podIP']}:{port}"
+    return f"https://{stack.operator.pods(role='admission')[0]['status']['podIP']}:{port}"
 
 
 def breakdown(stack: Stack, floor: FloorWebhook, count: int) -> dict[str, list[float]]:
     direct_round_trips(f"{kenv_url(stack)}/inject-environment", stack.namespace, 20)  # warm, not counted
-    before = metric_sum_count(stack.operator_metrics(), "kenv_admission_seconds")
+    before = metric_sum_count(stack.operator_metrics("admission"), "kenv_admission_seconds")
     kenv = direct_round_trips(f"{kenv_url(stack)}/inject-environment", stack.namespace, count)
-    after = metric_sum_count(stack.operator_metrics(), "kenv_admission_seconds")
+    after = metric_sum_count(stack.operator_metrics("admission"), "kenv_admission_seconds")
     floor_ip = floor.pod()["status"]["podIP"]
     direct_round_trips(f"https://{floor_ip}:{FLOOR_PORT}/mutate", stack.namespace, 20)
     go = direct_round_trips(f"https://{floor_ip}:{FLOOR_PORT}/mutate", stack.namespace, count)

@@ -27,6 +27,7 @@ from localcluster import LocalCluster
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts/kenv"
 BUILD_NAMESPACE = "kenv-system"
+ROLES = ("controller", "admission")  # the chart's two Deployments, `<release>-<role>`
 
 
 class KenvRelease:
@@ -42,6 +43,7 @@ class KenvRelease:
         self.api = KubeAPI(cluster.kubeconfig)
         self.helm = str(Path(cluster.kubectl).parent / "helm")
         self.images: dict[str, str] = {}
+        self._scaled_from: dict[str, int] | None = None  # replicas per role before stop()
 
     # -- Helm
 
@@ -85,32 +87,48 @@ class KenvRelease:
                           "-f", f.name, "--wait", f"--timeout={int(timeout)}s")
         finally:
             os.unlink(f.name)
-        if self.replicas():
+        if self.replicas("controller"):
+            _wait(self._leading, timeout, "a controller to take the Lease")
+        if self.replicas("admission"):
             self.wait_admitting(timeout)
         return self
 
     def uninstall(self) -> None:
         self.run_helm("uninstall", self.name, "-n", self.namespace, "--wait", check=False)
 
-    # -- the operator pod
+    # -- the operator pods: `admission` replicas and `controller` replicas, one of which leads
 
-    @property
-    def deployment_path(self) -> str:
-        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.name}"
+    def deployment_path(self, role: str = "controller") -> str:
+        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.name}-{role}"
 
-    def replicas(self) -> int:
-        return int(self.api.request("GET", self.deployment_path)["spec"].get("replicas", 1))
+    def replicas(self, role: str = "admission") -> int:
+        return int(self.api.request("GET", self.deployment_path(role))["spec"].get("replicas", 1))
 
-    def pods(self, terminating: bool = False) -> list[dict]:
-        """The release's operator pods; those being deleted only with terminating=True."""
+    def pods(self, terminating: bool = False, role: str | None = None) -> list[dict]:
+        """The release's operator pods (of one role); those being deleted only with terminating=True."""
         selector = f"app.kubernetes.io/instance={self.name}"
+        if role:
+            selector += f",app.kubernetes.io/component={role}"
         pods = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")["items"]
         return [p for p in pods if terminating or "deletionTimestamp" not in p["metadata"]]
 
+    def lease_holder(self) -> str:
+        """The reconcilers' Lease holder identity (`<pod>_<pid>`), "" when free or absent."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/kenv-reconciler"
+        try:
+            return str(self.api.request("GET", path).get("spec", {}).get("holderIdentity") or "")
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return ""
+            raise
+
     def pod(self) -> dict:
-        pods = self.pods()
+        """The leading controller pod (the one reconciling)."""
+        holder = self.lease_holder().rpartition("_")[0]
+        pods = [p for p in self.pods(role="controller") if p["metadata"]["name"] == holder]
         if len(pods) != 1:
-            raise RuntimeError(f"expected one operator pod, found {[p['metadata']['name'] for p in pods]}")
+            raise RuntimeError(f"no controller pod holds the Lease (holder {holder!r}, pods "
+                               f"{[p['metadata']['name'] for p in self.pods(role='controller')]})")
         return pods[0]
 
     def ready(self) -> bool:
@@ -120,7 +138,14 @@ class KenvRelease:
             for p in pods)
 
     def wait_ready(self, timeout: float = 180) -> None:
-        _wait(self.ready, timeout, "the operator pod to be Ready")
+        """Every pod Ready and one controller leading."""
+        _wait(lambda: self.ready() and self._leading(), timeout, "the operator pods to be Ready and one to lead")
+
+    def _leading(self) -> bool:
+        try:
+            return bool(self.pod())
+        except RuntimeError:
+            return False
 
     def wait_admitting(self, timeout: float = 120) -> None:
         """Ready is not enough for the API server to reach the webhook: a dry-run of a labelled pod must come
@@ -144,28 +169,36 @@ class KenvRelease:
         """A namespace the webhook applies to (never the release's own)."""
         return "default" if self.namespace != "default" else "kube-public"
 
-    def scale(self, replicas: int, timeout: float = 180) -> None:
-        self.api.request("PATCH", f"{self.deployment_path}/scale", {"spec": {"replicas": replicas}},
-                         "application/merge-patch+json")
-        if replicas == 0:
-            _wait(lambda: not self.pods(terminating=True), timeout, "the operator pods to be gone")
-        else:
+    def scale(self, replicas: dict[str, int], timeout: float = 180) -> None:
+        """Scale the Deployments of the roles named; when none is left at 0, wait until all are Ready (and
+        admitting, with admission replicas)."""
+        for role, count in replicas.items():
+            self.api.request("PATCH", f"{self.deployment_path(role)}/scale", {"spec": {"replicas": count}},
+                             "application/merge-patch+json")
+        for role, count in replicas.items():
+            if count == 0:
+                _wait(lambda role=role: not self.pods(terminating=True, role=role), timeout,
+                      f"the {role} pods to be gone")
+        if all(replicas.values()):
             self.wait_ready(timeout)
-            self.wait_admitting(timeout)
+            if self.replicas("admission"):
+                self.wait_admitting(timeout)
 
     def stop(self) -> None:
-        """No operator (and no webhook) until start(): the Deployment scaled to 0."""
-        self.scale(0)
+        """No operator (and no webhook) until start(): both Deployments scaled to 0."""
+        self._scaled_from = {role: self.replicas(role) for role in ROLES}
+        self.scale(dict.fromkeys(ROLES, 0))
 
     def start(self) -> None:
-        self.scale(1)
+        self.scale(self._scaled_from or dict.fromkeys(ROLES, 1))
 
     def restart_count(self) -> int:
         return sum(s.get("restartCount", 0) for s in self.pod()["status"].get("containerStatuses", []))
 
     def kill(self) -> None:
-        """SIGKILL the operator container's processes, as the kernel's OOM killer would; the kubelet restarts
-        the container (same pod) and wait_ready() sees it back."""
+        """SIGKILL the leading controller's processes, as the kernel's OOM killer would; the kubelet restarts
+        the container (same pod, same Lease identity: it takes the Lease back at once unless a standby took it)
+        and wait_ready() sees a leader again."""
         pod = self.pod()
         node = getattr(self.cluster, "node", None)
         if node is None:  # a cluster whose nodes we cannot reach: the closest is a pod deleted without grace
@@ -191,7 +224,9 @@ class KenvRelease:
     # -- what the operator says
 
     def metrics(self) -> str:
-        pod = self.pod()
+        return self.pod_metrics(self.pod())
+
+    def pod_metrics(self, pod: dict) -> str:
         port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "metrics")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(f"http://{pod['status']['podIP']}:{port}/metrics", timeout=10) as response:

@@ -259,18 +259,18 @@ def session_operator_paused(cluster: Any) -> Iterator[None]:
     """Scale the session's operator (if it was started) to 0 while another release acts on Environments."""
     session = KenvRelease(cluster)
     try:
-        running = session.replicas() > 0
+        running = session.replicas("controller") + session.replicas("admission") > 0
     except urllib.error.HTTPError as error:
         if error.code != 404:
             raise
         running = False
     if running:
-        session.scale(0)
+        session.stop()
     try:
         yield
     finally:
         if running:
-            session.scale(1)
+            session.start()
 
 
 def run_kenv(cluster: Any, *args: str) -> subprocess.CompletedProcess:

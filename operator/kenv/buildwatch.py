@@ -15,7 +15,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import kube
@@ -29,7 +28,6 @@ ANNOTATION = f"build.{GROUP}/finished"
 SELECTOR = f"{LABEL_ROLE}=build"
 NUDGES_AT_ONCE = 8
 REMEMBERED = 4096  # finished Jobs already told (a Job's later events must not nudge again)
-WATCH_SECONDS = 270  # the server ends each watch after this; a fresh list follows
 
 
 def waiting_on(job: str, environments: Mapping[Any, Any], cluster_environments: Mapping[Any, Any]
@@ -106,34 +104,15 @@ async def follow(namespace: str, waiting: Callable[[str], list[EnvironmentRef]],
     resourceVersion expired) tells those that finished in between."""
     follower = Follower(waiting, on_finished)
     first = True
-    while True:
-        try:
-            api = await kube.batch()
-            listing = await api.list_namespaced_job(namespace, label_selector=SELECTOR)
-            for item in listing.items:
-                job = kube.plain(item)
-                if first:
-                    follower.remember(job)
-                else:
-                    await follower.seen(job)
-            first = False
-            # A server-side timeout ends the watch cleanly (then a fresh list); the client timeout catches a
-            # connection that died without a word.
-            async with watch.Watch().stream(api.list_namespaced_job, namespace, label_selector=SELECTOR,
-                                            resource_version=listing.metadata.resource_version,
-                                            timeout_seconds=WATCH_SECONDS,
-                                            _request_timeout=WATCH_SECONDS + 30) as stream:
-                async for event in stream:
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        await follower.seen(event["raw_object"])
-        except asyncio.CancelledError:
-            raise
-        except ApiException as error:
-            if error.status != 410:  # 410 Gone: the resourceVersion expired; list again at once
-                log.warning("watching build Jobs in %s failed (%s); retrying in %.0f s", namespace, error.reason,
-                            retry_seconds)
-                await asyncio.sleep(retry_seconds)
-        except Exception as error:  # noqa: BLE001 - the watch must outlive any API hiccup; the poll covers the gap
-            log.warning("watching build Jobs in %s failed (%s: %s); retrying in %.0f s", namespace,
-                        type(error).__name__, error, retry_seconds)
-            await asyncio.sleep(retry_seconds)
+
+    async def listed(jobs: list[dict[str, Any]]) -> None:
+        nonlocal first
+        for job in jobs:
+            if first:
+                follower.remember(job)
+            else:
+                await follower.seen(job)
+        first = False
+    api = await kube.batch()
+    await kube.list_and_watch(api.list_namespaced_job, (namespace,), SELECTOR, listed, follower.seen,
+                              f"build Jobs in {namespace}", retry_seconds)

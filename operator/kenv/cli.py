@@ -174,6 +174,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    import functools
+
     import kopf
 
     try:
@@ -181,19 +183,18 @@ def cmd_operator(args: argparse.Namespace) -> int:
     except ImportError:  # Windows: no uvloop
         from asyncio import run  # type: ignore[assignment]
 
-    import kenv.main  # noqa: F401 - registers the handlers (and validates KENV_* settings)
+    from kenv import main, roles, runtime
 
-    settings = kenv.main.SETTINGS
+    role = roles.Role(args.role)
+    settings = main.SETTINGS
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format, verbose=args.verbose)
-    namespaces = settings.namespace_list
-    if namespaces and settings.build_namespace not in namespaces:
-        namespaces.append(settings.build_namespace)  # where ClusterEnvironments' EnvironmentVersions live
+    namespaces = runtime.watched_namespaces(settings)
+    operator = functools.partial(
+        kopf.operator, registry=main.registry(role), clusterwide=not namespaces, namespaces=namespaces,
+        standalone=True, liveness_endpoint=args.liveness or None)
     # uvloop, as `kopf run` uses it when installed: admission's TLS round trips are its hot path (bench/webhook.py)
-    run(kopf.operator(
-        clusterwide=not namespaces, namespaces=namespaces, standalone=True,
-        liveness_endpoint=args.liveness or None,
-    ))
+    run(roles.run(role, operator, args.liveness or None))
     return 0
 
 
@@ -209,6 +210,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("operator", help="run the operator against the current kubeconfig")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="health endpoint URL ('' = off)")
+    p.add_argument("--role", choices=["all", "admission", "reconciler"], default="all",
+                   help="admission: index and serve the webhook only (any number of replicas); reconciler: build "
+                   "and record status, while holding the Lease (KENV_LEADER_ELECTION); all: both (default)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(run=cmd_operator)
     p = sub.add_parser("crd", help="print the CRDs generated from the models")

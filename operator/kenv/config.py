@@ -101,6 +101,15 @@ class OperatorSettings(BaseSettings):
     webhook_cert_dir: str | None = Field(None, description="Folder with tls.crt/tls.key/ca.crt (else generated).")
     metrics_port: int = Field(8000, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")
     log_format: str = Field("text", pattern="^(text|json)$")
+    leader_election: bool = Field(
+        True, description="Reconcile only while holding the Lease lease_name in the build namespace (leader.py); "
+        "false: every reconciling process acts (run one only).",
+    )
+    lease_name: str = Field("kenv-reconciler", pattern=K8S_NAME_PATTERN, description="The reconcilers' Lease.")
+    lease_duration_seconds: float = Field(
+        15.0, ge=3, le=300, description="How long a Lease not renewed keeps its holder: a dead leader is replaced "
+        "within about this plus 2/15 of it.",
+    )
 
     @field_validator("namespaces", "insecure_registries")
     @classmethod

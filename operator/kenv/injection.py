@@ -63,6 +63,8 @@ INJECTED_ENVIRONMENT = "kenv.dev/injected-environment"
 INJECTED_VERSION = "kenv.dev/injected-version"
 INJECTED_IMAGE = "kenv.dev/injected-image"
 AWAITING_IMAGE = "kenv.dev/awaiting-image"
+# Also a label on gated pods, so the reconciler can watch exactly them (gatewatch.py) across processes.
+AWAITING_LABEL = AWAITING_IMAGE
 AWAITING_RUNTIME = "kenv.dev/awaiting-runtime"  # runtime hash of the definition a gated pod received
 OVERRIDDEN_ENV = "kenv.dev/overridden-env"
 GATE_NAME = "kenv.dev/image"
@@ -517,6 +519,11 @@ def build_pod_mutation(pod: dict[str, Any], env: EnvironmentView, settings: Inje
     if gated:
         added_annotations[AWAITING_IMAGE] = "true"
         added_annotations[AWAITING_RUNTIME] = versions.runtime_hash(chosen)
+        metadata = pod.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("labels"), dict):  # as the webhook's selector
+            ops.append({"op": "add", "path": f"/metadata/labels/{_pointer(AWAITING_LABEL)}", "value": "true"})
+        elif isinstance(metadata, dict):
+            ops.append({"op": "add", "path": "/metadata/labels", "value": {AWAITING_LABEL: "true"}})
     else:
         if choice.version is not None:
             added_annotations[INJECTED_VERSION] = str(choice.version)
@@ -560,7 +567,8 @@ def build_ungate_patch(pod: dict[str, Any], image: str, container_name: str | No
     """For the operator once the image is Ready: set the image of the target container (container_name, else the
     kenv.dev/container annotation, else the first) and of its image followers, lift only kenv's scheduling gate,
     write kenv.dev/injected-image (and -version when given: gated pods read both as KENV_IMAGE/KENV_VERSION) and
-    drop kenv.dev/awaiting-image. `test` ops make the patch fail on a pod that changed meanwhile."""
+    drop kenv.dev/awaiting-image (annotation and label). `test` ops make the patch fail on a pod that changed
+    meanwhile."""
     if not DIGEST_IMAGE.match(image):
         raise InjectionRefused(f"image {image!r} is not pinned by digest (repo@sha256:...)")
     index, container = _target(pod, container_name)
@@ -580,4 +588,6 @@ def build_ungate_patch(pod: dict[str, Any], image: str, container_name: str | No
     for key in (AWAITING_IMAGE, AWAITING_RUNTIME):
         if key in ((pod.get("metadata") or {}).get("annotations") or {}):
             ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer(key)}"})
+    if AWAITING_LABEL in ((pod.get("metadata") or {}).get("labels") or {}):
+        ops.append({"op": "remove", "path": f"/metadata/labels/{_pointer(AWAITING_LABEL)}"})
     return ops

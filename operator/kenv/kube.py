@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv.models import GROUP, VERSION
 from kenv.refs import EnvironmentRef
 
 _api: client.ApiClient | None = None
+log = logging.getLogger(__name__)
+WATCH_SECONDS = 270  # the server ends each watch after this; a fresh list follows
 
 
 async def api_client() -> client.ApiClient:
@@ -227,3 +231,34 @@ def current_namespace() -> str:
         return str((context or {}).get("context", {}).get("namespace") or "default")
     except Exception:  # noqa: BLE001 - no kubeconfig context: kubectl's default
         return "default"
+
+
+async def list_and_watch(list_call: Callable[..., Awaitable[Any]], args: tuple[Any, ...], selector: str,
+                         on_list: Callable[[list[dict[str, Any]]], Awaitable[None]],
+                         on_change: Callable[[dict[str, Any]], Awaitable[None]], what: str,
+                         retry_seconds: float = 5.0) -> None:
+    """Until cancelled: list `list_call(*args)` by `selector` (`on_list(items)`), then watch from that list's
+    resourceVersion (`on_change(object)` per ADDED or MODIFIED). A server-side timeout ends each watch cleanly,
+    then a fresh list; the client timeout catches a connection that died without a word; 410 Gone (the
+    resourceVersion expired) lists again at once; any other failure is retried after `retry_seconds`."""
+    while True:
+        try:
+            listing = await list_call(*args, label_selector=selector)
+            await on_list([plain(item) for item in listing.items])
+            async with watch.Watch().stream(list_call, *args, label_selector=selector,
+                                            resource_version=listing.metadata.resource_version,
+                                            timeout_seconds=WATCH_SECONDS,
+                                            _request_timeout=WATCH_SECONDS + 30) as stream:
+                async for event in stream:
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        await on_change(event["raw_object"])
+        except asyncio.CancelledError:
+            raise
+        except ApiException as error:
+            if error.status != 410:
+                log.warning("watching %s failed (%s); retrying in %.0f s", what, error.reason, retry_seconds)
+                await asyncio.sleep(retry_seconds)
+        except Exception as error:  # noqa: BLE001 - the watch must outlive any API hiccup; the poll covers the gap
+            log.warning("watching %s failed (%s: %s); retrying in %.0f s", what, type(error).__name__, error,
+                        retry_seconds)
+            await asyncio.sleep(retry_seconds)

@@ -13,13 +13,15 @@ import kopf
 from kopf._cogs.structs.diffs import diff as kopf_diff  # not exported; what kopf decides changes with
 from pydantic import ValidationError
 
-from kenv import admission, buildwatch, catalog, gating, kube, metrics, references, tracking
+from kenv import admission, buildwatch, catalog, gatewatch, gating, kube, metrics, references, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
+from kenv.indexfill import IndexFill, NotFull
 from kenv.models import GROUP, spec_from_body
 from kenv.reconcile import Outcome, Reconciler, rebuild_token
 from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryClient
+from kenv.roles import Role
 from kenv.status import rebuild_pending
 from kenv.statusmodels import Phase
 from kenv.webhookserver import AdmissionServer
@@ -30,8 +32,9 @@ DIFFBASE = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-conf
 PROGRESS = kopf.AnnotationsProgressStorage(prefix=PREFIX)
 _reconciler: Reconciler | None = None
 _catalog_task: asyncio.Task[None] | None = None
-_build_watch: asyncio.Task[None] | None = None
+_watches: list[asyncio.Task[None]] = []
 _indexes: admission.Indexes | None = None
+_index_fill: IndexFill | None = None
 
 
 def reconciler() -> Reconciler:
@@ -39,10 +42,14 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
-def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes: admission.Indexes) -> None:
-    global _reconciler, _indexes
+def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes: admission.Indexes,
+              role: Role) -> None:
+    global _reconciler, _indexes, _index_fill
     _indexes = indexes
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # kopf removes its finalizer from every object no handler of *this* process needs it for: admission replicas
+    # (indexes only) would strip the reconciler's on each event, and each re-add costs the reconciler a handling
+    # cycle without its change handlers, endlessly. So they are given a name never set on any object.
+    settings.persistence.finalizer = f"{PREFIX}/finalizer" if role.reconciles else f"admission.{PREFIX}/never-set"
     settings.persistence.progress_storage = PROGRESS
     settings.persistence.diffbase_storage = DIFFBASE
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request is noise
@@ -54,16 +61,27 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes
     settings.watching.inactivity_timeout = 600
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.execution.max_workers = 20
-    cert_dir = Path(config.webhook_cert_dir) if config.webhook_cert_dir else write_serving_certs(
-        Path(tempfile.mkdtemp(prefix="kenv-webhook-")), [config.webhook_url_host or config.webhook_host])
-    settings.admission.server = AdmissionServer(
-        indexes, addr=config.webhook_host, port=config.webhook_port,
-        host=config.webhook_url_host or config.webhook_host,
-        certfile=str(cert_dir / "tls.crt"), pkeyfile=str(cert_dir / "tls.key"), cafile=str(cert_dir / "ca.crt"))
-    if config.webhook_managed:
-        settings.admission.managed = GROUP
     metrics.serve(config.metrics_port)
-    _reconciler = Reconciler(config, RegistryClient(config.insecure_registry_list))
+    if role.admits:
+        cert_dir = Path(config.webhook_cert_dir) if config.webhook_cert_dir else write_serving_certs(
+            Path(tempfile.mkdtemp(prefix="kenv-webhook-")), [config.webhook_url_host or config.webhook_host])
+        settings.admission.server = AdmissionServer(
+            indexes, addr=config.webhook_host, port=config.webhook_port,
+            host=config.webhook_url_host or config.webhook_host,
+            certfile=str(cert_dir / "tls.crt"), pkeyfile=str(cert_dir / "tls.key"), cafile=str(cert_dir / "ca.crt"))
+        if config.webhook_managed:
+            settings.admission.managed = GROUP
+        _index_fill = IndexFill(watched_namespaces(config))
+    if role.reconciles:
+        _reconciler = Reconciler(config, RegistryClient(config.insecure_registry_list))
+
+
+def watched_namespaces(config: OperatorSettings) -> list[str]:
+    """The namespaces kopf watches: KENV_NAMESPACES plus the build namespace (where ClusterEnvironments'
+    EnvironmentVersions live); empty for all."""
+    namespaces = config.namespace_list
+    return [*namespaces, config.build_namespace] if namespaces and config.build_namespace not in namespaces \
+        else namespaces
 
 
 def start_catalog(config: OperatorSettings) -> None:
@@ -75,18 +93,20 @@ def start_catalog(config: OperatorSettings) -> None:
                                                                   config.catalog_sync_seconds))
 
 
-def start_build_watch(config: OperatorSettings) -> None:
-    """Reconcile the Environments waiting on a build Job as soon as it finishes (buildwatch.py)."""
-    global _build_watch
+def start_watches(config: OperatorSettings) -> None:
+    """Reconcile the Environments waiting on a build Job as soon as it finishes (buildwatch.py); learn of every
+    pod an admission replica gates (gatewatch.py)."""
     assert _indexes is not None, "operator not configured"
     indexes = _indexes
-    _build_watch = asyncio.create_task(buildwatch.follow(
+    _watches.append(asyncio.create_task(buildwatch.follow(
         config.build_namespace, lambda job: buildwatch.waiting_on(job, indexes.environments,
-                                                                  indexes.cluster_environments)))
+                                                                  indexes.cluster_environments))))
+    namespaces: list[str | None] = list(config.namespace_list) or [None]
+    _watches.extend(asyncio.create_task(gatewatch.follow(namespace)) for namespace in namespaces)
 
 
 async def shutdown() -> None:
-    tasks = [task for task in (_catalog_task, _build_watch) if task is not None]
+    tasks = [task for task in (_catalog_task, *_watches) if task is not None]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -184,3 +204,15 @@ async def registry_probe() -> str:
     config = get_settings()
     await reconciler().registry.digest(f"{config.destination_repo}:kenv-probe")
     return "ok"
+
+
+async def index_probe() -> str:
+    """Readiness of admission: the indexes hold every object listed (indexfill.py). Permanent, so kopf answers the
+    probe now rather than retrying the handler."""
+    assert _index_fill is not None and _indexes is not None, "admission not configured"
+    try:
+        return await _index_fill.check(_indexes)
+    except NotFull as error:
+        raise kopf.PermanentError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - a failed listing is a failed probe, answered now (not retried)
+        raise kopf.PermanentError(f"could not list what to index: {error}") from error

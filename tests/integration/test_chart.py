@@ -146,18 +146,36 @@ def test_rendered_manifests_pass_server_side_validation(helm, cluster, kube, nam
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("(server dry run)") == len(core), result.stdout
 
-        deployment = by_kind(objects, "Deployment")[0]
-        pod = deployment["spec"]["template"]["spec"]
+        deployments = {d["metadata"]["name"]: d for d in by_kind(objects, "Deployment")}
+        assert set(deployments) == {"kenv-admission", "kenv-controller"}
+        for role, deployment in (("admission", deployments["kenv-admission"]),
+                                 ("reconciler", deployments["kenv-controller"])):
+            spec = deployment["spec"]
+            assert spec["replicas"] == 2  # the defaults: replicated admission, one standby reconciler
+            assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+            template = spec["template"]["spec"]
+            operator_container = template["containers"][0]
+            assert operator_container["command"] == ["kenv"]
+            assert operator_container["args"] == ["operator", f"--role={role}", "--liveness=http://0.0.0.0:8080/healthz"]
+            assert template["securityContext"]["runAsNonRoot"] and template["securityContext"]["runAsUser"] == 65532
+            hardened = operator_container["securityContext"]
+            assert hardened["readOnlyRootFilesystem"] and not hardened["allowPrivilegeEscalation"]
+            assert hardened["capabilities"]["drop"] == ["ALL"]
+            assert hardened["seccompProfile"]["type"] == "RuntimeDefault"
+        pod = deployments["kenv-admission"]["spec"]["template"]["spec"]
         container = pod["containers"][0]
         env = {e["name"]: e.get("value") for e in container["env"]}
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
-        assert container["command"] == ["kenv"]
-        assert container["args"] == ["operator", "--liveness=http://0.0.0.0:8080/healthz"]
-        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 65532
-        hardened = container["securityContext"]
-        assert hardened["readOnlyRootFilesystem"] and not hardened["allowPrivilegeEscalation"]
-        assert hardened["capabilities"]["drop"] == ["ALL"] and hardened["seccompProfile"]["type"] == "RuntimeDefault"
         assert {m["mountPath"] for m in container["volumeMounts"]} == {"/certs", "/tmp"}
+        controller = deployments["kenv-controller"]["spec"]["template"]["spec"]["containers"][0]
+        assert {m["mountPath"] for m in controller["volumeMounts"]} == {"/tmp"}  # no webhook certificate
+        assert "webhook" not in {p["name"] for p in controller["ports"]}
+        assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}  # drains before it stops
+        assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"  # the `index` probe
+        service = next(o for o in by_kind(objects, "Service") if o["metadata"]["name"] == "kenv")
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == "admission"
+        budget = by_kind(objects, "PodDisruptionBudget")[0]["spec"]
+        assert budget["maxUnavailable"] == 1
+        assert budget["selector"]["matchLabels"] == deployments["kenv-admission"]["spec"]["selector"]["matchLabels"]
         assert env["KENV_BUILD_NAMESPACE"] == namespace and env["KENV_WEBHOOK_MANAGED"] == "false"
         assert env["KENV_WEBHOOK_CERT_DIR"] == "/certs" and env["KENV_WEBHOOK_HOST"] == "0.0.0.0"
         assert env["KENV_DESTINATION_REPO"] == values["destinationRepo"]
@@ -243,7 +261,8 @@ def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> 
     values = values_file(tmp_path, runnable_values(cluster, watchNamespaces=[namespace]))
     name = f"kenv-{namespace}"  # cluster-scoped objects carry the release namespace
     paths = {
-        "deployment": f"/apis/apps/v1/namespaces/{namespace}/deployments/kenv",
+        "deployment": f"/apis/apps/v1/namespaces/{namespace}/deployments/kenv-controller",
+        "admission": f"/apis/apps/v1/namespaces/{namespace}/deployments/kenv-admission",
         "serviceaccount": f"/api/v1/namespaces/{namespace}/serviceaccounts/kenv",
         "service": f"/api/v1/namespaces/{namespace}/services/kenv",
         "secret": f"/api/v1/namespaces/{namespace}/secrets/kenv-webhook-tls",
@@ -260,7 +279,8 @@ def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> 
         installed = True
         assert "kubectl get env -w" in result.stdout  # NOTES.txt
         release = KenvRelease(cluster, namespace=namespace)
-        assert release.ready() and release.pod()["spec"]["serviceAccountName"] == "kenv"
+        release.wait_ready()
+        assert release.pod()["spec"]["serviceAccountName"] == "kenv"
         for what, path in paths.items():
             assert exists(kube, path), what
         for plural in ("environments", "clusterenvironments"):
@@ -277,6 +297,7 @@ def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> 
 
         run_helm(helm, cluster, "upgrade", "kenv", str(CHART), "-n", namespace, "-f", values,
                  "--set", "maxParallelBuilds=2", "--wait", "--timeout=5m")
+        release.wait_ready()  # a new controller pod takes the Lease the old leader released on its way out
         operator_env = release.pod()["spec"]["containers"][0]["env"]
         assert {"name": "KENV_MAX_PARALLEL_BUILDS", "value": "2"} in operator_env  # the new pod runs
         assert kube.request("GET", paths["secret"])["data"] == secret["data"], "upgrade replaced the webhook cert"

@@ -23,7 +23,7 @@ BUILDING = {"phase": "Building", "version": 1, "image": ENV_IMAGE, "observedGene
 
 @pytest.fixture
 def kenv_main(operator_settings: None) -> Any:
-    """kenv.main imported: its handlers registered in kopf's default registry."""
+    """kenv.main imported (its handlers are registered per role by kenv.main.registry)."""
     import kenv.main
     from kenv import gating
 
@@ -43,7 +43,10 @@ class Admission:
         from kenv import admission
 
         self.admission = admission
-        registry = kopf.get_default_registry()
+        from kenv.main import registry as role_registry
+        from kenv.roles import Role
+
+        registry = role_registry(Role.ADMISSION)
         self.indexers = indexing.OperatorIndexers()
         self.indexers.ensure(registry._indexing.get_all_handlers())
         insights = references.Insights()

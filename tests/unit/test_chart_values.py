@@ -55,4 +55,4 @@ def test_values_defaults_match_the_operator_defaults() -> None:
     assert values["packageCache"]["hostPath"] == fields["package_cache_dir"].default
     cache_pattern = fields["package_cache_dir"].metadata[0].pattern
     assert schema["packageCache"]["properties"]["hostPath"]["pattern"] == cache_pattern
-    assert values["replicaCount"] == 1
+    assert values["admission"]["replicas"] == 2 and values["controller"]["replicas"] == 2

@@ -360,6 +360,12 @@ def test_gate_policy_admits_gated_pod_with_everything_else(phase):
     assert annotations["kenv.dev/awaiting-runtime"] == runtime_hash(env.spec)
     assert "kenv.dev/injected-image" not in annotations and "kenv.dev/injected-version" not in annotations
     assert pod_is_awaiting_image(result) and not pod_is_awaiting_image(pod)
+    # the label the reconciler's watch selects gated pods by (gatewatch.py), beside the pod's own labels
+    assert result["metadata"]["labels"] == {"kenv.dev/awaiting-image": "true"}
+    labelled = make_pod()
+    labelled["metadata"]["labels"] = {"kenv.dev/environment": "e"}
+    assert mutate(labelled, env)[0]["metadata"]["labels"] == {"kenv.dev/environment": "e",
+                                                              "kenv.dev/awaiting-image": "true"}
 
 
 def test_gated_container_without_image_gets_a_placeholder():
@@ -863,6 +869,7 @@ def test_ungate_sets_image_and_lifts_only_kenv_gate():
     assert annotations["kenv.dev/injected-image"] == IMAGES[2]
     assert annotations["kenv.dev/injected-version"] == "2"
     assert "kenv.dev/awaiting-image" not in annotations
+    assert result["metadata"]["labels"] == {}  # the gated pods' label is gone too
     assert not pod_is_awaiting_image(result)
 
 

@@ -27,6 +27,12 @@ app.kubernetes.io/name: {{ include "kenv.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The pods of one role's Deployment (templates/deployment.yaml): `controller` or `admission`. */}}
+{{- define "kenv.roleSelectorLabels" -}}
+{{ include "kenv.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .role }}
+{{- end }}
+
 {{- define "kenv.labels" -}}
 helm.sh/chart: {{ include "kenv.chart" . }}
 {{ include "kenv.selectorLabels" . }}

@@ -1,0 +1,164 @@
+"""kenv's replicas through faults (issue 14): labelled pods created at a steady rate through the API server while
+a fault hits the admission replicas or the leading reconciler, and what each fault cost.
+
+Used by tests/reliability/test_replicas.py (short runs, asserted) and bench/failover.py (the README's figures).
+Only stdlib, httpx and the sibling hack modules.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubeapi import KubeAPI
+from podload import PodCreator, percentile
+
+LEASE = "kenv-reconciler"
+
+
+@dataclass
+class LoadResult:
+    sent: int
+    seconds: float
+    failures: list[str]
+    latencies: list[float] = field(repr=False)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        p50 = percentile(self.latencies, 0.5) * 1000 if self.latencies else 0
+        p99 = percentile(self.latencies, 0.99) * 1000 if self.latencies else 0
+        return (f"{self.sent} pods at {self.rate:.1f}/s, {len(self.failures)} failed, "
+                f"p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+
+
+class Load:
+    """Labelled pod CREATEs (held by a scheduling gate of their own, so nothing runs them) at `rate` per second
+    from a background thread until stop(); each must come back injected with a digest-pinned image."""
+
+    def __init__(self, kube: KubeAPI, namespace: str, environment: str, rate: float = 50.0) -> None:
+        self.namespace, self.environment, self.rate = namespace, environment, rate
+        self.creator = PodCreator(kube, ["pods"])
+        self.stopping = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = self.seconds = 0.0
+        self.prefix = f"load-{uuid.uuid4().hex[:6]}"
+
+    def __enter__(self) -> Load:
+        self.started = time.monotonic()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        interval = 1 / self.rate
+        labels = {"kenv.dev/environment": self.environment}
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            while not self.stopping.is_set():
+                delay = self.started + self.sent * interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                pool.submit(self.creator.create, self.namespace, f"{self.prefix}-{self.sent}", labels, "pods", True)
+                self.sent += 1
+
+    def stop(self) -> LoadResult:
+        if not self.stopping.is_set():
+            self.stopping.set()
+            self.thread.join()
+            self.seconds = time.monotonic() - self.started
+            self.creator.close()
+        return LoadResult(self.sent, self.seconds, list(self.creator.failures["pods"]),
+                          list(self.creator.latency["pods"]))
+
+
+class BuildJobs:
+    """Every build Job seen in the build namespace (polled from a background thread): a second uid under one
+    name, or two Jobs for one content hash, is a duplicate build."""
+
+    def __init__(self, kube: KubeAPI, namespace: str, interval: float = 0.3) -> None:
+        self.kube, self.namespace, self.interval = kube, namespace, interval
+        self.seen: dict[str, set[str]] = {}  # content hash label -> Job uids
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs?labelSelector=kenv.dev%2Frole%3Dbuild"
+        while not self.stopping.wait(self.interval):
+            try:
+                jobs = self.kube.request("GET", path)["items"]
+            except (OSError, urllib.error.HTTPError):
+                continue
+            for job in jobs:
+                content = job["metadata"].get("labels", {}).get("kenv.dev/hash", job["metadata"]["name"])
+                self.seen.setdefault(content, set()).add(job["metadata"]["uid"])
+
+    def stop(self) -> dict[str, set[str]]:
+        """The duplicates: content hashes that had more than one Job."""
+        self.stopping.set()
+        self.thread.join()
+        return {content: uids for content, uids in self.seen.items() if len(uids) > 1}
+
+
+def lease(kube: KubeAPI, namespace: str) -> dict[str, Any]:
+    try:
+        return dict(kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}")
+                    .get("spec") or {})
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return {}
+        raise
+
+
+def wait_new_leader(kube: KubeAPI, namespace: str, old: str, timeout: float = 120) -> tuple[str, float]:
+    """The first holder other than `old` (and not empty), and the seconds until it showed."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        holder = lease(kube, namespace).get("holderIdentity") or ""
+        if holder and holder != old:
+            return holder, time.monotonic() - started
+        time.sleep(0.2)
+    raise TimeoutError(f"no new leader after {timeout:.0f}s (old {old})")
+
+
+def retag(registry: str, image: str, tag: str) -> str:
+    """Push `image`'s manifest under another tag of the same repository (local registry, plain HTTP): a new
+    image tag for `helm upgrade` without a new build."""
+    repository = image.split("/", 1)[1].rsplit(":", 1)[0]
+    reference = image.rsplit(":", 1)[1]
+    accept = ("application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, "
+              "application/vnd.oci.image.index.v1+json")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    got = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{reference}",
+                                 headers={"Accept": accept})
+    with opener.open(got, timeout=30) as response:
+        manifest, media_type = response.read(), response.headers["Content-Type"]
+    put = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{tag}", data=manifest,
+                                 method="PUT", headers={"Content-Type": media_type})
+    with opener.open(put, timeout=30):
+        pass
+    return f"{registry}/{repository}:{tag}"
+
+
+def ready_pods(kube: KubeAPI, namespace: str, role: str) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/component%3D{role}"
+    pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")["items"]
+    return [p for p in pods if "deletionTimestamp" not in p["metadata"] and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])]
+
+
+def describe(result: dict[str, Any]) -> str:
+    return json.dumps(result, default=str)

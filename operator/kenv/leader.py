@@ -1,0 +1,182 @@
+"""Leader election on a coordination.k8s.io Lease: exactly one reconciler acts at a time (kopf has no election).
+
+client-go's algorithm, in kenv's words:
+- A candidate takes the Lease when it is free (no holder: the last leader released it on its way out) or when
+  its record has not moved for a whole lease duration *as this process saw it*: expiry is judged on the local
+  monotonic clock from the moment the record last changed, never by comparing the holder's clock with ours.
+- Every write carries the resourceVersion read just before, so of two candidates writing at once one gets 409.
+- The leader renews every `retry` seconds. If no renewal has succeeded for `renew_deadline` (shorter than the
+  lease duration, so a candidate cannot yet have taken over), or the Lease names someone else, leadership is
+  lost and the process exits: it cannot know what its handlers were doing, and a restart makes it a candidate.
+A paused leader (SIGSTOP, a long GC, a partition) may act for a moment after it wakes, until its next renewal
+fails: the deterministic build Job names make what it does then idempotent (tests/reliability/test_replicas.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kenv import kube
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timing:
+    duration: float = 15.0  # client-go's defaults: a dead leader is replaced within ~duration + retry
+    renew_deadline: float = 10.0
+    retry: float = 2.0
+
+    @classmethod
+    def from_duration(cls, duration: float) -> Timing:
+        """client-go's proportions (15 / 10 / 2) for another lease duration."""
+        return cls(duration=duration, renew_deadline=duration * 2 / 3, retry=max(0.5, duration * 2 / 15))
+
+
+def identity() -> str:
+    """The pod name (HOSTNAME) and the pid. A container's restarted process (pid 1 again) has the identity of the
+    dead one and takes its Lease back at once: safe, as the process it replaces is gone."""
+    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{os.getpid()}"
+
+
+def micro_time(at: datetime) -> str:
+    """A Lease's MicroTime."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def may_take(spec: dict[str, Any], me: str, unchanged_for: float, duration: float) -> bool:
+    """Whether `me` may write itself into a Lease whose spec is `spec`, unchanged for `unchanged_for` seconds."""
+    holder = spec.get("holderIdentity") or ""
+    return holder in ("", me) or unchanged_for >= duration
+
+
+def claimed(spec: dict[str, Any], me: str, now: datetime, duration: float) -> dict[str, Any]:
+    """The spec `me` writes to take or renew the Lease."""
+    taking = (spec.get("holderIdentity") or "") != me
+    return {**spec, "holderIdentity": me, "leaseDurationSeconds": max(1, round(duration)),
+            "renewTime": micro_time(now),
+            "acquireTime": micro_time(now) if taking else spec.get("acquireTime") or micro_time(now),
+            "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (1 if taking and spec else 0)}
+
+
+def released(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the leader leaves on a clean exit: no holder, so a candidate takes over at its next try."""
+    return {**spec, "holderIdentity": "", "leaseDurationSeconds": 1}
+
+
+class Election:
+    """One candidate for the Lease `namespace/name`."""
+
+    def __init__(self, namespace: str, name: str, me: str | None = None, timing: Timing = Timing(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.namespace, self.name, self.me, self.timing, self.clock = namespace, name, me or identity(), timing, clock
+        self._seen: tuple[Any, ...] | None = None  # the record as last read, and when it last changed
+        self._seen_at = 0.0
+        self.renewed_at = 0.0
+
+    @property
+    def holder(self) -> str:
+        """The holder as last read ("" before the first read or when free)."""
+        return str(self._seen[0] or "") if self._seen else ""
+
+    async def _api(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(await kube.api_client())
+
+    async def _read(self) -> dict[str, Any] | None:
+        try:
+            return dict(kube.plain(await (await self._api()).read_namespaced_lease(self.name, self.namespace)))
+        except ApiException as error:
+            if kube.not_found(error):
+                return None
+            raise
+
+    def _unchanged_for(self, spec: dict[str, Any]) -> float:
+        record = (spec.get("holderIdentity"), spec.get("renewTime"), spec.get("leaseTransitions"))
+        if record != self._seen:
+            self._seen, self._seen_at = record, self.clock()
+        return self.clock() - self._seen_at
+
+    async def try_once(self) -> bool:
+        """Take or renew the Lease if allowed; True when this process holds it now."""
+        lease = await self._read()
+        api = await self._api()
+        now = datetime.now(UTC)
+        if lease is None:
+            body: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": claimed({}, self.me, now, self.timing.duration)}
+            try:
+                await api.create_namespaced_lease(self.namespace, body)
+            except ApiException as error:
+                if kube.conflict(error):
+                    return False  # another candidate created it first
+                raise
+        else:
+            spec = lease.get("spec") or {}
+            if not may_take(spec, self.me, self._unchanged_for(spec), self.timing.duration):
+                return False
+            lease["spec"] = claimed(spec, self.me, now, self.timing.duration)
+            try:
+                await api.replace_namespaced_lease(self.name, self.namespace, _as_body(lease))  # resourceVersion inside
+            except ApiException as error:
+                if kube.conflict(error):
+                    return False
+                raise
+        self.renewed_at = self.clock()
+        return True
+
+    async def acquire(self) -> None:
+        """Wait until this process leads."""
+        announced = False
+        while True:
+            try:
+                if await self.try_once():
+                    log.info("leading: holder of Lease %s/%s as %s", self.namespace, self.name, self.me)
+                    return
+            except Exception as error:  # noqa: BLE001 - a candidate keeps trying through API hiccups
+                log.warning("could not read or take Lease %s/%s: %s", self.namespace, self.name, error)
+            if not announced:
+                log.info("standby: Lease %s/%s is held by %s", self.namespace, self.name,
+                         self.holder or "another candidate")
+                announced = True
+            await asyncio.sleep(self.timing.retry)
+
+    async def keep(self) -> str:
+        """Renew until leadership is lost; returns why."""
+        while True:
+            await asyncio.sleep(self.timing.retry)
+            try:
+                if not await self.try_once():
+                    return f"the Lease is held by {self.holder or 'another candidate'}"
+            except Exception as error:  # noqa: BLE001 - a failed renewal is retried until the deadline
+                log.warning("could not renew Lease %s/%s: %s", self.namespace, self.name, error)
+            if self.clock() - self.renewed_at >= self.timing.renew_deadline:
+                return f"no renewal succeeded for {self.timing.renew_deadline:.0f} s"
+
+    async def release(self) -> None:
+        """Leave the Lease free if this process still holds it (a clean shutdown hands over at once)."""
+        try:
+            lease = await self._read()
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.me:
+                return
+            lease["spec"] = released(lease["spec"])
+            await (await self._api()).replace_namespaced_lease(self.name, self.namespace, _as_body(lease))
+            log.info("released Lease %s/%s", self.namespace, self.name)
+        except Exception as error:  # noqa: BLE001 - the Lease then expires on its own
+            log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, error)
+
+
+def _as_body(lease: dict[str, Any]) -> Any:
+    """A plain dict as a request body: the client serialises it as it is (the typing asks for a V1Lease)."""
+    return lease

@@ -1,0 +1,111 @@
+"""What one operator process does: admit pods, reconcile Environments, or both, and the process around kopf.
+
+- `admission` (the chart's admission Deployment, N replicas): indexes Environments, ClusterEnvironments and
+  EnvironmentVersions and serves the webhook. It never writes an Environment, so any number can run.
+- `reconciler` (the chart's controller Deployment): builds, records status, lifts scheduling gates. Only the
+  holder of a Lease acts (leader.py); the others wait as standbys and serve a health endpoint meanwhile, so a
+  rolling update can count them Ready.
+- `all`: both in one process (`kenv operator` on a laptop, `make run`'s single replica setups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from enum import StrEnum
+from typing import Any
+
+import aiohttp.web
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    ALL = "all"
+    ADMISSION = "admission"
+    RECONCILER = "reconciler"
+
+    @property
+    def admits(self) -> bool:
+        return self in (Role.ALL, Role.ADMISSION)
+
+    @property
+    def reconciles(self) -> bool:
+        return self in (Role.ALL, Role.RECONCILER)
+
+
+@contextlib.asynccontextmanager
+async def standby_health(endpoint: str | None, holder: Callable[[], str]) -> AsyncIterator[None]:
+    """Answer the liveness endpoint while waiting for the Lease (kopf serves it once it runs): 200, naming the
+    holder. Closed before kopf binds the same address."""
+    if not endpoint:
+        yield
+        return
+    parts = urllib.parse.urlsplit(endpoint)
+
+    async def health(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"standby": True, "leader": holder()})
+    app = aiohttp.web.Application()
+    app.add_routes([aiohttp.web.get(parts.path or "/", health)])
+    runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, parts.hostname or "localhost", parts.port or 80, reuse_address=True)
+    await site.start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _acquire_unless_stopped(election: Any) -> bool:
+    """Wait for the Lease; False when SIGTERM or SIGINT came first. The handlers are needed: as a container's
+    pid 1 the process would otherwise ignore SIGTERM, wait out its grace period and could even take the Lease
+    while being deleted (kopf installs its own once it runs)."""
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(election.acquire())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, waiting.cancel)
+    try:
+        await waiting
+        return True
+    except asyncio.CancelledError:
+        if waiting.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            return False
+        raise
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def run(role: Role, operator: Any, liveness: str | None) -> None:
+    """Run kopf's `operator(stop_flag=…)` coroutine factory for `role`; a reconciler only while it leads."""
+    from kenv import leader
+    from kenv.config import get_settings
+
+    settings = get_settings()
+    if not (role.reconciles and settings.leader_election):
+        await operator(stop_flag=None)
+        return
+    election = leader.Election(settings.build_namespace, settings.lease_name,
+                               timing=leader.Timing.from_duration(settings.lease_duration_seconds))
+    async with standby_health(liveness, lambda: election.holder):
+        if not await _acquire_unless_stopped(election):
+            log.info("stopped while standby")
+            return
+    stop = asyncio.Event()
+    kopf_task = asyncio.create_task(operator(stop_flag=stop))
+    keep_task = asyncio.create_task(election.keep())
+    done, _ = await asyncio.wait({kopf_task, keep_task}, return_when=asyncio.FIRST_COMPLETED)
+    if keep_task in done:
+        # Lost: whatever the handlers are doing may now be done by the new leader too. Exit at once, as
+        # client-go's elector does; the container restarts as a candidate.
+        log.error("leadership lost (%s): exiting", keep_task.result())
+        os._exit(1)
+    keep_task.cancel()
+    await election.release()
+    kopf_task.result()  # kopf's own failure, if any, is the process's

@@ -1,0 +1,182 @@
+"""No refused pod during an upgrade or a crash (issue 14), on the real cluster with the chart's defaults: two
+admission replicas behind the webhook Service, two controllers of which the Lease holder reconciles.
+
+Each fault hits while labelled pods are created at 50 per second through the API server; every one must come
+back injected with a digest-pinned image, and no content may get a second build Job. bench/failover.py runs
+the same faults for 60 s each and prints the README's figures; these are the short versions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from buildgate import BuildGate
+from faultload import BuildJobs, Load, lease, ready_pods, retag, wait_new_leader
+from kenvfixtures import BUILD_NAMESPACE, create_env, get_env, wait_for, wait_phase
+
+pytestmark = pytest.mark.usefixtures("operator")
+RATE = 50.0
+LEASE_TAKEOVER_LIMIT = 15 + 2 + 8  # lease duration + retry, plus the API and scheduling slack of a busy node
+
+
+def quick_spec(base_image: str, marker: str) -> dict:
+    return {"docker": {"dockerfile": f"FROM {base_image}\nLABEL kenv.test={marker}"},
+            "python": {"userManagedDependencies": True}}
+
+
+@pytest.fixture
+def steady(kube, namespace, base_image) -> str:
+    """A Ready Environment the load's pods ask for."""
+    create_env(kube, namespace, "steady", quick_spec(base_image, "steady"))
+    assert wait_phase(kube, namespace, "steady", {"Ready", "Failed"})["status"]["phase"] == "Ready"
+    return "steady"
+
+
+@pytest.fixture
+def gate():
+    held = BuildGate()
+    yield held
+    held.close()
+
+
+def check(result, fault: str) -> None:
+    print(f"\nFAULT {fault}: {result.summary()}")
+    assert not result.failures, result.failures[:5]
+    assert result.rate >= RATE * 0.8, f"the load ran at {result.rate:.1f}/s, not {RATE}/s: nothing was proven"
+
+
+def container_pids(cluster, pod: dict) -> list[int]:
+    status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
+    return cluster.node.container_pids(pod["metadata"]["uid"], status["containerID"])
+
+
+def test_deleting_an_admission_replica_refuses_no_pod(kube, cluster, namespace, steady, operator):
+    before = {p["metadata"]["name"] for p in ready_pods(kube, BUILD_NAMESPACE, "admission")}
+    assert len(before) >= 2, "the chart's default runs two admission replicas"
+    victim = sorted(before)[0]
+    with Load(kube, namespace, steady, RATE) as load:
+        time.sleep(3)
+        started = time.monotonic()
+        kube.request("DELETE", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{victim}")  # graceful, as a drain
+        wait_for(lambda: len({p["metadata"]["name"] for p in ready_pods(kube, BUILD_NAMESPACE, "admission")}
+                             - {victim}) >= 2, 120, "a replacement admission replica to be Ready")
+        print(f"\nreplacement admission replica Ready {time.monotonic() - started:.1f}s after the delete")
+        time.sleep(3)
+    check(load.stop(), "admission pod deleted")
+
+
+def test_helm_upgrade_to_a_new_image_tag_refuses_no_pod(kube, cluster, namespace, steady, operator):
+    tag = f"upgrade-{uuid.uuid4().hex[:6]}"
+    retag(cluster.registry, operator.images["operator"], tag)
+    old_pods = {p["metadata"]["uid"] for p in operator.pods()}
+    jobs = BuildJobs(kube, BUILD_NAMESPACE)
+    try:
+        with Load(kube, namespace, steady, RATE) as load:
+            time.sleep(2)
+            started = time.monotonic()
+            operator.install(image={"tag": tag})  # helm upgrade --wait: both Deployments roll
+            print(f"\nhelm upgrade --wait took {time.monotonic() - started:.1f}s")
+            time.sleep(3)
+    finally:
+        operator.extra_values["image"].pop("tag", None)  # the session release's next install uses its own tag
+    check(load.stop(), "helm upgrade")
+    assert not jobs.stop()
+    pods = operator.pods()
+    assert not old_pods & {p["metadata"]["uid"] for p in pods}, "every pod was replaced"
+    assert all(p["spec"]["containers"][0]["image"].endswith(f":{tag}") for p in pods)
+    assert operator.pod()  # one controller leads after the upgrade
+
+
+def test_killing_the_leader_mid_build_hands_over_without_a_duplicate_build(kube, cluster, namespace, steady,
+                                                                          base_image, gate, operator):
+    token = f"leader-{namespace}"
+    create_env(kube, namespace, "mid", gate.spec(base_image, token))
+    wait_phase(kube, namespace, "mid", {"Building"}, timeout=60)
+    wait_for(lambda: gate.waiting(token), 120, "the build pod to reach the gated step")
+    leader = operator.pod()
+    old = lease(kube, BUILD_NAMESPACE)["holderIdentity"]
+    jobs = BuildJobs(kube, BUILD_NAMESPACE)
+    with Load(kube, namespace, steady, RATE) as load:
+        time.sleep(2)
+        # A crash with no goodbye (the Lease is not released), and no restart in place: the pod is gone, as with
+        # its node. A standby must wait the lease out.
+        cluster.node.kill_container(leader["metadata"]["uid"], next(
+            s["containerID"] for s in leader["status"]["containerStatuses"] if s["name"] == "operator"))
+        killed = time.monotonic()
+        kube.request("DELETE", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{leader['metadata']['name']}",
+                     {"gracePeriodSeconds": 0})
+        holder, took = wait_new_leader(kube, BUILD_NAMESPACE, old)
+        print(f"\nnew leader {holder} {took:.1f}s after the SIGKILL")
+        gate.release(token)
+        env = wait_phase(kube, namespace, "mid", {"Ready", "Failed"}, timeout=300)
+        print(f"\nthe held build's Environment Ready {time.monotonic() - killed:.1f}s after the SIGKILL")
+    check(load.stop(), "leader killed mid-build")
+    assert env["status"]["phase"] == "Ready", env["status"]
+    assert not jobs.stop(), "a content was built twice"
+    assert took <= LEASE_TAKEOVER_LIMIT
+    operator.wait_ready()
+
+
+def test_a_paused_leader_that_wakes_after_a_takeover_steps_down_without_duplicate_builds(
+        kube, cluster, namespace, base_image, gate, operator):
+    """A split: the leader stops (SIGSTOP: a long pause, a partition) with a build running, a standby takes the
+    Lease and carries on, then the old leader wakes still believing it leads. It must exit at its next renewal,
+    and no content may get a second Job."""
+    token = f"split-{namespace}"
+    create_env(kube, namespace, "held", gate.spec(base_image, token))
+    wait_phase(kube, namespace, "held", {"Building"}, timeout=60)
+    wait_for(lambda: gate.waiting(token), 120, "the build pod to reach the gated step")
+    leader = operator.pod()
+    restarts = sum(s.get("restartCount", 0) for s in leader["status"]["containerStatuses"])
+    old = lease(kube, BUILD_NAMESPACE)["holderIdentity"]
+    pids = container_pids(cluster, leader)
+    assert pids
+    jobs = BuildJobs(kube, BUILD_NAMESPACE)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        holder, took = wait_new_leader(kube, BUILD_NAMESPACE, old)
+        print(f"\nstandby {holder} took over {took:.1f}s after the leader paused")
+        assert took <= LEASE_TAKEOVER_LIMIT
+        # The new leader acts: a new Environment builds while the old leader sleeps.
+        create_env(kube, namespace, "during", quick_spec(base_image, f"during-{namespace}"))
+        assert wait_phase(kube, namespace, "during", {"Ready", "Failed"})["status"]["phase"] == "Ready"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    # Woken, the old leader finds the Lease taken and exits; its container restarts as a standby.
+    wait_for(lambda: sum(s.get("restartCount", 0) for s in kube.request(
+        "GET", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{leader['metadata']['name']}")["status"]
+        ["containerStatuses"]) > restarts, 60, "the woken leader to exit")
+    # A change the old leader could have raced on, after it woke: the held build finishes now.
+    gate.release(token)
+    assert wait_phase(kube, namespace, "held", {"Ready", "Failed"})["status"]["phase"] == "Ready"
+    assert get_env(kube, namespace, "during")["status"]["version"] == 1
+    assert not jobs.stop(), "a content was built twice"
+    assert lease(kube, BUILD_NAMESPACE)["holderIdentity"] == holder  # the standby kept the lead
+    operator.wait_ready()
+
+
+def test_admission_replicas_never_write_an_environment(kube, namespace, operator):
+    """Only the leading reconciler writes Environments. kopf strips its finalizer from objects no handler of its
+    process needs it for: admission replicas once did so on every event, and the reconciler's re-adding then
+    cost every handling cycle its change handlers (an Environment stuck in Building)."""
+    controllers = operator.replicas("controller")
+    operator.scale({"controller": 0})
+    try:
+        create_env(kube, namespace, "untouched", {"python": {"userManagedDependencies": True}},
+                   finalizers=["kenv.dev/finalizer"])
+        path = f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/untouched"
+        changed = kube.request("PATCH", path, {"metadata": {"annotations": {"poke": "1"}}},
+                               "application/merge-patch+json")  # an event every replica sees
+        time.sleep(5)
+        now = kube.request("GET", path)
+        assert now["metadata"]["resourceVersion"] == changed["metadata"]["resourceVersion"], now["metadata"]
+        assert now["metadata"]["finalizers"] == ["kenv.dev/finalizer"]
+    finally:
+        operator.scale({"controller": controllers})
