@@ -85,32 +85,43 @@ class Load:
 
 
 class BuildJobs:
-    """Every build Job seen in the build namespace (polled from a background thread): a second uid under one
-    name, or two Jobs for one content hash, is a duplicate build."""
+    """The build Jobs created in the build namespace while it runs (polled from a background thread; Jobs that
+    existed before, such as earlier rebuilds of a content, are not counted): two new Jobs for one content hash,
+    or a Job created again under a name that already had one, is a duplicate build."""
 
     def __init__(self, kube: KubeAPI, namespace: str, interval: float = 0.3) -> None:
         self.kube, self.namespace, self.interval = kube, namespace, interval
-        self.seen: dict[str, set[str]] = {}  # content hash label -> Job uids
+        self.path = f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=kenv.dev%2Frole%3Dbuild"
+        existing = self.kube.request("GET", self.path)["items"]
+        self.before = {job["metadata"]["uid"] for job in existing}
+        self.names_before = {job["metadata"]["name"] for job in existing}
+        self.seen: dict[str, set[str]] = {}  # content hash label -> uids of Jobs created since
+        self.recreated: set[str] = set()  # names that had a Job before and got a new one
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs?labelSelector=kenv.dev%2Frole%3Dbuild"
         while not self.stopping.wait(self.interval):
             try:
-                jobs = self.kube.request("GET", path)["items"]
+                jobs = self.kube.request("GET", self.path)["items"]
             except (OSError, urllib.error.HTTPError):
                 continue
             for job in jobs:
-                content = job["metadata"].get("labels", {}).get("kenv.dev/hash", job["metadata"]["name"])
-                self.seen.setdefault(content, set()).add(job["metadata"]["uid"])
+                metadata = job["metadata"]
+                if metadata["uid"] in self.before:
+                    continue
+                content = metadata.get("labels", {}).get("kenv.dev/hash", metadata["name"])
+                self.seen.setdefault(content, set()).add(metadata["uid"])
+                if metadata["name"] in self.names_before:
+                    self.recreated.add(metadata["name"])
 
     def stop(self) -> dict[str, set[str]]:
-        """The duplicates: content hashes that had more than one Job."""
+        """The duplicates: content hashes (or recreated Job names) with more than one Job."""
         self.stopping.set()
         self.thread.join()
-        return {content: uids for content, uids in self.seen.items() if len(uids) > 1}
+        duplicates = {content: uids for content, uids in self.seen.items() if len(uids) > 1}
+        return duplicates | {name: {"recreated"} for name in self.recreated}
 
 
 def lease(kube: KubeAPI, namespace: str) -> dict[str, Any]:
