@@ -24,8 +24,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "hack")]
-from faultload import BuildJobs, Load, lease, ready_pods, retag, wait_new_leader  # noqa: E402
-from release import BUILD_NAMESPACE  # noqa: E402
+from faultload import BuildJobs, Load, retag  # noqa: E402
+from release import BUILD_NAMESPACE, wait_until  # noqa: E402
 from stack import GROUP_PATH, Stack  # noqa: E402
 
 FAULTS = ("delete-admission", "helm-upgrade", "kill-leader")
@@ -43,20 +43,11 @@ def phase(stack: Stack, name: str) -> str:
     return str((env.get("status") or {}).get("phase", ""))
 
 
-def wait(predicate: Any, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def delete_admission(stack: Stack) -> dict[str, Any]:
-    victim = sorted(p["metadata"]["name"] for p in ready_pods(stack.kube, BUILD_NAMESPACE, "admission"))[0]
+    victim = sorted(p["metadata"]["name"] for p in stack.operator.ready_pods("admission"))[0]
     stack.kube.request("DELETE", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{victim}")
-    seconds = wait(lambda: len({p["metadata"]["name"] for p in ready_pods(stack.kube, BUILD_NAMESPACE, "admission")}
-                               - {victim}) >= 2, 180, "a replacement admission replica")
+    seconds = wait_until(lambda: len({p["metadata"]["name"] for p in stack.operator.ready_pods("admission")}
+                                     - {victim}) >= 2, 180, "a replacement admission replica", interval=0.3)
     return {"recovered": f"replacement Ready in {seconds:.1f} s"}
 
 
@@ -71,15 +62,10 @@ def helm_upgrade(stack: Stack) -> dict[str, Any]:
 def kill_leader(stack: Stack) -> dict[str, Any]:
     name = f"slow-{uuid.uuid4().hex[:6]}"
     environment(stack, name, f"RUN sleep 20 && echo {name}")
-    wait(lambda: phase(stack, name) == "Building", 120, "the build to start")
+    wait_until(lambda: phase(stack, name) == "Building", 120, "the build to start")
     time.sleep(3)  # the build pod runs its step
-    leader, old = stack.operator.pod(), lease(stack.kube, BUILD_NAMESPACE)["holderIdentity"]
-    status = next(s for s in leader["status"]["containerStatuses"] if s["name"] == "operator")
-    stack.cluster.node.kill_container(leader["metadata"]["uid"], status["containerID"])
-    stack.kube.request("DELETE", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{leader['metadata']['name']}",
-                       {"gracePeriodSeconds": 0})
-    _, took = wait_new_leader(stack.kube, BUILD_NAMESPACE, old)
-    ready = wait(lambda: phase(stack, name) == "Ready", 300, "the Environment built mid-kill to be Ready")
+    _, took = stack.operator.wait_new_leader(stack.operator.crash_leader())
+    ready = wait_until(lambda: phase(stack, name) == "Ready", 300, "the Environment built mid-kill to be Ready")
     return {"recovered": f"new leader in {took:.1f} s, the mid-kill build Ready {took + ready:.1f} s after"}
 
 
@@ -88,7 +74,7 @@ def run(rate: float, seconds: float, only: list[str]) -> int:
     failed = False
     try:
         environment(stack, "steady", "LABEL kenv.bench=steady")
-        wait(lambda: phase(stack, "steady") == "Ready", 300, "the steady Environment")
+        wait_until(lambda: phase(stack, "steady") == "Ready", 300, "the steady Environment")
         print(f"failover: {rate:.0f} labelled pods/s for {seconds:.0f} s per fault; 2 admission replicas, "
               "2 controllers")
         for fault in only:

@@ -7,19 +7,15 @@ Only stdlib, httpx and the sibling hack modules.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from kubeapi import KubeAPI
 from podload import PodCreator, percentile
-
-LEASE = "kenv-reconciler"
 
 
 @dataclass
@@ -124,27 +120,6 @@ class BuildJobs:
         return duplicates | {name: {"recreated"} for name in self.recreated}
 
 
-def lease(kube: KubeAPI, namespace: str) -> dict[str, Any]:
-    try:
-        return dict(kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}")
-                    .get("spec") or {})
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return {}
-        raise
-
-
-def wait_new_leader(kube: KubeAPI, namespace: str, old: str, timeout: float = 120) -> tuple[str, float]:
-    """The first holder other than `old` (and not empty), and the seconds until it showed."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        holder = lease(kube, namespace).get("holderIdentity") or ""
-        if holder and holder != old:
-            return holder, time.monotonic() - started
-        time.sleep(0.2)
-    raise TimeoutError(f"no new leader after {timeout:.0f}s (old {old})")
-
-
 def retag(registry: str, image: str, tag: str) -> str:
     """Push `image`'s manifest under another tag of the same repository (local registry, plain HTTP): a new
     image tag for `helm upgrade` without a new build."""
@@ -162,14 +137,3 @@ def retag(registry: str, image: str, tag: str) -> str:
     with opener.open(put, timeout=30):
         pass
     return f"{registry}/{repository}:{tag}"
-
-
-def ready_pods(kube: KubeAPI, namespace: str, role: str) -> list[dict[str, Any]]:
-    selector = f"app.kubernetes.io/component%3D{role}"
-    pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")["items"]
-    return [p for p in pods if "deletionTimestamp" not in p["metadata"] and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])]
-
-
-def describe(result: dict[str, Any]) -> str:
-    return json.dumps(result, default=str)

@@ -7,7 +7,6 @@ Used by `make run`, the tests and the benchmarks. Only stdlib and pyyaml besides
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts/kenv"
 BUILD_NAMESPACE = "kenv-system"
 ROLES = ("controller", "admission")  # the chart's two Deployments, `<release>-<role>`
+LEASE = "kenv-reconciler"  # the controllers' Lease (KENV_LEASE_NAME's default)
 
 
 class KenvRelease:
@@ -36,6 +36,7 @@ class KenvRelease:
     def __init__(self, cluster: Any, namespace: str = BUILD_NAMESPACE, name: str = "kenv",
                  settings: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> None:
         self.cluster = cluster
+        self.lease_name = (settings or {}).get("KENV_LEASE_NAME", LEASE)
         self.namespace = namespace
         self.name = name
         self.settings = settings or {}
@@ -88,7 +89,7 @@ class KenvRelease:
         finally:
             os.unlink(f.name)
         if self.replicas("controller"):
-            _wait(self._leading, timeout, "a controller to take the Lease")
+            wait_until(self._leading, timeout, "a controller to take the Lease")
         if self.replicas("admission"):
             self.wait_admitting(timeout)
         return self
@@ -112,15 +113,28 @@ class KenvRelease:
         pods = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")["items"]
         return [p for p in pods if terminating or "deletionTimestamp" not in p["metadata"]]
 
-    def lease_holder(self) -> str:
-        """The reconcilers' Lease holder identity (`<pod>_<pid>`), "" when free or absent."""
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/kenv-reconciler"
+    def ready_pods(self, role: str) -> list[dict]:
+        return [p for p in self.pods(role=role) if _is_ready(p)]
+
+    def lease(self) -> dict[str, Any]:
+        """The controllers' Lease spec ({} while there is none)."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{self.lease_name}"
         try:
-            return str(self.api.request("GET", path).get("spec", {}).get("holderIdentity") or "")
+            return dict(self.api.request("GET", path).get("spec") or {})
         except urllib.error.HTTPError as error:
             if error.code == 404:
-                return ""
+                return {}
             raise
+
+    def lease_holder(self) -> str:
+        """The Lease holder's identity (`<pod>_<pid>`), "" when free or absent."""
+        return str(self.lease().get("holderIdentity") or "")
+
+    def wait_new_leader(self, old: str, timeout: float = 120) -> tuple[str, float]:
+        """The first holder other than `old` (and not empty), and the seconds until it showed."""
+        took = wait_until(lambda: self.lease_holder() not in ("", old), timeout, f"a leader other than {old}",
+                          interval=0.2)
+        return self.lease_holder(), took
 
     def pod(self) -> dict:
         """The leading controller pod (the one reconciling)."""
@@ -133,13 +147,12 @@ class KenvRelease:
 
     def ready(self) -> bool:
         pods = self.pods()
-        return bool(pods) and all(
-            any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
-            for p in pods)
+        return bool(pods) and all(_is_ready(p) for p in pods)
 
     def wait_ready(self, timeout: float = 180) -> None:
-        """Every pod Ready and one controller leading."""
-        _wait(lambda: self.ready() and self._leading(), timeout, "the operator pods to be Ready and one to lead")
+        """Every pod Ready and, when controllers run, one of them leading."""
+        wait_until(lambda: self.ready() and (self._leading() or not self.replicas("controller")), timeout,
+                   "the operator pods to be Ready and one to lead")
 
     def _leading(self) -> bool:
         try:
@@ -163,7 +176,7 @@ class KenvRelease:
             except OSError:
                 return False
             return False
-        _wait(answered, timeout, "the webhook to answer through its Service")
+        wait_until(answered, timeout, "the webhook to answer through its Service")
 
     def _probe_namespace(self) -> str:
         """A namespace the webhook applies to (never the release's own)."""
@@ -177,8 +190,8 @@ class KenvRelease:
                              "application/merge-patch+json")
         for role, count in replicas.items():
             if count == 0:
-                _wait(lambda role=role: not self.pods(terminating=True, role=role), timeout,
-                      f"the {role} pods to be gone")
+                wait_until(lambda role=role: not self.pods(terminating=True, role=role), timeout,
+                           f"the {role} pods to be gone")
         if all(replicas.values()):
             self.wait_ready(timeout)
             if self.replicas("admission"):
@@ -186,14 +199,19 @@ class KenvRelease:
 
     def stop(self) -> None:
         """No operator (and no webhook) until start(): both Deployments scaled to 0."""
-        self._scaled_from = {role: self.replicas(role) for role in ROLES}
+        if self._scaled_from is None:  # stopped twice: start() restores what ran before the first
+            self._scaled_from = {role: self.replicas(role) for role in ROLES}
         self.scale(dict.fromkeys(ROLES, 0))
 
     def start(self) -> None:
         self.scale(self._scaled_from or dict.fromkeys(ROLES, 1))
+        self._scaled_from = None
 
-    def restart_count(self) -> int:
-        return sum(s.get("restartCount", 0) for s in self.pod()["status"].get("containerStatuses", []))
+    def restart_count(self, pod: dict | None = None) -> int:
+        """The operator container's restarts in `pod` as it is now (default: the leader's pod)."""
+        name = (pod or self.pod())["metadata"]["name"]
+        now = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods/{name}")
+        return sum(s.get("restartCount", 0) for s in now["status"].get("containerStatuses", []))
 
     def kill(self) -> None:
         """SIGKILL the leading controller's processes, as the kernel's OOM killer would; the kubelet restarts
@@ -202,24 +220,39 @@ class KenvRelease:
         pod = self.pod()
         node = getattr(self.cluster, "node", None)
         if node is None:  # a cluster whose nodes we cannot reach: the closest is a pod deleted without grace
-            self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}",
-                             {"gracePeriodSeconds": 0})
-            _wait(lambda: [p for p in self.pods() if p["metadata"]["uid"] != pod["metadata"]["uid"]], 60,
-                  "the Deployment to replace the operator pod")
+            existing = {p["metadata"]["uid"] for p in self.pods(terminating=True, role="controller")}
+            self._delete_now(pod)
+            wait_until(lambda: {p["metadata"]["uid"] for p in self.pods(role="controller")} - existing, 60,
+                       "the Deployment to replace the operator pod")
             return
-        before = self.restart_count()
-        status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
-        node.kill_container(pod["metadata"]["uid"], status["containerID"])
-        _wait(lambda: self.restart_count() > before, 60, "the kubelet to restart the operator container")
+        before = self.restart_count(pod)
+        node.kill_container(pod["metadata"]["uid"], _operator_container(pod)["containerID"])
+        wait_until(lambda: self.restart_count(pod) > before, 60, "the kubelet to restart the operator container")
+
+    def crash_leader(self) -> str:
+        """The leader gone with no goodbye and no restart in place, as with its node: its container SIGKILLed
+        (the Lease is not released) and its pod deleted without grace, so a standby must wait the lease out.
+        Returns the old holder's identity."""
+        pod, old = self.pod(), self.lease_holder()
+        self.cluster.node.kill_container(pod["metadata"]["uid"], _operator_container(pod)["containerID"])
+        self._delete_now(pod)
+        return old
+
+    def _delete_now(self, pod: dict) -> None:
+        self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}",
+                         {"gracePeriodSeconds": 0})
 
     def main_pid(self) -> int:
         """The operator container's main process as this host sees it (for RSS and CPU figures)."""
         pod = self.pod()
-        status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
-        pids = self.cluster.node.container_pids(pod["metadata"]["uid"], status["containerID"])
+        pids = self.container_pids(pod)
         if not pids:
-            raise RuntimeError(f"no process found for the operator container {status['containerID']}")
+            raise RuntimeError(f"no process found for the operator container of {pod['metadata']['name']}")
         return min(pids)
+
+    def container_pids(self, pod: dict) -> list[int]:
+        """The operator container's processes in `pod`, as this host sees them."""
+        return self.cluster.node.container_pids(pod["metadata"]["uid"], _operator_container(pod)["containerID"])
 
     # -- what the operator says
 
@@ -245,9 +278,6 @@ class KenvRelease:
                 parts.append(self.api.text(base))
         return "\n".join(parts)
 
-    def describe(self) -> str:
-        return json.dumps([{"name": p["metadata"]["name"], "status": p.get("status", {})} for p in self.pods()],
-                          indent=1)[:4000]
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -257,10 +287,19 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _is_ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def _operator_container(pod: dict) -> dict:
+    return next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5) -> float:
+    """Poll until predicate() is truthy; the seconds it took. TimeoutError naming `what` after `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
         if predicate():
-            return
-        time.sleep(0.5)
+            return time.monotonic() - started
+        time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")

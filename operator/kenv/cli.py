@@ -198,6 +198,22 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    """The admission pods' preStop hook: tell the operator (the container's pid 1) to close each connection after
+    its answer, then keep the pod serving while the API server moves its connections to the other replicas."""
+    import os
+    import time
+
+    from kenv.webhookserver import DRAIN_SIGNAL
+
+    try:
+        os.kill(args.pid, DRAIN_SIGNAL)
+    except ProcessLookupError:
+        return fail(f"--pid {args.pid}: no such process; give the operator's pid")
+    time.sleep(args.seconds)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="kenv", description="Azure ML-style Environments for Kubernetes.")
     sub = root.add_subparsers(dest="command", required=True)
@@ -215,6 +231,11 @@ def parser() -> argparse.ArgumentParser:
                    "and record status, while holding the Lease (KENV_LEADER_ELECTION); all: both (default)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(run=cmd_operator)
+    p = sub.add_parser("drain", help="preStop hook of an admission pod: make the operator close kept-alive "
+                       "connections, then wait")
+    p.add_argument("--pid", type=int, default=1, help="the operator's process (default 1: the container's)")
+    p.add_argument("--seconds", type=float, default=5.0, help="how long to keep serving (default 5)")
+    p.set_defaults(run=cmd_drain)
     p = sub.add_parser("crd", help="print the CRDs generated from the models")
     p.add_argument("--write", metavar="DIR", help="write crds/<group>_<plural>.yaml files into DIR")
     p.set_defaults(run=cmd_crd)

@@ -3,40 +3,59 @@
 Admission replicas run in other processes, so the gated pods they admit reach the reconciler through the API
 server: a watch of the pods carrying the label the webhook sets on each pod it gates (injection.AWAITING_LABEL,
 removed again when the pod is released). Each such pod marks its Environment as having gated pods
-(gating.remember_gated): the reconcile that makes it Ready releases them, or, when the pod arrived after that,
-the poll timer does (runtime.unsettled). A new leader lists them all at once, so pods gated while the old
-leader ran are released by the new one.
+(gating.remember_gated): the reconcile that makes it Ready releases them. A pod gated after that (an admission
+replica whose index lagged the leader's) finds its Environment settled, with no reconcile or poll to come, so
+it is followed up at once, from the leader's index. A new leader lists them all at once, so pods gated while
+the old leader ran are released by the new one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kenv import gating, kube
+from kenv.config import get_settings
 from kenv.injection import AWAITING_LABEL
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL
+from kenv.refs import EnvironmentRef
+from kenv.statusmodels import Phase
 
 SELECTOR = f"{AWAITING_LABEL}=true"
+Lookup = Callable[[EnvironmentRef], dict[str, Any] | None]  # an Environment's index entry, if indexed
 
 
-def note(pod: dict[str, Any]) -> None:
-    """Remember the Environment (or ClusterEnvironment) a gated pod waits for."""
+def awaited(pod: dict[str, Any]) -> EnvironmentRef | None:
+    """The Environment (or ClusterEnvironment) a gated pod waits for."""
     metadata = pod.get("metadata") or {}
     labels = metadata.get("labels") or {}
     if ENVIRONMENT_LABEL in labels:
-        gating.remember_gated("Environment", metadata.get("namespace"), labels[ENVIRONMENT_LABEL])
-    elif CLUSTER_ENVIRONMENT_LABEL in labels:
-        gating.remember_gated("ClusterEnvironment", None, labels[CLUSTER_ENVIRONMENT_LABEL])
+        return EnvironmentRef(kind="Environment", namespace=metadata.get("namespace"), name=labels[ENVIRONMENT_LABEL])
+    if CLUSTER_ENVIRONMENT_LABEL in labels:
+        return EnvironmentRef(kind="ClusterEnvironment", namespace=None, name=labels[CLUSTER_ENVIRONMENT_LABEL])
+    return None
 
 
-async def follow(namespace: str | None) -> None:
+async def note(pod: dict[str, Any], lookup: Lookup) -> None:
+    """Remember what a gated pod waits for; when that is already settled (Ready or Failed), follow up now."""
+    ref = awaited(pod)
+    if ref is None:
+        return
+    gating.remember_gated(ref.kind, ref.namespace, ref.name)
+    entry = lookup(ref)
+    status = (entry or {}).get("status") or {}
+    if entry and status.get("phase") in (Phase.READY, Phase.FAILED):
+        await gating.follow_up(ref, status, get_settings(), entry.get("generation"), entry.get("rebuild"))
+
+
+async def follow(namespace: str | None, lookup: Lookup) -> None:
     """Until cancelled: note every gated pod of `namespace` (None: all namespaces)."""
     async def listed(pods: list[dict[str, Any]]) -> None:
         for pod in pods:
-            note(pod)
+            await note(pod, lookup)
 
     async def changed(pod: dict[str, Any]) -> None:
-        note(pod)
+        await note(pod, lookup)
     api = await kube.core()
     if namespace is None:
         await kube.list_and_watch(api.list_pod_for_all_namespaces, (), SELECTOR, listed, changed, "gated pods")

@@ -4,6 +4,7 @@ why they still wait. Runs from handlers and the timer, so a restarted operator c
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import kopf
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str | None, str]
 _awaiting: set[Key] = set()
 _unchecked: set[Key] = set()
+# The warnings already given, per pod: a pod that stays gated is looked at again at every relist and poll, and
+# one Event per reason and version is enough. Bounded: old entries are dropped first (a pod warned again then
+# gets one more Event, never none).
+_warned: OrderedDict[tuple[str, str, Any], None] = OrderedDict()
+WARNED_KEPT = 10_000
 
 
 def key_of(ref: EnvironmentRef) -> Key:
@@ -62,16 +68,32 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
         if phase == Phase.READY and awaited in (None, status.get("runtimeHash")):  # None: gated by a release
             await ungate(meta, pod, status)                                        # that did not record it
         elif phase == Phase.READY:
-            _warn(meta, "EnvironmentChanged", f"{ref.kind} {ref.display} changed while this pod waited: its "
-                  f"variables, secrets, bootstrap or shm are not those of version {status.get('version')}, so "
-                  "it stays gated rather than mix two versions; delete it and create it again")
+            _warn(meta, "EnvironmentChanged", status.get("version"),
+                  f"{ref.kind} {ref.display} changed while this pod waited: its variables, secrets, bootstrap "
+                  f"or shm are not those of version {status.get('version')}, so it stays gated rather than mix "
+                  "two versions; delete it and create it again")
         else:
             reason = (condition(status, BUILT) or {"message": "the build failed"}).get("message", "")
-            _warn(meta, "EnvironmentBuildFailed", f"{ref.kind} {ref.display} failed to build; the pod stays "
-                  f"gated (never given an older image): {reason}")
+            _warn(meta, "EnvironmentBuildFailed", status.get("failedGeneration"),
+                  f"{ref.kind} {ref.display} failed to build; the pod stays gated (never given an older image): "
+                  f"{reason}")
 
 
-def _warn(meta: dict[str, Any], reason: str, message: str) -> None:
+def first_warning(pod_uid: str, reason: str, about: Any) -> bool:
+    """Whether this pod has not been warned for `reason` about `about` (a version, a failed generation) yet;
+    records it."""
+    key = (pod_uid, reason, about)
+    if key in _warned:
+        return False
+    _warned[key] = None
+    while len(_warned) > WARNED_KEPT:
+        _warned.popitem(last=False)
+    return True
+
+
+def _warn(meta: dict[str, Any], reason: str, about: Any, message: str) -> None:
+    if not first_warning(str(meta.get("uid") or meta.get("name")), reason, about):
+        return
     pod_body: Any = {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
     kopf.event(pod_body, type="Warning", reason=reason, message=kube.event_message(message))
 

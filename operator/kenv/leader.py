@@ -56,9 +56,11 @@ def micro_time(at: datetime) -> str:
 
 
 def may_take(spec: dict[str, Any], me: str, unchanged_for: float, duration: float) -> bool:
-    """Whether `me` may write itself into a Lease whose spec is `spec`, unchanged for `unchanged_for` seconds."""
+    """Whether `me` may write itself into a Lease whose spec is `spec`, unchanged for `unchanged_for` seconds. A
+    holder that recorded a longer lease duration than ours (another release's setting) is given that long."""
     holder = spec.get("holderIdentity") or ""
-    return holder in ("", me) or unchanged_for >= duration
+    recorded = float(spec.get("leaseDurationSeconds") or 0) if holder else 0.0
+    return holder in ("", me) or unchanged_for >= max(duration, recorded)
 
 
 def claimed(spec: dict[str, Any], me: str, now: datetime, duration: float) -> dict[str, Any]:
@@ -75,27 +77,34 @@ def released(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "holderIdentity": "", "leaseDurationSeconds": 1}
 
 
+class LeaseConflict(Exception):
+    """A write lost a race (HTTP 409): the Lease changed between our read and our write."""
+
+
 class Election:
     """One candidate for the Lease `namespace/name`."""
 
     def __init__(self, namespace: str, name: str, me: str | None = None, timing: Timing = Timing(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, api: Any = None) -> None:
+        """api: a CoordinationV1Api-like object (tests pass a fake); None: the operator's client."""
         self.namespace, self.name, self.me, self.timing, self.clock = namespace, name, me or identity(), timing, clock
+        self._given_api = api
         self._seen: tuple[Any, ...] | None = None  # the record as last read, and when it last changed
         self._seen_at = 0.0
-        self.renewed_at = 0.0
+        self.renewed_at = 0.0  # when the last successful attempt *started*: its read may be that old
 
     @property
     def holder(self) -> str:
         """The holder as last read ("" before the first read or when free)."""
         return str(self._seen[0] or "") if self._seen else ""
 
-    async def _api(self) -> client.CoordinationV1Api:
-        return client.CoordinationV1Api(await kube.api_client())
+    async def _api(self) -> Any:
+        return self._given_api or client.CoordinationV1Api(await kube.api_client())
 
     async def _read(self) -> dict[str, Any] | None:
         try:
-            return dict(kube.plain(await (await self._api()).read_namespaced_lease(self.name, self.namespace)))
+            found = await (await self._api()).read_namespaced_lease(self.name, self.namespace)
+            return dict(found) if isinstance(found, dict) else dict(kube.plain(found))  # a fake API's is a dict
         except ApiException as error:
             if kube.not_found(error):
                 return None
@@ -108,32 +117,29 @@ class Election:
         return self.clock() - self._seen_at
 
     async def try_once(self) -> bool:
-        """Take or renew the Lease if allowed; True when this process holds it now."""
+        """Take or renew the Lease if allowed: True when this process holds it now, False when another holder
+        does. Raises LeaseConflict when a concurrent write won, and the API's errors."""
+        started = self.clock()
         lease = await self._read()
         api = await self._api()
         now = datetime.now(UTC)
-        if lease is None:
-            body: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        try:
+            if lease is None:
+                await api.create_namespaced_lease(self.namespace, {
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": claimed({}, self.me, now, self.timing.duration)}
-            try:
-                await api.create_namespaced_lease(self.namespace, body)
-            except ApiException as error:
-                if kube.conflict(error):
-                    return False  # another candidate created it first
-                raise
-        else:
-            spec = lease.get("spec") or {}
-            if not may_take(spec, self.me, self._unchanged_for(spec), self.timing.duration):
-                return False
-            lease["spec"] = claimed(spec, self.me, now, self.timing.duration)
-            try:
-                await api.replace_namespaced_lease(self.name, self.namespace, _as_body(lease))  # resourceVersion inside
-            except ApiException as error:
-                if kube.conflict(error):
+                    "spec": claimed({}, self.me, now, self.timing.duration)})
+            else:
+                spec = lease.get("spec") or {}
+                if not may_take(spec, self.me, self._unchanged_for(spec), self.timing.duration):
                     return False
-                raise
-        self.renewed_at = self.clock()
+                lease["spec"] = claimed(spec, self.me, now, self.timing.duration)
+                await api.replace_namespaced_lease(self.name, self.namespace, lease)  # resourceVersion inside
+        except ApiException as error:
+            if kube.conflict(error):
+                raise LeaseConflict(f"Lease {self.namespace}/{self.name} changed while being written") from error
+            raise
+        self.renewed_at = started
         return True
 
     async def acquire(self) -> None:
@@ -141,42 +147,52 @@ class Election:
         announced = False
         while True:
             try:
-                if await self.try_once():
+                if await asyncio.wait_for(self.try_once(), self.timing.renew_deadline):
                     log.info("leading: holder of Lease %s/%s as %s", self.namespace, self.name, self.me)
                     return
+            except LeaseConflict:
+                pass  # another candidate wrote first: read again at the next try
             except Exception as error:  # noqa: BLE001 - a candidate keeps trying through API hiccups
-                log.warning("could not read or take Lease %s/%s: %s", self.namespace, self.name, error)
+                log.warning("could not read or take Lease %s/%s: %s", self.namespace, self.name,
+                            error or type(error).__name__)
             if not announced:
                 log.info("standby: Lease %s/%s is held by %s", self.namespace, self.name,
                          self.holder or "another candidate")
                 announced = True
             await asyncio.sleep(self.timing.retry)
 
+    def _left(self) -> float:
+        """Seconds until the renew deadline: past it, a candidate may have taken over."""
+        return self.timing.renew_deadline - (self.clock() - self.renewed_at)
+
     async def keep(self) -> str:
-        """Renew until leadership is lost; returns why."""
+        """Renew until leadership is lost; returns why. Every attempt is bounded by the time left before the
+        deadline, so a hung request (a half-open connection) cannot keep a lost leader acting."""
         while True:
-            await asyncio.sleep(self.timing.retry)
-            try:
-                if not await self.try_once():
-                    return f"the Lease is held by {self.holder or 'another candidate'}"
-            except Exception as error:  # noqa: BLE001 - a failed renewal is retried until the deadline
-                log.warning("could not renew Lease %s/%s: %s", self.namespace, self.name, error)
-            if self.clock() - self.renewed_at >= self.timing.renew_deadline:
+            await asyncio.sleep(max(0.0, min(self.timing.retry, self._left())))
+            if self._left() <= 0:
                 return f"no renewal succeeded for {self.timing.renew_deadline:.0f} s"
+            try:
+                if not await asyncio.wait_for(self.try_once(), self._left()):
+                    return f"the Lease is held by {self.holder or 'another candidate'}"
+            except TimeoutError:
+                log.warning("renewing Lease %s/%s timed out", self.namespace, self.name)
+            except Exception as error:  # noqa: BLE001 - a failed renewal (409 included) is retried until the deadline
+                log.warning("could not renew Lease %s/%s: %s", self.namespace, self.name,
+                            error or type(error).__name__)
 
     async def release(self) -> None:
         """Leave the Lease free if this process still holds it (a clean shutdown hands over at once)."""
         try:
-            lease = await self._read()
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.me:
-                return
-            lease["spec"] = released(lease["spec"])
-            await (await self._api()).replace_namespaced_lease(self.name, self.namespace, _as_body(lease))
-            log.info("released Lease %s/%s", self.namespace, self.name)
+            await asyncio.wait_for(self._release(), self.timing.renew_deadline)
         except Exception as error:  # noqa: BLE001 - the Lease then expires on its own
-            log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, error)
+            log.warning("could not release Lease %s/%s: %s", self.namespace, self.name,
+                        error or type(error).__name__)
 
-
-def _as_body(lease: dict[str, Any]) -> Any:
-    """A plain dict as a request body: the client serialises it as it is (the typing asks for a V1Lease)."""
-    return lease
+    async def _release(self) -> None:
+        lease = await self._read()
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.me:
+            return
+        lease["spec"] = released(lease["spec"])
+        await (await self._api()).replace_namespaced_lease(self.name, self.namespace, lease)
+        log.info("released Lease %s/%s", self.namespace, self.name)

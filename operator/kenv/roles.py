@@ -16,13 +16,14 @@ import logging
 import os
 import signal
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp.web
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Role(StrEnum):
@@ -62,42 +63,55 @@ async def standby_health(endpoint: str | None, holder: Callable[[], str]) -> Asy
         await runner.cleanup()
 
 
-async def _acquire_unless_stopped(election: Any) -> bool:
-    """Wait for the Lease; False when SIGTERM or SIGINT came first. The handlers are needed: as a container's
-    pid 1 the process would otherwise ignore SIGTERM, wait out its grace period and could even take the Lease
-    while being deleted (kopf installs its own once it runs)."""
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop`, which kopf is given as its stop flag. Needed from the first moment: as a
+    container's pid 1 the process would otherwise ignore SIGTERM (a standby would wait out its grace period, and
+    could even take the Lease while being deleted). kopf replaces them with its own once it runs, which stop it
+    just the same; a signal in between still reaches it through the flag."""
     loop = asyncio.get_running_loop()
-    waiting = asyncio.ensure_future(election.acquire())
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, waiting.cancel)
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """`work`'s result, or None (work cancelled) when `stop` is set first."""
+    working = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await waiting
-        return True
-    except asyncio.CancelledError:
-        if waiting.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            return False
-        raise
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        stopping.cancel()
+        if not working.done():
+            working.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await working
+    return working.result() if not working.cancelled() else None
 
 
 async def run(role: Role, operator: Any, liveness: str | None) -> None:
     """Run kopf's `operator(stop_flag=…)` coroutine factory for `role`; a reconciler only while it leads."""
-    from kenv import leader
+    from kenv import leader, metrics, webhookserver
     from kenv.config import get_settings
 
     settings = get_settings()
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    if role.admits:  # `kenv drain` (the chart's preStop hook): close kept-alive connections before stopping
+        asyncio.get_running_loop().add_signal_handler(webhookserver.DRAIN_SIGNAL, webhookserver.DRAIN.begin)
+    metrics.serve(settings.metrics_port)  # a standby's metrics too (kenv_leader says which process leads)
     if not (role.reconciles and settings.leader_election):
-        await operator(stop_flag=None)
+        metrics.LEADER.set(1 if role.reconciles else 0)
+        await operator(stop_flag=stop)
         return
     election = leader.Election(settings.build_namespace, settings.lease_name,
                                timing=leader.Timing.from_duration(settings.lease_duration_seconds))
     async with standby_health(liveness, lambda: election.holder):
-        if not await _acquire_unless_stopped(election):
-            log.info("stopped while standby")
-            return
-    stop = asyncio.Event()
+        leading = await until_stopped(_acquired(election), stop)
+    if not leading:
+        log.info("stopped while standby")
+        await election.release()  # a write that landed just as the signal came
+        return
+    metrics.LEADER.set(1)
     kopf_task = asyncio.create_task(operator(stop_flag=stop))
     keep_task = asyncio.create_task(election.keep())
     done, _ = await asyncio.wait({kopf_task, keep_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -107,5 +121,13 @@ async def run(role: Role, operator: Any, liveness: str | None) -> None:
         log.error("leadership lost (%s): exiting", keep_task.result())
         os._exit(1)
     keep_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keep_task  # its write in flight must not race the release (a 409 would leave the Lease held)
     await election.release()
+    metrics.LEADER.set(0)
     kopf_task.result()  # kopf's own failure, if any, is the process's
+
+
+async def _acquired(election: Any) -> bool:
+    await election.acquire()
+    return True

@@ -61,7 +61,6 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes
     settings.watching.inactivity_timeout = 600
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.execution.max_workers = 20
-    metrics.serve(config.metrics_port)
     if role.admits:
         cert_dir = Path(config.webhook_cert_dir) if config.webhook_cert_dir else write_serving_certs(
             Path(tempfile.mkdtemp(prefix="kenv-webhook-")), [config.webhook_url_host or config.webhook_host])
@@ -102,7 +101,17 @@ def start_watches(config: OperatorSettings) -> None:
         config.build_namespace, lambda job: buildwatch.waiting_on(job, indexes.environments,
                                                                   indexes.cluster_environments))))
     namespaces: list[str | None] = list(config.namespace_list) or [None]
-    _watches.extend(asyncio.create_task(gatewatch.follow(namespace)) for namespace in namespaces)
+    _watches.extend(asyncio.create_task(gatewatch.follow(namespace, index_entry)) for namespace in namespaces)
+
+
+def index_entry(ref: EnvironmentRef) -> dict[str, Any] | None:
+    """This process's index entry of an Environment or ClusterEnvironment (its last status, generation and
+    rebuild token), if indexed."""
+    assert _indexes is not None, "operator not configured"
+    index, key = (_indexes.environments, (ref.namespace, ref.name)) if ref.kind == "Environment" \
+        else (_indexes.cluster_environments, ref.name)
+    entries = list(index.get(key, []))
+    return entries[0] if entries else None
 
 
 async def shutdown() -> None:

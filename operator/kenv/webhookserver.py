@@ -6,17 +6,47 @@ of it: given kopf's indexes (the startup handler has them), a request for one of
 admission.review() on the event loop, with kenv's own JSON Patch. Any other path still goes through kopf. kopf's
 handlers (main.py) stay registered: they name the webhooks kopf writes into a managed configuration, and they
 are the reference the lean path is tested against (tests/unit/test_admission.py).
+
+Draining: the API server keeps reusing its kept-alive connections to a replica being deleted, past the endpoint
+update, and a connection closed under a request in flight refuses that pod (EOF). So from the preStop hook on
+(`kenv drain` sends DRAIN_SIGNAL), every answer carries `Connection: close`: the API server drops each
+connection as it uses it and opens new ones to the replicas that stay.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
 from typing import Any
 
 import aiohttp.web
 import kopf
 
 from kenv import admission
+
+log = logging.getLogger(__name__)
+DRAIN_SIGNAL = signal.SIGUSR1
+
+
+class Drain:
+    """Whether this process is draining (set once: a replica that drains is being deleted)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def begin(self) -> None:
+        if not self.draining:
+            log.info("draining: every admission answer now closes its connection")
+        self.draining = True
+
+    def answer(self, response: aiohttp.web.StreamResponse) -> aiohttp.web.StreamResponse:
+        if self.draining:
+            response.force_close()  # aiohttp then sends `Connection: close` and closes after the answer
+        return response
+
+
+DRAIN = Drain()
 
 
 class AdmissionServer(kopf.WebhookServer):
@@ -25,7 +55,10 @@ class AdmissionServer(kopf.WebhookServer):
         super().__init__(**kwargs)
         self.indexes = indexes
 
-    async def _serve(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:  # type: ignore[override]
+    async def _serve(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:  # type: ignore[override]
+        return DRAIN.answer(await self._answer(fn, request))
+
+    async def _answer(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
         webhook = request.match_info.get("id") or ""
         if self.indexes is None or webhook not in admission.WEBHOOKS:
             return await kopf.WebhookServer._serve(fn, request)

@@ -169,7 +169,8 @@ def test_rendered_manifests_pass_server_side_validation(helm, cluster, kube, nam
         controller = deployments["kenv-controller"]["spec"]["template"]["spec"]["containers"][0]
         assert {m["mountPath"] for m in controller["volumeMounts"]} == {"/tmp"}  # no webhook certificate
         assert "webhook" not in {p["name"] for p in controller["ports"]}
-        assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}  # drains before it stops
+        # drains before it stops: closes kept-alive connections, keeps serving 5 s
+        assert container["lifecycle"]["preStop"] == {"exec": {"command": ["kenv", "drain", "--seconds", "5"]}}
         assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"  # the `index` probe
         service = next(o for o in by_kind(objects, "Service") if o["metadata"]["name"] == "kenv")
         assert service["spec"]["selector"]["app.kubernetes.io/component"] == "admission"

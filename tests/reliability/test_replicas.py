@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.error
 import uuid
 
 import pytest
 
 from buildgate import BuildGate
-from faultload import BuildJobs, Load, lease, ready_pods, retag, wait_new_leader
+from faultload import BuildJobs, Load, retag
 from kenvfixtures import BUILD_NAMESPACE, create_env, get_env, wait_for, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -50,21 +51,20 @@ def check(result, fault: str) -> None:
     assert result.rate >= RATE * 0.8, f"the load ran at {result.rate:.1f}/s, not {RATE}/s: nothing was proven"
 
 
-def container_pids(cluster, pod: dict) -> list[int]:
-    status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "operator")
-    return cluster.node.container_pids(pod["metadata"]["uid"], status["containerID"])
-
-
 def test_deleting_an_admission_replica_refuses_no_pod(kube, cluster, namespace, steady, operator):
-    before = {p["metadata"]["name"] for p in ready_pods(kube, BUILD_NAMESPACE, "admission")}
+    before = {p["metadata"]["name"] for p in operator.ready_pods("admission")}
     assert len(before) >= 2, "the chart's default runs two admission replicas"
     victim = sorted(before)[0]
     with Load(kube, namespace, steady, RATE) as load:
         time.sleep(3)
         started = time.monotonic()
         kube.request("DELETE", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{victim}")  # graceful, as a drain
-        wait_for(lambda: len({p["metadata"]["name"] for p in ready_pods(kube, BUILD_NAMESPACE, "admission")}
-                             - {victim}) >= 2, 120, "a replacement admission replica to be Ready")
+        # Its preStop hook (`kenv drain`) reached the operator: from now on each answer closes its connection.
+        wait_for(lambda: "draining: every admission answer" in kube.text(
+            f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{victim}/log?container=operator"), 5, "the drain to begin",
+            interval=0.2)
+        wait_for(lambda: len({p["metadata"]["name"] for p in operator.ready_pods("admission")} - {victim}) >= 2,
+                 120, "a replacement admission replica to be Ready")
         print(f"\nreplacement admission replica Ready {time.monotonic() - started:.1f}s after the delete")
         time.sleep(3)
     check(load.stop(), "admission pod deleted")
@@ -98,19 +98,12 @@ def test_killing_the_leader_mid_build_hands_over_without_a_duplicate_build(kube,
     create_env(kube, namespace, "mid", gate.spec(base_image, token))
     wait_phase(kube, namespace, "mid", {"Building"}, timeout=60)
     wait_for(lambda: gate.waiting(token), 120, "the build pod to reach the gated step")
-    leader = operator.pod()
-    old = lease(kube, BUILD_NAMESPACE)["holderIdentity"]
     jobs = BuildJobs(kube, BUILD_NAMESPACE)
     with Load(kube, namespace, steady, RATE) as load:
         time.sleep(2)
-        # A crash with no goodbye (the Lease is not released), and no restart in place: the pod is gone, as with
-        # its node. A standby must wait the lease out.
-        cluster.node.kill_container(leader["metadata"]["uid"], next(
-            s["containerID"] for s in leader["status"]["containerStatuses"] if s["name"] == "operator"))
+        old = operator.crash_leader()  # no goodbye, no restart in place: a standby must wait the lease out
         killed = time.monotonic()
-        kube.request("DELETE", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{leader['metadata']['name']}",
-                     {"gracePeriodSeconds": 0})
-        holder, took = wait_new_leader(kube, BUILD_NAMESPACE, old)
+        holder, took = operator.wait_new_leader(old)
         print(f"\nnew leader {holder} {took:.1f}s after the SIGKILL")
         gate.release(token)
         env = wait_phase(kube, namespace, "mid", {"Ready", "Failed"}, timeout=300)
@@ -132,15 +125,15 @@ def test_a_paused_leader_that_wakes_after_a_takeover_steps_down_without_duplicat
     wait_phase(kube, namespace, "held", {"Building"}, timeout=60)
     wait_for(lambda: gate.waiting(token), 120, "the build pod to reach the gated step")
     leader = operator.pod()
-    restarts = sum(s.get("restartCount", 0) for s in leader["status"]["containerStatuses"])
-    old = lease(kube, BUILD_NAMESPACE)["holderIdentity"]
-    pids = container_pids(cluster, leader)
+    restarts = operator.restart_count(leader)
+    old = operator.lease_holder()
+    pids = operator.container_pids(leader)
     assert pids
     jobs = BuildJobs(kube, BUILD_NAMESPACE)
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
-        holder, took = wait_new_leader(kube, BUILD_NAMESPACE, old)
+        holder, took = operator.wait_new_leader(old)
         print(f"\nstandby {holder} took over {took:.1f}s after the leader paused")
         assert took <= LEASE_TAKEOVER_LIMIT
         # The new leader acts: a new Environment builds while the old leader sleeps.
@@ -150,15 +143,13 @@ def test_a_paused_leader_that_wakes_after_a_takeover_steps_down_without_duplicat
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     # Woken, the old leader finds the Lease taken and exits; its container restarts as a standby.
-    wait_for(lambda: sum(s.get("restartCount", 0) for s in kube.request(
-        "GET", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{leader['metadata']['name']}")["status"]
-        ["containerStatuses"]) > restarts, 60, "the woken leader to exit")
+    wait_for(lambda: operator.restart_count(leader) > restarts, 60, "the woken leader to exit")
     # A change the old leader could have raced on, after it woke: the held build finishes now.
     gate.release(token)
     assert wait_phase(kube, namespace, "held", {"Ready", "Failed"})["status"]["phase"] == "Ready"
     assert get_env(kube, namespace, "during")["status"]["version"] == 1
     assert not jobs.stop(), "a content was built twice"
-    assert lease(kube, BUILD_NAMESPACE)["holderIdentity"] == holder  # the standby kept the lead
+    assert operator.lease_holder() == holder  # the standby kept the lead
     operator.wait_ready()
 
 
@@ -172,6 +163,20 @@ def test_admission_replicas_never_write_an_environment(kube, namespace, operator
         create_env(kube, namespace, "untouched", {"python": {"userManagedDependencies": True}},
                    finalizers=["kenv.dev/finalizer"])
         path = f"/apis/kenv.dev/v1alpha1/namespaces/{namespace}/environments/untouched"
+        # The replicas see it: labelled pods are admitted (gated), not refused as "does not exist".
+        probe = {"metadata": {"generateName": "probe-", "labels": {"kenv.dev/environment": "untouched"}},
+                 "spec": {"containers": [{"name": "c", "image": "probe"}]}}
+        admitted = []
+
+        def admits_in_a_row() -> bool:
+            try:
+                kube.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", probe)
+                admitted.append(True)
+            except urllib.error.HTTPError as error:
+                assert "does not exist" in error.read().decode(errors="replace"), error
+                admitted.clear()
+            return len(admitted) >= 6  # several: the API server may send each to either replica
+        wait_for(admits_in_a_row, 60, "the admission replicas to index the Environment", interval=0.2)
         changed = kube.request("PATCH", path, {"metadata": {"annotations": {"poke": "1"}}},
                                "application/merge-patch+json")  # an event every replica sees
         time.sleep(5)

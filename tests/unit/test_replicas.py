@@ -117,3 +117,34 @@ def test_admission_never_reconciles_and_the_reconciler_never_admits(registries: 
     assert admission["indexing"] == reconciler["indexing"] == both["indexing"] == {
         "environments", "cluster_environments", "environment_versions"}
     assert both["changing"] == reconciler["changing"] and both["webhooks"] == admission["webhooks"]
+
+
+# --- gated pods seen by the leader ------------------------------------------------------------------------
+
+def gated_pod(environment: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "team", "name": "train", "labels": {"kenv.dev/environment": environment}}}
+
+
+@pytest.mark.parametrize(("phase", "followed_up"), [("Ready", True), ("Failed", True), ("Building", False)])
+def test_a_gated_pod_of_a_settled_environment_is_followed_up_at_once(
+        monkeypatch: pytest.MonkeyPatch, phase: str, followed_up: bool) -> None:
+    """A pod gated after its Environment settled (a lagging admission replica) gets no reconcile or poll, so the
+    leader's watch follows it up from its own index; one still building is left to the reconcile that ends it."""
+    import asyncio
+
+    from kenv import gatewatch, gating
+
+    calls: list[tuple[Any, ...]] = []
+
+    async def follow_up(ref: Any, status: dict[str, Any], settings: Any, generation: Any, rebuild: Any) -> None:
+        calls.append((ref, status["phase"], generation, rebuild))
+    monkeypatch.setattr(gating, "follow_up", follow_up)
+    monkeypatch.setattr(gating, "_awaiting", set())
+    monkeypatch.setattr(gatewatch, "get_settings", lambda: None)  # only passed through to follow_up
+    entry = {"status": {"phase": phase}, "generation": 3, "rebuild": "r1"}
+    asyncio.run(gatewatch.note(gated_pod("torch"), lambda ref: entry if ref.name == "torch" else None))
+    ref = gatewatch.awaited(gated_pod("torch"))
+    assert ref is not None and gating.may_have_gated_pods(ref)
+    assert calls == ([(ref, phase, 3, "r1")] if followed_up else [])
+    asyncio.run(gatewatch.note(gated_pod("unknown"), lambda ref: None))  # not indexed (yet): remembered only
+    assert len(calls) == (1 if followed_up else 0)
