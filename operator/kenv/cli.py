@@ -204,7 +204,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from kenv.webhookserver import DRAIN_SIGNAL
+    from kenv.roles import DRAIN_SIGNAL  # not webhookserver: importing kopf would delay the drain ~1 s
 
     try:
         os.kill(args.pid, DRAIN_SIGNAL)

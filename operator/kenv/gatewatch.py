@@ -5,22 +5,23 @@ server: a watch of the pods carrying the label the webhook sets on each pod it g
 removed again when the pod is released). Each such pod marks its Environment as having gated pods
 (gating.remember_gated): the reconcile that makes it Ready releases them. A pod gated after that (an admission
 replica whose index lagged the leader's) finds its Environment settled, with no reconcile or poll to come, so
-it is followed up at once, from the leader's index. A new leader lists them all at once, so pods gated while
+it is settled at once, from the leader's index. A new leader lists them all at once, so pods gated while
 the old leader ran are released by the new one.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from kenv import gating, kube
-from kenv.config import get_settings
 from kenv.injection import AWAITING_LABEL
 from kenv.models import CLUSTER_ENVIRONMENT_LABEL, ENVIRONMENT_LABEL
 from kenv.refs import EnvironmentRef
-from kenv.statusmodels import Phase
+from kenv.status import is_current
 
+log = logging.getLogger(__name__)
 SELECTOR = f"{AWAITING_LABEL}=true"
 Lookup = Callable[[EnvironmentRef], dict[str, Any] | None]  # an Environment's index entry, if indexed
 
@@ -37,15 +38,22 @@ def awaited(pod: dict[str, Any]) -> EnvironmentRef | None:
 
 
 async def note(pod: dict[str, Any], lookup: Lookup) -> None:
-    """Remember what a gated pod waits for; when that is already settled (Ready or Failed), follow up now."""
+    """Remember what a gated pod waits for; when that is already Ready for its current spec, settle this pod now
+    (no listing: a relist of many gated pods costs one patch each). A failure is logged and left to the
+    reconcile and poll, so one pod can never stall the watch."""
     ref = awaited(pod)
     if ref is None:
         return
     gating.remember_gated(ref.kind, ref.namespace, ref.name)
     entry = lookup(ref)
     status = (entry or {}).get("status") or {}
-    if entry and status.get("phase") in (Phase.READY, Phase.FAILED):
-        await gating.follow_up(ref, status, get_settings(), entry.get("generation"), entry.get("rebuild"))
+    if not entry or not is_current(status, entry.get("generation"), entry.get("rebuild")):
+        return  # building, failed or outdated: the reconcile that settles it follows its pods up
+    try:
+        await gating.settle(ref, pod, status)
+    except Exception as error:  # noqa: BLE001 - the poll of this Environment (it has gated pods) retries
+        metadata = pod.get("metadata") or {}
+        log.warning("could not settle gated pod %s/%s: %s", metadata.get("namespace"), metadata.get("name"), error)
 
 
 async def follow(namespace: str | None, lookup: Lookup) -> None:

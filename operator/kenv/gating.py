@@ -63,20 +63,27 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
         _awaiting.discard(key_of(ref))  # re-added by the webhook if it gates another pod meanwhile
     pods = [p for p in await kube.environment_pods(ref, settings.namespace_list) if pod_is_awaiting_image(p)]
     for pod in pods:
-        meta = pod["metadata"]
-        awaited = (meta.get("annotations") or {}).get(AWAITING_RUNTIME)
-        if phase == Phase.READY and awaited in (None, status.get("runtimeHash")):  # None: gated by a release
-            await ungate(meta, pod, status)                                        # that did not record it
-        elif phase == Phase.READY:
-            _warn(meta, "EnvironmentChanged", status.get("version"),
-                  f"{ref.kind} {ref.display} changed while this pod waited: its variables, secrets, bootstrap "
-                  f"or shm are not those of version {status.get('version')}, so it stays gated rather than mix "
-                  "two versions; delete it and create it again")
-        else:
-            reason = (condition(status, BUILT) or {"message": "the build failed"}).get("message", "")
-            _warn(meta, "EnvironmentBuildFailed", status.get("failedGeneration"),
-                  f"{ref.kind} {ref.display} failed to build; the pod stays gated (never given an older image): "
-                  f"{reason}")
+        await settle(ref, pod, status)
+
+
+async def settle(ref: EnvironmentRef, pod: dict[str, Any], status: dict[str, Any]) -> None:
+    """One gated pod of a settled Environment: released into the current version when that is what it was
+    admitted for, else told why it stays gated."""
+    meta = pod["metadata"]
+    awaited = (meta.get("annotations") or {}).get(AWAITING_RUNTIME)
+    # awaited None: gated by a release that did not record what it waited for
+    if status.get("phase") == Phase.READY and awaited in (None, status.get("runtimeHash")):
+        await ungate(meta, pod, status)
+    elif status.get("phase") == Phase.READY:
+        _warn(meta, "EnvironmentChanged", status.get("version"),
+              f"{ref.kind} {ref.display} changed while this pod waited: its variables, secrets, bootstrap "
+              f"or shm are not those of version {status.get('version')}, so it stays gated rather than mix "
+              "two versions; delete it and create it again")
+    else:
+        reason = (condition(status, BUILT) or {"message": "the build failed"}).get("message", "")
+        _warn(meta, "EnvironmentBuildFailed", (status.get("failedGeneration"), reason),
+              f"{ref.kind} {ref.display} failed to build; the pod stays gated (never given an older image): "
+              f"{reason}")
 
 
 def first_warning(pod_uid: str, reason: str, about: Any) -> bool:
@@ -92,10 +99,16 @@ def first_warning(pod_uid: str, reason: str, about: Any) -> bool:
 
 
 def _warn(meta: dict[str, Any], reason: str, about: Any, message: str) -> None:
-    if not first_warning(str(meta.get("uid") or meta.get("name")), reason, about):
+    uid = str(meta.get("uid") or meta.get("name"))
+    if (uid, reason, about) in _warned:
         return
     pod_body: Any = {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
-    kopf.event(pod_body, type="Warning", reason=reason, message=kube.event_message(message))
+    try:
+        kopf.event(pod_body, type="Warning", reason=reason, message=kube.event_message(message))
+    except LookupError:  # outside kopf's handlers (the gated-pod watch) kopf has no Event poster: not recorded,
+        log.warning("pod %s/%s: %s", meta.get("namespace"), meta.get("name"), message)  # the reconcile posts it
+        return
+    first_warning(uid, reason, about)
 
 
 async def ungate(meta: dict[str, Any], pod: dict[str, Any], status: dict[str, Any]) -> None:

@@ -147,7 +147,9 @@ class Election:
         announced = False
         while True:
             try:
-                if await asyncio.wait_for(self.try_once(), self.timing.renew_deadline):
+                async with asyncio.timeout(self.timing.renew_deadline):
+                    taken = await self.try_once()
+                if taken:
                     log.info("leading: holder of Lease %s/%s as %s", self.namespace, self.name, self.me)
                     return
             except LeaseConflict:
@@ -173,7 +175,10 @@ class Election:
             if self._left() <= 0:
                 return f"no renewal succeeded for {self.timing.renew_deadline:.0f} s"
             try:
-                if not await asyncio.wait_for(self.try_once(), self._left()):
+                # asyncio.timeout, not wait_for: no task of its own that kopf's shutdown could cancel as hung
+                async with asyncio.timeout(self._left()):
+                    held = await self.try_once()
+                if not held:
                     return f"the Lease is held by {self.holder or 'another candidate'}"
             except TimeoutError:
                 log.warning("renewing Lease %s/%s timed out", self.namespace, self.name)
@@ -184,7 +189,8 @@ class Election:
     async def release(self) -> None:
         """Leave the Lease free if this process still holds it (a clean shutdown hands over at once)."""
         try:
-            await asyncio.wait_for(self._release(), self.timing.renew_deadline)
+            async with asyncio.timeout(self.timing.renew_deadline):
+                await self._release()
         except Exception as error:  # noqa: BLE001 - the Lease then expires on its own
             log.warning("could not release Lease %s/%s: %s", self.namespace, self.name,
                         error or type(error).__name__)

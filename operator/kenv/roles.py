@@ -24,6 +24,7 @@ import aiohttp.web
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DRAIN_SIGNAL = signal.SIGUSR1  # `kenv drain` -> webhookserver.DRAIN.begin (here: the hook must start fast)
 
 
 class Role(StrEnum):
@@ -85,6 +86,8 @@ async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
             working.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await working
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise asyncio.CancelledError  # we were cancelled meanwhile: not ours to swallow
     return working.result() if not working.cancelled() else None
 
 
@@ -97,7 +100,7 @@ async def run(role: Role, operator: Any, liveness: str | None) -> None:
     stop = asyncio.Event()
     install_stop_handlers(stop)
     if role.admits:  # `kenv drain` (the chart's preStop hook): close kept-alive connections before stopping
-        asyncio.get_running_loop().add_signal_handler(webhookserver.DRAIN_SIGNAL, webhookserver.DRAIN.begin)
+        asyncio.get_running_loop().add_signal_handler(DRAIN_SIGNAL, webhookserver.DRAIN.begin)
     metrics.serve(settings.metrics_port)  # a standby's metrics too (kenv_leader says which process leads)
     if not (role.reconciles and settings.leader_election):
         metrics.LEADER.set(1 if role.reconciles else 0)

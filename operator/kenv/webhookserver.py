@@ -9,7 +9,7 @@ are the reference the lean path is tested against (tests/unit/test_admission.py)
 
 Draining: the API server keeps reusing its kept-alive connections to a replica being deleted, past the endpoint
 update, and a connection closed under a request in flight refuses that pod (EOF). So from the preStop hook on
-(`kenv drain` sends DRAIN_SIGNAL), every answer carries `Connection: close`: the API server drops each
+(`kenv drain` sends roles.DRAIN_SIGNAL), every answer carries `Connection: close`: the API server drops each
 connection as it uses it and opens new ones to the replicas that stay.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 from typing import Any
 
 import aiohttp.web
@@ -26,7 +25,6 @@ import kopf
 from kenv import admission
 
 log = logging.getLogger(__name__)
-DRAIN_SIGNAL = signal.SIGUSR1
 
 
 class Drain:
@@ -56,7 +54,12 @@ class AdmissionServer(kopf.WebhookServer):
         self.indexes = indexes
 
     async def _serve(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:  # type: ignore[override]
-        return DRAIN.answer(await self._answer(fn, request))
+        try:
+            return DRAIN.answer(await self._answer(fn, request))
+        except aiohttp.web.HTTPException as error:
+            if not DRAIN.draining:
+                raise
+            return DRAIN.answer(aiohttp.web.Response(status=error.status, reason=error.reason, text=error.text))
 
     async def _answer(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
         webhook = request.match_info.get("id") or ""

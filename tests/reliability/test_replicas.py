@@ -60,9 +60,13 @@ def test_deleting_an_admission_replica_refuses_no_pod(kube, cluster, namespace, 
         started = time.monotonic()
         kube.request("DELETE", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{victim}")  # graceful, as a drain
         # Its preStop hook (`kenv drain`) reached the operator: from now on each answer closes its connection.
-        wait_for(lambda: "draining: every admission answer" in kube.text(
-            f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{victim}/log?container=operator"), 5, "the drain to begin",
-            interval=0.2)
+        def draining() -> bool:
+            try:
+                return "draining: every admission answer" in kube.text(
+                    f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{victim}/log?container=operator")
+            except urllib.error.HTTPError:
+                return False  # the log is not served for a moment while the pod terminates
+        wait_for(draining, 10, "the drain to begin", interval=0.2)
         wait_for(lambda: len({p["metadata"]["name"] for p in operator.ready_pods("admission")} - {victim}) >= 2,
                  120, "a replacement admission replica to be Ready")
         print(f"\nreplacement admission replica Ready {time.monotonic() - started:.1f}s after the delete")

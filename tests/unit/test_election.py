@@ -396,6 +396,38 @@ def test_first_warning_forgets_the_oldest_past_its_bound(monkeypatch: pytest.Mon
     assert gating.first_warning("oldest", "EnvironmentChanged", 1)  # forgotten: one warning more, never none
 
 
+
+@pytest.mark.usefixtures("no_warnings_given")
+def test_a_warning_that_could_not_be_posted_is_not_recorded(caplog: pytest.LogCaptureFixture) -> None:
+    """Outside kopf's handlers (the gated-pod watch) kopf has no Event poster: the warning is logged and left
+    for the reconcile's follow-up to post, never marked as given."""
+    meta = {"uid": "uid-1", "namespace": "team", "name": "train"}
+    gating._warn(meta, "EnvironmentChanged", 2, "changed while this pod waited")
+    assert ("uid-1", "EnvironmentChanged", 2) not in gating._warned
+    assert "changed while this pod waited" in caplog.text
+
+
+def test_an_error_answer_while_draining_closes_its_connection_too() -> None:
+    from kenv import webhookserver
+
+    async def answer() -> aiohttp.web.StreamResponse:
+        server = webhookserver.AdmissionServer(None)
+
+        async def refused(*_: Any) -> aiohttp.web.Response:
+            raise aiohttp.web.HTTPBadRequest(reason="not an AdmissionReview")
+        server._answer = refused  # type: ignore[method-assign]
+        return await server._serve(None, make_mocked_request("POST", "/x"))
+    drain = webhookserver.DRAIN
+    try:
+        with pytest.raises(aiohttp.web.HTTPBadRequest):  # not draining: aiohttp answers it as usual
+            asyncio.run(answer())
+        drain.begin()
+        response = asyncio.run(answer())
+        assert response.status == 400 and response.keep_alive is False
+    finally:
+        drain.draining = False
+
+
 # gatewatch.awaited
 
 

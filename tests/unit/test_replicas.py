@@ -125,26 +125,46 @@ def gated_pod(environment: str) -> dict[str, Any]:
     return {"metadata": {"namespace": "team", "name": "train", "labels": {"kenv.dev/environment": environment}}}
 
 
-@pytest.mark.parametrize(("phase", "followed_up"), [("Ready", True), ("Failed", True), ("Building", False)])
-def test_a_gated_pod_of_a_settled_environment_is_followed_up_at_once(
-        monkeypatch: pytest.MonkeyPatch, phase: str, followed_up: bool) -> None:
-    """A pod gated after its Environment settled (a lagging admission replica) gets no reconcile or poll, so the
-    leader's watch follows it up from its own index; one still building is left to the reconcile that ends it."""
+READY = {"phase": "Ready", "image": "r.local/envs@sha256:" + "a" * 64, "version": 2, "observedGeneration": 3}
+
+
+@pytest.mark.parametrize(("status", "settled"), [
+    (READY, True),
+    ({**READY, "observedGeneration": 2}, False),  # Ready for an older spec: the reconcile under way settles it
+    ({"phase": "Failed", "failedGeneration": 3}, False),  # the reconcile that failed it warns its pods
+    ({"phase": "Building"}, False),
+])
+def test_a_gated_pod_of_an_environment_ready_for_its_spec_is_settled_at_once(
+        monkeypatch: pytest.MonkeyPatch, status: dict, settled: bool) -> None:
+    """A pod gated after its Environment turned Ready (a lagging admission replica) gets no reconcile or poll, so
+    the leader's watch settles that pod itself, from its own index, without listing pods."""
     import asyncio
 
     from kenv import gatewatch, gating
 
     calls: list[tuple[Any, ...]] = []
 
-    async def follow_up(ref: Any, status: dict[str, Any], settings: Any, generation: Any, rebuild: Any) -> None:
-        calls.append((ref, status["phase"], generation, rebuild))
-    monkeypatch.setattr(gating, "follow_up", follow_up)
+    async def settle(ref: Any, pod: dict[str, Any], seen: dict[str, Any]) -> None:
+        calls.append((ref, pod["metadata"]["name"], seen["phase"]))
+    monkeypatch.setattr(gating, "settle", settle)
     monkeypatch.setattr(gating, "_awaiting", set())
-    monkeypatch.setattr(gatewatch, "get_settings", lambda: None)  # only passed through to follow_up
-    entry = {"status": {"phase": phase}, "generation": 3, "rebuild": "r1"}
+    entry = {"status": status, "generation": 3, "rebuild": None}
     asyncio.run(gatewatch.note(gated_pod("torch"), lambda ref: entry if ref.name == "torch" else None))
     ref = gatewatch.awaited(gated_pod("torch"))
-    assert ref is not None and gating.may_have_gated_pods(ref)
-    assert calls == ([(ref, phase, 3, "r1")] if followed_up else [])
+    assert ref is not None and gating.may_have_gated_pods(ref)  # remembered either way: the reconcile looks
+    assert calls == ([(ref, "train", "Ready")] if settled else [])
     asyncio.run(gatewatch.note(gated_pod("unknown"), lambda ref: None))  # not indexed (yet): remembered only
-    assert len(calls) == (1 if followed_up else 0)
+    assert len(calls) == (1 if settled else 0)
+
+
+def test_a_pod_that_cannot_be_settled_does_not_stop_the_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from kenv import gatewatch, gating
+
+    async def refused(*_: Any) -> None:
+        raise RuntimeError("403 from a policy webhook")
+    monkeypatch.setattr(gating, "settle", refused)
+    monkeypatch.setattr(gating, "_awaiting", set())
+    entry = {"status": READY, "generation": 3, "rebuild": None}
+    asyncio.run(gatewatch.note(gated_pod("torch"), lambda ref: entry))  # logged, not raised
