@@ -10,12 +10,12 @@ APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 co
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 
-.PHONY: run test deps apt binaries venv lint unit integration reliability crds image bench bench-load clean-cluster
+.PHONY: run test deps apt binaries venv scan lint unit integration reliability crds image bench bench-load clean-cluster
 
 run: deps ## local control plane + registry + operator + a sample Environment built to Ready
 	$(PY) hack/run.py
 
-test: deps lint ## everything CI runs
+test: deps lint scan ## everything CI runs
 	$(PY) -m pytest tests -v -p no:cacheprovider --timeout=900
 
 deps: apt binaries venv
@@ -37,6 +37,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# checkov in a venv of its own: it pins dependencies (boto3, jsonschema, …) that kenv's need not share.
+CHECKOV_VERSION := 3.3.30
+SCAN_VENV := .venv-scan
+$(SCAN_VENV)/.installed-$(CHECKOV_VERSION):
+	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install -q 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+scan: binaries venv $(SCAN_VENV)/.installed-$(CHECKOV_VERSION) ## checkov over the chart and each builder's build Job; every failure answered (hack/scan-answers.yaml)
+	$(PY) hack/scan.py --checkov $(SCAN_VENV)/bin/checkov
 
 lint: venv ## ruff, mypy and the CRD drift check
 	$(VENV)/bin/ruff check operator tests hack bench

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from kenv.config import OperatorSettings
-from kenv.models import Builder, BuildSettings
+from kenv.models import Builder, BuildSettings, ResourceRequirements
 from kenv.render import CA_FILE, CACHE_MOUNT, BuildContext, cache_build_args, render_template
 
 LABEL_ROLE = "kenv.dev/role"
@@ -52,6 +52,22 @@ buildah push --storage-driver vfs $KENV_TLS --digestfile /dev/termination-log "$
 # namespace of its own, so it needs unshare(CLONE_NEWUSER) (not allowed by the RuntimeDefault seccomp profile
 # without CAP_SYS_ADMIN, hence Unconfined) and, as root in the pod, CAP_SETUID/CAP_SETGID to write the id maps and
 # CAP_SETFCAP to map uid 0. Every other capability is dropped; never privileged, no privilege escalation.
+# Every build pod: the runtime's default seccomp profile unless its container needs otherwise (buildah, buildkit).
+POD_SECURITY_CONTEXT = {"seccompProfile": {"type": "RuntimeDefault"}}
+# Kaniko unpacks the base image over its own root filesystem and runs each RUN step as the Dockerfile's user, so
+# it is root in its container (the executor cannot run otherwise) with a writable root. What it is kept from: no
+# privilege escalation (no_new_privs: a setuid binary in a RUN step gains nothing), the runtime's default seccomp
+# profile, and of the container runtime's default capabilities only those unpacking and installing use (files of
+# any owner and mode, device nodes in base layers, file capabilities, dropping to a build user): NET_RAW,
+# NET_BIND_SERVICE and SETPCAP are dropped.
+KANIKO_SECURITY_CONTEXT = {
+    "runAsUser": 0,
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                                              "SETGID", "SETUID", "SETFCAP", "SYS_CHROOT", "AUDIT_WRITE"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 BUILDAH_SECURITY_CONTEXT = {
     "privileged": False,
     "allowPrivilegeEscalation": False,
@@ -236,7 +252,8 @@ def builder_container(
         args += [f"--insecure-registry={registry}" for registry in insecure]
         env = [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}] if has_ca else []
         return {"image": settings.kaniko_image, "command": None, "args": args, "env": env,
-                "docker_config_dir": "/kaniko/.docker", "conda_auth_dir": CONDA_AUTH_DIR, "security_context": None,
+                "docker_config_dir": "/kaniko/.docker", "conda_auth_dir": CONDA_AUTH_DIR,
+                "security_context": KANIKO_SECURITY_CONTEXT,
                 "mounts": mounts, "volumes": volumes}
     tls = "--tls-verify=false" if destination_insecure else ("--cert-dir=/kenv/ca" if has_ca else "")
     if builder is Builder.BUILDAH:
@@ -260,6 +277,21 @@ def builder_container(
             "volumes": [{"name": "buildkit-state", "emptyDir": {}}]}
 
 
+def build_resources(defaults: ResourceRequirements, spec: ResourceRequirements | None) -> dict[str, Any]:
+    """The build container's resources: per resource (cpu, memory, …), the spec's requests and limits when the
+    spec names it, else the operator's defaults. Never a mix for one resource: a spec's 16Gi request beside a
+    default 8Gi limit would be refused."""
+    named = set(spec.requests) | set(spec.limits) if spec else set()
+    out: dict[str, dict[str, str]] = {}
+    for section in ("requests", "limits"):
+        chosen = {name: value for name, value in getattr(defaults, section).items() if name not in named}
+        if spec:
+            chosen |= getattr(spec, section)
+        if chosen:
+            out[section] = dict(sorted(chosen.items()))
+    return out
+
+
 def build_job(
     plan: BuildPlan,
     build: BuildSettings,
@@ -279,7 +311,7 @@ def build_job(
     if conda_auth_secret and not container["conda_auth_dir"]:
         raise ValueError(f"conda channel credentials need the kaniko builder, not {build.builder.value}")
     labels = {LABEL_ROLE: "build", LABEL_HASH: hash_label(plan.hash), "app.kubernetes.io/managed-by": "kenv"}
-    resources = build.resources.model_dump(exclude_none=True) if build.resources else {}
+    resources = build_resources(settings.build_resources, build.resources)
     rendered = render_template(
         "build-job.yaml.j2",
         name=plan.job_name,
@@ -295,6 +327,7 @@ def build_job(
         env=container["env"],
         resources=resources,
         security_context=container["security_context"],
+        pod_security_context=POD_SECURITY_CONTEXT,
         docker_config_secret=plan.docker_config_secret if has_docker_config else None,
         docker_config_dir=container["docker_config_dir"],
         conda_auth_secret=conda_auth_secret,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 
@@ -10,7 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kenv.catalog import CatalogEntry, parse_catalog
 from kenv.errors import field_path
-from kenv.models import IMAGE_REF_PATTERN, K8S_NAME_PATTERN
+from kenv.models import IMAGE_REF_PATTERN, K8S_NAME_PATTERN, ResourceRequirements
+
+# Kaniko's upstream (GoogleContainerTools) was archived in June 2025; chainguard-dev/kaniko is the maintained
+# fork (the one hack/build-kaniko.sh builds here). Its images are published by the kaniko-build/builder project.
+MAINTAINED_KANIKO_IMAGE = "ghcr.io/kaniko-build/dist/chainguard-dev-kaniko/executor:v1.25.6"
+UPSTREAM_KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
+QUANTITY = re.compile(r"[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?")
 
 
 class PendingImagePolicy(StrEnum):
@@ -46,7 +53,18 @@ class OperatorSettings(BaseSettings):
     )
     namespaces: str = Field("", description="Comma-separated namespaces to watch; empty = all namespaces.")
     max_parallel_builds: int = Field(4, ge=1, le=1000, description="Build Jobs allowed to run at once.")
-    kaniko_image: str = Field("gcr.io/kaniko-project/executor:v1.23.2", pattern=IMAGE_REF_PATTERN)
+    kaniko_image: str = Field(
+        MAINTAINED_KANIKO_IMAGE, pattern=IMAGE_REF_PATTERN,
+        description=f"Kaniko executor image. Default: the maintained fork (chainguard-dev/kaniko, the community "
+        f"build of kaniko-build/builder); the archived upstream is {UPSTREAM_KANIKO_IMAGE}.",
+    )
+    build_resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
+                                                     limits={"cpu": "4", "memory": "8Gi"}),
+        description="Resources of every build container, as JSON ({requests, limits}). A spec's "
+        "build.resources replaces them per resource: for each resource it names (cpu, memory, …), its requests "
+        "and limits are used and the defaults' are not.",
+    )
     buildah_image: str = Field("quay.io/buildah/stable:v1.38", pattern=IMAGE_REF_PATTERN)
     buildkit_image: str = Field("moby/buildkit:v0.34.2-rootless", pattern=IMAGE_REF_PATTERN)
     conda_installer: CondaInstaller = Field(CondaInstaller.RATTLER, description="rattler or micromamba.")
@@ -110,6 +128,16 @@ class OperatorSettings(BaseSettings):
         15.0, ge=3, le=300, description="How long a Lease not renewed keeps its holder: a dead leader is replaced "
         "within about this plus 2/15 of it.",
     )
+
+    @field_validator("build_resources")
+    @classmethod
+    def _quantities(cls, value: ResourceRequirements) -> ResourceRequirements:
+        for section in ("requests", "limits"):
+            for name, quantity in getattr(value, section).items():
+                if not QUANTITY.fullmatch(str(quantity)):
+                    raise ValueError(f"{section}.{name}: {quantity!r} is not a Kubernetes quantity (e.g. 500m, "
+                                     "2, 512Mi, 8Gi)")
+        return value
 
     @field_validator("namespaces", "insecure_registries")
     @classmethod

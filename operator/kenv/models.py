@@ -450,14 +450,17 @@ class BaseImageTracking(KenvModel):
 class BuildSettings(KenvModel):
     builder: Builder = Field(
         Builder.KANIKO,
-        description="Image builder run by the build Job: kaniko (default; root in the pod, no capability added), "
+        description="Image builder run by the build Job: kaniko (default; root in the pod, seccomp RuntimeDefault, "
+        "no privilege escalation, the runtime's default capabilities minus NET_RAW, NET_BIND_SERVICE, SETPCAP), "
         "buildah (in a user namespace of its own: seccomp Unconfined and only SETUID, SETGID, SETFCAP) or buildkit "
         "(rootless BuildKit as user 1000: seccomp and AppArmor Unconfined). Each is tested in real pods.",
     )
     cache: bool = Field(True, description="Reuse layers from the cache repository between builds, and (Kaniko "
                         "with the operator's package cache) downloaded packages. false: a build from scratch.")
     timeout_seconds: int = Field(3600, ge=60, le=86400, description="activeDeadlineSeconds of the build Job.")
-    resources: ResourceRequirements | None = Field(None, description="Resources of the build container.")
+    resources: ResourceRequirements | None = Field(
+        None, description="Resources of the build container. For each resource named here (cpu, memory, …) these "
+        "requests and limits replace the operator's defaults (KENV_BUILD_RESOURCES); other resources keep them.")
     ca_bundle: ConfigMapKeyRef | None = Field(
         None,
         description="PEM CA bundle trusted by pip, conda and the builder when they reach package indexes and "

@@ -92,6 +92,11 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [o for o in by_kind(objects, kind) if o["metadata"]["name"] == name]
+    return found
+
+
 def exists(kube: Any, path: str) -> bool:
     try:
         kube.request("GET", path)
@@ -181,6 +186,14 @@ def test_rendered_manifests_pass_server_side_validation(helm, cluster, kube, nam
         assert env["KENV_WEBHOOK_CERT_DIR"] == "/certs" and env["KENV_WEBHOOK_HOST"] == "0.0.0.0"
         assert env["KENV_DESTINATION_REPO"] == values["destinationRepo"]
 
+        # The admission pods' own ServiceAccount only reads (and creates the Events kopf posts).
+        assert pod["serviceAccountName"] == "kenv-admission"
+        admission_rules = [r for o in by_kind(objects, "ClusterRole") + by_kind(objects, "Role")
+                           if o["metadata"]["name"].endswith("-admission") for r in o["rules"]]
+        assert admission_rules and all(set(r["verbs"]) <= {"get", "list", "watch"} or r["resources"] == ["events"]
+                                       for r in admission_rules), admission_rules
+        assert not {res for r in admission_rules for res in r["resources"]} & {"pods", "secrets", "configmaps"}
+
         webhook_config = by_kind(objects, "MutatingWebhookConfiguration")[0]
         hooks = {w["name"]: w for w in webhook_config["webhooks"]}
         assert set(hooks) == {"inject-environment.kenv.dev", "inject-cluster-environment.kenv.dev"}
@@ -195,7 +208,7 @@ def test_rendered_manifests_pass_server_side_validation(helm, cluster, kube, nam
         if case == "defaults":
             assert env["KENV_NAMESPACES"] == "" and env["KENV_MAX_PARALLEL_BUILDS"] == "4"
             assert all(h["clientConfig"]["caBundle"] for h in hooks.values())
-            cluster_rules = by_kind(objects, "ClusterRole")[0]["rules"]
+            cluster_rules = named(objects, "ClusterRole", f"kenv-{namespace}")["rules"]
             assert any("pods" in r["resources"] for r in cluster_rules)
             assert next(r for r in cluster_rules if "secrets" in r["resources"])["verbs"] == ["get"]
         elif case == "cert-manager":
@@ -220,8 +233,10 @@ def test_rendered_manifests_pass_server_side_validation(helm, cluster, kube, nam
         else:
             assert env["KENV_NAMESPACES"] == watched and env["KENV_PENDING_IMAGE_POLICY"] == "reject"
             roles = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind(objects, "Role")}
-            assert roles == {(namespace, "kenv-builds"), (watched, "kenv-watch")}
-            cluster_resources = {res for r in by_kind(objects, "ClusterRole")[0]["rules"] for res in r["resources"]}
+            assert roles == {(namespace, "kenv-builds"), (watched, "kenv-watch"), (namespace, "kenv-admission"),
+                             (watched, "kenv-admission")}
+            cluster_resources = {res for r in named(objects, "ClusterRole", f"kenv-{namespace}")["rules"]
+                                 for res in r["resources"]}
             assert not cluster_resources & {"pods", "secrets", "configmaps", "environments"}
             selector = hooks["inject-environment.kenv.dev"]["namespaceSelector"]  # HARMLESS_WEBHOOK overrides
             assert selector == HARMLESS_WEBHOOK["webhook"]["namespaceSelector"]
@@ -265,6 +280,8 @@ def test_install_upgrade_uninstall(helm, cluster, kube, namespace, tmp_path) -> 
         "deployment": f"/apis/apps/v1/namespaces/{namespace}/deployments/kenv-controller",
         "admission": f"/apis/apps/v1/namespaces/{namespace}/deployments/kenv-admission",
         "serviceaccount": f"/api/v1/namespaces/{namespace}/serviceaccounts/kenv",
+        "admission serviceaccount": f"/api/v1/namespaces/{namespace}/serviceaccounts/kenv-admission",
+        "admission clusterrole": f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}-admission",
         "service": f"/api/v1/namespaces/{namespace}/services/kenv",
         "secret": f"/api/v1/namespaces/{namespace}/secrets/kenv-webhook-tls",
         "webhook": f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
@@ -372,6 +389,19 @@ def test_operator_runs_with_the_chart_rbac(helm, cluster, kube, namespace, crds,
             assert can_i(cluster, namespace, account, "list", "environments.kenv.dev", "-n", "default") == "no"
             assert can_i(cluster, namespace, account, "create", "mutatingwebhookconfigurations") == "no"
             assert release.pod()["spec"]["serviceAccountName"] == account
+            # The admission pods read and never write: a ServiceAccount of their own.
+            admission = "kenv-admission"
+            assert {p["spec"]["serviceAccountName"] for p in release.pods(role="admission")} == {admission}
+            for verb, resource, where in (("list", "environments.kenv.dev", watched),
+                                          ("watch", "environmentversions.kenv.dev", namespace),
+                                          ("list", "clusterenvironments.kenv.dev", None)):
+                assert can_i(cluster, namespace, admission, verb, resource,
+                             *(("-n", where) if where else ())) == "yes", (verb, resource)
+            for verb, resource in (("patch", "environments.kenv.dev"), ("create", "environmentversions.kenv.dev"),
+                                   ("get", "secrets"), ("list", "pods"), ("patch", "pods"), ("create", "jobs")):
+                assert can_i(cluster, namespace, admission, verb, resource, "-n", watched) == "no", (verb, resource)
+            assert can_i(cluster, namespace, admission, "patch", "clusterenvironments.kenv.dev") == "no"
+            assert can_i(cluster, namespace, admission, "update", "leases", "-n", namespace) == "no"
 
             # A rebuild token forces a build even when this content is already in the registry: the Job proves
             # `create jobs` (and ConfigMaps) in the release namespace, Ready proves reading its pods and the

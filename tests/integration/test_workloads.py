@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,13 @@ RAY_ENTRYPOINT = ("python3 -c \"import os, ray; ray.init(); "
                   "print('ray-result', *ray.get(task.remote()))\"")
 
 
+def ray_job_log(head_ip: str, job_id: str) -> str:
+    """A Ray job's whole log, from the dashboard's job API on the head pod (port 8265)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{head_ip}:8265/api/jobs/{job_id}/logs", timeout=30) as response:
+        return str(json.loads(response.read())["logs"])
+
+
 def test_rayjob_head_workers_and_submitter_run_in_the_environment(
         cluster, kube, namespace, frameworks, base_image, ca_config_map):
     """The Environment installs ray[default] (a real Kaniko build); KubeRay makes the head, a worker (its
@@ -372,10 +380,13 @@ def test_rayjob_head_workers_and_submitter_run_in_the_environment(
         submitters = pods(kube, namespace, "job-name%3Drj")
         logs = {p["metadata"]["name"]: pod_log(kube, namespace, p["metadata"]["name"]) for p in submitters}
         assert job["status"]["jobStatus"] == "SUCCEEDED", (job["status"], logs)
-        # the task ran on the worker (the head has no CPUs for tasks) and saw the Environment's variable and secret
-        assert any(line == f"ray-result workers {token} {token}" for log in logs.values()
-                   for line in log.splitlines()), logs
         ray_pods = pods(kube, namespace, "ray.io%2Fis-ray-node%3Dyes")
+        # the task ran on the worker (the head has no CPUs for tasks) and saw the Environment's variable and secret.
+        # The job's own log, from the head's job API: the submitter's `ray job submit` tail can end before the
+        # job's last lines reach it.
+        head = next(p for p in ray_pods if p["metadata"]["labels"]["ray.io/node-type"] == "head")
+        logs["job"] = ray_job_log(head["status"]["podIP"], job["status"]["jobId"])
+        assert f"ray-result workers {token} {token}" in logs["job"].splitlines(), logs
         assert sorted(p["metadata"]["labels"]["ray.io/node-type"] for p in ray_pods) == ["head", "worker"]
         for pod in [*ray_pods, *submitters]:
             assert set(images_of(pod).values()) == {image}, images_of(pod)

@@ -35,7 +35,7 @@ def test_values_and_schema_describe_the_same_keys() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["additionalProperties"] is False  # a mistyped --set key fails instead of being ignored
     assert set(values) == set(schema["properties"])
-    for key in ("webhook", "certManager", "metrics", "builderImages", "conda"):
+    for key in ("webhook", "certManager", "metrics", "builderImages", "conda", "buildResources", "networkPolicy"):
         assert set(values[key]) <= set(schema["properties"][key]["properties"]), key
 
 
@@ -56,3 +56,8 @@ def test_values_defaults_match_the_operator_defaults() -> None:
     cache_pattern = fields["package_cache_dir"].metadata[0].pattern
     assert schema["packageCache"]["properties"]["hostPath"]["pattern"] == cache_pattern
     assert values["admission"]["replicas"] == 2 and values["controller"]["replicas"] == 2
+    default_build = fields["build_resources"].default_factory()  # type: ignore[misc]
+    assert values["buildResources"] == default_build.model_dump()
+    quantity = schema["buildResources"]["properties"]["limits"]["additionalProperties"]["anyOf"][0]["pattern"]
+    from kenv.config import QUANTITY
+    assert quantity == f"^{QUANTITY.pattern}$"  # the chart refuses what the operator would

@@ -50,6 +50,16 @@ app.kubernetes.io/part-of: kenv
 {{- end }}
 {{- end }}
 
+{{/* The admission pods' ServiceAccount: one of their own with read-only RBAC when the chart creates accounts
+(they only list and watch); otherwise the one given, shared with the controllers. */}}
+{{- define "kenv.admissionServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- printf "%s-admission" (include "kenv.serviceAccountName" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- include "kenv.serviceAccountName" . }}
+{{- end }}
+{{- end }}
+
 {{/* Where build Jobs, their context ConfigMaps and docker-config Secrets live (KENV_BUILD_NAMESPACE). */}}
 {{- define "kenv.buildNamespace" -}}
 {{- default .Release.Namespace .Values.buildNamespace }}
