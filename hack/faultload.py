@@ -7,6 +7,7 @@ Only stdlib, httpx and the sibling hack modules.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import urllib.error
@@ -15,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from kubeapi import KubeAPI
-from podload import PodCreator, percentile
+from podload import PodCreator, open_loop, percentile
 
 
 @dataclass
@@ -44,7 +45,6 @@ class Load:
         self.namespace, self.environment, self.rate = namespace, environment, rate
         self.creator = PodCreator(kube, ["pods"])
         self.stopping = threading.Event()
-        self.sent = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.started = self.seconds = 0.0
         self.prefix = f"load-{uuid.uuid4().hex[:6]}"
@@ -58,26 +58,18 @@ class Load:
         self.stop()
 
     def _run(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        interval = 1 / self.rate
         labels = {"kenv.dev/environment": self.environment}
-        with ThreadPoolExecutor(max_workers=64) as pool:
-            while not self.stopping.is_set():
-                delay = self.started + self.sent * interval - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                pool.submit(self.creator.create, self.namespace, f"{self.prefix}-{self.sent}", labels, "pods", True)
-                self.sent += 1
+        open_loop(lambda i: self.creator.create(self.namespace, f"{self.prefix}-{i}", labels, "pods", True),
+                  self.rate, sys.maxsize, until=self.stopping)
 
     def stop(self) -> LoadResult:
         if not self.stopping.is_set():
             self.stopping.set()
-            self.thread.join()
+            self.thread.join()  # open_loop returns once every create has ended, each recorded with its latency
             self.seconds = time.monotonic() - self.started
             self.creator.close()
-        return LoadResult(self.sent, self.seconds, list(self.creator.failures["pods"]),
-                          list(self.creator.latency["pods"]))
+        latencies = list(self.creator.latency["pods"])
+        return LoadResult(len(latencies), self.seconds, list(self.creator.failures["pods"]), latencies)
 
 
 class BuildJobs:

@@ -80,13 +80,16 @@ class PodCreator:
         self.client.close()
 
 
-def open_loop(send: Callable[[int], None], rate: float, total: int) -> tuple[float, int]:
-    """Call send(i) for i in range(total) at `rate` per second from 64 threads; returns (seconds taken to send,
-    calls sent more than one interval late)."""
+def open_loop(send: Callable[[int], None], rate: float, total: int,
+              until: threading.Event | None = None) -> tuple[float, int]:
+    """Call send(i) for i in range(total) at `rate` per second from 64 threads, stopping early once `until` is set;
+    returns when every call has ended, with (seconds taken to send, calls sent more than one interval late)."""
     interval, late = 1 / rate, 0
     with ThreadPoolExecutor(max_workers=64) as pool:
         start = time.monotonic()
         for i in range(total):
+            if until is not None and until.is_set():
+                break
             delay = start + i * interval - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

@@ -11,6 +11,7 @@ the old leader ran are released by the new one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -62,11 +63,7 @@ async def follow(namespace: str | None, lookup: Lookup) -> None:
         for pod in pods:
             await note(pod, lookup)
 
-    async def changed(pod: dict[str, Any]) -> None:
-        await note(pod, lookup)
     api = await kube.core()
-    if namespace is None:
-        await kube.list_and_watch(api.list_pod_for_all_namespaces, (), SELECTOR, listed, changed, "gated pods")
-    else:
-        await kube.list_and_watch(api.list_namespaced_pod, (namespace,), SELECTOR, listed, changed,
-                                  f"gated pods in {namespace}")
+    list_call, args, what = (api.list_pod_for_all_namespaces, (), "gated pods") if namespace is None \
+        else (api.list_namespaced_pod, (namespace,), f"gated pods in {namespace}")
+    await kube.list_and_watch(list_call, args, SELECTOR, listed, functools.partial(note, lookup=lookup), what)
