@@ -80,6 +80,23 @@ def wait_phase(kube: Any, namespace: str, name: str, phases: set[str], timeout: 
     return dict(wait_for(reached, timeout, f"env {namespace}/{name} in {phases}"))
 
 
+def edit(kube: Any, namespace: str, name: str, spec: dict[str, Any]) -> int:
+    """Merge-patch the spec; returns the new generation."""
+    body = kube.request("PATCH", f"{GROUP_PATH}/namespaces/{namespace}/environments/{name}", {"spec": spec},
+                        content_type="application/merge-patch+json")
+    return int(body["metadata"]["generation"])
+
+
+def wait_version(kube: Any, namespace: str, name: str, version: int, timeout: float = 300) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        env = get_env(kube, namespace, name)
+        status = env.get("status") or {}
+        assert status.get("phase") != "Failed", status
+        current = status.get("version") == version and status.get("phase") == "Ready"
+        return env if current and status.get("observedGeneration") == env["metadata"]["generation"] else None
+    return dict(wait_for(reached, timeout, f"{namespace}/{name} version {version} Ready"))
+
+
 def build_jobs(kube: Any, content_hash: str | None = None) -> list[dict[str, Any]]:
     selector = "kenv.dev/role%3Dbuild" + (f",kenv.dev/hash%3D{content_hash[:40]}" if content_hash else "")
     return list(kube.request("GET", f"/apis/batch/v1/namespaces/{BUILD_NAMESPACE}/jobs?labelSelector={selector}")

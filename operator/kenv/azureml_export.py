@@ -41,6 +41,7 @@ from kenv.render import (
     CONDA_PIP_FILE,
     DEFAULT_BASE_IMAGE,
     INSTALLER_SCRIPT,
+    LOCK_SCRIPT,
     environment_yml,
     render_context,
     uses_conda,
@@ -51,7 +52,8 @@ from kenv.render import (
 V1_FILES = (V1_DEFINITION, V1_CONDA, V1_DOCKERFILE)
 V2_FILES = (V2_FILE, V2_CONDA)
 # What render_context writes into docker-context (never the CA bundle: exports render without externals).
-OWNED_CONTEXT_FILES = ("Dockerfile", "requirements.txt", "environment.yml", INSTALLER_SCRIPT, CONDA_PIP_FILE)
+OWNED_CONTEXT_FILES = ("Dockerfile", "requirements.txt", "environment.yml", INSTALLER_SCRIPT, CONDA_PIP_FILE,
+                       LOCK_SCRIPT)
 COMMENT = r"(?:^|\s)#"  # where pip and YAML comments start
 
 

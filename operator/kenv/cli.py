@@ -144,6 +144,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return asyncio.run(show_diff(args.name, args.namespace, args.cluster, args.first, args.second))
 
 
+def cmd_packages(args: argparse.Namespace) -> int:
+    from kenv.contentscli import show_packages
+
+    return asyncio.run(show_packages(args.name, args.namespace, args.cluster, args.version))
+
+
+def cmd_sbom(args: argparse.Namespace) -> int:
+    from kenv.contentscli import show_sbom
+
+    return asyncio.run(show_sbom(args.name, args.namespace, args.cluster, args.version, args.insecure, args.output))
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     from kenv.catalog import show_catalog
 
@@ -267,11 +279,21 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_logs)
     with_environment(sub.add_parser("versions", help="list an Environment's versions (EnvironmentVersion "
                                     "snapshots)")).set_defaults(run=cmd_versions)
-    p = with_environment(sub.add_parser("diff", help="show how two versions of an Environment differ (image "
-                                        "and definition)"))
+    p = with_environment(sub.add_parser("diff", help="show how two versions of an Environment differ (image, "
+                                        "definition and packages)"))
     p.add_argument("first", type=int, metavar="A")
     p.add_argument("second", type=int, metavar="B")
     p.set_defaults(run=cmd_diff)
+    p = with_environment(sub.add_parser("packages", help="list the packages a version's image holds (its lock, "
+                                        "as the build listed them)"))
+    p.add_argument("--version", type=int, metavar="N", help="version N (default: the current one)")
+    p.set_defaults(run=cmd_packages)
+    p = with_environment(sub.add_parser("sbom", help="print the CycloneDX SBOM attached to a version's image "
+                                        "in the registry"))
+    p.add_argument("--version", type=int, metavar="N", help="version N (default: the current one)")
+    p.add_argument("--insecure", action="store_true", help="reach the registry over plain HTTP")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the SBOM to FILE instead of standard output")
+    p.set_defaults(run=cmd_sbom)
     sub.add_parser("catalog", help="list the curated ClusterEnvironments and their status").set_defaults(
         run=cmd_catalog)
     p = sub.add_parser("import-azureml", help="convert an Azure ML environment (v1 folder, v2 YAML, env.yml)")

@@ -25,7 +25,7 @@ from kenv.errors import SpecError, describe_validation_error
 from kenv.models import EnvironmentSpec
 from kenv.refs import EnvironmentRef
 from kenv.registry import Credentials, RegistryClient, RegistryError, credentials_for
-from kenv.render import BuildContext, Externals, render_context
+from kenv.render import LOCK_SCRIPT, BuildContext, Externals, render_context
 from kenv.statusmodels import Phase
 from kenv.versionstore import NewVersion, VersionStore
 
@@ -334,7 +334,8 @@ class Reconciler:
             snapshot = await self.versions.record(NewVersion(
                 ref=attempt.ref, uid=attempt.uid, definition=attempt.definition, image=image,
                 content_hash=plan.hash, runtime_hash=attempt.runtime_hash, reason=reason,
-                generation=attempt.generation, build_log=build_log), current, push_credentials)
+                generation=attempt.generation, build_log=build_log,
+                locked=LOCK_SCRIPT in attempt.context.files), current, push_credentials)
             number = snapshot.number
         patch = status.ready(current, image=image, digest=digest, content_hash=plan.hash, version=number,
                              runtime_hash=attempt.runtime_hash, generation=attempt.generation, reason=reason,

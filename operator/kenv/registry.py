@@ -103,7 +103,7 @@ class RegistryClient:
         """The manifest digest of `image`, None if the registry says it does not exist."""
         name = ImageName.parse(image)
         url = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests/{name.reference}"
-        response = await self._authorized("HEAD", url, {"Accept": MANIFEST_TYPES}, name, credentials, "pull")
+        response = await self.authorized("HEAD", url, {"Accept": MANIFEST_TYPES}, name, credentials, "pull")
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -117,13 +117,13 @@ class RegistryClient:
         """Give the manifest `repo@sha256:...` the tag `tag` in the same repository (GET it, PUT it back)."""
         name = ImageName.parse(image)
         base = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests"
-        got = await self._authorized("GET", f"{base}/{name.reference}", {"Accept": MANIFEST_TYPES}, name,
+        got = await self.authorized("GET", f"{base}/{name.reference}", {"Accept": MANIFEST_TYPES}, name,
                                      credentials, "pull")
         if got.status_code != 200:
             raise RegistryError("RegistryUnavailable", f"{name.registry} answered HTTP {got.status_code} for "
                                 f"{name.repository}@{name.reference}")
         media_type = got.headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        put = await self._authorized("PUT", f"{base}/{tag}", {"Content-Type": media_type}, name, credentials,
+        put = await self.authorized("PUT", f"{base}/{tag}", {"Content-Type": media_type}, name, credentials,
                                      "pull,push", content=got.content)
         if put.status_code not in (200, 201):
             raise RegistryError("RegistryUnavailable", f"{name.registry} refused tag {tag} of {name.repository} "
@@ -135,14 +135,14 @@ class RegistryClient:
         name = ImageName.parse(image)
         url = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests/{name.reference}"
         try:
-            response = await self._authorized("DELETE", url, {}, name, credentials, "pull,push,delete")
+            response = await self.authorized("DELETE", url, {}, name, credentials, "pull,push,delete")
         except RegistryError as error:
             if error.reason == "RegistryAuthFailed":
                 return False  # credentials that may push but not delete: the tag stays
             raise
         return response.status_code in (200, 202, 404)
 
-    async def _authorized(self, method: str, url: str, headers: dict[str, str], name: ImageName,
+    async def authorized(self, method: str, url: str, headers: dict[str, str], name: ImageName,
                           credentials: Credentials | None, actions: str,
                           content: bytes | None = None) -> httpx.Response:
         response = await self._request(url, headers, method, content)

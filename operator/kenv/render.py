@@ -23,8 +23,8 @@ from kenv.models import EnvironmentSpec, PipInstaller
 
 # Bump when the templates or the rendering change what an image contains: every hash moves and images are
 # rebuilt. 2: canonical files (whitespace-only edits, YAML comments and key order no longer move the hash).
-# 3: package caches through build args (below), spec.pip.installer.
-RECIPE_VERSION = "3"
+# 3: package caches through build args (below), spec.pip.installer. 4: the package lock in the last layer.
+RECIPE_VERSION = "4"
 DEFAULT_MICROMAMBA_IMAGE = "mambaorg/micromamba:2.0.5"
 DEFAULT_CONDA_INSTALLER_IMAGE = "python:3.11-slim-bookworm"
 RATTLER = "rattler"
@@ -34,6 +34,10 @@ MICROMAMBA = "micromamba"
 INSTALLER_REQUIREMENTS = ("py-rattler==0.28.0", "PyYAML==6.0.3")
 INSTALLER_SCRIPT = "kenv-conda.py"  # kenv/conda_installer.py, copied into the context
 CONDA_PIP_FILE = "conda-requirements.txt"  # the environment file's pip list, installed in the image itself
+# The package lock: kenv/lock_script.py, copied into the context, writes it in the image's last layer.
+LOCK_SCRIPT = "kenv-lock.py"
+LOCK_FILE = "/etc/kenv/lock.json"
+LOCK_FALLBACK = "/tmp/kenv-lock.json"  # where a build whose Dockerfile's USER cannot write /etc/kenv puts it
 # Package caches. The Dockerfile declares one ARG per installer whose default keeps that installer's cache out of
 # the image; Kaniko build pods with a cache volume (KENV_PACKAGE_CACHE_DIR) override them with --build-arg so pip,
 # uv and rattler keep their downloads on the volume, which Kaniko leaves out of every snapshot. Build args are not
@@ -212,6 +216,10 @@ def installer_script() -> str:
     return resources.files("kenv").joinpath("conda_installer.py").read_text(encoding="utf-8")
 
 
+def lock_script() -> str:
+    return resources.files("kenv").joinpath("lock_script.py").read_text(encoding="utf-8")
+
+
 def split_global_args(dockerfile: str) -> tuple[str, str]:
     """(lines before the first FROM, the rest). A stage rendered before the user's Dockerfile must come after
     its global ARGs, or `FROM ${BASE}` would lose them (an ARG after a FROM belongs to that stage)."""
@@ -276,6 +284,9 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         global_args, user_dockerfile = split_global_args(user_dockerfile)
     if externals.ca_bundle and installs:
         files[CA_FILE] = externals.ca_bundle
+    if installs:  # an image kenv installs nothing into may have no shell or python to write a lock with
+        files[LOCK_SCRIPT] = lock_script()
+    lock_args = f"{LOCK_FILE} {LOCK_FALLBACK}" + (f" {CONDA_PREFIX}" if conda else "")
     files["Dockerfile"] = render_template(
         "Dockerfile.j2",
         recipe_version=RECIPE_VERSION,
@@ -298,5 +309,6 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         cache_mount=CACHE_MOUNT,
         python=python_command(spec),
         micromamba_image=externals.micromamba_image,
+        lock={"script": LOCK_SCRIPT, "args": lock_args} if installs else None,
     )
     return BuildContext(files)

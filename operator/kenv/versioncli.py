@@ -7,7 +7,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kenv import kube, versions
+from kenv import kube, lock, versions
 from kenv.models import GROUP, VERSION
 from kenv.tables import aligned
 from kenv.versionmodels import PLURAL
@@ -30,12 +30,6 @@ async def load_objects(name: str, namespace: str | None,
     return body, list(found.get("items") or [])
 
 
-async def load(name: str, namespace: str | None, cluster: bool) -> tuple[dict[str, Any], list[Snapshot]]:
-    """The environment and its versions, oldest first."""
-    body, objects = await load_objects(name, namespace, cluster)
-    return body, sorted((Snapshot.from_object(o) for o in objects), key=lambda s: s.number)
-
-
 def table(snapshots: list[Snapshot], current: int | None) -> str:
     rows = [("VERSION", "CREATED", "HASH", "DIGEST", "REASON", "CHANGES")]
     for s in snapshots:
@@ -47,22 +41,25 @@ def table(snapshots: list[Snapshot], current: int | None) -> str:
     return aligned(rows)
 
 
-async def load_or_report(name: str, namespace: str | None,
-                         cluster: bool) -> tuple[dict[str, Any], list[Snapshot]] | None:
+async def load_versions(name: str, namespace: str | None,
+                        cluster: bool) -> tuple[dict[str, Any], dict[int, dict[str, Any]]] | None:
+    """The environment and its EnvironmentVersion objects by number (None when reported as not found)."""
     try:
-        return await load(name, namespace, cluster)
+        body, objects = await load_objects(name, namespace, cluster)
     except ApiException as error:
         print(f"kenv: {error.status} {error.reason}: check the name and namespace", file=sys.stderr)
         return None
     finally:
         await kube.close()
+    return body, {int(o["spec"]["version"]): o for o in objects}
 
 
 async def show_versions(name: str, namespace: str | None, cluster: bool) -> int:
-    loaded = await load_or_report(name, namespace, cluster)
+    loaded = await load_versions(name, namespace, cluster)
     if loaded is None:
         return 1
-    body, snapshots = loaded
+    body, objects = loaded
+    snapshots = sorted((Snapshot.from_object(o) for o in objects.values()), key=lambda s: s.number)
     if not snapshots:
         phase = (body.get("status") or {}).get("phase")
         print(f"kenv: {name} has no versions yet (phase {phase})", file=sys.stderr)
@@ -73,15 +70,24 @@ async def show_versions(name: str, namespace: str | None, cluster: bool) -> int:
 
 
 async def show_diff(name: str, namespace: str | None, cluster: bool, first: int, second: int) -> int:
-    loaded = await load_or_report(name, namespace, cluster)
+    loaded = await load_versions(name, namespace, cluster)
     if loaded is None:
         return 1
-    by_number = {s.number: s for s in loaded[1]}
-    missing = [n for n in (first, second) if n not in by_number]
+    objects = loaded[1]
+    missing = [n for n in (first, second) if n not in objects]
     if missing:
-        known = ", ".join(str(n) for n in sorted(by_number)) or "none"
+        known = ", ".join(str(n) for n in sorted(objects)) or "none"
         print(f"kenv: {name} has no version {missing[0]} (known: {known})", file=sys.stderr)
         return 1
-    text = versions.diff(by_number[first], by_number[second])
+    text = versions.diff(Snapshot.from_object(objects[first]), Snapshot.from_object(objects[second]))
     sys.stdout.write(text or f"versions {first} and {second} have the same image and definition\n")
+    sys.stdout.write(package_section(objects[first]["spec"].get("lock"), objects[second]["spec"].get("lock")))
     return 0
+
+
+def package_section(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """The packages that changed between two versions' locks, or why they cannot be compared."""
+    if not before or not after:
+        return "packages: not compared (a version without a package lock)\n"
+    changed = lock.changes(before, after)
+    return "packages:\n" + "".join(f"  {line}\n" for line in changed) if changed else "packages: the same\n"

@@ -28,6 +28,33 @@ class EnvironmentOwner(KenvModel):
     uid: str = Field(description="UID of the environment object this version belongs to.", max_length=64)
 
 
+class LockedPackage(KenvModel):
+    name: str = Field(max_length=256, description="Package name as its installer records it.")
+    version: str = Field(max_length=256, description="Installed version.")
+    manager: Literal["pip", "conda"] = Field(
+        description="pip: a Python distribution the image's interpreter imports (whatever installed it); conda: "
+        "a package of the image's conda environment.")
+    installer: str | None = Field(None, max_length=64, description="What installed a Python distribution, as it "
+                                  "recorded itself (pip, uv; empty for the base image's system packages).")
+    build: str | None = Field(None, max_length=256, description="A conda package's build string.")
+    channel: str | None = Field(None, max_length=1024,
+                                description="A conda package's channel (credentials and tokens removed).")
+    url: str | None = Field(None, max_length=2048, description="Where a Python distribution installed from a URL "
+                            "or path came from (PEP 610 direct_url.json, credentials removed).")
+    sha256: str | None = Field(None, max_length=64, description="sha256 of the package archive, where its "
+                               "installer recorded it (conda packages; pip for URL installs).")
+
+
+class PackageLock(KenvModel):
+    python: str | None = Field(None, max_length=64, description="Version of the interpreter that listed the "
+                               "Python distributions.")
+    packages: list[LockedPackage] = Field(default_factory=list, max_length=20000,
+                                          description="Every package installed, sorted by manager and name.")
+    layer: str = Field(max_length=80, description="Digest of the image layer the lock was read from.")
+    error: str | None = Field(None, max_length=1024,
+                              description="Why the lock is incomplete, when the build could not list everything.")
+
+
 class EnvironmentVersionSpec(KenvModel):
     environment: EnvironmentOwner = Field(description="The Environment or ClusterEnvironment versioned.")
     version: int = Field(ge=1, description="Version number: per environment, only grows, never reused.")
@@ -51,6 +78,12 @@ class EnvironmentVersionSpec(KenvModel):
         None, max_length=65536, description="The end of the build log (at most 32 KiB) when this version's image "
         "was built for it; `kenv logs NAME --version N` prints it. Absent when the image was already in the "
         "registry (see the version that built it).")
+    lock: PackageLock | None = Field(
+        None, description="What the image holds, as its build listed it in the image's last layer (`kenv packages "
+        "NAME --version N`). Absent for images kenv installs nothing into, and for migrated versions.")
+    sbom: str | None = Field(
+        None, max_length=1024, description="The image's CycloneDX SBOM, an OCI artifact attached to the image "
+        "(repo@sha256:...; `kenv sbom NAME`).")
     definition: EnvironmentSpec | None = Field(
         None, description="The environment's spec this version was made from; pods of this version receive its "
         "variables, secrets, bootstrap and shm. Absent for versions migrated from status.history, whose "

@@ -15,7 +15,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kenv import kube, versions
+from kenv import imagecontents, kube, versions
 from kenv.config import OperatorSettings
 from kenv.models import API_VERSION, GROUP, VERSION
 from kenv.refs import EnvironmentRef
@@ -40,6 +40,7 @@ class NewVersion:
     reason: str
     generation: int | None
     build_log: str | None = None  # the tail of the build's log, when this version's image was built now
+    locked: bool = False  # the image's recipe writes a package lock in its last layer (render.LOCK_SCRIPT)
 
 
 class VersionTaken(Exception):
@@ -122,7 +123,10 @@ class VersionStore:
                 raise
             log.warning("version %d of %s recorded without a registry tag: %s", number, new.ref.display, error)
             tag = None
-        body = version_body(new, number, changes, tag, self.namespace(new.ref))
+        contents = {}  # a migrated version's image may be gone: its contents are not looked for
+        if tag_required and new.locked:
+            contents = await imagecontents.describe(self.registry, new.image, credentials)
+        body = version_body(new, number, changes, tag, self.namespace(new.ref), contents)
         return Snapshot.from_object(await create_unique(body, new.uid))
 
     async def prune(self, ref: EnvironmentRef, snapshots: list[Snapshot], current: int,
@@ -150,8 +154,8 @@ class VersionStore:
         return versions.in_use(await kube.environment_pods(ref, self.settings.namespace_list), ref)
 
 
-def version_body(new: NewVersion, number: int, changes: list[str], tag: str | None,
-                 namespace: str) -> dict[str, Any]:
+def version_body(new: NewVersion, number: int, changes: list[str], tag: str | None, namespace: str,
+                 contents: dict[str, Any] | None = None) -> dict[str, Any]:
     ref, uid, image = new.ref, new.uid, new.image
     labels = {UID_LABEL: uid, "app.kubernetes.io/managed-by": "kenv"}
     if len(ref.name) <= 63:
@@ -163,7 +167,7 @@ def version_body(new: NewVersion, number: int, changes: list[str], tag: str | No
             "hash": new.content_hash, "reason": new.reason, "changes": changes}
     optional = {"runtimeHash": new.runtime_hash, "definition": new.definition,
                 "sourceGeneration": new.generation, "tag": tag, "buildLog": new.build_log}
-    spec |= {k: v for k, v in optional.items() if v is not None}
+    spec |= {k: v for k, v in optional.items() if v is not None} | (contents or {})
     return {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": versions.object_name(ref, number), "namespace": namespace, "labels": labels,
                          "ownerReferences": [owner]},

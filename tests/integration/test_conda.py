@@ -87,6 +87,13 @@ def test_environment_yaml_installs_a_package_and_its_dependency(kube, namespace,
     build_log = env_versions(kube, namespace, "hello")[0]["spec"]["buildLog"]
     assert "kenv:   kenv-greeting=1.0=0 (" in build_log and "kenv:   kenv-hello=1.0=0 (" in build_log
     assert channel.fetched("/noarch/kenv-greeting-1.0-0.conda")
+    # the version's lock: the environment's conda packages with build string and channel (its python-less
+    # environment is listed by the base image's python3, whose own distributions come with it)
+    conda = {p["name"]: p for p in env_versions(kube, namespace, "hello")[0]["spec"]["lock"]["packages"]
+             if p["manager"] == "conda"}
+    assert set(conda) == {"kenv-hello", "kenv-greeting"}
+    assert [(p["version"], p["build"]) for p in conda.values()] == [("1.0", "0"), ("1.0", "0")]
+    assert all(channel.url.rstrip("/") in p["channel"] for p in conda.values()), conda
 
 
 def test_structured_fields_install_pip_packages_into_the_channels_python(kube, namespace, base_image, channel,
@@ -104,6 +111,13 @@ def test_structured_fields_install_pip_packages_into_the_channels_python(kube, n
     assert hello == "hello from kenv-pyhello 1.0"  # conda's noarch: python package
     site_packages = "/opt/kenv/env/lib/python3.11/site-packages/"
     assert six_file.startswith(site_packages) and idna_file.startswith(site_packages), log  # both pip lists
+    # the lock, listed by the environment's python: conda's packages once (kenv-pyhello is a Python
+    # distribution too), both pip lists' packages as pip's
+    packages = env_versions(kube, namespace, "pyenv")[0]["spec"]["lock"]["packages"]
+    by_manager = {(p["manager"], p["name"].lower()): p["version"] for p in packages}
+    assert by_manager[("conda", "python")].startswith("3.11.") and by_manager[("conda", "kenv-pyhello")] == "1.0"
+    assert by_manager[("pip", "six")] == "1.16.0" and by_manager[("pip", "idna")] == "3.7"
+    assert ("pip", "kenv-pyhello") not in by_manager and ("pip", "kenv_pyhello") not in by_manager
 
 
 def fetches(channel: ChannelServer, suffix: str) -> int:

@@ -13,6 +13,7 @@ from kenvfixtures import (
     GROUP_PATH,
     create_env,
     create_pod,
+    edit,
     env_versions,
     events_for,
     get_env,
@@ -24,6 +25,7 @@ from kenvfixtures import (
     session_operator_paused,
     wait_for,
     wait_phase,
+    wait_version,
 )
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -37,23 +39,6 @@ def gate() -> Any:
     held = BuildGate()
     yield held
     held.close()
-
-
-def edit(kube: Any, namespace: str, name: str, spec: dict[str, Any]) -> int:
-    """Merge-patch the spec; returns the new generation."""
-    body = kube.request("PATCH", f"{GROUP_PATH}/namespaces/{namespace}/environments/{name}", {"spec": spec},
-                        content_type="application/merge-patch+json")
-    return int(body["metadata"]["generation"])
-
-
-def wait_version(kube: Any, namespace: str, name: str, version: int, timeout: float = 300) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        env = get_env(kube, namespace, name)
-        status = env.get("status") or {}
-        assert status.get("phase") != "Failed", status
-        current = status.get("version") == version and status.get("phase") == "Ready"
-        return env if current and status.get("observedGeneration") == env["metadata"]["generation"] else None
-    return dict(wait_for(reached, timeout, f"{namespace}/{name} version {version} Ready"))
 
 
 def finished(kube: Any, namespace: str, name: str, timeout: float = 120) -> dict[str, Any]:

@@ -302,7 +302,7 @@ def test_export_v2_dockerfile_with_packages_writes_the_rendered_context(tmp_path
     spec = {"docker": {"dockerfile": "FROM ubuntu:22.04\n"}, "pip": {"packages": ["rich"]}}
     warnings = export_azureml(manifest(spec), tmp_path, "v2")
     context = tmp_path / "docker-context"
-    assert sorted(p.name for p in context.iterdir()) == ["Dockerfile", "requirements.txt"]
+    assert sorted(p.name for p in context.iterdir()) == ["Dockerfile", "kenv-lock.py", "requirements.txt"]
     assert yaml.safe_load((tmp_path / "environment.yml").read_text())["build"] == {
         "path": "docker-context", "dockerfile_path": "Dockerfile"}
     assert any("rendered build context" in w for w in warnings)

@@ -59,7 +59,7 @@ def test_conda_is_installed_in_a_rattler_stage_and_copied_before_the_pip_layer()
     # With conda, pip runs with the conda environment's python, after checking there is one.
     assert "RUN [ -x /opt/kenv/env/bin/python ] ||" in dockerfile
     assert "RUN /opt/kenv/env/bin/python -m pip install" in dockerfile
-    assert set(context.files) == {"Dockerfile", "environment.yml", "requirements.txt", "kenv-conda.py"}
+    assert set(context.files) == {"Dockerfile", "environment.yml", "requirements.txt", "kenv-conda.py", "kenv-lock.py"}
     # the script in the context is kenv's installer module, byte for byte
     assert context.files["kenv-conda.py"] == Path(conda_installer.__file__).read_text()
 
@@ -70,7 +70,7 @@ def test_micromamba_installer_keeps_the_single_stage_recipe():
     dockerfile = context.files["Dockerfile"]
     assert "kenv-conda" not in dockerfile and "kenv-conda.py" not in context.files
     assert dockerfile.index("micromamba create") < dockerfile.index("pip install")
-    assert set(context.files) == {"Dockerfile", "environment.yml", "requirements.txt"}
+    assert set(context.files) == {"Dockerfile", "environment.yml", "requirements.txt", "kenv-lock.py"}
 
 
 def test_a_user_dockerfiles_global_args_stay_ahead_of_the_installer_stage():
@@ -290,9 +290,9 @@ def test_content_hash_separates_names_from_contents():
     assert content_hash({"a": "1", "b": "2"}) == content_hash({"b": "2", "a": "1"})
 
 
-def test_recipe_version_is_3():
-    assert RECIPE_VERSION == "3"
-    assert "(recipe 3)" in render(BASE).files["Dockerfile"]
+def test_recipe_version_is_4():
+    assert RECIPE_VERSION == "4"
+    assert "(recipe 4)" in render(BASE).files["Dockerfile"]
 
 
 ENV_YAML = (

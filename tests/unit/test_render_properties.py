@@ -188,8 +188,9 @@ def test_interpreter_path_is_a_single_plain_shell_word(path):
         for line in instruction_lines(render_context(spec).files["Dockerfile"])
         if line.startswith("RUN ")
     ]
-    assert len(run) == 1
+    assert len(run) == 2  # the install, then the package lock, written with the same interpreter
     assert run[0].split()[:4] == ["RUN", path, "-m", "pip"]
+    assert run[1].split()[:5] == ["RUN", "for", "py", "in", path]
     assert re.fullmatch(r"/[A-Za-z0-9._+/-]*", path)
 
 
