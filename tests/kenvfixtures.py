@@ -134,6 +134,12 @@ def layer_paths(registry: str, repository: str, digest: str) -> set[str]:
         return {member.name.removeprefix("./").rstrip("/") for member in tar.getmembers()}
 
 
+def last_layer(registry: str, digest: str) -> tuple[str, set[str]]:
+    """(digest, paths) of an Environment image's last layer."""
+    layer = layer_digests(registry, "kenv/environments", digest)[-1]
+    return layer, layer_paths(registry, "kenv/environments", layer)
+
+
 def added_paths(registry: str, base_image: str, digest: str) -> set[str]:
     """Every path in the layers an Environment's image adds over its base image (base_image: registry/repo:tag)."""
     base_repository, base_tag = base_image.split("/", 1)[1].rsplit(":", 1)

@@ -41,11 +41,13 @@ CONDA_AUTH_KEY = "auth.json"
 URL_WITH_USERINFO = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@]*@", re.IGNORECASE)
 
 # The builder scripts get the destination as "$1" (--destination=...) and never by interpolation.
+# --layers: a layer per instruction, as Kaniko and BuildKit make, so the package lock is alone in the last one
+# (without it buildah squashes every step into one layer, the whole environment's).
 BUILDAH_SCRIPT = """set -eu
 dest="${1#--destination=}"
 [ -f "$REGISTRY_AUTH_FILE" ] || unset REGISTRY_AUTH_FILE  # no credentials mounted: anonymous
-buildah bud --isolation chroot --storage-driver vfs $KENV_TLS -f /workspace/context/Dockerfile -t "$dest" \\
-  /workspace/context
+buildah bud --isolation chroot --storage-driver vfs --layers $KENV_TLS -f /workspace/context/Dockerfile \\
+  -t "$dest" /workspace/context
 buildah push --storage-driver vfs $KENV_TLS --digestfile /dev/termination-log "$dest" "docker://$dest"
 """
 # The least privilege buildah needs in a pod, found by trying (README, "Builders"): it runs its build in a user

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kenv import lock, oci, sbom
+from kenv import imagecontents, lock, oci, sbom
 from kenv.registry import Credentials, ImageName, RegistryClient, RegistryError, credentials_for
 from kenv.versioncli import load_versions
 
@@ -20,7 +20,7 @@ async def version_spec(name: str, namespace: str | None, cluster: bool, number: 
     if loaded is None:
         return None
     body, objects = loaded
-    wanted = number or (body.get("status") or {}).get("version")
+    wanted = number if number is not None else (body.get("status") or {}).get("version")
     if wanted in objects:
         return dict(objects[wanted]["spec"])
     known = ", ".join(str(n) for n in sorted(objects)) or "none"
@@ -64,7 +64,8 @@ async def read_sbom(image: str, recorded: str | None, insecure: bool) -> bytes:
     try:
         store = oci.ImageStore(client, docker_credentials(name.registry))
         if not recorded:  # an older version: whatever is attached to its image
-            attached = await store.referrers(image, sbom.MEDIA_TYPE)
+            attached = sorted(await store.referrers(image, sbom.MEDIA_TYPE),  # kenv's first, then another tool's
+                              key=lambda d: not (d.get("annotations") or {}).get(imagecontents.KENV_SBOM))
             if not attached:
                 raise LookupError(f"no SBOM is attached to {image}")
             recorded = f"{image.partition('@')[0]}@{attached[0]['digest']}"

@@ -1,8 +1,14 @@
 """What a version's image holds, recorded with the version: its package lock (read from the image's last layer)
-and its SBOM (made from the lock, attached to the image in the registry once per image digest)."""
+and its SBOM (made from the lock, attached to the image in the registry once per image digest).
+
+Neither ever keeps a version from being recorded (it is immutable: a version recorded without them stays so):
+a lock that cannot be read after a few tries (a credential that may tag but not read blobs, a blob gone) leaves
+the version without one, logged; an SBOM the registry refuses, or that cannot be made, likewise.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -10,36 +16,44 @@ from kenv import lock, oci, sbom
 from kenv.registry import Credentials, ImageName, RegistryClient, RegistryError
 
 log = logging.getLogger(__name__)
+KENV_SBOM = "dev.kenv.sbom"  # annotation of kenv's SBOM artifacts: another tool's CycloneDX referrer is not ours
+READ_ATTEMPTS = 3
 
 
 async def describe(registry: RegistryClient, image: str, credentials: Credentials | None) -> dict[str, Any]:
-    """spec.lock and spec.sbom for a version of `image` (repo@sha256:...); empty when the image has no lock.
-    A registry that cannot be read raises RegistryError (the reconcile retries, as for the version's tag); one
-    that refuses the SBOM artifact leaves the version without it, logged."""
+    """spec.lock and spec.sbom for a version of `image` (repo@sha256:...); empty when it has no lock."""
     store = oci.ImageStore(registry, credentials)
-    name, manifest = await store.image_manifest(image)
-    found = await store.read_lock(name, manifest)
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            name, manifest = await store.image_manifest(image)
+            found = await store.read_lock(name, manifest)
+            break
+        except RegistryError as error:
+            if error.reason == "RegistryAuthFailed" or attempt == READ_ATTEMPTS:
+                log.warning("version of %s recorded without its package lock: %s", image, error)
+                return {}
+            await asyncio.sleep(0.5 * attempt)
     if found is None:
         return {}
     layer, data = found
-    contents: dict[str, Any] = {"lock": lock.parse(data, layer)}
+    contents: dict[str, Any] = {"lock": await asyncio.to_thread(lock.parse, data, layer)}
     try:
         contents["sbom"] = await attached_sbom(store, image, name, manifest, contents["lock"])
-    except RegistryError as error:
-        log.warning("the SBOM of %s was not attached: %s", image, error)
+    except Exception:  # noqa: BLE001 - the SBOM is extra: the version and its lock are recorded regardless
+        log.warning("the SBOM of %s was not attached", image, exc_info=True)
     return contents
 
 
 async def attached_sbom(store: oci.ImageStore, image: str, name: ImageName, manifest: dict[str, Any],
                         package_lock: dict[str, Any]) -> str:
-    """The SBOM artifact of `image` as repo@digest: the one already attached, else one pushed now. The SBOM and
-    its manifest depend on the image alone (its digest, lock and creation time), so versions of one image that
-    race to attach it push the same bytes under the same digest."""
+    """kenv's SBOM artifact of `image` as repo@digest: the one already attached, else one pushed now. The SBOM
+    and its manifest depend on the image alone (its digest, lock and creation time), so versions of one image
+    that race to attach it push the same bytes under the same digest."""
     repository = image.partition("@")[0]
-    existing = await store.referrers(image, sbom.MEDIA_TYPE)
-    if existing:
-        return f"{repository}@{existing[0]['digest']}"
+    ours = [d for d in await store.referrers(image, sbom.MEDIA_TYPE) if (d.get("annotations") or {}).get(KENV_SBOM)]
+    if ours:
+        return f"{repository}@{ours[0]['digest']}"
     created = await store.created(name, manifest)
-    document = sbom.cyclonedx(image, package_lock, created)
-    annotations = {"org.opencontainers.image.created": created} if created else {}
-    return await store.attach(image, sbom.MEDIA_TYPE, document.encode(), annotations)
+    document = await asyncio.to_thread(sbom.cyclonedx, image, package_lock, created)
+    annotations = {KENV_SBOM: "cyclonedx"} | ({"org.opencontainers.image.created": created} if created else {})
+    return f"{repository}@{await store.attach(image, sbom.MEDIA_TYPE, document.encode(), annotations)}"

@@ -1,69 +1,94 @@
 """Package locks: the JSON kenv-lock.py writes in an image's last layer, as an EnvironmentVersion holds it
-(spec.lock), printed by `kenv packages` and compared by `kenv diff`. Pure functions."""
+(spec.lock), printed by `kenv packages` and compared by `kenv diff`. Pure functions.
+
+The lock comes from inside the image, which a user's Dockerfile controls, so nothing in it is trusted: entries
+are validated one by one, a bad optional field costs only that field, a bad entry only that entry, and each loss
+is said in `error`.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from kenv.render import LOCK_FILE as LOCK_PATH
+from kenv.render import LOCK_FILE
 from kenv.tables import aligned
-from kenv.versionmodels import LockedPackage, PackageLock
+from kenv.versionmodels import MAX_PACKAGES, LockedPackage, PackageLock
 
-# The packages kept in an EnvironmentVersion, as JSON: the API server refuses objects over ~1.5 MiB, and the
-# version also holds its definition and a 32 KiB build log. A few hundred packages take ~100 KiB.
-MAX_STORED_BYTES = 512 * 1024
+REQUIRED = ("name", "version", "manager")
 
 
 def _entry(item: Any) -> dict[str, Any] | None:
-    try:
-        return LockedPackage.model_validate(item).model_dump(by_alias=True, exclude_none=True)
-    except ValidationError:
+    """The entry as the schema takes it: optional fields that do not fit are dropped; None if a required one
+    does not."""
+    if not isinstance(item, dict):
         return None
+    for _ in range(2):
+        try:
+            return LockedPackage.model_validate(item).model_dump(by_alias=True, exclude_none=True)
+        except ValidationError as error:
+            bad = {str(problem["loc"][0]) for problem in error.errors() if problem["loc"]}
+            if bad & set(REQUIRED) or not bad:
+                return None
+            item = {key: value for key, value in item.items() if key not in bad}
+    return None
 
 
 def parse(data: bytes, layer: str) -> dict[str, Any]:
-    """spec.lock from the lock file's bytes. Entries that do not fit the schema are left out and counted in
-    `error`: the lock comes from inside the image, which a user's Dockerfile controls."""
+    """spec.lock from the lock file's bytes."""
     try:
         document = json.loads(data)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         return {"layer": layer, "packages": [], "error": f"the image's lock is not JSON: {error}"[:1024]}
     if not isinstance(document, dict):
         return {"layer": layer, "packages": [], "error": "the image's lock is not a JSON object"}
     listed = document.get("packages")
     items: list[Any] = listed if isinstance(listed, list) else []
+    problems = [str(document["error"])[:512]] if document.get("error") else []
+    if len(items) > MAX_PACKAGES:
+        problems.append(f"{len(items) - MAX_PACKAGES} packages beyond the first {MAX_PACKAGES} were left out")
+        items = items[:MAX_PACKAGES]
     packages = [entry for entry in (_entry(item) for item in items) if entry is not None]
-    problems = [str(document["error"])] if document.get("error") else []
     if len(packages) < len(items):
         problems.append(f"{len(items) - len(packages)} entries did not fit the lock's schema and were left out")
-    kept = within_budget(packages)
-    if len(kept) < len(packages):
-        problems.append(f"only the first {len(kept)} of {len(packages)} packages are kept (the version holds "
-                        f"at most {MAX_STORED_BYTES // 1024} KiB of them); the image's {LOCK_PATH} has all")
-    lock: dict[str, Any] = {"layer": layer, "packages": kept}
-    if isinstance(document.get("python"), str):
-        lock["python"] = document["python"][:64]
+    lock: dict[str, Any] = {"layer": layer, "packages": packages}
+    python = document.get("python")
+    if isinstance(python, str) and re.fullmatch(r"[0-9A-Za-z.+-]{1,64}", python):
+        lock["python"] = python
     if problems:
         lock["error"] = "; ".join(problems)[:1024]
     return PackageLock.model_validate(lock).model_dump(by_alias=True, exclude_none=True)
 
 
-def within_budget(packages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The leading packages whose JSON fits MAX_STORED_BYTES (and the schema's 20,000 entries)."""
-    used = 0
-    for count, package in enumerate(packages[:20000]):
+def fit(lock: dict[str, Any], budget: int) -> dict[str, Any]:
+    """The lock with as many leading packages as fit `budget` bytes of JSON, saying so when some do not (the API
+    server refuses objects over ~1.5 MiB, and a version also holds its definition and build log)."""
+    used, kept = 0, []
+    packages = lock.get("packages") or []
+    for package in packages:
         used += len(json.dumps(package)) + 2
-        if used > MAX_STORED_BYTES:
-            return packages[:count]
-    return packages[:20000]
+        if used > budget:
+            break
+        kept.append(package)
+    if len(kept) == len(packages):
+        return lock
+    note = (f"only the first {len(kept)} of {len(packages)} packages are kept (the version had room for "
+            f"{max(budget, 0) // 1024} KiB of them); the image's {LOCK_FILE} has all")
+    error = "; ".join(filter(None, [lock.get("error"), note]))[:1024]
+    return {**lock, "packages": kept, "error": error}
+
+
+def normalized(name: str) -> str:
+    """PEP 503: `typing_extensions` and `Typing-Extensions` are one package."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _key(package: Mapping[str, Any]) -> tuple[str, str]:
-    return str(package["manager"]), str(package["name"]).lower()
+    return str(package["manager"]), normalized(str(package["name"]))
 
 
 def _shown(package: Mapping[str, Any]) -> str:

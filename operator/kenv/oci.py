@@ -8,6 +8,7 @@ registries without it get, and are read through, the referrers tag schema: an im
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -19,18 +20,22 @@ from typing import Any
 from urllib.parse import urljoin
 
 from kenv.registry import MANIFEST_TYPES, Credentials, ImageName, RegistryClient, RegistryError
+from kenv.render import LOCK_FALLBACK, LOCK_FILE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
 EMPTY_CONFIG = b"{}"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-# Where kenv-lock.py writes the lock (render.LOCK_FILE, render.LOCK_FALLBACK), as paths inside a layer.
-LOCK_MEMBERS = ("etc/kenv/lock.json", "tmp/kenv-lock.json")
-# The lock's layer holds one small file; a bigger last layer is not one kenv's recipe made (not downloaded).
+# Where kenv-lock.py writes the lock, as paths inside a layer.
+LOCK_MEMBERS = (LOCK_FILE.lstrip("/"), LOCK_FALLBACK.lstrip("/"))
+# The lock's layer holds one small file (and what its python step touched); a last layer bigger, inflating to
+# more or holding more entries is not one kenv's recipe made: not downloaded, or not read on.
 MAX_LOCK_LAYER = 16 * 1024 * 1024
-MAX_LOCK_FILE = 8 * 1024 * 1024
 MAX_LOCK_LAYER_INFLATED = 64 * 1024 * 1024
+MAX_LOCK_LAYER_ENTRIES = 2000
+MAX_LOCK_FILE = 2 * 1024 * 1024
+MAX_CONFIG = 4 * 1024 * 1024  # an image config (its creation time is read for the SBOM)
 
 
 def sha256_digest(data: bytes) -> str:
@@ -39,6 +44,11 @@ def sha256_digest(data: bytes) -> str:
 
 def descriptor(media_type: str, data: bytes) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": sha256_digest(data), "size": len(data)}
+
+
+def canonical(manifest: dict[str, Any]) -> bytes:
+    """The bytes kenv pushes for a manifest it writes (so its digest is known before the push)."""
+    return json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
 
 
 def fallback_tag(digest: str) -> str:
@@ -73,7 +83,9 @@ def lock_from_layer(layer: bytes) -> bytes | None:
         raw = gzip.GzipFile(fileobj=raw)
     try:
         with tarfile.open(fileobj=_Bounded(raw, MAX_LOCK_LAYER_INFLATED), mode="r|") as archive:
-            for member in archive:
+            for count, member in enumerate(archive):
+                if count >= MAX_LOCK_LAYER_ENTRIES:
+                    return None
                 if member.isfile() and member.name.lstrip("./") in LOCK_MEMBERS and member.size <= MAX_LOCK_FILE:
                     extracted = archive.extractfile(member)
                     return extracted.read() if extracted else None
@@ -136,16 +148,16 @@ class ImageStore:
                                 f"(HTTP {done.status_code})")
         return found
 
-    async def push_manifest(self, name: ImageName, reference: str, manifest: dict[str, Any]) -> tuple[str, bool]:
-        """PUT a manifest; (its digest, whether the registry processed its subject for the referrers API)."""
-        data = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
-        media_type = manifest["mediaType"]
-        put = await self._call("PUT", name, f"manifests/{reference}", {"Content-Type": media_type},
+    async def push_manifest(self, name: ImageName, reference: str,
+                            manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """PUT a manifest; (its descriptor, whether the registry processed its subject for the referrers API)."""
+        data = canonical(manifest)
+        put = await self._call("PUT", name, f"manifests/{reference}", {"Content-Type": manifest["mediaType"]},
                                "pull,push", data)
         if put.status_code not in (200, 201):
             raise RegistryError("RegistryUnavailable", f"{name.registry} refused a manifest for "
                                 f"{name.repository} (HTTP {put.status_code}): {put.text[:200]}")
-        return sha256_digest(data), "OCI-Subject" in put.headers
+        return descriptor(manifest["mediaType"], data), "OCI-Subject" in put.headers
 
     async def referrers(self, image: str, artifact_type: str) -> list[dict[str, Any]]:
         """Descriptors of the artifacts attached to `repo@digest` with this artifactType."""
@@ -169,9 +181,8 @@ class ImageStore:
                                 f"{name.repository}:{fallback_tag(name.reference)}")
         return dict(json.loads(got.content))
 
-    async def attach(self, image: str, artifact_type: str, data: bytes,
-                     annotations: dict[str, str]) -> str:
-        """Push `data` as an artifact whose subject is `repo@digest`; returns the artifact as `repo@digest`."""
+    async def attach(self, image: str, artifact_type: str, data: bytes, annotations: dict[str, str]) -> str:
+        """Push `data` as an artifact whose subject is `repo@digest`; returns the artifact's digest."""
         name = ImageName.parse(image)
         _, subject = await self.manifest(name)
         config = await self.push_blob(name, EMPTY_TYPE, EMPTY_CONFIG)
@@ -179,17 +190,14 @@ class ImageStore:
         layer = await self.push_blob(name, artifact_type, data)
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
                     "config": config, "layers": [layer], "subject": subject, "annotations": annotations}
-        digest = sha256_digest(json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode())
-        pushed, processed = await self.push_manifest(name, digest, manifest)
+        pushed, processed = await self.push_manifest(name, sha256_digest(canonical(manifest)), manifest)
         if not processed:  # a registry without the referrers API: list it in the tag schema's index
             index = await self._fallback_index(name)
-            entries = [d for d in index.get("manifests") or [] if d.get("digest") != pushed]
-            entry = {"mediaType": OCI_MANIFEST, "digest": pushed, "size": len(json.dumps(
-                manifest, separators=(",", ":"), sort_keys=True).encode()), "artifactType": artifact_type,
-                "annotations": annotations}
+            entries = [d for d in index.get("manifests") or [] if d.get("digest") != pushed["digest"]]
+            entry = {**pushed, "artifactType": artifact_type, "annotations": annotations}
             await self.push_manifest(name, fallback_tag(name.reference), {
                 "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*entries, entry]})
-        return f"{name.registry}/{name.repository}@{pushed}"
+        return str(pushed["digest"])
 
     async def artifact(self, reference: str) -> bytes:
         """The first layer of an artifact manifest `repo@digest`."""
@@ -218,13 +226,17 @@ class ImageStore:
         layers = manifest.get("layers") or []
         if not layers or int(layers[-1].get("size", 0)) > MAX_LOCK_LAYER:
             return None
-        found = lock_from_layer(await self.blob(name, layers[-1]["digest"]))
+        blob = await self.blob(name, layers[-1]["digest"])
+        found = await asyncio.to_thread(lock_from_layer, blob)  # inflating is CPU work: off the event loop
         return None if found is None else (str(layers[-1]["digest"]), found)
 
     async def created(self, name: ImageName, manifest: dict[str, Any]) -> str | None:
         """The image config's `created` time, if it records one."""
         config = manifest.get("config") or {}
-        if int(config.get("size", 0)) > MAX_LOCK_FILE:
+        if not config.get("digest") or int(config.get("size", 0)) > MAX_CONFIG:
             return None
-        value = json.loads(await self.blob(name, config["digest"])).get("created")
-        return str(value) if value else None
+        try:
+            value = json.loads(await self.blob(name, config["digest"])).get("created")
+        except (ValueError, RecursionError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None

@@ -309,6 +309,7 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         cache_mount=CACHE_MOUNT,
         python=python_command(spec),
         micromamba_image=externals.micromamba_image,
-        lock={"script": LOCK_SCRIPT, "args": lock_args} if installs else None,
+        lock={"script": LOCK_SCRIPT, "args": lock_args,
+              "pythons": " ".join(dict.fromkeys([python_command(spec), "python3"]))} if installs else None,
     )
     return BuildContext(files)

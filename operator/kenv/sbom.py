@@ -18,6 +18,7 @@ from typing import Any
 from cyclonedx.model import HashAlgorithm, HashType, Property
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.dependency import Dependency
 from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
@@ -74,5 +75,9 @@ def cyclonedx(image: str, lock: Mapping[str, Any], created: str | None = None) -
         if str(part.bom_ref) not in seen:  # one component per purl (a bom-ref must be unique)
             seen.add(str(part.bom_ref))
             bom.components.add(part)
-    bom.register_dependency(metadata.component, bom.components)  # type: ignore[arg-type]
+    # The image depends on every package; written out directly, since the library's register_dependency scans
+    # every entry per call. Its own check before output still does (a few seconds for thousands of packages),
+    # which is why the operator makes SBOMs in a thread of their own.
+    bom.dependencies.add(Dependency(ref=metadata.component.bom_ref,  # type: ignore[union-attr]
+                                    dependencies=[Dependency(ref=part.bom_ref) for part in bom.components]))
     return str(JsonV1Dot6(bom).output_as_string(indent=1))

@@ -28,31 +28,38 @@ class EnvironmentOwner(KenvModel):
     uid: str = Field(description="UID of the environment object this version belongs to.", max_length=64)
 
 
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # what `kenv packages` prints to a terminal: no control characters
+MAX_PACKAGES = 20000
+
+
 class LockedPackage(KenvModel):
-    name: str = Field(max_length=256, description="Package name as its installer records it.")
-    version: str = Field(max_length=256, description="Installed version.")
+    name: str = Field(min_length=1, max_length=256, pattern=PRINTABLE,
+                      description="Package name as its installer records it.")
+    version: str = Field(min_length=1, max_length=256, pattern=PRINTABLE, description="Installed version.")
     manager: Literal["pip", "conda"] = Field(
         description="pip: a Python distribution the image's interpreter imports (whatever installed it); conda: "
         "a package of the image's conda environment.")
-    installer: str | None = Field(None, max_length=64, description="What installed a Python distribution, as it "
-                                  "recorded itself (pip, uv; empty for the base image's system packages).")
-    build: str | None = Field(None, max_length=256, description="A conda package's build string.")
-    channel: str | None = Field(None, max_length=1024,
+    installer: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$",
+                                  description="What installed a Python distribution, as it recorded itself (pip, "
+                                  "uv; empty for the base image's system packages).")
+    build: str | None = Field(None, max_length=256, pattern=PRINTABLE, description="A conda package's build string.")
+    channel: str | None = Field(None, max_length=1024, pattern=PRINTABLE,
                                 description="A conda package's channel (credentials and tokens removed).")
-    url: str | None = Field(None, max_length=2048, description="Where a Python distribution installed from a URL "
-                            "or path came from (PEP 610 direct_url.json, credentials removed).")
-    sha256: str | None = Field(None, max_length=64, description="sha256 of the package archive, where its "
-                               "installer recorded it (conda packages; pip for URL installs).")
+    url: str | None = Field(None, max_length=2048, pattern=PRINTABLE, description="Where a Python distribution "
+                            "installed from a URL or path came from (PEP 610 direct_url.json; credentials, query "
+                            "and fragment removed).")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the package archive, "
+                               "where its installer recorded it (conda packages; pip for URL installs).")
 
 
 class PackageLock(KenvModel):
-    python: str | None = Field(None, max_length=64, description="Version of the interpreter that listed the "
-                               "Python distributions.")
-    packages: list[LockedPackage] = Field(default_factory=list, max_length=20000,
+    python: str | None = Field(None, max_length=64, pattern=PRINTABLE, description="Version of the interpreter "
+                               "that listed the Python distributions.")
+    packages: list[LockedPackage] = Field(default_factory=list, max_length=MAX_PACKAGES,
                                           description="Every package installed, sorted by manager and name.")
-    layer: str = Field(max_length=80, description="Digest of the image layer the lock was read from.")
-    error: str | None = Field(None, max_length=1024,
-                              description="Why the lock is incomplete, when the build could not list everything.")
+    layer: str = Field(max_length=160, description="Digest of the image layer the lock was read from.")
+    error: str | None = Field(None, max_length=1024, description="Why the lock is incomplete: entries the build "
+                              "could not list or that did not fit, or the lock could not be read at all.")
 
 
 class EnvironmentVersionSpec(KenvModel):

@@ -9,13 +9,14 @@ and runtime definition, so a restart neither loses nor duplicates a version.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kenv import imagecontents, kube, versions
+from kenv import imagecontents, kube, lock, versions
 from kenv.config import OperatorSettings
 from kenv.models import API_VERSION, GROUP, VERSION
 from kenv.refs import EnvironmentRef
@@ -24,6 +25,11 @@ from kenv.versionmodels import KIND, PLURAL
 from kenv.versions import Snapshot
 
 UID_LABEL = "kenv.dev/environment-uid"
+# An EnvironmentVersion's size: the API server refuses objects over ~1.5 MiB (etcd's request limit); the package
+# lock gets what the rest leaves, at most MAX_LOCK_BYTES (a few hundred packages take ~100 KiB).
+MAX_OBJECT_BYTES = 1024 * 1024
+MAX_LOCK_BYTES = 512 * 1024
+LOCK_OVERHEAD = 2048  # the lock's fields besides its packages (layer, python, an error of at most 1 KiB), keys
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +74,7 @@ class VersionStore:
         """Make the next version (or adopt one a crashed or concurrent reconcile made), tag its image, prune."""
         async with self._locks.setdefault(new.uid, asyncio.Lock()):
             current = status.get("version")
+            contents: dict[str, Any] | None = None
             for _ in range(3):
                 existing = await self.snapshots(new.ref, new.uid)
                 orphan = next((s for s in reversed(existing) if current is None or s.number > current), None)
@@ -77,8 +84,10 @@ class VersionStore:
                 number = versions.next_number([s.number for s in existing] + [current]
                                               + [h.get("version") for h in status.get("history") or []])
                 changes = versions.describe_changes(previous, new.definition or {}, new.image, new.reason)
+                if contents is None:  # once, whatever number the version ends up with
+                    contents = await self.contents(new, credentials)
                 try:
-                    snapshot = await self._create(new, number, changes, credentials)
+                    snapshot = await self._create(new, number, changes, credentials, contents=contents)
                 except VersionTaken:
                     continue  # another process made this number meanwhile: count again
                 keep = {current} if current else set()
@@ -112,8 +121,12 @@ class VersionStore:
             patch["runtimeHash"] = runtime
         return patch
 
+    async def contents(self, new: NewVersion, credentials: Credentials | None) -> dict[str, Any]:
+        """spec.lock and spec.sbom of a new version whose image's recipe writes a lock."""
+        return await imagecontents.describe(self.registry, new.image, credentials) if new.locked else {}
+
     async def _create(self, new: NewVersion, number: int, changes: list[str], credentials: Credentials | None,
-                      tag_required: bool = True) -> Snapshot:
+                      tag_required: bool = True, contents: dict[str, Any] | None = None) -> Snapshot:
         repository = new.image.split("@", 1)[0]
         tag: str | None = f"{repository}:{versions.version_tag(new.ref, number)}"
         try:
@@ -123,9 +136,6 @@ class VersionStore:
                 raise
             log.warning("version %d of %s recorded without a registry tag: %s", number, new.ref.display, error)
             tag = None
-        contents = {}  # a migrated version's image may be gone: its contents are not looked for
-        if tag_required and new.locked:
-            contents = await imagecontents.describe(self.registry, new.image, credentials)
         body = version_body(new, number, changes, tag, self.namespace(new.ref), contents)
         return Snapshot.from_object(await create_unique(body, new.uid))
 
@@ -167,11 +177,16 @@ def version_body(new: NewVersion, number: int, changes: list[str], tag: str | No
             "hash": new.content_hash, "reason": new.reason, "changes": changes}
     optional = {"runtimeHash": new.runtime_hash, "definition": new.definition,
                 "sourceGeneration": new.generation, "tag": tag, "buildLog": new.build_log}
-    spec |= {k: v for k, v in optional.items() if v is not None} | (contents or {})
-    return {"apiVersion": API_VERSION, "kind": KIND,
+    spec |= {k: v for k, v in optional.items() if v is not None}
+    body = {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": versions.object_name(ref, number), "namespace": namespace, "labels": labels,
                          "ownerReferences": [owner]},
             "spec": spec}
+    if contents:
+        rest = len(json.dumps(body)) + len(json.dumps(contents.get("sbom"))) + LOCK_OVERHEAD
+        room = min(MAX_LOCK_BYTES, MAX_OBJECT_BYTES - rest)
+        spec |= contents | ({"lock": lock.fit(contents["lock"], room)} if "lock" in contents else {})
+    return body
 
 
 async def create_unique(body: dict[str, Any], uid: str) -> dict[str, Any]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from kenvfixtures import create_env, exit_code, job_pods, pod_log, run_pod, wait_phase
+from kenvfixtures import create_env, env_versions, exit_code, job_pods, last_layer, pod_log, run_pod, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
 
 
-def build_with(kube, namespace: str, base_image: str, ca_config_map: dict, builder: str) -> tuple[dict, dict, str]:
+def build_with(kube, cluster, namespace: str, base_image: str, ca_config_map: dict,
+               builder: str) -> tuple[dict, dict, str]:
     """A pip Environment of its own content built by `builder`: (Environment, build pod, build log)."""
     create_env(kube, namespace, builder, {
         "docker": {"dockerfile": f"FROM {base_image}\nLABEL kenv.test={builder}-{namespace}"},
@@ -26,11 +27,18 @@ def build_with(kube, namespace: str, base_image: str, ca_config_map: dict, build
     assert "Successfully installed six-1.16.0" in log
     # the builder wrote the pushed digest to the termination message, as Kaniko's --digest-file does
     assert build["status"]["containerStatuses"][0]["state"]["terminated"]["message"].strip() == env["status"]["digest"]
+    # the package lock, alone in the image's last layer (one layer per step), read back into the version
+    lock = env_versions(kube, namespace, builder)[0]["spec"]["lock"]
+    assert {(p["name"].lower(), p["version"]) for p in lock["packages"]} >= {("six", "1.16.0")}
+    layer, paths = last_layer(cluster.registry, env["status"]["digest"])
+    assert lock["layer"] == layer and "etc/kenv/lock.json" in paths
+    assert not [p for p in paths if "-packages/" in p], sorted(paths)
     return env, build, log
 
 
-def test_buildah_pod_builds_a_pip_environment_without_privileges(kube, namespace, base_image, ca_config_map):
-    env, build, _ = build_with(kube, namespace, base_image, ca_config_map, "buildah")
+def test_buildah_pod_builds_a_pip_environment_without_privileges(kube, cluster, namespace, base_image,
+                                                                 ca_config_map):
+    env, build, _ = build_with(kube, cluster, namespace, base_image, ca_config_map, "buildah")
     context = build["spec"]["containers"][0]["securityContext"]
     assert context["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]}
     assert context["privileged"] is False and context["allowPrivilegeEscalation"] is False
@@ -41,8 +49,8 @@ def test_buildah_pod_builds_a_pip_environment_without_privileges(kube, namespace
     assert exit_code(pod) == 0 and out.strip() == "1.16.0"
 
 
-def test_rootless_buildkit_pod_builds_a_pip_environment(kube, namespace, base_image, ca_config_map):
-    env, build, _ = build_with(kube, namespace, base_image, ca_config_map, "buildkit")
+def test_rootless_buildkit_pod_builds_a_pip_environment(kube, cluster, namespace, base_image, ca_config_map):
+    env, build, _ = build_with(kube, cluster, namespace, base_image, ca_config_map, "buildkit")
     context = build["spec"]["containers"][0]["securityContext"]
     assert context["runAsUser"] == 1000 and context["runAsNonRoot"] is True and "capabilities" not in context
     check = ["python3", "-c", "import six; print(six.__version__)"]

@@ -14,7 +14,16 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from kenvfixtures import edit, env_versions, kenv_cli, registry_get, run_pod, wait_phase, wait_version
+from kenvfixtures import (
+    edit,
+    env_versions,
+    kenv_cli,
+    last_layer,
+    registry_get,
+    run_pod,
+    wait_phase,
+    wait_version,
+)
 
 pytestmark = pytest.mark.usefixtures("operator")
 REPOSITORY = "kenv/environments"
@@ -82,6 +91,9 @@ def test_a_build_records_the_lock_of_what_its_image_imports_and_attaches_a_valid
     assert locked == imported["dists"]  # every distribution the image imports, each at its version
     assert (locked["six"], locked["packaging"]) == (imported["six"], imported["packaging"])
     assert lock["python"].count(".") == 2
+    layer, paths = last_layer(cluster.registry, env["status"]["digest"])  # alone in the image's last layer
+    assert lock["layer"] == layer and "etc/kenv/lock.json" in paths
+    assert not [p for p in paths if "-packages/" in p], sorted(paths)
 
     table = kenv_cli(cluster, "packages", "locked", "-n", namespace)
     rows = {line.split()[0].lower(): line.split()[1:3] for line in table.splitlines()[1:] if line.strip()

@@ -4,6 +4,7 @@ own JSON-schema validator)."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 import importlib.metadata
 import io
@@ -16,8 +17,11 @@ from pathlib import Path
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from kenv import lock, oci, sbom
+from kenv import lock, oci, sbom, versionstore
+from kenv.lock_script import without_credentials
+from kenv.refs import EnvironmentRef
 from kenv.render import LOCK_FALLBACK, LOCK_FILE
+from kenv.versionstore import NewVersion, version_body
 
 SCRIPT = Path(lock.__file__).with_name("lock_script.py")
 DIGEST = "sha256:" + "ab" * 32
@@ -80,20 +84,62 @@ def test_parse_keeps_valid_entries_and_says_what_it_left_out():
     data = json.dumps({"lockFormat": 1, "python": "3.11.9", "packages": [
         {"name": "six", "version": "1.16.0", "manager": "pip", "installer": "pip"},
         {"name": "x", "version": "1", "manager": "npm"},
+        {"name": "", "version": "1", "manager": "pip"},
+        {"name": "\x1b[31mred", "version": "1", "manager": "pip"},
+        {"name": "idna", "version": "3.7", "manager": "pip", "sha256": "zz", "url": "https://x/" + "u" * 3000},
         "not an object"]}).encode()
     parsed = lock.parse(data, DIGEST)
-    assert parsed["packages"] == [{"name": "six", "version": "1.16.0", "manager": "pip", "installer": "pip"}]
+    assert parsed["packages"] == [{"name": "six", "version": "1.16.0", "manager": "pip", "installer": "pip"},
+                                  {"name": "idna", "version": "3.7", "manager": "pip"}]  # bad fields dropped
     assert parsed["python"] == "3.11.9" and parsed["layer"] == DIGEST
-    assert parsed["error"] == "2 entries did not fit the lock's schema and were left out"
+    assert parsed["error"] == "4 entries did not fit the lock's schema and were left out"
     assert lock.parse(b"[1]", DIGEST)["error"] == "the image's lock is not a JSON object"
     assert lock.parse(b"{", DIGEST)["error"].startswith("the image's lock is not JSON")
+    assert lock.parse(b"[" * 100_000, DIGEST)["error"].startswith("the image's lock is not JSON")
+    many = lock.parse(json.dumps({"packages": [0] * 30_000}).encode(), DIGEST)
+    assert many["packages"] == [] and many["error"].startswith("10000 packages beyond the first 20000")
+
+
+def test_urls_lose_user_information_conda_tokens_query_and_fragment():
+    assert without_credentials("https://user:p@ss@conda.example.com/t/tok-1/private") == \
+        "https://conda.example.com/private"
+    assert without_credentials("https://files.example.com/x.whl?X-Amz-Signature=s#sha256=1") == \
+        "https://files.example.com/x.whl"
+    assert without_credentials("git+https://u:p@github.com/a/b.git@v1.0") == "git+https://github.com/a/b.git@v1.0"
+    assert without_credentials("conda-forge") == "conda-forge"
+
+
+def test_the_script_parses_as_python_3_8():
+    ast.parse(SCRIPT.read_text(), feature_version=(3, 8))
+
+
+def test_one_unreadable_distribution_costs_only_its_own_entry(tmp_path):
+    site = tmp_path / "site"
+    for name, direct_url in (("broken", "{"), ("fine", '{"url": "https://u:p@h/fine.whl", "archive_info": '
+                                                        '{"hashes": {"sha256": "' + "ef" * 32 + '"}}}')):
+        info = site / f"{name}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        (info / "direct_url.json").write_text(direct_url)
+    target = tmp_path / "lock.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), str(target), str(tmp_path / "fallback.json")],
+                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(target.read_text())
+    fine = next(p for p in document["packages"] if p["name"] == "fine")
+    assert fine["url"] == "https://h/fine.whl" and fine["sha256"] == "ef" * 32
+    assert "broken" not in {p["name"] for p in document["packages"]}
+    assert document["error"].startswith("1 Python distributions could not be read")
+    assert len(document["packages"]) > 2  # the interpreter's own distributions are all still there
 
 
 def test_changes_name_each_added_removed_and_moved_package():
     def locked(*packages):
         return {"packages": [dict(zip(("name", "version", "manager", "build"), p, strict=False)) for p in packages]}
     before = locked(("six", "1.16.0", "pip"), ("rich", "13.0", "pip"), ("zlib", "1.3", "conda", "h_0"))
-    after = locked(("Six", "1.15.0", "pip"), ("numpy", "2.0", "pip"), ("zlib", "1.3", "conda", "h_1"))
+    after = locked(("Six", "1.15.0", "pip"), ("numpy", "2.0", "pip"), ("zlib", "1.3", "conda", "h_1"),
+                   ("typing_extensions", "4.0", "pip"))
+    before["packages"].append({"name": "typing-extensions", "version": "4.0", "manager": "pip"})
     assert lock.changes(before, after) == [
         "~ zlib (conda) 1.3 (h_0) -> 1.3 (h_1)", "+ numpy 2.0", "- rich 13.0", "~ six 1.16.0 -> 1.15.0"]
     assert lock.changes(before, before) == []
@@ -131,14 +177,21 @@ def test_a_layer_that_inflates_beyond_a_lock_layer_is_not_read_to_its_end():
     assert len(bomb) < 1024 * 1024 and oci.lock_from_layer(bomb) is None
 
 
-def test_a_lock_too_big_for_the_version_keeps_its_first_packages_and_says_so():
+def test_a_lock_too_big_for_its_version_keeps_its_first_packages_and_says_so():
     packages = [{"name": f"package-{i}", "version": "1.0", "manager": "conda", "build": "h" * 60,
                  "channel": "https://conda.example.com/" + "c" * 100} for i in range(5000)]
     parsed = lock.parse(json.dumps({"packages": packages}).encode(), DIGEST)
-    kept = len(parsed["packages"])
-    assert 0 < kept < 5000 and parsed["packages"] == packages[:kept]
-    assert len(json.dumps(parsed["packages"])) <= lock.MAX_STORED_BYTES
-    assert parsed["error"].startswith(f"only the first {kept} of 5000 packages are kept")
+    assert parsed["packages"] == packages and "error" not in parsed
+    new = NewVersion(ref=EnvironmentRef("Environment", "team-a", "train"), uid="u1", definition={"a": "b" * 900_000},
+                     image=IMAGE, content_hash="c" * 64, runtime_hash=None, reason="BuildSucceeded", generation=1)
+    body = version_body(new, 1, ["first version"], None, "team-a", {"lock": parsed, "sbom": IMAGE})
+    kept = body["spec"]["lock"]["packages"]
+    assert 0 < len(kept) < 5000 and kept == packages[:len(kept)]
+    assert len(json.dumps(body)) <= versionstore.MAX_OBJECT_BYTES  # the rest of the version leaves it less room
+    assert body["spec"]["lock"]["error"].startswith(f"only the first {len(kept)} of 5000 packages are kept")
+    small = version_body(new, 1, [], None, "team-a", {"lock": lock.parse(json.dumps({"packages": packages[:9]})
+                                                                          .encode(), DIGEST)})
+    assert small["spec"]["lock"]["packages"] == packages[:9] and "error" not in small["spec"]["lock"]
 
 
 def test_the_fallback_tag_follows_the_referrers_tag_schema():

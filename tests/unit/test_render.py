@@ -435,3 +435,30 @@ def test_a_user_dockerfile_naming_stages_by_number_is_refused_with_conda():
     assert str(error.value).startswith("spec.docker.dockerfile: `from=0` names a stage by number")
     assert render({"docker": {"dockerfile": dockerfile}, "pip": {"packages": ["rich"]}}).files  # no stage added
     assert split_global_args("ARG B=1\nFROM\t${B}\n") == ("ARG B=1", "FROM\t${B}")
+
+
+@pytest.mark.parametrize(("body", "externals", "python"), [
+    ({"pip": {"packages": ["rich"]}}, None, "python3"),
+    ({"pip": {"packages": ["rich"], "installer": "uv"}}, None, "python3"),
+    ({"conda": {"packages": ["numpy"]}, "pip": {"packages": ["rich"]}}, None, "/opt/kenv/env/bin/python python3"),
+    ({"conda": {"packages": ["numpy"]}}, Externals(conda_installer="micromamba"), "/opt/kenv/env/bin/python python3"),
+    ({"docker": {"dockerfile": "FROM python:3.12\nUSER 1000\n"}, "python": {"interpreterPath": "/venv/bin/python"},
+      "pip": {"packages": ["rich"]}}, None, "/venv/bin/python python3"),
+])
+def test_every_install_ends_with_the_lock_step_alone(body, externals, python):
+    context = render(body, externals)
+    instructions = [line.split()[0] for line in context.files["Dockerfile"].splitlines()
+                    if line and not line.startswith("#")]
+    last_run = context.files["Dockerfile"].rstrip().splitlines()[-1]
+    assert instructions[-2:] == ["COPY", "RUN"] and "kenv-lock.py" in context.files
+    assert last_run.startswith(f"RUN for py in {python}; do ")  # the image's interpreter first, once
+    conda = " /opt/kenv/env" if "conda" in body else ""
+    assert f"/tmp/kenv/kenv-lock.py /etc/kenv/lock.json /tmp/kenv-lock.json{conda} ||" in last_run
+
+
+@pytest.mark.parametrize("body", [{"docker": {"baseImage": "python:3.12"}},
+                                  {"docker": {"dockerfile": "FROM scratch\nCOPY x /x\n"},
+                                   "python": {"userManagedDependencies": True}}])
+def test_an_image_kenv_installs_nothing_into_gets_no_lock_step(body):
+    context = render(body)
+    assert "kenv-lock.py" not in context.files and "kenv-lock" not in context.files["Dockerfile"]
