@@ -33,10 +33,17 @@ async def describe(registry: RegistryClient, image: str, credentials: Credential
                 log.warning("version of %s recorded without its package lock: %s", image, error)
                 return {}
             await asyncio.sleep(0.5 * attempt)
+        except Exception:  # noqa: BLE001 - a manifest not as the spec says: no lock, never a stuck version
+            log.warning("version of %s recorded without its package lock", image, exc_info=True)
+            return {}
     if found is None:
         return {}
     layer, data = found
-    contents: dict[str, Any] = {"lock": await asyncio.to_thread(lock.parse, data, layer)}
+    try:
+        contents: dict[str, Any] = {"lock": await asyncio.to_thread(lock.parse, data, layer)}
+    except Exception:  # noqa: BLE001 - parse validates what it keeps; this is the backstop for what it missed
+        log.warning("the package lock of %s could not be read", image, exc_info=True)
+        return {}
     try:
         contents["sbom"] = await attached_sbom(store, image, name, manifest, contents["lock"])
     except Exception:  # noqa: BLE001 - the SBOM is extra: the version and its lock are recorded regardless

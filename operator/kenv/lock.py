@@ -20,6 +20,12 @@ from kenv.tables import aligned
 from kenv.versionmodels import MAX_PACKAGES, LockedPackage, PackageLock
 
 REQUIRED = ("name", "version", "manager")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int) -> str:
+    """Text from the image made safe to store and print: no control characters, no lone surrogates."""
+    return CONTROL.sub("?", text[:limit]).encode("utf-8", "replace").decode("utf-8")
 
 
 def _entry(item: Any) -> dict[str, Any] | None:
@@ -48,7 +54,7 @@ def parse(data: bytes, layer: str) -> dict[str, Any]:
         return {"layer": layer, "packages": [], "error": "the image's lock is not a JSON object"}
     listed = document.get("packages")
     items: list[Any] = listed if isinstance(listed, list) else []
-    problems = [str(document["error"])[:512]] if document.get("error") else []
+    problems = [printable(str(document["error"]), 512)] if document.get("error") else []
     if len(items) > MAX_PACKAGES:
         problems.append(f"{len(items) - MAX_PACKAGES} packages beyond the first {MAX_PACKAGES} were left out")
         items = items[:MAX_PACKAGES]
@@ -88,7 +94,10 @@ def normalized(name: str) -> str:
 
 
 def _key(package: Mapping[str, Any]) -> tuple[str, str]:
-    return str(package["manager"]), normalized(str(package["name"]))
+    """pip names compare as PEP 503 says; conda's are their own (conda-forge ships typing-extensions and
+    typing_extensions as two packages)."""
+    name = str(package["name"])
+    return str(package["manager"]), normalized(name) if package["manager"] == "pip" else name.lower()
 
 
 def _shown(package: Mapping[str, Any]) -> str:
@@ -111,7 +120,8 @@ def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -
     new = {_key(p): p for p in (after or {}).get("packages") or []}
     lines = []
     for key in sorted(old.keys() | new.keys()):
-        label = key[1] if key[0] == "pip" else f"{key[1]} (conda)"
+        name = (new.get(key) or old[key])["name"]
+        label = name if key[0] == "pip" else f"{name} (conda)"
         if key not in old:
             lines.append(f"+ {label} {_shown(new[key])}")
         elif key not in new:

@@ -21,16 +21,17 @@ import sys
 from urllib.parse import urlsplit, urlunsplit
 
 LOCK_FORMAT = 1
-CONDA_TOKEN = re.compile(r"/t/[^/]+(?=/|$)")
+CONDA_TOKEN = re.compile(r"/t/[^/]+(?=/)")
 
 
 def without_credentials(url):
     """The URL without user information, conda token, query or fragment (where tokens and signatures live)."""
-    parts = urlsplit(url)
-    if not parts.scheme:
-        return CONDA_TOKEN.sub("", url.split("?", 1)[0].split("#", 1)[0])
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing of it is kept
+        return "(a URL that could not be parsed)"
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, CONDA_TOKEN.sub("", parts.path), "", ""))
+    return urlunsplit((parts.scheme, host, CONDA_TOKEN.sub("", parts.path, count=1), "", ""))
 
 
 def normalized(name):
@@ -42,19 +43,25 @@ def conda_packages(prefix):
     packages = []
     for path in sorted(glob.glob(os.path.join(prefix, "conda-meta", "*.json"))):
         try:
-            with open(path, encoding="utf-8") as file:
-                record = json.load(file)
-        except (OSError, ValueError, RecursionError):
+            entry = conda_package(path)
+        except Exception:  # noqa: BLE001 - one unreadable record must not cost the others their entries
             continue
-        if not isinstance(record, dict) or not record.get("name"):
-            continue
-        entry = {"name": str(record["name"]), "version": str(record.get("version", "")), "manager": "conda",
-                 "build": str(record.get("build", "")),
-                 "channel": without_credentials(str(record.get("channel") or ""))}
-        if record.get("sha256"):
-            entry["sha256"] = str(record["sha256"])
-        packages.append(entry)
+        if entry is not None:
+            packages.append(entry)
     return packages
+
+
+def conda_package(path):
+    with open(path, encoding="utf-8") as file:
+        record = json.load(file)
+    if not isinstance(record, dict) or not record.get("name"):
+        return None
+    entry = {"name": str(record["name"]), "version": str(record.get("version", "")), "manager": "conda",
+             "build": str(record.get("build", "")),
+             "channel": without_credentials(str(record.get("channel") or ""))}
+    if record.get("sha256"):
+        entry["sha256"] = str(record["sha256"])
+    return entry
 
 
 def python_packages(conda, skipped):

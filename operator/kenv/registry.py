@@ -181,8 +181,9 @@ class RegistryClient:
                 )
         except (KeyError, httpx.HTTPError) as error:
             raise RegistryError("RegistryUnavailable", f"token service of {name.registry} failed: {error}") from error
-        if token_response.status_code != 200:
-            raise RegistryError("RegistryAuthFailed", f"token service of {name.registry} answered "
+        if token_response.status_code != 200:  # a 5xx is the service failing, not the credentials
+            reason = "RegistryUnavailable" if token_response.status_code >= 500 else "RegistryAuthFailed"
+            raise RegistryError(reason, f"token service of {name.registry} answered "
                                 f"HTTP {token_response.status_code}")
         body = token_response.json()
         return f"Bearer {body.get('token') or body.get('access_token')}"

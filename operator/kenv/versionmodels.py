@@ -28,7 +28,7 @@ class EnvironmentOwner(KenvModel):
     uid: str = Field(description="UID of the environment object this version belongs to.", max_length=64)
 
 
-PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # what `kenv packages` prints to a terminal: no control characters
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"  # what `kenv packages` prints to a terminal: no control characters
 MAX_PACKAGES = 20000
 
 
@@ -39,7 +39,7 @@ class LockedPackage(KenvModel):
     manager: Literal["pip", "conda"] = Field(
         description="pip: a Python distribution the image's interpreter imports (whatever installed it); conda: "
         "a package of the image's conda environment.")
-    installer: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$",
+    installer: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
                                   description="What installed a Python distribution, as it recorded itself (pip, "
                                   "uv; empty for the base image's system packages).")
     build: str | None = Field(None, max_length=256, pattern=PRINTABLE, description="A conda package's build string.")

@@ -9,6 +9,7 @@ import gzip
 import importlib.metadata
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -96,6 +97,8 @@ def test_parse_keeps_valid_entries_and_says_what_it_left_out():
     assert lock.parse(b"[1]", DIGEST)["error"] == "the image's lock is not a JSON object"
     assert lock.parse(b"{", DIGEST)["error"].startswith("the image's lock is not JSON")
     assert lock.parse(b"[" * 100_000, DIGEST)["error"].startswith("the image's lock is not JSON")
+    # the lock's own error is text from the image: stored and printed without control characters or surrogates
+    assert lock.parse(b'{"error": "\\ud800 \\u001b[2J\\u009b", "packages": []}', DIGEST)["error"] == "? ?[2J?"
     many = lock.parse(json.dumps({"packages": [0] * 30_000}).encode(), DIGEST)
     assert many["packages"] == [] and many["error"].startswith("10000 packages beyond the first 20000")
 
@@ -107,6 +110,9 @@ def test_urls_lose_user_information_conda_tokens_query_and_fragment():
         "https://files.example.com/x.whl"
     assert without_credentials("git+https://u:p@github.com/a/b.git@v1.0") == "git+https://github.com/a/b.git@v1.0"
     assert without_credentials("conda-forge") == "conda-forge"
+    assert without_credentials("//u:p@h/x") == "//h/x"
+    assert without_credentials("file:///build/t/pkg.whl") == "file:///build/t/pkg.whl"  # a folder named t
+    assert without_credentials("http://[::1") == "(a URL that could not be parsed)"
 
 
 def test_the_script_parses_as_python_3_8():
@@ -129,7 +135,7 @@ def test_one_unreadable_distribution_costs_only_its_own_entry(tmp_path):
     fine = next(p for p in document["packages"] if p["name"] == "fine")
     assert fine["url"] == "https://h/fine.whl" and fine["sha256"] == "ef" * 32
     assert "broken" not in {p["name"] for p in document["packages"]}
-    assert document["error"].startswith("1 Python distributions could not be read")
+    assert re.fullmatch(r"\d+ Python distributions could not be read: .*broken-1\.0\.dist-info.*", document["error"])
     assert len(document["packages"]) > 2  # the interpreter's own distributions are all still there
 
 
@@ -141,8 +147,12 @@ def test_changes_name_each_added_removed_and_moved_package():
                    ("typing_extensions", "4.0", "pip"))
     before["packages"].append({"name": "typing-extensions", "version": "4.0", "manager": "pip"})
     assert lock.changes(before, after) == [
-        "~ zlib (conda) 1.3 (h_0) -> 1.3 (h_1)", "+ numpy 2.0", "- rich 13.0", "~ six 1.16.0 -> 1.15.0"]
+        "~ zlib (conda) 1.3 (h_0) -> 1.3 (h_1)", "+ numpy 2.0", "- rich 13.0", "~ Six 1.16.0 -> 1.15.0"]
     assert lock.changes(before, before) == []
+    # conda names are their own: conda-forge ships typing-extensions and typing_extensions as two packages
+    both = locked(("typing-extensions", "4.0", "conda", "h_0"), ("typing_extensions", "4.0", "conda", "h_0"))
+    one = locked(("typing_extensions", "4.0", "conda", "h_0"))
+    assert lock.changes(both, one) == ["- typing-extensions (conda) 4.0 (h_0)"]
 
 
 def test_table_shows_each_package_with_its_source():

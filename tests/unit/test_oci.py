@@ -30,8 +30,10 @@ def sha(data: bytes) -> str:
 class Registry:
     """Blobs, manifests and tags in memory; `referrers_api` toggles OCI 1.1's referrers endpoint."""
 
-    def __init__(self, referrers_api: bool, absolute_location: bool = False, refuse_blobs: bool = False) -> None:
+    def __init__(self, referrers_api: bool, absolute_location: bool = False, refuse_blobs: bool = False,
+                 failing_blobs: int = 0) -> None:
         self.referrers_api, self.absolute_location, self.refuse_blobs = referrers_api, absolute_location, refuse_blobs
+        self.failing_blobs = failing_blobs  # GETs of blobs answered 503 before the registry recovers
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, tuple[str, bytes]] = {}  # digest or tag -> (media type, bytes)
         self.requests: list[str] = []
@@ -74,6 +76,9 @@ class Registry:
         if kind == "blobs":
             if self.refuse_blobs and request.method == "GET":
                 return httpx.Response(403)
+            if self.failing_blobs and request.method == "GET":
+                self.failing_blobs -= 1
+                return httpx.Response(503)
             found = self.blobs.get(reference)
             return httpx.Response(200, content=found) if found is not None else httpx.Response(404)
         if kind == "referrers":
@@ -158,3 +163,11 @@ def test_images_without_a_readable_lock_get_none_and_never_block_the_version():
     refusing = Registry(referrers_api=True, refuse_blobs=True)
     assert describe(refusing, refusing.image(LOCK)) == {}  # a credential that may tag but not read blobs
     assert sum(r.startswith("GET") and "/blobs/" in r for r in refusing.requests) == 1  # refused: not retried
+
+
+def test_a_registry_failing_for_a_moment_is_asked_again_and_one_failing_for_good_is_given_up():
+    recovering = Registry(referrers_api=True, failing_blobs=2)
+    assert describe(recovering, recovering.image(LOCK))["lock"]["packages"][0]["name"] == "six"  # third try
+    failing = Registry(referrers_api=True, failing_blobs=100)
+    assert describe(failing, failing.image(LOCK)) == {}
+    assert sum(r.startswith("GET") and "/blobs/" in r for r in failing.requests) == imagecontents.READ_ATTEMPTS
