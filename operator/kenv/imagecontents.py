@@ -25,7 +25,7 @@ async def describe(registry: RegistryClient, image: str, credentials: Credential
     store = oci.ImageStore(registry, credentials)
     for attempt in range(1, READ_ATTEMPTS + 1):
         try:
-            name, manifest = await store.image_manifest(image)
+            name, manifest, subject = await store.image_manifest(image)
             found = await store.read_lock(name, manifest)
             break
         except RegistryError as error:
@@ -45,17 +45,18 @@ async def describe(registry: RegistryClient, image: str, credentials: Credential
         log.warning("the package lock of %s could not be read", image, exc_info=True)
         return {}
     try:
-        contents["sbom"] = await attached_sbom(store, image, name, manifest, contents["lock"])
+        contents["sbom"] = await attached_sbom(store, image, (name, manifest, subject), contents["lock"])
     except Exception:  # noqa: BLE001 - the SBOM is extra: the version and its lock are recorded regardless
         log.warning("the SBOM of %s was not attached", image, exc_info=True)
     return contents
 
 
-async def attached_sbom(store: oci.ImageStore, image: str, name: ImageName, manifest: dict[str, Any],
-                        package_lock: dict[str, Any]) -> str:
+async def attached_sbom(store: oci.ImageStore, image: str,
+                        read: tuple[ImageName, dict[str, Any], dict[str, Any]], package_lock: dict[str, Any]) -> str:
     """kenv's SBOM artifact of `image` as repo@digest: the one already attached, else one pushed now. The SBOM
     and its manifest depend on the image alone (its digest, lock and creation time), so versions of one image
     that race to attach it push the same bytes under the same digest."""
+    name, manifest, subject = read  # what describe read: the image's name, manifest and own descriptor
     repository = image.partition("@")[0]
     ours = [d for d in await store.referrers(image, sbom.MEDIA_TYPE) if (d.get("annotations") or {}).get(KENV_SBOM)]
     if ours:
@@ -63,4 +64,4 @@ async def attached_sbom(store: oci.ImageStore, image: str, name: ImageName, mani
     created = await store.created(name, manifest)
     document = await asyncio.to_thread(sbom.cyclonedx, image, package_lock, created)
     annotations = {KENV_SBOM: "cyclonedx"} | ({"org.opencontainers.image.created": created} if created else {})
-    return f"{repository}@{await store.attach(image, sbom.MEDIA_TYPE, document.encode(), annotations)}"
+    return f"{repository}@{await store.attach(name, subject, sbom.MEDIA_TYPE, document.encode(), annotations)}"

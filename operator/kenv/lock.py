@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kenv.lock_script import normalized  # PEP 503, as the script itself compares names
 from kenv.render import LOCK_FILE
 from kenv.tables import aligned
 from kenv.versionmodels import MAX_PACKAGES, LockedPackage, PackageLock
@@ -86,11 +87,6 @@ def fit(lock: dict[str, Any], budget: int) -> dict[str, Any]:
             f"{max(budget, 0) // 1024} KiB of them); the image's {LOCK_FILE} has all")
     error = "; ".join(filter(None, [lock.get("error"), note]))[:1024]
     return {**lock, "packages": kept, "error": error}
-
-
-def normalized(name: str) -> str:
-    """PEP 503: `typing_extensions` and `Typing-Extensions` are one package."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _key(package: Mapping[str, Any]) -> tuple[str, str]:

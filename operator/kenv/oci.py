@@ -148,16 +148,18 @@ class ImageStore:
                                 f"(HTTP {done.status_code})")
         return found
 
-    async def push_manifest(self, name: ImageName, reference: str,
-                            manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """PUT a manifest; (its descriptor, whether the registry processed its subject for the referrers API)."""
+    async def push_manifest(self, name: ImageName, manifest: dict[str, Any],
+                            tag: str | None = None) -> tuple[dict[str, Any], bool]:
+        """PUT a manifest under `tag`, else by its digest; (its descriptor, whether the registry processed its
+        subject for the referrers API)."""
         data = canonical(manifest)
-        put = await self._call("PUT", name, f"manifests/{reference}", {"Content-Type": manifest["mediaType"]},
-                               "pull,push", data)
+        pushed = descriptor(manifest["mediaType"], data)
+        put = await self._call("PUT", name, f"manifests/{tag or pushed['digest']}",
+                               {"Content-Type": manifest["mediaType"]}, "pull,push", data)
         if put.status_code not in (200, 201):
             raise RegistryError("RegistryUnavailable", f"{name.registry} refused a manifest for "
                                 f"{name.repository} (HTTP {put.status_code}): {put.text[:200]}")
-        return descriptor(manifest["mediaType"], data), "OCI-Subject" in put.headers
+        return pushed, "OCI-Subject" in put.headers
 
     async def referrers(self, image: str, artifact_type: str) -> list[dict[str, Any]]:
         """Descriptors of the artifacts attached to `repo@digest` with this artifactType."""
@@ -181,22 +183,22 @@ class ImageStore:
                                 f"{name.repository}:{fallback_tag(name.reference)}")
         return dict(json.loads(got.content))
 
-    async def attach(self, image: str, artifact_type: str, data: bytes, annotations: dict[str, str]) -> str:
-        """Push `data` as an artifact whose subject is `repo@digest`; returns the artifact's digest."""
-        name = ImageName.parse(image)
-        _, subject = await self.manifest(name)
+    async def attach(self, name: ImageName, subject: dict[str, Any], artifact_type: str, data: bytes,
+                     annotations: dict[str, str]) -> str:
+        """Push `data` as an artifact whose subject is the manifest `subject` describes (`name`'s reference, a
+        digest); returns the artifact's digest."""
         config = await self.push_blob(name, EMPTY_TYPE, EMPTY_CONFIG)
         config["data"] = base64.b64encode(EMPTY_CONFIG).decode()
         layer = await self.push_blob(name, artifact_type, data)
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
                     "config": config, "layers": [layer], "subject": subject, "annotations": annotations}
-        pushed, processed = await self.push_manifest(name, sha256_digest(canonical(manifest)), manifest)
+        pushed, processed = await self.push_manifest(name, manifest)
         if not processed:  # a registry without the referrers API: list it in the tag schema's index
             index = await self._fallback_index(name)
             entries = [d for d in index.get("manifests") or [] if d.get("digest") != pushed["digest"]]
             entry = {**pushed, "artifactType": artifact_type, "annotations": annotations}
-            await self.push_manifest(name, fallback_tag(name.reference), {
-                "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*entries, entry]})
+            await self.push_manifest(name, {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                            "manifests": [*entries, entry]}, fallback_tag(name.reference))
         return str(pushed["digest"])
 
     async def artifact(self, reference: str) -> bytes:
@@ -208,8 +210,9 @@ class ImageStore:
             raise RegistryError("RegistryUnavailable", f"artifact {reference} has no layer")
         return await self.blob(name, layers[0]["digest"])
 
-    async def image_manifest(self, image: str) -> tuple[ImageName, dict[str, Any]]:
-        """The image manifest of `image`; of an index, its first linux/amd64 (else first) image."""
+    async def image_manifest(self, image: str) -> tuple[ImageName, dict[str, Any], dict[str, Any]]:
+        """(name, the image manifest of `image`, the descriptor of what `image` names); of an index, the
+        manifest of its first linux/amd64 (else first) image."""
         name = ImageName.parse(image)
         manifest, found = await self.manifest(name)
         if found["mediaType"] in INDEX_TYPES:
@@ -219,7 +222,7 @@ class ImageStore:
             if chosen is None:
                 raise RegistryError("RegistryUnavailable", f"image index {image} lists no image")
             manifest, _ = await self.manifest(name, chosen["digest"])
-        return name, manifest
+        return name, manifest, found
 
     async def read_lock(self, name: ImageName, manifest: dict[str, Any]) -> tuple[str, bytes] | None:
         """(the last layer's digest, the package lock in it); None when the image holds none there."""

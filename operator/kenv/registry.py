@@ -118,13 +118,13 @@ class RegistryClient:
         name = ImageName.parse(image)
         base = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests"
         got = await self.authorized("GET", f"{base}/{name.reference}", {"Accept": MANIFEST_TYPES}, name,
-                                     credentials, "pull")
+                                    credentials, "pull")
         if got.status_code != 200:
             raise RegistryError("RegistryUnavailable", f"{name.registry} answered HTTP {got.status_code} for "
                                 f"{name.repository}@{name.reference}")
         media_type = got.headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
         put = await self.authorized("PUT", f"{base}/{tag}", {"Content-Type": media_type}, name, credentials,
-                                     "pull,push", content=got.content)
+                                    "pull,push", content=got.content)
         if put.status_code not in (200, 201):
             raise RegistryError("RegistryUnavailable", f"{name.registry} refused tag {tag} of {name.repository} "
                                 f"(HTTP {put.status_code})")
@@ -143,8 +143,8 @@ class RegistryClient:
         return response.status_code in (200, 202, 404)
 
     async def authorized(self, method: str, url: str, headers: dict[str, str], name: ImageName,
-                          credentials: Credentials | None, actions: str,
-                          content: bytes | None = None) -> httpx.Response:
+                         credentials: Credentials | None, actions: str,
+                         content: bytes | None = None) -> httpx.Response:
         response = await self._request(url, headers, method, content)
         if response.status_code == 401:
             headers = {**headers, "Authorization": await self._authorization(response, name, credentials, actions)}
@@ -184,6 +184,6 @@ class RegistryClient:
         if token_response.status_code != 200:  # a 5xx is the service failing, not the credentials
             reason = "RegistryUnavailable" if token_response.status_code >= 500 else "RegistryAuthFailed"
             raise RegistryError(reason, f"token service of {name.registry} answered "
-                                f"HTTP {token_response.status_code}")
+                                        f"HTTP {token_response.status_code}")
         body = token_response.json()
         return f"Bearer {body.get('token') or body.get('access_token')}"

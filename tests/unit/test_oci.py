@@ -147,7 +147,9 @@ def test_another_tools_sbom_is_not_taken_for_kenvs():
 
     async def attach_foreign() -> None:
         made = client(registry)
-        await oci.ImageStore(made).attach(image, sbom.MEDIA_TYPE, b'{"bomFormat": "CycloneDX"}', {"by": "trivy"})
+        store = oci.ImageStore(made)
+        name, _, subject = await store.image_manifest(image)
+        await store.attach(name, subject, sbom.MEDIA_TYPE, b'{"bomFormat": "CycloneDX"}', {"by": "trivy"})
         await made.close()
     asyncio.run(attach_foreign())
     ours = describe(registry, image)["sbom"].partition("@")[2]
