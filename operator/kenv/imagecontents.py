@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from kenv import lock, oci, sbom
+from kenv import lock, oci
 from kenv.registry import Credentials, ImageName, RegistryClient, RegistryError
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ async def attached_sbom(store: oci.ImageStore, image: str,
     """kenv's SBOM artifact of `image` as repo@digest: the one already attached, else one pushed now. The SBOM
     and its manifest depend on the image alone (its digest, lock and creation time), so versions of one image
     that race to attach it push the same bytes under the same digest."""
+    # Imported here: cyclonedx takes ~70 ms and a few MiB to import, which admission replicas never need.
+    from kenv import sbom
+
     name, manifest, subject = read  # what describe read: the image's name, manifest and own descriptor
     repository = image.partition("@")[0]
     ours = [d for d in await store.referrers(image, sbom.MEDIA_TYPE) if (d.get("annotations") or {}).get(KENV_SBOM)]

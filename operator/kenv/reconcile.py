@@ -72,10 +72,11 @@ class Attempt:
 
 
 class Reconciler:
-    def __init__(self, settings: OperatorSettings, registry: RegistryClient) -> None:
+    def __init__(self, settings: OperatorSettings, registry: RegistryClient,
+                 version_index: Mapping[Any, Any] | None = None) -> None:
         self.settings = settings
         self.registry = registry
-        self.versions = VersionStore(settings, registry)
+        self.versions = VersionStore(settings, registry, version_index)
         self.build_slots = asyncio.Lock()  # count-then-create must not interleave within this process
         self.queued: set[str] = set()
         # The image each Environment (by uid) was last counted Ready with: a poll and a build-watch nudge may both

@@ -72,7 +72,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes
             settings.admission.managed = GROUP
         _index_fill = IndexFill(watched_namespaces(config))
     if role.reconciles:
-        _reconciler = Reconciler(config, RegistryClient(config.insecure_registry_list))
+        _reconciler = Reconciler(config, RegistryClient(config.insecure_registry_list), indexes.versions)
 
 
 def watched_namespaces(config: OperatorSettings) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +55,14 @@ class VersionTaken(Exception):
 
 
 class VersionStore:
-    def __init__(self, settings: OperatorSettings, registry: RegistryClient) -> None:
+    def __init__(self, settings: OperatorSettings, registry: RegistryClient,
+                 index: Mapping[Any, Any] | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        # kopf's EnvironmentVersion index (main.environment_versions), when the operator runs: recording a version
+        # reads it instead of listing the namespace's versions, a LIST per new version that grows with the
+        # namespace. It may lag the API by a watch event; create_unique's deterministic names catch that.
+        self.index = index
         # kopf may run an Environment's change handler and its timer at once: one recording at a time per
         # environment, so the second sees the first's object and adopts it instead of racing for the number.
         self._locks: dict[str, asyncio.Lock] = {}
@@ -64,7 +70,11 @@ class VersionStore:
     def namespace(self, ref: EnvironmentRef) -> str:
         return ref.namespace or self.settings.build_namespace
 
-    async def snapshots(self, ref: EnvironmentRef, uid: str) -> list[Snapshot]:
+    async def snapshots(self, ref: EnvironmentRef, uid: str, listed: bool = False) -> list[Snapshot]:
+        """This environment's versions, oldest first: from the index unless `listed` (or there is none)."""
+        if self.index is not None and not listed:
+            held = self.index.get((ref.kind, ref.namespace, ref.name), [])
+            return sorted((s for s in held if s.uid == uid), key=lambda s: s.number)
         api = await kube.custom()
         found = await api.list_namespaced_custom_object(GROUP, VERSION, self.namespace(ref), PLURAL,
                                                         label_selector=f"{UID_LABEL}={uid}")
@@ -75,8 +85,9 @@ class VersionStore:
         async with self._locks.setdefault(new.uid, asyncio.Lock()):
             current = status.get("version")
             contents: dict[str, Any] | None = None
-            for _ in range(3):
-                existing = await self.snapshots(new.ref, new.uid)
+            for attempt in range(3):
+                # The index first; once a number turned out taken, the API's own list (the index may lag).
+                existing = await self.snapshots(new.ref, new.uid, listed=attempt > 0)
                 orphan = next((s for s in reversed(existing) if current is None or s.number > current), None)
                 if orphan and orphan.image == new.image and orphan.runtime_hash == new.runtime_hash:
                     return orphan
@@ -106,7 +117,7 @@ class VersionStore:
         if current and status.get("image"):
             entries.setdefault(int(current), {"version": current, "image": status["image"],
                                               "hash": status.get("hash", "")})
-        known = {s.number for s in await self.snapshots(ref, uid)}
+        known = {s.number for s in await self.snapshots(ref, uid, listed=True)}
         matches = status.get("hash") == content_hash
         for number, entry in sorted(entries.items()):
             if number in known:

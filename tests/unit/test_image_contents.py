@@ -230,3 +230,14 @@ def test_the_sbom_is_valid_cyclonedx_describing_the_image_and_each_package():
     other = json.loads(sbom.cyclonedx(IMAGE.replace("ab", "ef"), package_lock, None))
     assert other["serialNumber"] != document["serialNumber"]
     assert other["metadata"]["timestamp"].startswith("1970-01-01T00:00:00")  # an image that records no time
+
+
+def test_the_operator_starts_without_importing_the_sbom_library() -> None:
+    """Admission replicas never make an SBOM: cyclonedx is imported when the first one is made, not at start."""
+    probe = "import sys, kenv.main; print(sorted(m for m in sys.modules if m.split('.')[0] in ('cyclonedx', 'kenv')))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={"KENV_DESTINATION_REPO": "registry.local:5000/kenv/envs", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.replace("'", '"'))
+    assert "kenv.imagecontents" in loaded and "kenv.main" in loaded  # the module that makes SBOMs is loaded ...
+    assert not [m for m in loaded if m.startswith("cyclonedx") or m == "kenv.sbom"]  # ... its library is not

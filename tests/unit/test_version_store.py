@@ -1,0 +1,128 @@
+"""VersionStore.record against an in-memory EnvironmentVersion API: numbers come from kopf's index, which may lag
+the API by a watch event; the API's deterministic names catch the lag, and only then is the namespace listed."""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kenv import kube, versionstore
+from kenv.config import OperatorSettings
+from kenv.refs import EnvironmentRef
+from kenv.versions import Snapshot
+from kenv.versionstore import NewVersion, VersionStore
+
+SETTINGS = OperatorSettings(destination_repo="registry.local:5000/kenv/envs")
+REF = EnvironmentRef(kind="Environment", namespace="team", name="train")
+UID = "uid-train"
+IMAGE_A = "registry.local:5000/kenv/envs@sha256:" + "a" * 64
+IMAGE_B = "registry.local:5000/kenv/envs@sha256:" + "b" * 64
+
+
+class VersionApi:
+    """The calls VersionStore makes on CustomObjectsApi, with the API server's name uniqueness (409)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: defaultdict[str, int] = defaultdict(int)
+
+    async def list_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                            label_selector: str) -> dict[str, Any]:
+        self.calls["list"] += 1
+        key, value = label_selector.split("=", 1)
+        return {"items": [copy.deepcopy(o) for (ns, _), o in self.objects.items()
+                          if ns == namespace and o["metadata"]["labels"].get(key) == value]}
+
+    async def create_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                              body: dict[str, Any]) -> dict[str, Any]:
+        self.calls["create"] += 1
+        key = (namespace, body["metadata"]["name"])
+        if key in self.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.objects[key] = copy.deepcopy(body)
+        return copy.deepcopy(body)
+
+    async def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                           name: str) -> dict[str, Any]:
+        self.calls["get"] += 1
+        if (namespace, name) not in self.objects:
+            raise ApiException(status=404, reason="NotFound")
+        return copy.deepcopy(self.objects[(namespace, name)])
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.tags: list[str] = []
+
+    async def tag(self, image: str, tag: str, credentials: Any) -> None:
+        self.tags.append(tag)
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> VersionApi:
+    fake = VersionApi()
+
+    async def custom() -> VersionApi:
+        return fake
+
+    monkeypatch.setattr(kube, "custom", custom)
+    return fake
+
+
+def new_version(image: str, runtime: str = "r1") -> NewVersion:
+    return NewVersion(ref=REF, uid=UID, definition={"python": {"userManagedDependencies": True}}, image=image,
+                      content_hash="h", runtime_hash=runtime, reason="ImageFound", generation=1)
+
+
+def existing(api: VersionApi, number: int, image: str, runtime: str = "r1", uid: str = UID) -> Snapshot:
+    """A version object in the API, as an earlier reconcile made it; returns its snapshot (what the index holds)."""
+    body = versionstore.version_body(NewVersion(ref=REF, uid=uid, definition=None, image=image, content_hash="h",
+                                                runtime_hash=runtime, reason="ImageFound", generation=1),
+                                     number, [], None, "team")
+    api.objects[("team", body["metadata"]["name"])] = body
+    return Snapshot.from_object(body)
+
+
+async def test_numbers_come_from_the_index_without_listing_the_namespace(api: VersionApi) -> None:
+    index = {("Environment", "team", "train"): [existing(api, 1, IMAGE_A)]}
+    store = VersionStore(SETTINGS, Registry(), index)  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_B), {"version": 1}, None)
+    assert made.number == 2 and made.image == IMAGE_B
+    assert api.calls["list"] == 0 and api.calls["create"] == 1
+
+
+async def test_a_lagging_index_costs_one_list_and_never_a_reused_number(api: VersionApi) -> None:
+    existing(api, 1, IMAGE_A)  # in the API, not yet in the index; the status does not name it either
+    registry = Registry()
+    store = VersionStore(SETTINGS, registry, {})  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_B), {}, None)
+    assert made.number == 2 and made.image == IMAGE_B
+    assert api.calls["list"] == 1
+    assert {o["spec"]["version"]: o["spec"]["image"] for o in api.objects.values()} == {1: IMAGE_A, 2: IMAGE_B}
+
+
+async def test_a_version_a_crashed_reconcile_made_is_adopted_even_before_the_index_has_it(api: VersionApi) -> None:
+    existing(api, 2, IMAGE_B)  # made just before a crash: the status still says version 1
+    store = VersionStore(SETTINGS, Registry(), {("Environment", "team", "train"): [existing(api, 1, IMAGE_A)]})  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_B), {"version": 1}, None)
+    assert made.number == 2 and api.calls["list"] == 0
+    assert len(api.objects) == 2
+
+
+async def test_versions_of_an_earlier_environment_of_the_same_name_are_not_counted(api: VersionApi) -> None:
+    index = {("Environment", "team", "train"): [existing(api, 4, IMAGE_A, uid="uid-deleted")]}
+    store = VersionStore(SETTINGS, Registry(), index)  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_B), {}, None)
+    assert made.number == 1
+    assert made.name != "train-v4" and api.objects[("team", made.name)]["spec"]["environment"]["uid"] == UID
+
+
+async def test_without_an_index_the_namespace_is_listed(api: VersionApi) -> None:
+    existing(api, 1, IMAGE_A)
+    store = VersionStore(SETTINGS, Registry())  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_B), {"version": 1}, None)
+    assert made.number == 2 and api.calls["list"] == 1
