@@ -42,10 +42,11 @@ from kopf._core.engines import indexing  # noqa: E402
 from kopf._core.engines.admission import serve_admission_request  # noqa: E402
 from kopf._core.reactor import inventory  # noqa: E402
 
-import kenv.main  # noqa: E402,F401 - registers kenv's handlers in kopf's default registry
 from kenv import admission  # noqa: E402
 from kenv.injection import InjectionSettings, build_pod_mutation  # noqa: E402
+from kenv.main import registry as role_registry  # noqa: E402
 from kenv.models import ENVIRONMENT_LABEL, EnvironmentSpec  # noqa: E402
+from kenv.roles import Role  # noqa: E402
 from podload import admission_review  # noqa: E402
 
 NAMESPACE, NAME = "team-a", "bench"
@@ -61,10 +62,10 @@ ENVIRONMENT = {"apiVersion": "kenv.dev/v1alpha1", "kind": "Environment",
 
 
 class Harness:
-    """kopf's admission entry point wired as kopf.operator() wires it, with kenv.main's handlers."""
+    """kopf's admission entry point wired as kopf.operator() wires it, with the handlers of an admission replica."""
 
     def __init__(self) -> None:
-        registry = kopf.get_default_registry()
+        registry = role_registry(Role.ADMISSION)
         self.settings = kopf.OperatorSettings()
         self.indexers = indexing.OperatorIndexers()
         self.indexers.ensure(registry._indexing.get_all_handlers())

@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,9 +77,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def api_server_requests(stack: Stack) -> tuple[float, float, float]:
-    """(requests served, seconds they took, seconds they waited in API Priority and Fairness queues), summed over
-    every verb but WATCH and CONNECT (long-running) since the API server started: all clients, the bench's too."""
+def api_server_requests(stack: Stack) -> tuple[float, float, float, Counter[str]]:
+    """(requests served, seconds they took, seconds they waited in API Priority and Fairness queues, requests by
+    verb and resource), over every verb but WATCH and CONNECT (long-running) since the API server started: all
+    clients, the bench's too."""
     text = stack.kube.text("/metrics")
     totals = dict.fromkeys(("count", "sum", "wait"), 0.0)
     pattern = (r'^(apiserver_request_duration_seconds_(count|sum)|apiserver_flowcontrol_request_wait_duration_'
@@ -87,7 +89,13 @@ def api_server_requests(stack: Stack) -> tuple[float, float, float]:
         if re.search(r'verb="(WATCH|CONNECT)"', labels):  # APF waits carry no verb: all counted
             continue
         totals["wait" if wait else duration] += float(value)
-    return totals["count"], totals["sum"], totals["wait"]
+    kinds: Counter[str] = Counter()
+    for labels, value in re.findall(r'^apiserver_request_total\{([^}]*)\} (\S+)$', text, re.M):
+        label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if label.get("verb") not in ("WATCH", "CONNECT"):
+            resource = label.get("resource", "") + (f"/{label['subresource']}" if label.get("subresource") else "")
+            kinds[f"{label.get('verb')} {resource}"] += int(float(value))
+    return totals["count"], totals["sum"], totals["wait"], kinds
 
 
 def watch_ready(stack: Stack, ready_at: dict[str, float], expected: int, stop: threading.Event) -> None:
@@ -204,7 +212,9 @@ def main() -> int:
         rss = peak_rss_mib(pid)
         cpu = cpu_seconds(pid) - cpu_before
         reconciles = metric_sum_count(stack.operator_metrics(), "kenv_reconcile_seconds")
-        served, took, waited = (b - a for a, b in zip(api_before, api_server_requests(stack), strict=True))
+        api_after = api_server_requests(stack)
+        served, took, waited = (b - a for a, b in zip(api_before[:3], api_after[:3], strict=True))
+        by_kind = api_after[3] - api_before[3]
 
         floor_started = time.monotonic()
         floor = floor_loop(stack, [(ns, name, tags[c]) for ns, name, c in plan], workers=20)
@@ -218,7 +228,8 @@ def main() -> int:
         print(f"API server during the burst (every client, the bench's creates and watch included): "
               f"{served:.0f} requests, {served / args.envs:.1f} per Environment, {served / total:.0f}/s; "
               f"{took / max(served, 1) * 1000:.0f} ms each on average, of which {waited / max(served, 1) * 1000:.0f} "
-              f"ms queued by API Priority and Fairness")
+              f"ms queued by API Priority and Fairness; per Environment: "
+              + ", ".join(f"{kind} {n / args.envs:.2f}" for kind, n in by_kind.most_common() if n >= args.envs / 20))
         print(f"floor (same API round trips, 20 workers): total {floor_total:.1f}s, per reconcile p50 "
               f"{statistics.median(floor) * 1000:.0f} ms p99 {percentile(floor, 0.99) * 1000:.0f} ms; "
               f"ratio operator/floor total {total / floor_total:.2f}")

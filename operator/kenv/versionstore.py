@@ -61,7 +61,7 @@ class VersionStore:
         self.registry = registry
         # kopf's EnvironmentVersion index (main.environment_versions), when the operator runs: recording a version
         # reads it instead of listing the namespace's versions, a LIST per new version that grows with the
-        # namespace. It may lag the API by a watch event; create_unique's deterministic names catch that.
+        # namespace. It may lag the API by a watch event: the number's object is read before its tag moves.
         self.index = index
         # kopf may run an Environment's change handler and its timer at once: one recording at a time per
         # environment, so the second sees the first's object and adopts it instead of racing for the number.
@@ -87,7 +87,11 @@ class VersionStore:
             contents: dict[str, Any] | None = None
             for attempt in range(3):
                 # The index first; once a number turned out taken, the API's own list (the index may lag).
-                existing = await self.snapshots(new.ref, new.uid, listed=attempt > 0)
+                from_index = self.index is not None and attempt == 0
+                existing = await self.snapshots(new.ref, new.uid, listed=not from_index)
+                if from_index and current and current not in {s.number for s in existing}:
+                    # The index has not seen the current version yet (made moments ago, or by a migration).
+                    existing, from_index = await self.snapshots(new.ref, new.uid, listed=True), False
                 orphan = next((s for s in reversed(existing) if current is None or s.number > current), None)
                 if orphan and orphan.image == new.image and orphan.runtime_hash == new.runtime_hash:
                     return orphan
@@ -95,9 +99,12 @@ class VersionStore:
                 number = versions.next_number([s.number for s in existing] + [current]
                                               + [h.get("version") for h in status.get("history") or []])
                 changes = versions.describe_changes(previous, new.definition or {}, new.image, new.reason)
-                if contents is None:  # once, whatever number the version ends up with
-                    contents = await self.contents(new, credentials)
                 try:
+                    made = await self._claimed(new, number) if from_index else None
+                    if made is not None:
+                        return made  # a version the index had not caught up with yet: this one
+                    if contents is None:  # once, whatever number the version ends up with
+                        contents = await self.contents(new, credentials)
                     snapshot = await self._create(new, number, changes, credentials, contents=contents)
                 except VersionTaken:
                     continue  # another process made this number meanwhile: count again
@@ -105,6 +112,28 @@ class VersionStore:
                 await self.prune(new.ref, [*existing, snapshot], snapshot.number, credentials, keep)
                 return snapshot
             raise RuntimeError(f"could not record a new version of {new.ref.display}: its numbers kept being taken")
+
+    async def _claimed(self, new: NewVersion, number: int) -> Snapshot | None:
+        """Read the object a number from the index names before that number moves a registry tag: the index may
+        lag the API by a watch event, and a tag moved onto another image would leave that version's image
+        unprotected. This environment's version with the same image and runtime: returned (a reconcile the index
+        has not caught up with made it). With other contents: VersionTaken. None when the number is free, or its
+        name is another environment's (create_unique then takes the suffixed name, checked here too)."""
+        api, name = await kube.custom(), versions.object_name(new.ref, number)
+        for candidate in (name, f"{name}-{new.uid[:8]}"):
+            try:
+                found = await api.get_namespaced_custom_object(GROUP, VERSION, self.namespace(new.ref), PLURAL,
+                                                               candidate)
+            except ApiException as error:
+                if kube.not_found(error):
+                    return None
+                raise
+            spec = found.get("spec") or {}
+            if (spec.get("environment") or {}).get("uid") == new.uid:
+                if spec.get("image") == new.image and spec.get("runtimeHash") == new.runtime_hash:
+                    return Snapshot.from_object(found)
+                raise VersionTaken(candidate)
+        return None
 
     async def migrate(self, ref: EnvironmentRef, uid: str, status: dict[str, Any], definition: dict[str, Any],
                       runtime: str, content_hash: str, credentials: Credentials | None) -> dict[str, Any]:

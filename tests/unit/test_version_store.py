@@ -55,11 +55,13 @@ class VersionApi:
 
 
 class Registry:
+    """Tags and the images they point to."""
+
     def __init__(self) -> None:
-        self.tags: list[str] = []
+        self.tags: dict[str, str] = {}
 
     async def tag(self, image: str, tag: str, credentials: Any) -> None:
-        self.tags.append(tag)
+        self.tags[tag] = image
 
 
 @pytest.fixture
@@ -92,7 +94,7 @@ async def test_numbers_come_from_the_index_without_listing_the_namespace(api: Ve
     store = VersionStore(SETTINGS, Registry(), index)  # type: ignore[arg-type]
     made = await store.record(new_version(IMAGE_B), {"version": 1}, None)
     assert made.number == 2 and made.image == IMAGE_B
-    assert api.calls["list"] == 0 and api.calls["create"] == 1
+    assert api.calls["list"] == 0 and api.calls["create"] == 1 and api.calls["get"] == 1  # the number is free
 
 
 async def test_a_lagging_index_costs_one_list_and_never_a_reused_number(api: VersionApi) -> None:
@@ -103,6 +105,18 @@ async def test_a_lagging_index_costs_one_list_and_never_a_reused_number(api: Ver
     assert made.number == 2 and made.image == IMAGE_B
     assert api.calls["list"] == 1
     assert {o["spec"]["version"]: o["spec"]["image"] for o in api.objects.values()} == {1: IMAGE_A, 2: IMAGE_B}
+    # version 1's tag was never moved onto the new image: it still keeps version 1's image from garbage collection
+    assert registry.tags == {"team.train-v2": IMAGE_B}
+
+
+async def test_a_current_version_the_index_has_not_seen_yet_is_listed_and_described_against(api: VersionApi) -> None:
+    first = existing(api, 1, IMAGE_A)
+    existing(api, 2, IMAGE_A, runtime="r2")  # the status names it; the watch has not delivered it
+    store = VersionStore(SETTINGS, Registry(), {("Environment", "team", "train"): [first]})  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_B), {"version": 2}, None)
+    assert made.number == 3 and api.calls["list"] == 1
+    # described against version 2, the current one (these stand-ins were recorded without a definition)
+    assert made.changes == ["definition recorded from here on; previous version 2 was migrated"]
 
 
 async def test_a_version_a_crashed_reconcile_made_is_adopted_even_before_the_index_has_it(api: VersionApi) -> None:
