@@ -120,7 +120,7 @@ class VersionStore:
         has not caught up with made it). With other contents: VersionTaken. None when the number is free, or its
         name is another environment's (create_unique then takes the suffixed name, checked here too)."""
         api, name = await kube.custom(), versions.object_name(new.ref, number)
-        for candidate in (name, f"{name}-{new.uid[:8]}"):
+        for candidate in (name, suffixed(name, new.uid)):
             try:
                 found = await api.get_namespaced_custom_object(GROUP, VERSION, self.namespace(new.ref), PLURAL,
                                                                candidate)
@@ -128,11 +128,8 @@ class VersionStore:
                 if kube.not_found(error):
                     return None
                 raise
-            spec = found.get("spec") or {}
-            if (spec.get("environment") or {}).get("uid") == new.uid:
-                if spec.get("image") == new.image and spec.get("runtimeHash") == new.runtime_hash:
-                    return Snapshot.from_object(found)
-                raise VersionTaken(candidate)
+            if is_this_version(found, new.uid, new.image, new.runtime_hash):
+                return Snapshot.from_object(found)
         return None
 
     async def migrate(self, ref: EnvironmentRef, uid: str, status: dict[str, Any], definition: dict[str, Any],
@@ -229,6 +226,23 @@ def version_body(new: NewVersion, number: int, changes: list[str], tag: str | No
     return body
 
 
+def suffixed(name: str, uid: str) -> str:
+    """A version's object name when its plain name is another environment's version (see create_unique)."""
+    return f"{name}-{uid[:8]}"
+
+
+def is_this_version(found: dict[str, Any], uid: str, image: str, runtime_hash: str | None) -> bool:
+    """Whether an existing version object is the one being recorded (an earlier attempt made it): True when it is
+    this environment's with the same image and runtime definition, False when it is another environment's;
+    VersionTaken when it is this environment's with other contents."""
+    spec = found.get("spec") or {}
+    if (spec.get("environment") or {}).get("uid") != uid:
+        return False
+    if spec.get("image") == image and spec.get("runtimeHash") == runtime_hash:
+        return True
+    raise VersionTaken(found["metadata"]["name"])
+
+
 async def create_unique(body: dict[str, Any], uid: str) -> dict[str, Any]:
     """Create the version object; if the name is taken by another environment's version (a name clash between
     an Environment and a ClusterEnvironment in the build namespace, or an Environment deleted and made again
@@ -244,12 +258,9 @@ async def create_unique(body: dict[str, Any], uid: str) -> dict[str, Any]:
             if not kube.conflict(error):
                 raise
         found = dict(await api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
-        if found["spec"]["environment"]["uid"] == uid:
-            same = all(found["spec"].get(k) == body["spec"].get(k) for k in ("image", "runtimeHash"))
-            if same:
-                return found
-            raise VersionTaken(name)
-        name = f"{name}-{uid[:8]}"
+        if is_this_version(found, uid, body["spec"]["image"], body["spec"].get("runtimeHash")):
+            return found
+        name = suffixed(name, uid)
         body = {**body, "metadata": {**body["metadata"], "name": name}}
     raise RuntimeError(f"EnvironmentVersion names {body['metadata']['name']} and the one before are taken by "
                        "other environments' versions")
