@@ -10,6 +10,9 @@ run, interleaved step by step:
          RUN pip install -r) with the same Kaniko executor and flags, a cache repository of its own, no package
          cache: what a hand-written Dockerfile gets;
   uv     the pip Environment's steps with `pip.installer: uv`;
+  incremental  the pip Environment's steps with `build.incremental: true`: the added package is installed into the
+         first version's image by a pod running it and pushed as layers on top (incremental.py); the changed
+         version is no added line, so it gets a full Kaniko build;
   conda  a conda + pip Environment (python 3.11 and five packages from the local channel, hack/condachannel.py,
          served on this host; three pip packages): the first build, a conda package added, a pip package added.
 Each step is timed from the POST or PATCH to Ready (plain: to the Job's Complete) and then to a pod in the new
@@ -130,7 +133,13 @@ class Loop:
 
 
 def job_log(stack: Stack, namespace: str, job: str) -> str:
-    return stack.pod_log(namespace, job_pod(stack, namespace, job)["metadata"]["name"])
+    """The build pod's log; an incremental build's, its install container's then its push container's."""
+    pod = job_pod(stack, namespace, job)
+    name, spec = pod["metadata"]["name"], pod["spec"]
+    if not spec.get("initContainers"):
+        return stack.pod_log(namespace, name)
+    return "".join(str(stack.kube.text(f"/api/v1/namespaces/{namespace}/pods/{name}/log?container={c['name']}"))
+                   for c in [*spec["initContainers"], *spec["containers"]])
 
 
 def pod_running(stack: Stack, name: str, labels: dict[str, str], image: str, imports: str) -> float:
@@ -155,6 +164,7 @@ def pod_running(stack: Stack, name: str, labels: dict[str, str], image: str, imp
         log = stack.pod_log(namespace, pod_name)
         raise RuntimeError(f"pod {pod_name} in {name}'s image failed: {log[-2000:]}")
     stack.kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod_name}")
+    assert seconds is not None  # set when the phase first left Pending, at the latest with Succeeded
     return seconds
 
 
@@ -209,36 +219,55 @@ def run(args: argparse.Namespace) -> int:
                                     "warmup")
         print(f"warm-up: a plain Kaniko Job of FROM base + RUN true (image pulls), not counted: {ready:.1f} s")
 
-        def pip_spec(packages: list[str], installer: str, variables: dict[str, str] | None = None) -> dict:
+        def pip_spec(packages: list[str], installer: str, variables: dict[str, str] | None = None,
+                     incremental: bool = False) -> dict:
             # uv refuses --trusted-host, which a plain-http index needs: uv goes to PyPI (it caches by content)
             where = [] if installer == "uv" else source
-            return {"docker": {"baseImage": stack.base_image}, "build": {"caBundle": CA},
-                    "pip": {"installer": installer, "requirements": requirements(packages, where)},
+            # --prefer-binary changes nothing here (every package has a wheel) but the content: the incremental
+            # Environment must build its first version itself, not find the pip loop's image
+            options = ["--prefer-binary"] if incremental else []
+            return {"docker": {"baseImage": stack.base_image}, "build": {"caBundle": CA, "incremental": incremental},
+                    "pip": {"installer": installer, "requirements": requirements(packages, [*where, *options])},
                     "environmentVariables": variables or {}}
 
         added = [*PACKAGES, ADDED]
         changed = [CHANGED[1] if p == CHANGED[0] else p for p in added]
         edits = [("first build (10 packages)", PACKAGES, True), (f"+ {ADDED}", added, False),
                  (f"{CHANGED[0]} -> {CHANGED[1].split('==')[1]}", changed, False)]
-        pip, plain, uv = Loop(stack, "pip", IMPORTS), Plain(stack, ca), Loop(stack, "uv", IMPORTS)
+        pip = Loop(stack, "pip", IMPORTS)
+        skip = set(args.skip.split(","))
+        others: dict[str, Loop | Plain] = {"plain": Plain(stack, ca), "uv": Loop(stack, "uv", IMPORTS),
+                                           "incremental": Loop(stack, "incremental", IMPORTS)}
+        others = {name: loop for name, loop in others.items() if name not in skip}
         for label, packages, create in edits:
             pip.apply(label, pip_spec(packages, "pip"), create)
-            plain.apply(label, requirements(packages, source))
-            uv.apply(label, pip_spec(packages, "uv"), create)
+            for name, loop in others.items():
+                if isinstance(loop, Plain):
+                    loop.apply(label, requirements(packages, source))
+                else:
+                    loop.apply(label, pip_spec(packages, name if name == "uv" else "pip",
+                                               incremental=name == "incremental"), create)
         step = pip.apply("variable changed", pip_spec(changed, "pip", {"KENV_BENCH_ROUND": "2"}))
         if step.log:
             raise RuntimeError("a variable change started a build")
-        report("pip (kenv, pip installer)", pip.steps)
-        report("plain Dockerfile, same Kaniko, own cache repository, no package cache", plain.steps)
-        report("uv (kenv, pip.installer uv)", uv.steps)
-        if "conda" not in args.skip:
+        titles = {"pip": "pip (kenv, pip installer)",
+                  "plain": "plain Dockerfile, same Kaniko, own cache repository, no package cache",
+                  "uv": "uv (kenv, pip.installer uv)",
+                  "incremental": "incremental (kenv, build.incremental: an added line is installed into the last "
+                                 "image; a changed pin builds in full)"}
+        loops: dict[str, Loop | Plain] = {"pip": pip, **others}
+        for name, loop in loops.items():
+            report(titles[name], loop.steps)
+        if "conda" not in skip:
             conda_loop(stack, source)
-        for name, loop in (("pip", pip), ("uv", uv), ("plain", plain)):
+        for name, loop in loops.items():
             ratio = loop.steps[1].total / loop.steps[0].total
             print(f"{name}: one package added -> pod running in {ratio:.2f} of the first build's time "
                   f"(goal <= {GOAL}: {'met' if ratio <= GOAL else 'missed'})")
-        print(f"uv vs pip, first build to pod running: {uv.steps[0].total / pip.steps[0].total:.2f}; one package "
-              f"added: {uv.steps[1].total / pip.steps[1].total:.2f}")
+        if "uv" in loops:
+            uv = loops["uv"]
+            print(f"uv vs pip, first build to pod running: {uv.steps[0].total / pip.steps[0].total:.2f}; one "
+                  f"package added: {uv.steps[1].total / pip.steps[1].total:.2f}")
         if index:
             index.stop()
     finally:
@@ -263,7 +292,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", choices=("pypi", "local"), default="pypi",
                         help="where pip packages come from (see above)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: conda")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: conda, plain, uv, "
+                        "incremental")
     return run(parser.parse_args())
 
 

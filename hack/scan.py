@@ -1,7 +1,7 @@
 """A Kubernetes manifest scan (checkov) of what kenv deploys: the chart as rendered for production (issue 15) and
-the build Job of each builder, as the operator creates them with its defaults. Every failed check must be answered
-in hack/scan-answers.yaml (README "Hardening" shows the same answers); an answer no check needs any more fails too,
-so the list stays true.
+the build Job of each builder and of an incremental build, as the operator creates them with its defaults. Every
+failed check must be answered in hack/scan-answers.yaml (README "Hardening" shows the same answers); an answer no
+check needs any more fails too, so the list stays true.
 
     python hack/scan.py [--checkov PATH] [--keep DIR]
 
@@ -58,6 +58,18 @@ def render_build_jobs(out: Path) -> None:
                                has_docker_config=True, has_ca=False)
         job["metadata"]["name"] = f"build-{builder.value}"
         (out / f"build-job-{builder.value}.yaml").write_text(yaml.safe_dump(job))
+    # An incremental build's Job (spec.build.incremental): the previous image's install step and the push step.
+    from kenv import incremental
+
+    settings = settings.model_copy(update={"operator_image": "registry.example.com/kenv/operator@sha256:" + "0" * 64})
+    found = incremental.Increment(f"{settings.destination_repo}@sha256:{'1' * 64}", ("scikit-learn==1.5.2",))
+    plan = incremental.plan_increment(builds.plan_build(context, settings), found)
+    spec = spec_from_body({"pip": {"packages": ["scikit-learn==1.5.2"]}, "build": {"incremental": True}})
+    job = incremental.increment_job(plan, found, spec, settings, requested_by="team/train",
+                                    context_files=list(incremental.context_files(context)), has_docker_config=True,
+                                    has_ca=False, package_cache=False)
+    job["metadata"]["name"] = "build-incremental"
+    (out / "build-job-incremental.yaml").write_text(yaml.safe_dump(job))
 
 
 def failed_checks(checkov: str, directory: Path) -> list[tuple[str, str, str]]:

@@ -305,11 +305,13 @@ def build_job(
     has_ca: bool,
     conda_auth_secret: str | None = None,
     package_cache: bool = False,
+    container: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """context_files: the keys of the context ConfigMap (build_context_config_map), each mounted as a file;
     conda_auth_secret: a Secret from build_conda_auth_secret, mounted at CONDA_AUTH_DIR (Kaniko only);
-    package_cache: whether the build may use the operator's package cache (see may_share_package_cache)."""
-    container = builder_container(build.builder, plan, build, settings, has_ca, package_cache)
+    package_cache: whether the build may use the operator's package cache (see may_share_package_cache);
+    container: what builder_container returns, for a Job whose container is not a builder's (incremental.py)."""
+    container = container or builder_container(build.builder, plan, build, settings, has_ca, package_cache)
     if conda_auth_secret and not container["conda_auth_dir"]:
         raise ValueError(f"conda channel credentials need the kaniko builder, not {build.builder.value}")
     labels = {LABEL_ROLE: "build", LABEL_HASH: hash_label(plan.hash), "app.kubernetes.io/managed-by": "kenv"}

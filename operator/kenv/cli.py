@@ -226,6 +226,13 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_append_layers(args: argparse.Namespace) -> int:
+    from kenv.layerpush import append_layers
+
+    return asyncio.run(append_layers(args.base, args.destination, args.layer, args.created_by,
+                                     args.insecure_registry, args.digest_file))
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="kenv", description="Azure ML-style Environments for Kubernetes.")
     sub = root.add_subparsers(dest="command", required=True)
@@ -248,6 +255,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pid", type=int, default=1, help="the operator's process (default 1: the container's)")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to keep serving (default 5)")
     p.set_defaults(run=cmd_drain)
+    p = sub.add_parser("append-layers", help="push an image with layers (tars) added on top of another: the push "
+                       "step of an incremental build, run in its build pod")
+    p.add_argument("--base", required=True, help="the image built on, repo@digest")
+    p.add_argument("--destination", required=True, help="repo:tag to push, in the base image's repository")
+    p.add_argument("--layer", action="append", required=True, help="an uncompressed layer tar (repeat, lowest first)")
+    p.add_argument("--created-by", default="kenv append-layers", help="the layers' history entry")
+    p.add_argument("--insecure-registry", action="append", default=[], help="a registry reached over plain HTTP")
+    p.add_argument("--digest-file", default="/dev/termination-log", help="where the pushed digest is written")
+    p.set_defaults(run=cmd_append_layers)
     p = sub.add_parser("crd", help="print the CRDs generated from the models")
     p.add_argument("--write", metavar="DIR", help="write crds/<group>_<plural>.yaml files into DIR")
     p.set_defaults(run=cmd_crd)

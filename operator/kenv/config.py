@@ -89,6 +89,11 @@ class OperatorSettings(BaseSettings):
         "cache. Every build on a node shares it: whoever can create an Environment can read and write it, as the "
         "cache repository.",
     )
+    operator_image: str | None = Field(
+        None, pattern=IMAGE_REF_PATTERN,
+        description="The operator's own image (the chart sets it): incremental builds (spec.build.incremental) "
+        "run it to push the new layers. Unset: such edits get a full build.",
+    )
     micromamba_image: str = Field("mambaorg/micromamba:2.0.5", pattern=IMAGE_REF_PATTERN)
     default_base_image: str = Field("python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN)
     insecure_registries: str = Field(

@@ -3,14 +3,12 @@ from the registry (the SBOM attached to the image)."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from kenv import imagecontents, lock, oci, sbom
-from kenv.registry import Credentials, ImageName, RegistryClient, RegistryError, credentials_for
+from kenv.registry import ImageName, RegistryClient, RegistryError, docker_credentials
 from kenv.versioncli import load_versions
 
 
@@ -47,15 +45,6 @@ async def show_packages(name: str, namespace: str | None, cluster: bool, number:
     if package_lock.get("error"):
         print(f"kenv: the lock is incomplete: {package_lock['error']}", file=sys.stderr)
     return 0
-
-
-def docker_credentials(registry: str) -> Credentials | None:
-    """The registry's entry in the user's docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)."""
-    path = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
-    try:
-        return credentials_for(registry, json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return None
 
 
 async def read_sbom(image: str, recorded: str | None, insecure: bool) -> bytes:

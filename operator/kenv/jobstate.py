@@ -60,6 +60,12 @@ def job_finished(job: dict[str, Any]) -> bool:
 
 
 def terminated_state(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """How the build container ended; how an init container failed, if one did (an incremental build's install
+    step: the build container never ran)."""
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated and terminated.get("exitCode") != 0:
+            return dict(terminated)
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (status.get("state") or {}).get("terminated")
         if terminated:

@@ -185,10 +185,15 @@ async def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
     return [plain(p) for p in pods.items]
 
 
-async def pod_log_tail(namespace: str, pod: str, lines: int = 20) -> str | None:
-    """Last lines of a pod's log, None when the cluster cannot serve logs (e.g. no kubelet)."""
+async def pod_log_tail(namespace: str, pod: str, lines: int = 20, container: str | None = None) -> str | None:
+    """Last lines of a pod's log (of `container`: needed when it has several), None when the cluster cannot serve
+    logs (e.g. no kubelet)."""
     try:
-        text = await (await core()).read_namespaced_pod_log(pod, namespace, tail_lines=lines)
+        api = await core()
+        if container:
+            text = await api.read_namespaced_pod_log(pod, namespace, tail_lines=lines, container=container)
+        else:
+            text = await api.read_namespaced_pod_log(pod, namespace, tail_lines=lines)
         return str(text)
     except Exception:  # noqa: BLE001 - logs are best effort; their absence is reported, not fatal
         return None

@@ -100,13 +100,18 @@ async def _show_kept_log(name: str, namespace: str | None, cluster: bool, status
 async def _stream(namespace: str, pod: dict[str, Any], follow: bool) -> int:
     name = pod["metadata"]["name"]
     core = await kube.core()
+    spec = pod.get("spec") or {}
+    # An incremental build's pod has an install container ahead of its push container: each log in turn.
+    containers = [c["name"] for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]]
     try:
-        if follow:
-            response: Any = await core.read_namespaced_pod_log(name, namespace, follow=True, _preload_content=False)
-            async for line in response.content:
-                sys.stdout.write(line.decode(errors="replace"))
-        else:
-            sys.stdout.write(await core.read_namespaced_pod_log(name, namespace))
+        for container in containers or [None]:
+            if follow:
+                response: Any = await core.read_namespaced_pod_log(name, namespace, follow=True, container=container,
+                                                                   _preload_content=False)
+                async for line in response.content:
+                    sys.stdout.write(line.decode(errors="replace"))
+            else:
+                sys.stdout.write(await core.read_namespaced_pod_log(name, namespace, container=container))
     except ApiException as error:
         state = jobstate.terminated_state(pod) or {}
         print(f"kenv: the cluster could not serve the log of {namespace}/{name} (HTTP {error.status}); its "

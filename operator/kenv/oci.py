@@ -23,6 +23,9 @@ from kenv.registry import MANIFEST_TYPES, Credentials, ImageName, RegistryClient
 from kenv.render import LOCK_FALLBACK, LOCK_FILE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
 EMPTY_CONFIG = b"{}"
@@ -232,6 +235,28 @@ class ImageStore:
         blob = await self.blob(name, layers[-1]["digest"])
         found = await asyncio.to_thread(lock_from_layer, blob)  # inflating is CPU work: off the event loop
         return None if found is None else (str(layers[-1]["digest"]), found)
+
+    async def append_layers(self, base: str, destination: str, layers: list[bytes], created_by: str,
+                            created: str) -> str:
+        """Push `base` with `layers` (uncompressed tars) on top as `destination` (a tag in the same repository,
+        whose blobs the new manifest reuses); returns the new manifest's digest. Each layer is recorded in the
+        config's diff_ids and history, as a builder's step would be."""
+        name, manifest, _ = await self.image_manifest(base)
+        target = ImageName.parse(destination)
+        if (target.registry, target.repository) != (name.registry, name.repository):
+            raise ValueError(f"{destination} is not in the repository of {base}")
+        config = json.loads(await self.blob(name, manifest["config"]["digest"]))
+        manifest.setdefault("mediaType", OCI_MANIFEST)
+        layer_type = DOCKER_LAYER if manifest.get("mediaType") == DOCKER_MANIFEST else OCI_LAYER
+        for data in layers:
+            compressed = await asyncio.to_thread(gzip.compress, data, 6, mtime=0)
+            manifest["layers"].append(await self.push_blob(target, layer_type, compressed))
+            config["rootfs"]["diff_ids"].append(sha256_digest(data))
+            config.setdefault("history", []).append({"created": created, "created_by": created_by})
+        config["created"] = created
+        manifest["config"] = await self.push_blob(target, manifest["config"]["mediaType"], canonical(config))
+        pushed, _ = await self.push_manifest(target, manifest, target.reference)
+        return str(pushed["digest"])
 
     async def created(self, name: ImageName, manifest: dict[str, Any]) -> str | None:
         """The image config's `created` time, if it records one."""

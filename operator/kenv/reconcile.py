@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kenv import builds, condaauth, jobstate, kube, metrics, references, status, versions
+from kenv import builds, condaauth, incremental, jobstate, kube, metrics, references, status, versions
 from kenv.config import OperatorSettings, PendingImagePolicy
 from kenv.errors import SpecError, describe_validation_error
 from kenv.models import EnvironmentSpec
@@ -65,6 +65,7 @@ class Attempt:
     token: str | None  # the kenv.dev/rebuild annotation
     forced: bool  # the token is new: build again even if the image exists
     references: str | None = None  # fingerprint of the ConfigMaps and Secret the spec names
+    increment: incremental.Increment | None = None  # an incremental build's: installed into the current image
 
     @property
     def runtime_hash(self) -> str:
@@ -140,6 +141,7 @@ class Reconciler:
             migrated = await self._migrate(attempt)
             if migrated:
                 attempt = replace(attempt, current={**current, **migrated})
+            attempt = await self._incremental(attempt, externals, log)
             outcome = await self._decide(attempt, retrying, log)
         except MissingReference as missing:
             return Outcome(self._progress(current, Phase.PENDING, "MissingReference", str(missing), generation))
@@ -156,6 +158,42 @@ class Reconciler:
         return await self.versions.migrate(attempt.ref, attempt.uid, current, attempt.definition,
                                            attempt.runtime_hash, attempt.context.hash,
                                            await self._push_credentials(attempt.plan))
+
+    async def _incremental(self, attempt: Attempt, externals: Externals, log: logging.Logger) -> Attempt:
+        """The attempt as an incremental build when the spec asks for one and the edit qualifies (incremental.py):
+        decided from the current version and the registry alone, so every reconcile of this edit agrees."""
+        current = attempt.current
+        parent, parent_hash, number = current.get("image"), current.get("hash"), current.get("version")
+        if attempt.forced or not attempt.spec.build.incremental or not (parent and parent_hash and number) or \
+                parent_hash == attempt.context.hash:
+            return attempt
+        if not self.settings.operator_image:
+            log.info("%s: a full build: incremental builds need KENV_OPERATOR_IMAGE", attempt.ref.display)
+            return attempt
+        snapshot = await self._version(attempt, int(number))
+        if snapshot is None or snapshot.definition is None or snapshot.image != parent:
+            return attempt
+        try:
+            previous = render_context(EnvironmentSpec.model_validate(snapshot.definition), externals)
+        except (ValidationError, SpecError):
+            return attempt
+        found = incremental.increment(previous, attempt.context, str(parent_hash), str(parent), attempt.spec,
+                                      self.settings.destination_repo)
+        if isinstance(found, str):
+            log.info("%s: a full build: %s", attempt.ref.display, found)
+            return attempt
+        if await self.registry.digest(attempt.plan.destination, await self._push_credentials(attempt.plan)):
+            return attempt  # a full build of this content exists: it is the one to use
+        return replace(attempt, plan=incremental.plan_increment(attempt.plan, found), increment=found)
+
+    async def _version(self, attempt: Attempt, number: int) -> versions.Snapshot | None:
+        """Version `number` of this environment: from the index, else (it may lag an edit made right after the
+        version was recorded) from the API."""
+        for listed in (False, True):
+            found = [s for s in await self.versions.snapshots(attempt.ref, attempt.uid, listed) if s.number == number]
+            if found:
+                return found[0]
+        return None
 
     async def _decide(self, attempt: Attempt, retrying: bool, log: logging.Logger) -> Outcome:
         current, generation = attempt.current, attempt.generation
@@ -281,7 +319,11 @@ class Reconciler:
         name = job["metadata"]["name"]
         pods = await kube.job_pods(plan.namespace, name)
         log_text = None
-        if pods:
+        if pods and attempt.increment:  # the install container's log, then the push container's
+            logs = [await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"], jobstate.BUILD_LOG_LINES,
+                                            container) for container in ("install", "build")]
+            log_text = "".join(text for text in logs if text) or None
+        elif pods:
             log_text = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"], jobstate.BUILD_LOG_LINES)
         if jobstate.job_succeeded(job):
             reported = jobstate.digest_from_pods(pods)
@@ -295,6 +337,11 @@ class Reconciler:
                 return Outcome(status.failed(current, "DigestMismatch", message, generation, plan.hash),
                                [("Warning", "DigestMismatch", message)])
             self._observe_duration(job)
+            if attempt.increment:
+                message = (f"installed {', '.join(attempt.increment.added)} into version {current.get('version')}'s "
+                           f"image by Job {plan.namespace}/{name}")
+                return await self._ready(attempt, digest, "IncrementalBuild", message, push_credentials,
+                                         build_log=jobstate.kept_log(log_text))
             return await self._ready(attempt, digest, "BuildSucceeded",
                                      f"built by Job {plan.namespace}/{name}", push_credentials,
                                      build_log=jobstate.kept_log(log_text))
@@ -343,7 +390,8 @@ class Reconciler:
                              message=message)
         if attempt.token:
             patch["rebuildToken"] = attempt.token
-        if reason in ("BuildSucceeded", "Rebuilt", "BaseImageMoved") and current.get("image") != image and \
+        if reason in ("BuildSucceeded", "IncrementalBuild", "Rebuilt", "BaseImageMoved") and \
+                current.get("image") != image and \
                 self.counted_ready.get(attempt.uid) != image:
             self.counted_ready[attempt.uid] = image
             metrics.BUILDS_SUCCEEDED.inc()
@@ -392,16 +440,28 @@ class Reconciler:
         """The context ConfigMap, the credential Secrets and the Job mounting them: (job, (kind, name) of the
         objects the Job is to own)."""
         plan = attempt.plan
-        config_map = await kube.create(builds.build_context_config_map(plan, attempt.context, attempt.ca_bundle))
+        context = attempt.context
+        if attempt.increment:
+            context = BuildContext(incremental.context_files(context))
+        config_map = await kube.create(builds.build_context_config_map(plan, context, attempt.ca_bundle))
         secrets = credentials.secrets(plan)
         for secret in secrets:
             await kube.create(secret)
-        job = await kube.create(builds.build_job(
-            plan, attempt.spec.build, self.settings, requested_by=f"{attempt.ref.kind}/{attempt.ref.display}",
-            context_files=list(config_map["data"]), has_docker_config=bool(credentials.docker_config["auths"]),
-            conda_auth_secret=plan.conda_auth_secret if credentials.conda_auth else None,
-            has_ca=bool(attempt.ca_bundle),
-            package_cache=builds.may_share_package_cache(attempt.context.files, bool(credentials.conda_auth))))
+        requested_by = f"{attempt.ref.kind}/{attempt.ref.display}"
+        has_docker_config = bool(credentials.docker_config["auths"])
+        package_cache = builds.may_share_package_cache(attempt.context.files, bool(credentials.conda_auth))
+        if attempt.increment:
+            body = incremental.increment_job(plan, attempt.increment, attempt.spec, self.settings,
+                                             requested_by=requested_by, context_files=list(config_map["data"]),
+                                             has_docker_config=has_docker_config, has_ca=bool(attempt.ca_bundle),
+                                             package_cache=package_cache)
+        else:
+            body = builds.build_job(
+                plan, attempt.spec.build, self.settings, requested_by=requested_by,
+                context_files=list(config_map["data"]), has_docker_config=has_docker_config,
+                conda_auth_secret=plan.conda_auth_secret if credentials.conda_auth else None,
+                has_ca=bool(attempt.ca_bundle), package_cache=package_cache)
+        job = await kube.create(body)
         owned = [("ConfigMap", config_map["metadata"]["name"])]
         return job, owned + [("Secret", secret["metadata"]["name"]) for secret in secrets]
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
 import re
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -66,6 +69,15 @@ def credentials_for(registry: str, docker_config: dict[str, Any] | None) -> Cred
         if entry.get("username"):
             return Credentials(entry["username"], entry.get("password", ""))
     return None
+
+
+def docker_credentials(registry: str) -> Credentials | None:
+    """The registry's entry in the user's docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)."""
+    path = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    try:
+        return credentials_for(registry, json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

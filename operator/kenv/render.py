@@ -256,6 +256,11 @@ def python_command(spec: EnvironmentSpec) -> str:
     return spec.python.interpreter_path or "python3"
 
 
+def lock_arguments(spec: EnvironmentSpec) -> list[str]:
+    """kenv-lock.py's arguments: where it writes the lock, where if it cannot, the conda prefix it lists."""
+    return [LOCK_FILE, LOCK_FALLBACK] + ([CONDA_PREFIX] if uses_conda(spec) else [])
+
+
 def render_context(spec: EnvironmentSpec, externals: Externals | None = None) -> BuildContext:
     """The files of the build context. Injection-only fields (variables, secrets, bootstrap, shm) are not in it,
     so editing them never changes the hash and never builds."""
@@ -286,7 +291,6 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         files[CA_FILE] = externals.ca_bundle
     if installs:  # an image kenv installs nothing into may have no shell or python to write a lock with
         files[LOCK_SCRIPT] = lock_script()
-    lock_args = f"{LOCK_FILE} {LOCK_FALLBACK}" + (f" {CONDA_PREFIX}" if conda else "")
     files["Dockerfile"] = render_template(
         "Dockerfile.j2",
         recipe_version=RECIPE_VERSION,
@@ -309,7 +313,7 @@ def render_context(spec: EnvironmentSpec, externals: Externals | None = None) ->
         cache_mount=CACHE_MOUNT,
         python=python_command(spec),
         micromamba_image=externals.micromamba_image,
-        lock={"script": LOCK_SCRIPT, "args": lock_args,
+        lock={"script": LOCK_SCRIPT, "args": " ".join(lock_arguments(spec)),
               "pythons": " ".join(dict.fromkeys([python_command(spec), "python3"]))} if installs else None,
     )
     return BuildContext(files)

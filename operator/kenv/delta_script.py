@@ -1,0 +1,126 @@
+"""Install an edit's added pip requirements into the running previous image and write what changed as layers.
+
+Copied into an incremental build's context as kenv-delta.py and run by the previous version's image's own python
+(README, "Incremental builds"): it records the files under the interpreter's install paths, runs the same
+`pip install -r requirements.txt` the Dockerfile runs (the old lines are already satisfied, so pip installs only
+what the added lines need), writes the package lock again, and records the files once more. What was added or
+changed becomes layer.tar; what was removed, an OCI whiteout in it; the lock file alone becomes lock.tar, so the
+image's last layer is its lock, as in a full build. The kenv image's `kenv append-layers` pushes both.
+
+It runs on whatever python the image has (3.8 or newer): the standard library only.
+
+Usage: kenv-delta.py OUT_DIR REQUIREMENTS LOCK_SCRIPT PIP_CACHE_OPTION LOCK_ARG...
+"""
+
+import os
+import shutil
+import site
+import stat
+import subprocess
+import sys
+import sysconfig
+import tarfile
+
+WHITEOUT = ".wh."
+IMAGE_REQUIREMENTS = "/tmp/kenv/requirements.txt"  # where the Dockerfile copies them
+
+
+def install_roots(lock_paths):
+    """Where pip and the lock script write: the interpreter's install paths, the user site, the lock's folders;
+    a root inside another is walked with it."""
+    paths = set(sysconfig.get_paths().values())
+    paths.update([site.getuserbase(), site.getusersitepackages()])
+    paths.update(os.path.dirname(path) for path in lock_paths)
+    roots: list[str] = []  # not evaluated at run time: fine on python 3.8
+    for path in sorted(os.path.normpath(p) for p in paths if p):
+        if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
+            roots.append(path)
+    return roots
+
+
+def entry(path):
+    """What a layer records of one path: type and mode, owner, size, modification time, link target."""
+    info = os.lstat(path)
+    target = os.readlink(path) if stat.S_ISLNK(info.st_mode) else None
+    return (info.st_mode, info.st_uid, info.st_gid, info.st_size, info.st_mtime_ns, target)
+
+
+def snapshot(roots, skip):
+    """Every path under the roots (not following links) with its entry; unreadable folders are passed over."""
+    found = {}
+    for root in roots:
+        if not os.path.lexists(root):
+            continue
+        found[root] = entry(root)
+        for folder, dirs, files in os.walk(root, onerror=lambda error: None):
+            dirs[:] = [d for d in dirs if os.path.join(folder, d) not in skip]
+            for name in dirs + files:
+                path = os.path.join(folder, name)
+                try:
+                    found[path] = entry(path)
+                except OSError:
+                    continue
+    return found
+
+
+def changes(before, after):
+    """(paths added or changed, sorted so folders precede their contents; paths removed, only the top-most of a
+    removed tree, which one whiteout covers)."""
+    changed = sorted(path for path, seen in after.items() if before.get(path) != seen)
+    gone = sorted(path for path in before if path not in after)
+    removed: list[str] = []
+    for path in gone:
+        if not removed or not path.startswith(removed[-1].rstrip("/") + "/"):
+            removed.append(path)
+    return changed, removed
+
+
+def whiteout_name(path):
+    folder, name = os.path.split(path)
+    return os.path.join(folder, WHITEOUT + name).lstrip("/")
+
+
+def write_layer(target, changed, removed):
+    """A tar of the changed paths (as they are now) and a whiteout for each removed one."""
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as layer:
+        for path in changed:
+            layer.add(path, arcname=path.lstrip("/"), recursive=False)
+        for path in removed:
+            info = tarfile.TarInfo(whiteout_name(path))
+            info.mode = 0o644
+            layer.addfile(info)
+
+
+def main(argv):
+    out, requirements, lock_script, cache_option = argv[1:5]
+    lock_args = argv[5:]
+    lock_paths = set(lock_args[:2])
+    roots = install_roots(lock_paths | {IMAGE_REQUIREMENTS})
+    skip = {os.path.normpath(out)}
+    before = snapshot(roots, skip)
+    print(f"kenv: installing the added requirements into the previous image ({len(before)} paths under "
+          f"{', '.join(roots)})", flush=True)
+    pip = [sys.executable, "-m", "pip", "install", cache_option, "--disable-pip-version-check", "-r", requirements]
+    if subprocess.call(pip) != 0:
+        print("kenv: pip install failed; the build stops here and the previous image stays current", flush=True)
+        return 1
+    try:  # the image's copy of the requirements (the Dockerfile's COPY) says what it was built from
+        if os.path.exists(IMAGE_REQUIREMENTS):
+            shutil.copyfile(requirements, IMAGE_REQUIREMENTS)
+    except OSError as error:
+        print(f"kenv: {IMAGE_REQUIREMENTS} keeps the previous requirements: {error}", file=sys.stderr, flush=True)
+    if subprocess.call([sys.executable, lock_script] + lock_args) != 0:
+        print("kenv: the package lock could not be written", file=sys.stderr, flush=True)
+    after = snapshot(roots, skip)
+    changed, removed = changes(before, after)
+    locks = [path for path in changed if path in lock_paths]
+    packages = [path for path in changed if path not in lock_paths]
+    write_layer(os.path.join(out, "layer.tar"), packages, [path for path in removed if path not in lock_paths])
+    write_layer(os.path.join(out, "lock.tar"), locks, [])
+    print(f"kenv: {len(packages)} paths added or changed, {len(removed)} removed; the lock is "
+          f"{'rewritten' if locks else 'unchanged'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,170 @@
+"""Incremental builds (spec.build.incremental): an edit that only adds pip requirement lines is installed into
+the current version's image and pushed as layers on top of it, instead of a full build.
+
+Pure functions: whether an edit qualifies (`increment`), the plan naming its image and Job (`plan_increment`)
+and the Job (`increment_job`). The Job's init container runs the previous image itself with kenv-delta.py
+(delta_script.py), which installs the requirements and writes what changed as layer tars into an emptyDir; its
+main container runs the operator's image, whose `kenv append-layers` pushes them onto the previous image in the
+registry (oci.ImageStore.append_layers) and writes the new digest to the termination log, as every builder does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from importlib import resources
+from typing import Any
+
+from kenv import builds
+from kenv.config import OperatorSettings
+from kenv.models import BuildSettings, EnvironmentSpec, PipInstaller
+from kenv.render import (
+    CA_FILE,
+    CACHE_MOUNT,
+    LOCK_SCRIPT,
+    BuildContext,
+    cache_build_args,
+    lock_arguments,
+    python_command,
+)
+
+REQUIREMENTS = "requirements.txt"
+DELTA_SCRIPT = "kenv-delta.py"  # kenv/delta_script.py, added to the Job's context
+OUT_DIR = "/kenv/out"
+LAYERS = ("layer.tar", "lock.tar")  # the packages' changes, then the lock alone: the image's last layer
+DOCKER_CONFIG_DIR = "/kenv/docker"
+# The push container runs the operator's image, as the operator does: not root, nothing added.
+PUSH_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,  # the chart's operator user
+    "runAsGroup": 65532,
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# The install container runs the previous image as its own user (the one its build's RUN steps ran as) and only
+# writes files that user owns, as pip in a running environment does: no capability is needed.
+INSTALL_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@dataclass(frozen=True)
+class Increment:
+    """An edit that qualifies: the image it is installed into (repo@digest) and the requirement lines it adds."""
+
+    parent_image: str
+    added: tuple[str, ...]
+
+    @property
+    def parent_digest(self) -> str:
+        return self.parent_image.rpartition("@")[2]
+
+
+def increment(previous: BuildContext, new: BuildContext, parent_hash: str, parent_image: str,
+              spec: EnvironmentSpec, destination_repo: str) -> Increment | str:
+    """The increment from the current version's context to the new one, or why the edit needs a full build.
+
+    previous: the current version's definition rendered now; it must still hash to the content its image was
+    built from (parent_hash), or something outside the spec (a Dockerfile or CA in a ConfigMap) moved."""
+    if spec.pip is None or spec.pip.installer is not PipInstaller.PIP:
+        return "only the pip installer builds incrementally"
+    if parent_image.rpartition("@")[0] != destination_repo or "@sha256:" not in parent_image:
+        return "the current image is not in the destination repository"
+    if previous.hash != parent_hash:
+        return "the current version's definition no longer renders the content its image was built from"
+    others = {name for name in set(previous.files) | set(new.files) if name != REQUIREMENTS}
+    if any(previous.files.get(name) != new.files.get(name) for name in others):
+        return "more than the pip requirements changed"
+    old_lines = Counter(previous.files.get(REQUIREMENTS, "").splitlines())
+    new_lines = Counter(new.files.get(REQUIREMENTS, "").splitlines())
+    if old_lines - new_lines:
+        return "requirement lines were removed or changed"
+    added = tuple(line for line in new.files.get(REQUIREMENTS, "").splitlines()
+                  if (new_lines - old_lines)[line] > 0)
+    if not added:
+        return "no requirement line was added"
+    if any(line.startswith("-") for line in added):
+        return "an added line is a pip option"
+    return Increment(parent_image=parent_image, added=added)
+
+
+def plan_increment(full: builds.BuildPlan, found: Increment) -> builds.BuildPlan:
+    """The full build's plan with a tag naming the image built on too (the full tag only ever holds full builds)
+    and a Job name of its own."""
+    parent = found.parent_digest.partition(":")[2][:12]
+    return replace(full, destination=f"{full.destination}-on-{parent}",
+                   job_name=f"{full.job_name}-i{parent[:6]}")
+
+
+def delta_script() -> str:
+    return resources.files("kenv").joinpath("delta_script.py").read_text(encoding="utf-8")
+
+
+def context_files(context: BuildContext) -> dict[str, str]:
+    return {**context.files, DELTA_SCRIPT: delta_script()}
+
+
+def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpec, settings: OperatorSettings, *,
+                  requested_by: str, context_files: list[str], has_docker_config: bool, has_ca: bool,
+                  package_cache: bool) -> dict[str, Any]:
+    """The Job of an incremental build: builds.build_job's (labels, deadline, context and credentials volumes),
+    with the push container, the install container ahead of it and the layers' emptyDir."""
+    if not settings.operator_image:
+        raise ValueError("incremental builds need the operator's image (KENV_OPERATOR_IMAGE)")
+    build: BuildSettings = spec.build
+    cache = build.cache and bool(settings.package_cache_dir) and package_cache
+    out = {"name": "layers", "mountPath": OUT_DIR}
+    push = {
+        "image": settings.operator_image,
+        "command": ["kenv", "append-layers"],
+        "args": [f"--base={found.parent_image}", f"--destination={plan.destination}",
+                 *[f"--layer={OUT_DIR}/{layer}" for layer in LAYERS],
+                 f"--created-by=kenv incremental: pip install {' '.join(found.added)}",
+                 *[f"--insecure-registry={registry}" for registry in settings.insecure_registry_list]],
+        "env": [{"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR}],
+        "docker_config_dir": DOCKER_CONFIG_DIR, "conda_auth_dir": None,
+        "security_context": PUSH_SECURITY_CONTEXT,
+        "mounts": [{**out, "readOnly": True}],
+        "volumes": [{"name": "layers", "emptyDir": {}}],
+    }
+    job = builds.build_job(plan, build, settings, requested_by=requested_by, context_files=context_files,
+                           has_docker_config=has_docker_config, has_ca=has_ca, container=push)
+    pod = job["spec"]["template"]["spec"]
+    pod["initContainers"] = [install_container(found, spec, pod["containers"][0]["resources"], has_ca, cache)]
+    if cache:
+        pod["volumes"].append({"name": "package-cache",
+                               "hostPath": {"path": settings.package_cache_dir, "type": "DirectoryOrCreate"}})
+    if has_docker_config:  # the previous image is pulled with the destination's credentials
+        pod["imagePullSecrets"] = [{"name": plan.docker_config_secret}]
+    job["metadata"]["annotations"]["kenv.dev/builder"] = "incremental"
+    return job
+
+
+def install_container(found: Increment, spec: EnvironmentSpec, resources_: dict[str, Any], has_ca: bool,
+                      cache: bool) -> dict[str, Any]:
+    context = builds.CONTEXT_DIR
+    cache_option = cache_build_args(CACHE_MOUNT)["KENV_PIP_CACHE"] if cache else "--no-cache-dir"
+    env = [{"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
+    if has_ca:  # as the Dockerfile's ARGs: trusted by pip during the install only
+        env += [{"name": name, "value": f"{context}/{CA_FILE}"}
+                for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
+    mounts = [{"name": "context", "mountPath": builds.CONTEXT_MOUNT, "readOnly": True},
+              {"name": "layers", "mountPath": OUT_DIR}]
+    if cache:
+        mounts.append({"name": "package-cache", "mountPath": CACHE_MOUNT})
+    return {
+        "name": "install",
+        "image": found.parent_image,
+        "command": [python_command(spec), f"{context}/{DELTA_SCRIPT}", OUT_DIR, f"{context}/{REQUIREMENTS}",
+                    f"{context}/{LOCK_SCRIPT}", cache_option, *lock_arguments(spec)],
+        "env": env,
+        "resources": resources_,
+        "securityContext": INSTALL_SECURITY_CONTEXT,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }

@@ -1,0 +1,170 @@
+"""Incremental builds, the pure parts: which edits qualify, the plan and Job, and kenv-delta.py's layer (run here
+on a folder; tests/integration/test_incremental.py runs it in a real pod)."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kenv import builds, delta_script, incremental, jobstate
+from kenv.config import OperatorSettings
+from kenv.models import EnvironmentSpec
+from kenv.render import LOCK_FALLBACK, LOCK_FILE, LOCK_SCRIPT, render_context
+
+REPO = "registry.local:5000/kenv/envs"
+SETTINGS = OperatorSettings(destination_repo=REPO, operator_image="registry.local:5000/kenv/operator:1",
+                            package_cache_dir="/var/cache/kenv")
+PARENT = f"{REPO}@sha256:" + "ab" * 32
+
+
+def spec(*lines: str, **extra: object) -> EnvironmentSpec:
+    return EnvironmentSpec.model_validate({"build": {"incremental": True},
+                                           "pip": {"requirements": "\n".join(lines) + "\n", **extra}})
+
+
+def qualifies(old: EnvironmentSpec, new: EnvironmentSpec, parent: str = PARENT,
+              parent_hash: str | None = None) -> incremental.Increment | str:
+    previous = render_context(old)
+    return incremental.increment(previous, render_context(new), parent_hash or previous.hash, parent, new, REPO)
+
+
+def test_added_lines_qualify_and_are_named_in_their_order():
+    found = qualifies(spec("six==1.16.0"), spec("idna==3.7", "six==1.16.0", "tomli==2.0.1"))
+    assert found == incremental.Increment(PARENT, ("idna==3.7", "tomli==2.0.1"))
+    assert found.parent_digest == "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(("old", "new", "why"), [
+    (spec("six==1.16.0"), spec("six==1.17.0"), "removed or changed"),
+    (spec("six==1.16.0", "idna"), spec("six==1.16.0"), "removed or changed"),
+    (spec("six==1.16.0"), spec("six==1.16.0"), "no requirement line was added"),
+    (spec("six==1.16.0"), spec("six==1.16.0", "--pre"), "pip option"),
+    (spec("six==1.16.0"), spec("six==1.16.0", "idna", index_url="https://pypi.example/simple"), "pip option"),
+    (spec("six==1.16.0"), spec("six==1.16.0", "idna", installer="uv"), "pip installer"),
+    (spec("six==1.16.0"), EnvironmentSpec.model_validate({
+        "build": {"incremental": True}, "docker": {"baseImage": "python:3.12-slim"},
+        "pip": {"requirements": "six==1.16.0\nidna\n"}}), "more than the pip requirements"),
+])
+def test_any_other_edit_needs_a_full_build(old, new, why):
+    found = qualifies(old, new)
+    assert isinstance(found, str) and why in found
+
+
+def test_a_parent_built_from_other_content_or_elsewhere_needs_a_full_build():
+    old, new = spec("six==1.16.0"), spec("six==1.16.0", "idna")
+    assert "no longer renders" in qualifies(old, new, parent_hash="0" * 64)  # e.g. a dockerfileFrom ConfigMap moved
+    assert "destination repository" in qualifies(old, new, parent="other.registry/kenv/envs@sha256:" + "ab" * 32)
+    assert "destination repository" in qualifies(old, new, parent=f"{REPO}:kenv-tag")
+
+
+def test_the_plan_keeps_the_full_tag_for_full_builds_and_names_the_parent():
+    context = render_context(spec("six==1.16.0", "idna"))
+    full = builds.plan_build(context, SETTINGS)
+    found = incremental.Increment(PARENT, ("idna",))
+    plan = incremental.plan_increment(full, found)
+    assert plan.destination == f"{full.destination}-on-{'ab' * 6}" and plan.hash == full.hash
+    assert plan.job_name.startswith(full.job_name) and plan.job_name != full.job_name
+    other = incremental.plan_increment(full, incremental.Increment(f"{REPO}@sha256:" + "cd" * 32, ("idna",)))
+    assert other.job_name != plan.job_name and other.destination != plan.destination
+    retry = incremental.plan_increment(builds.plan_build(context, SETTINGS, "retry:3"), found)
+    assert retry.job_name != plan.job_name  # a retry gets a Job of its own, as a full build's does
+    for name in (plan.job_name, plan.context_config_map, plan.docker_config_secret):
+        assert len(name) <= 63 - 11  # a pod name adds -xxxxx to the Job's
+
+
+def job(has_docker_config: bool = True, package_cache: bool = True) -> dict:
+    new = spec("six==1.16.0", "idna")
+    context = render_context(new)
+    plan = incremental.plan_increment(builds.plan_build(context, SETTINGS), incremental.Increment(PARENT, ("idna",)))
+    files = incremental.context_files(context)
+    return incremental.increment_job(plan, incremental.Increment(PARENT, ("idna",)), new, SETTINGS,
+                                     requested_by="Environment/ns/inc", context_files=list(files),
+                                     has_docker_config=has_docker_config, has_ca=False, package_cache=package_cache)
+
+
+def test_the_job_installs_in_the_parent_image_and_pushes_with_the_operators():
+    body = job()
+    pod = body["spec"]["template"]["spec"]
+    [install], [push] = pod["initContainers"], pod["containers"]
+    assert install["image"] == PARENT
+    assert install["command"][:2] == ["python3", f"{builds.CONTEXT_DIR}/{incremental.DELTA_SCRIPT}"]
+    assert install["command"][-2:] == [LOCK_FILE, LOCK_FALLBACK] and f"{builds.CONTEXT_DIR}/{LOCK_SCRIPT}" in \
+        install["command"]
+    assert install["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert push["image"] == SETTINGS.operator_image and push["command"] == ["kenv", "append-layers"]
+    assert f"--base={PARENT}" in push["args"] and any(a.endswith("-on-" + "ab" * 6) for a in push["args"])
+    assert push["securityContext"]["runAsNonRoot"] and push["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["layers"] == {"name": "layers", "emptyDir": {}}
+    assert volumes["package-cache"]["hostPath"]["path"] == "/var/cache/kenv"
+    assert pod["imagePullSecrets"] == [{"name": body["metadata"]["name"] + "-docker"}]
+    assert body["metadata"]["labels"][builds.LABEL_ROLE] == "build"  # counted and watched as every build
+    assert body["metadata"]["annotations"]["kenv.dev/builder"] == "incremental"
+    bare = job(has_docker_config=False, package_cache=False)["spec"]["template"]["spec"]
+    assert "imagePullSecrets" not in bare and "package-cache" not in {v["name"] for v in bare["volumes"]}
+    assert "--no-cache-dir" in bare["initContainers"][0]["command"]
+
+
+def test_the_job_needs_the_operators_image():
+    with pytest.raises(ValueError, match="KENV_OPERATOR_IMAGE"):
+        incremental.increment_job(
+            builds.plan_build(render_context(spec("six")), SETTINGS), incremental.Increment(PARENT, ("six",)),
+            spec("six"), OperatorSettings(destination_repo=REPO), requested_by="x", context_files=[],
+            has_docker_config=False, has_ca=False, package_cache=False)
+
+
+def test_the_delta_layer_holds_what_changed_and_a_whiteout_per_removed_tree(tmp_path: Path):
+    root = tmp_path / "prefix"
+    (root / "site" / "old" / "sub").mkdir(parents=True)
+    (root / "site" / "old" / "sub" / "a.py").write_text("a")
+    (root / "site" / "kept.py").write_text("kept")
+    (root / "site" / "edited.py").write_text("v1")
+    (root / "bin").mkdir()
+    (root / "bin" / "gone").write_text("x")
+    before = delta_script.snapshot([str(root)], set())
+    (root / "site" / "new").mkdir()
+    (root / "site" / "new" / "b.py").write_text("b")
+    os.symlink("new/b.py", root / "site" / "link")
+    (root / "site" / "edited.py").write_text("v2, longer")
+    for path in (root / "site" / "old" / "sub" / "a.py", root / "bin" / "gone"):
+        path.unlink()
+    (root / "site" / "old" / "sub").rmdir()
+    (root / "site" / "old").rmdir()
+    changed, removed = delta_script.changes(before, delta_script.snapshot([str(root)], set()))
+    relative = {os.path.relpath(p, root) for p in changed}
+    assert {"site/new", "site/new/b.py", "site/link", "site/edited.py"} <= relative
+    assert "site/kept.py" not in relative
+    assert [os.path.relpath(p, root) for p in removed] == ["bin/gone", "site/old"]  # not site/old/sub
+    layer = tmp_path / "layer.tar"
+    delta_script.write_layer(str(layer), changed, removed)
+    with tarfile.open(layer) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    prefix = str(root).lstrip("/")
+    assert members[f"{prefix}/site/link"].issym() and members[f"{prefix}/site/link"].linkname == "new/b.py"
+    assert members[f"{prefix}/site/new"].isdir()
+    assert f"{prefix}/bin/.wh.gone" in members and f"{prefix}/site/.wh.old" in members
+    assert not any(".wh.sub" in name or name.endswith("kept.py") for name in members)
+
+
+def test_the_roots_walked_are_the_interpreters_install_paths_without_nesting(tmp_path: Path):
+    roots = delta_script.install_roots({LOCK_FILE, LOCK_FALLBACK})
+    assert "/etc/kenv" in roots and "/tmp" in roots
+    assert all(not b.startswith(a.rstrip("/") + "/") for a in roots for b in roots if a != b)
+
+
+def test_a_failed_install_container_is_what_the_failure_message_names():
+    pod = {"metadata": {"name": "build-pod"}, "status": {
+        "initContainerStatuses": [{"name": "install", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}],
+        "containerStatuses": [{"name": "build", "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    job = {"metadata": {"name": "job"}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "limit"}]}}
+    message = jobstate.failure_message(job, [pod], "ERROR: No matching distribution found for x\n")
+    assert "pod build-pod exited with code 1 (Error)" in message and "No matching distribution" in message
+    assert jobstate.digest_from_pods([pod]) is None
+    done = {"name": "install", "state": {"terminated": {"exitCode": 0}}}
+    pushed = {"exitCode": 0, "message": "sha256:" + "e" * 64}
+    pod["status"] = {"initContainerStatuses": [done], "containerStatuses": [{"state": {"terminated": pushed}}]}
+    assert jobstate.digest_from_pods([pod]) == "sha256:" + "e" * 64  # a finished install step is passed over
