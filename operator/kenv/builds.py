@@ -223,6 +223,18 @@ def may_share_package_cache(files: dict[str, str], conda_credentials: bool) -> b
     return not conda_credentials and not any(URL_WITH_USERINFO.search(text) for text in files.values())
 
 
+def uses_package_cache(build: BuildSettings, settings: OperatorSettings, package_cache: bool) -> bool:
+    """Whether a build pod mounts the operator's package cache: cached builds, with a cache configured, that may
+    share it (may_share_package_cache)."""
+    return build.cache and bool(settings.package_cache_dir) and package_cache
+
+
+def package_cache_mount(settings: OperatorSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volumeMount, volume) of the package cache at CACHE_MOUNT: a mount point, so never in a snapshot."""
+    return ({"name": "package-cache", "mountPath": CACHE_MOUNT},
+            {"name": "package-cache", "hostPath": {"path": settings.package_cache_dir, "type": "DirectoryOrCreate"}})
+
+
 def builder_container(
     builder: Builder, plan: BuildPlan, build: BuildSettings, settings: OperatorSettings, has_ca: bool,
     package_cache: bool = False,
@@ -244,13 +256,12 @@ def builder_container(
         volumes: list[dict[str, Any]] = []
         if build.cache:
             args.append(f"--cache-repo={settings.destination_repo}/cache")
-        if build.cache and settings.package_cache_dir and package_cache:
-            # The package cache volume: a mount point, so never in a snapshot; RUN steps reach it through the
-            # build args (render.CACHE_ARGS).
+        if uses_package_cache(build, settings, package_cache):
+            # RUN steps reach the package cache through the build args (render.CACHE_ARGS).
             args += [f"--build-arg={name}={value}" for name, value in cache_build_args(CACHE_MOUNT).items()]
-            mounts.append({"name": "package-cache", "mountPath": CACHE_MOUNT})
-            volumes.append({"name": "package-cache",
-                            "hostPath": {"path": settings.package_cache_dir, "type": "DirectoryOrCreate"}})
+            mount, volume = package_cache_mount(settings)
+            mounts.append(mount)
+            volumes.append(volume)
         args += [f"--insecure-registry={registry}" for registry in insecure]
         env = [{"name": "SSL_CERT_DIR", "value": "/kaniko/ssl/certs:/kenv/ca"}] if has_ca else []
         return {"image": settings.kaniko_image, "command": None, "args": args, "env": env,

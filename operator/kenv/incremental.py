@@ -17,7 +17,7 @@ from typing import Any
 
 from kenv import builds
 from kenv.config import OperatorSettings
-from kenv.models import BuildSettings, EnvironmentSpec, PipInstaller
+from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
     CA_FILE,
     CACHE_MOUNT,
@@ -81,11 +81,12 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
     if any(previous.files.get(name) != new.files.get(name) for name in others):
         return "more than the pip requirements changed"
     old_lines = Counter(previous.files.get(REQUIREMENTS, "").splitlines())
-    new_lines = Counter(new.files.get(REQUIREMENTS, "").splitlines())
+    new_list = new.files.get(REQUIREMENTS, "").splitlines()
+    new_lines = Counter(new_list)
     if old_lines - new_lines:
         return "requirement lines were removed or changed"
-    added = tuple(line for line in new.files.get(REQUIREMENTS, "").splitlines()
-                  if (new_lines - old_lines)[line] > 0)
+    extra = new_lines - old_lines
+    added = tuple(line for line in new_list if extra[line] > 0)
     if not added:
         return "no requirement line was added"
     if any(line.startswith("-") for line in added):
@@ -116,8 +117,7 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
     with the push container, the install container ahead of it and the layers' emptyDir."""
     if not settings.operator_image:
         raise ValueError("incremental builds need the operator's image (KENV_OPERATOR_IMAGE)")
-    build: BuildSettings = spec.build
-    cache = build.cache and bool(settings.package_cache_dir) and package_cache
+    cache = builds.uses_package_cache(spec.build, settings, package_cache)
     out = {"name": "layers", "mountPath": OUT_DIR}
     push = {
         "image": settings.operator_image,
@@ -132,13 +132,13 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
         "mounts": [{**out, "readOnly": True}],
         "volumes": [{"name": "layers", "emptyDir": {}}],
     }
-    job = builds.build_job(plan, build, settings, requested_by=requested_by, context_files=context_files,
+    job = builds.build_job(plan, spec.build, settings, requested_by=requested_by, context_files=context_files,
                            has_docker_config=has_docker_config, has_ca=has_ca, container=push)
     pod = job["spec"]["template"]["spec"]
-    pod["initContainers"] = [install_container(found, spec, pod["containers"][0]["resources"], has_ca, cache)]
-    if cache:
-        pod["volumes"].append({"name": "package-cache",
-                               "hostPath": {"path": settings.package_cache_dir, "type": "DirectoryOrCreate"}})
+    mount, volume = builds.package_cache_mount(settings) if cache else (None, None)
+    if volume:
+        pod["volumes"].append(volume)
+    pod["initContainers"] = [install_container(found, spec, pod["containers"][0]["resources"], has_ca, mount)]
     if has_docker_config:  # the previous image is pulled with the destination's credentials
         pod["imagePullSecrets"] = [{"name": plan.docker_config_secret}]
     job["metadata"]["annotations"]["kenv.dev/builder"] = "incremental"
@@ -146,17 +146,15 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
 
 
 def install_container(found: Increment, spec: EnvironmentSpec, resources_: dict[str, Any], has_ca: bool,
-                      cache: bool) -> dict[str, Any]:
+                      cache_mount: dict[str, Any] | None) -> dict[str, Any]:
     context = builds.CONTEXT_DIR
-    cache_option = cache_build_args(CACHE_MOUNT)["KENV_PIP_CACHE"] if cache else "--no-cache-dir"
+    cache_option = cache_build_args(CACHE_MOUNT)["KENV_PIP_CACHE"] if cache_mount else "--no-cache-dir"
     env = [{"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
     if has_ca:  # as the Dockerfile's ARGs: trusted by pip during the install only
         env += [{"name": name, "value": f"{context}/{CA_FILE}"}
                 for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
     mounts = [{"name": "context", "mountPath": builds.CONTEXT_MOUNT, "readOnly": True},
-              {"name": "layers", "mountPath": OUT_DIR}]
-    if cache:
-        mounts.append({"name": "package-cache", "mountPath": CACHE_MOUNT})
+              {"name": "layers", "mountPath": OUT_DIR}, *([cache_mount] if cache_mount else [])]
     return {
         "name": "install",
         "image": found.parent_image,

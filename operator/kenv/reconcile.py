@@ -337,13 +337,11 @@ class Reconciler:
                 return Outcome(status.failed(current, "DigestMismatch", message, generation, plan.hash),
                                [("Warning", "DigestMismatch", message)])
             self._observe_duration(job)
+            reason, built = "BuildSucceeded", f"built by Job {plan.namespace}/{name}"
             if attempt.increment:
-                message = (f"installed {', '.join(attempt.increment.added)} into version {current.get('version')}'s "
-                           f"image by Job {plan.namespace}/{name}")
-                return await self._ready(attempt, digest, "IncrementalBuild", message, push_credentials,
-                                         build_log=jobstate.kept_log(log_text))
-            return await self._ready(attempt, digest, "BuildSucceeded",
-                                     f"built by Job {plan.namespace}/{name}", push_credentials,
+                reason, built = "IncrementalBuild", (f"installed {', '.join(attempt.increment.added)} into version "
+                                                     f"{current.get('version')}'s image by Job {plan.namespace}/{name}")
+            return await self._ready(attempt, digest, reason, built, push_credentials,
                                      build_log=jobstate.kept_log(log_text))
         message = jobstate.failure_message(job, pods, log_text)
         retries = current.get("transientRetries") or 0
