@@ -305,6 +305,14 @@ def build_resources(defaults: ResourceRequirements, spec: ResourceRequirements |
     return out
 
 
+def builds_plan(job: dict[str, Any] | None, plan: BuildPlan) -> bool:
+    """Whether `job` builds what `plan` pushes: this content to this tag. An incremental build of the same content
+    (incremental.py) pushes another tag, so a full build never follows it, nor it a full build."""
+    metadata = (job or {}).get("metadata") or {}
+    return (metadata.get("labels") or {}).get(LABEL_HASH) == hash_label(plan.hash) and \
+        (metadata.get("annotations") or {}).get(ANNOTATION_DESTINATION) == plan.destination
+
+
 def build_job(
     plan: BuildPlan,
     build: BuildSettings,

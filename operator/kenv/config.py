@@ -94,6 +94,10 @@ class OperatorSettings(BaseSettings):
         description="The operator's own image (the chart sets it): incremental builds (spec.build.incremental) "
         "run it to push the new layers. Unset: such edits get a full build.",
     )
+    operator_image_pull_secrets: str = Field(
+        "", description="Comma-separated Secrets in the build namespace that pull the operator's image (the chart "
+        "sets its imagePullSecrets): given to incremental build pods, which run that image.",
+    )
     micromamba_image: str = Field("mambaorg/micromamba:2.0.5", pattern=IMAGE_REF_PATTERN)
     default_base_image: str = Field("python:3.11-slim-bookworm", pattern=IMAGE_REF_PATTERN)
     insecure_registries: str = Field(
@@ -144,10 +148,18 @@ class OperatorSettings(BaseSettings):
                                      "2, 512Mi, 8Gi)")
         return value
 
-    @field_validator("namespaces", "insecure_registries")
+    @field_validator("namespaces", "insecure_registries", "operator_image_pull_secrets")
     @classmethod
     def _strip_list(cls, value: str) -> str:
         return ",".join(item.strip() for item in value.split(",") if item.strip())
+
+    @field_validator("operator_image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, value: str) -> str:
+        for name in filter(None, value.split(",")):
+            if not re.fullmatch(K8S_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a Secret name (lowercase letters, digits, '-' and '.')")
+        return value
 
     @field_validator("catalog")
     @classmethod
@@ -167,6 +179,10 @@ class OperatorSettings(BaseSettings):
     @property
     def insecure_registry_list(self) -> list[str]:
         return [r for r in self.insecure_registries.split(",") if r]
+
+    @property
+    def operator_image_pull_secret_list(self) -> list[str]:
+        return [s for s in self.operator_image_pull_secrets.split(",") if s]
 
 
 class ConfigError(RuntimeError):

@@ -25,12 +25,13 @@ WHITEOUT = ".wh."
 IMAGE_REQUIREMENTS = "/tmp/kenv/requirements.txt"  # where the Dockerfile copies them
 
 
-def install_roots(lock_paths):
-    """Where pip and the lock script write: the interpreter's install paths, the user site, the lock's folders;
-    a root inside another is walked with it."""
+def install_roots():
+    """The folders pip writes to: the interpreter's install paths, the user site and pip's target, prefix or root
+    if the environment sets them; a folder inside another is walked with it."""
     paths = set(sysconfig.get_paths().values())
     paths.update([site.getuserbase(), site.getusersitepackages()])
-    paths.update(os.path.dirname(path) for path in lock_paths)
+    # pip's own redirections, set by the image's ENV (the container has them, as the Dockerfile's RUN had)
+    paths.update(os.environ.get(name, "") for name in ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT"))
     roots: list[str] = []  # not evaluated at run time: fine on python 3.8
     for path in sorted(os.path.normpath(p) for p in paths if p):
         if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
@@ -45,16 +46,26 @@ def entry(path):
     return (info.st_mode, info.st_uid, info.st_gid, info.st_size, info.st_mtime_ns, target)
 
 
-def snapshot(roots, skip):
-    """Every path under the roots (not following links) with its entry; unreadable folders are passed over."""
-    found = {}
+def snapshot(roots, files, skip):
+    """Every path under the folders `roots` (not following links, nor into another filesystem: the pod's mounts
+    are not the image's) and each of `files` that exists, with its entry; unreadable folders are passed over."""
+    found = {path: entry(path) for path in files if os.path.lexists(path)}
     for root in roots:
         if not os.path.lexists(root):
             continue
         found[root] = entry(root)
-        for folder, dirs, files in os.walk(root, onerror=lambda error: None):
-            dirs[:] = [d for d in dirs if os.path.join(folder, d) not in skip]
-            for name in dirs + files:
+        device = os.lstat(root).st_dev
+        for folder, dirs, names in os.walk(root, onerror=lambda error: None):
+            kept = []
+            for name in dirs:
+                path = os.path.join(folder, name)
+                try:
+                    if path not in skip and os.lstat(path).st_dev == device:
+                        kept.append(name)
+                except OSError:
+                    continue
+            dirs[:] = kept
+            for name in kept + names:
                 path = os.path.join(folder, name)
                 try:
                     found[path] = entry(path)
@@ -64,13 +75,19 @@ def snapshot(roots, skip):
 
 
 def changes(before, after):
-    """(paths added or changed, sorted so folders precede their contents; paths removed, only the top-most of a
-    removed tree, which one whiteout covers)."""
+    """(paths added or changed, sorted so folders precede their contents; paths removed that need a whiteout:
+    the top-most of a removed tree, and none under a folder that is now a file, which hides the old tree)."""
     changed = sorted(path for path, seen in after.items() if before.get(path) != seen)
-    gone = sorted(path for path in before if path not in after)
-    removed: list[str] = []
-    for path in gone:
-        if not removed or not path.startswith(removed[-1].rstrip("/") + "/"):
+    gone = {path for path in before if path not in after}
+    removed = []
+    for path in sorted(gone):
+        parent = os.path.dirname(path)
+        if parent in after and not stat.S_ISDIR(after[parent][0]):
+            continue
+        ancestor = parent
+        while ancestor not in gone and os.path.dirname(ancestor) != ancestor:
+            ancestor = os.path.dirname(ancestor)
+        if ancestor not in gone:
             removed.append(path)
     return changed, removed
 
@@ -95,9 +112,9 @@ def main(argv):
     out, requirements, lock_script, cache_option = argv[1:5]
     lock_args = argv[5:]
     lock_paths = set(lock_args[:2])
-    roots = install_roots(lock_paths | {IMAGE_REQUIREMENTS})
+    roots, files = install_roots(), sorted(lock_paths | {IMAGE_REQUIREMENTS})
     skip = {os.path.normpath(out)}
-    before = snapshot(roots, skip)
+    before = snapshot(roots, files, skip)
     print(f"kenv: installing the added requirements into the previous image ({len(before)} paths under "
           f"{', '.join(roots)})", flush=True)
     pip = [sys.executable, "-m", "pip", "install", cache_option, "--disable-pip-version-check", "-r", requirements]
@@ -109,16 +126,18 @@ def main(argv):
             shutil.copyfile(requirements, IMAGE_REQUIREMENTS)
     except OSError as error:
         print(f"kenv: {IMAGE_REQUIREMENTS} keeps the previous requirements: {error}", file=sys.stderr, flush=True)
-    if subprocess.call([sys.executable, lock_script] + lock_args) != 0:
-        print("kenv: the package lock could not be written", file=sys.stderr, flush=True)
-    after = snapshot(roots, skip)
+    locked = subprocess.call([sys.executable, lock_script] + lock_args) == 0
+    after = snapshot(roots, files, skip)
     changed, removed = changes(before, after)
-    locks = [path for path in changed if path in lock_paths]
     packages = [path for path in changed if path not in lock_paths]
     write_layer(os.path.join(out, "layer.tar"), packages, [path for path in removed if path not in lock_paths])
-    write_layer(os.path.join(out, "lock.tar"), locks, [])
+    if locked:
+        write_layer(os.path.join(out, "lock.tar"), [path for path in changed if path in lock_paths], [])
+    else:  # as in a full build, no lock fails nothing; but the previous one, now stale, is hidden
+        print("kenv: the package lock could not be written", file=sys.stderr, flush=True)
+        write_layer(os.path.join(out, "lock.tar"), [], sorted(path for path in lock_paths if path in before))
     print(f"kenv: {len(packages)} paths added or changed, {len(removed)} removed; the lock is "
-          f"{'rewritten' if locks else 'unchanged'}", flush=True)
+          f"{'rewritten' if locked else 'hidden'}", flush=True)
     return 0
 
 

@@ -29,6 +29,10 @@ from kenv.render import (
 )
 
 REQUIREMENTS = "requirements.txt"
+# ARGs kenv's Dockerfile declares, which the install container sets the same way (CA, pip's system packages) or
+# needs not (the package caches' options, given to kenv-delta.py).
+KENV_ARGS = frozenset({"PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CONDA_SSL_VERIFY",
+                       "PIP_BREAK_SYSTEM_PACKAGES", "KENV_PIP_CACHE", "KENV_UV_CACHE", "KENV_CONDA_CACHE"})
 DELTA_SCRIPT = "kenv-delta.py"  # kenv/delta_script.py, added to the Job's context
 OUT_DIR = "/kenv/out"
 LAYERS = ("layer.tar", "lock.tar")  # the packages' changes, then the lock alone: the image's last layer
@@ -77,6 +81,9 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
         return "the current image is not in the destination repository"
     if previous.hash != parent_hash:
         return "the current version's definition no longer renders the content its image was built from"
+    steps = final_stage_steps(new.files.get("Dockerfile", ""))
+    if steps:
+        return f"the Dockerfile's {steps[0]} would change how pip runs, and only a full build runs it"
     others = {name for name in set(previous.files) | set(new.files) if name != REQUIREMENTS}
     if any(previous.files.get(name) != new.files.get(name) for name in others):
         return "more than the pip requirements changed"
@@ -92,6 +99,26 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
     if any(line.startswith("-") for line in added):
         return "an added line is a pip option"
     return Increment(parent_image=parent_image, added=added)
+
+
+def final_stage_steps(dockerfile: str) -> list[str]:
+    """The final stage's ARG and SHELL instructions other than kenv's own (the CA and cache ARGs the install
+    container sets itself): a RUN step sees them, a container running the image does not."""
+    found: list[str] = []
+    continued = False
+    for line in dockerfile.splitlines():
+        words = line.split(maxsplit=1) if not continued else []
+        continued = line.rstrip().endswith("\\")
+        if not words or words[0].startswith("#"):
+            continue
+        instruction = words[0].upper()
+        if instruction == "FROM":
+            found = []
+        elif instruction in ("ARG", "SHELL"):
+            name = (words[1] if len(words) > 1 else "").split("=", 1)[0].strip()
+            if instruction == "SHELL" or name not in KENV_ARGS:
+                found.append(f"ARG {name}" if instruction == "ARG" else "SHELL")
+    return found
 
 
 def plan_increment(full: builds.BuildPlan, found: Increment) -> builds.BuildPlan:
@@ -129,8 +156,9 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
         "env": [{"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR}],
         "docker_config_dir": DOCKER_CONFIG_DIR, "conda_auth_dir": None,
         "security_context": PUSH_SECURITY_CONTEXT,
-        "mounts": [{**out, "readOnly": True}],
-        "volumes": [{"name": "layers", "emptyDir": {}}],
+        # The gzipped layers are written to scratch space of their own, not the image's filesystem.
+        "mounts": [{**out, "readOnly": True}, {"name": "scratch", "mountPath": "/tmp"}],
+        "volumes": [{"name": "layers", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}],
     }
     job = builds.build_job(plan, spec.build, settings, requested_by=requested_by, context_files=context_files,
                            has_docker_config=has_docker_config, has_ca=has_ca, container=push)
@@ -139,8 +167,11 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
     if volume:
         pod["volumes"].append(volume)
     pod["initContainers"] = [install_container(found, spec, pod["containers"][0]["resources"], has_ca, mount)]
-    if has_docker_config:  # the previous image is pulled with the destination's credentials
-        pod["imagePullSecrets"] = [{"name": plan.docker_config_secret}]
+    # The previous image is pulled with the destination's credentials, the operator's with the operator's own.
+    pull_secrets = [plan.docker_config_secret] if has_docker_config else []
+    pull_secrets += settings.operator_image_pull_secret_list
+    if pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     job["metadata"]["annotations"]["kenv.dev/builder"] = "incremental"
     return job
 

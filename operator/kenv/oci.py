@@ -15,11 +15,13 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-from kenv.registry import MANIFEST_TYPES, Credentials, ImageName, RegistryClient, RegistryError
+from kenv.registry import MANIFEST_TYPES, Body, Credentials, ImageName, RegistryClient, RegistryError
 from kenv.render import LOCK_FALLBACK, LOCK_FILE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -38,6 +40,7 @@ MAX_LOCK_LAYER = 16 * 1024 * 1024
 MAX_LOCK_LAYER_INFLATED = 64 * 1024 * 1024
 MAX_LOCK_LAYER_ENTRIES = 2000
 MAX_LOCK_FILE = 2 * 1024 * 1024
+CHUNK = 1024 * 1024  # a streamed upload's read size
 MAX_CONFIG = 4 * 1024 * 1024  # an image config (its creation time is read for the SBOM)
 
 
@@ -97,6 +100,22 @@ def lock_from_layer(layer: bytes) -> bytes | None:
     return None
 
 
+@dataclass(frozen=True)
+class LayerFile:
+    """A layer gzipped on disk: its digest and size as the registry stores it, and the uncompressed tar's digest
+    (the config's diff_id)."""
+
+    path: Path
+    digest: str
+    size: int
+    diff_id: str
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        with self.path.open("rb") as source:
+            while chunk := source.read(CHUNK):
+                yield chunk
+
+
 @dataclass
 class ImageStore:
     """One registry conversation about one image repository, with its pull (and push) credentials."""
@@ -105,7 +124,7 @@ class ImageStore:
     credentials: Credentials | None = None
 
     async def _call(self, method: str, name: ImageName, path_or_url: str, headers: dict[str, str] | None = None,
-                    actions: str = "pull", content: bytes | None = None) -> Any:
+                    actions: str = "pull", content: bytes | Body | None = None) -> Any:
         base = f"{self.registry.base_url(name.registry)}/v2/{name.repository}/"
         url = urljoin(base, path_or_url)
         return await self.registry.authorized(method, url, headers or {}, name, self.credentials, actions, content)
@@ -135,9 +154,20 @@ class ImageStore:
 
     async def push_blob(self, name: ImageName, media_type: str, data: bytes) -> dict[str, Any]:
         found = descriptor(media_type, data)
+        await self._upload(name, found, data)
+        return found
+
+    async def push_layer_file(self, name: ImageName, media_type: str, layer: LayerFile) -> dict[str, Any]:
+        """Push a compressed layer from disk, streamed (a layer may be bigger than the pod's memory)."""
+        found = {"mediaType": media_type, "digest": layer.digest, "size": layer.size}
+        await self._upload(name, found, layer.chunks)
+        return found
+
+    async def _upload(self, name: ImageName, found: dict[str, Any], content: bytes | Body) -> None:
+        """A monolithic upload (POST, then PUT with the digest), skipped when the repository has the blob."""
         head = await self._call("HEAD", name, f"blobs/{found['digest']}", actions="pull,push")
         if head.status_code == 200:
-            return found
+            return
         started = await self._call("POST", name, "blobs/uploads/", actions="pull,push")
         location = started.headers.get("Location")
         if started.status_code != 202 or not location:
@@ -145,11 +175,11 @@ class ImageStore:
                                 f"{name.repository} (HTTP {started.status_code})")
         separator = "&" if "?" in location else "?"
         done = await self._call("PUT", name, f"{location}{separator}digest={found['digest']}",
-                                {"Content-Type": "application/octet-stream"}, "pull,push", data)
+                                {"Content-Type": "application/octet-stream", "Content-Length": str(found["size"])},
+                                "pull,push", content)
         if done.status_code != 201:
             raise RegistryError("RegistryUnavailable", f"{name.registry} refused blob {found['digest']} "
                                 f"(HTTP {done.status_code})")
-        return found
 
     async def push_manifest(self, name: ImageName, manifest: dict[str, Any],
                             tag: str | None = None) -> tuple[dict[str, Any], bool]:
@@ -236,11 +266,11 @@ class ImageStore:
         found = await asyncio.to_thread(lock_from_layer, blob)  # inflating is CPU work: off the event loop
         return None if found is None else (str(layers[-1]["digest"]), found)
 
-    async def append_layers(self, base: str, destination: str, layers: list[bytes], created_by: str,
+    async def append_layers(self, base: str, destination: str, layers: list[LayerFile], created_by: str,
                             created: str) -> str:
-        """Push `base` with `layers` (uncompressed tars) on top as `destination` (a tag in the same repository,
-        whose blobs the new manifest reuses); returns the new manifest's digest. Each layer is recorded in the
-        config's diff_ids and history, as a builder's step would be."""
+        """Push `base` with `layers` on top as `destination` (a tag in the same repository, whose blobs the new
+        manifest reuses); returns the new manifest's digest. Each layer is recorded in the config's diff_ids and,
+        when the base records its steps, in its history, as a builder's step would be."""
         name, manifest, _ = await self.image_manifest(base)
         target = ImageName.parse(destination)
         if (target.registry, target.repository) != (name.registry, name.repository):
@@ -248,11 +278,11 @@ class ImageStore:
         config = json.loads(await self.blob(name, manifest["config"]["digest"]))
         manifest.setdefault("mediaType", OCI_MANIFEST)
         layer_type = DOCKER_LAYER if manifest.get("mediaType") == DOCKER_MANIFEST else OCI_LAYER
-        for data in layers:
-            compressed = await asyncio.to_thread(gzip.compress, data, 6, mtime=0)
-            manifest["layers"].append(await self.push_blob(target, layer_type, compressed))
-            config["rootfs"]["diff_ids"].append(sha256_digest(data))
-            config.setdefault("history", []).append({"created": created, "created_by": created_by})
+        for layer in layers:
+            manifest["layers"].append(await self.push_layer_file(target, layer_type, layer))
+            config["rootfs"]["diff_ids"].append(layer.diff_id)
+            if "history" in config:  # without it, a history of the new layers alone would miscount the old ones
+                config["history"].append({"created": created, "created_by": created_by})
         config["created"] = created
         manifest["config"] = await self.push_blob(target, manifest["config"]["mediaType"], canonical(config))
         pushed, _ = await self.push_manifest(target, manifest, target.reference)

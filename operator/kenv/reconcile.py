@@ -182,9 +182,12 @@ class Reconciler:
         if isinstance(found, str):
             log.info("%s: a full build: %s", attempt.ref.display, found)
             return attempt
+        planned = replace(attempt, plan=incremental.plan_increment(attempt.plan, found), increment=found)
+        if current.get("phase") == Phase.BUILDING and await self._followed_job(planned):
+            return planned  # its Job decides, even if a full build of this content was pushed since it started
         if await self.registry.digest(attempt.plan.destination, await self._push_credentials(attempt.plan)):
             return attempt  # a full build of this content exists: it is the one to use
-        return replace(attempt, plan=incremental.plan_increment(attempt.plan, found), increment=found)
+        return planned
 
     async def _version(self, attempt: Attempt, number: int) -> versions.Snapshot | None:
         """Version `number` of this environment: from the index, else (it may lag an edit made right after the
@@ -281,7 +284,7 @@ class Reconciler:
         if job is None:
             active = [j for j in await kube.list_jobs(plan.namespace, f"{builds.LABEL_HASH}="
                                                       f"{builds.hash_label(plan.hash)}")
-                      if not jobstate.job_finished(j)]
+                      if builds.builds_plan(j, plan) and not jobstate.job_finished(j)]
             job = active[0] if active else None
         if job is not None:
             return self._building(attempt, job)
@@ -302,8 +305,7 @@ class Reconciler:
         if followed.get("namespace") != attempt.plan.namespace or not followed.get("name"):
             return None
         job = await kube.read_job(attempt.plan.namespace, str(followed["name"]))
-        labels = ((job or {}).get("metadata") or {}).get("labels") or {}
-        return job if labels.get(builds.LABEL_HASH) == builds.hash_label(attempt.plan.hash) else None
+        return job if builds.builds_plan(job, attempt.plan) else None
 
     def _building(self, attempt: Attempt, job: dict[str, Any]) -> Outcome:
         name, plan = job["metadata"]["name"], attempt.plan
@@ -429,7 +431,7 @@ class Reconciler:
         owner = builds.owner_reference(job)
         for kind, name in owned:
             await kube.set_owner(kind, plan.namespace, name, owner)
-        metrics.BUILDS_STARTED.labels(spec.build.builder.value).inc()
+        metrics.BUILDS_STARTED.labels("incremental" if attempt.increment else spec.build.builder.value).inc()
         log.info("started build Job %s/%s for %s", plan.namespace, plan.job_name, ref.display)
         return job, True
 

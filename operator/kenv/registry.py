@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import re
 import ssl
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     ]
 )
+Body = Callable[[], AsyncIterator[bytes]]  # a request body streamed from its start on each call (a file's chunks)
 
 
 class RegistryError(Exception):
@@ -55,6 +58,13 @@ class ImageName:
 class Credentials:
     username: str
     password: str
+
+
+def credentials_key(credentials: Credentials | None) -> str:
+    """Names credentials in a cache without holding their password."""
+    if credentials is None:
+        return ""
+    return hashlib.sha256(f"{credentials.username}\0{credentials.password}".encode()).hexdigest()
 
 
 def credentials_for(registry: str, docker_config: dict[str, Any] | None) -> Credentials | None:
@@ -99,6 +109,9 @@ class RegistryClient:
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.http = httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=True, trust_env=False)
         self.slots: dict[str, asyncio.Semaphore] = {}
+        # The Authorization a registry last accepted, per repository, actions and credentials: sent first, so a
+        # token registry is asked once per token, not once per request, and an upload is not sent twice.
+        self.accepted: dict[tuple[str, str, str, str], str] = {}
 
     def _slot(self, url: str) -> asyncio.Semaphore:
         host = httpx.URL(url).netloc.decode()
@@ -156,21 +169,29 @@ class RegistryClient:
 
     async def authorized(self, method: str, url: str, headers: dict[str, str], name: ImageName,
                          credentials: Credentials | None, actions: str,
-                         content: bytes | None = None) -> httpx.Response:
-        response = await self._request(url, headers, method, content)
+                         content: bytes | Body | None = None) -> httpx.Response:
+        """content: bytes, or a function giving the body's chunks afresh for each send (a file streamed)."""
+        key = (name.registry, name.repository, actions, credentials_key(credentials))
+        known = self.accepted.get(key)
+        response = await self._request(url, {**headers, "Authorization": known} if known else headers, method,
+                                       content)
         if response.status_code == 401:
-            headers = {**headers, "Authorization": await self._authorization(response, name, credentials, actions)}
-            response = await self._request(url, headers, method, content)
+            self.accepted.pop(key, None)
+            authorization = await self._authorization(response, name, credentials, actions)
+            response = await self._request(url, {**headers, "Authorization": authorization}, method, content)
+            if response.status_code not in (401, 403):
+                self.accepted[key] = authorization
         if response.status_code in (401, 403):
             raise RegistryError("RegistryAuthFailed", f"{name.registry} refused the credentials for "
                                 f"{name.repository} (HTTP {response.status_code})")
         return response
 
     async def _request(self, url: str, headers: dict[str, str], method: str = "HEAD",
-                       content: bytes | None = None) -> httpx.Response:
+                       content: bytes | Body | None = None) -> httpx.Response:
         try:
             async with self._slot(url):
-                return await self.http.request(method, url, headers=headers, content=content)
+                return await self.http.request(method, url, headers=headers,
+                                               content=content() if callable(content) else content)
         except httpx.HTTPError as error:
             raise RegistryError("RegistryUnavailable", f"cannot reach {url.split('/v2/')[0]}: "
                                 f"{error.__class__.__name__} {error}".strip()) from error

@@ -108,7 +108,7 @@ def test_an_added_requirement_is_installed_into_the_current_image_as_layers_on_t
 
     assert "exited with code 1" in next(c for c in failed["conditions"] if c["type"] == "Built")["message"]
 
-    # A changed pin is no added line: a full Kaniko build.
+    # A removed line (idna swapped for tomli) is not only added lines: a full Kaniko build.
     generation = edit(kube, namespace, "inc", spec("six==1.16.0", "tomli==2.0.1"))
     wait_for(lambda: get_env(kube, namespace, "inc")["status"].get("observedGeneration") == generation, 60,
              "the operator to see the edit")

@@ -53,6 +53,31 @@ def test_any_other_edit_needs_a_full_build(old, new, why):
     assert isinstance(found, str) and why in found
 
 
+def dockerfile_spec(dockerfile: str, *lines: str) -> EnvironmentSpec:
+    return EnvironmentSpec.model_validate({"build": {"incremental": True},
+                                           "docker": {"dockerfile": dockerfile},
+                                           "pip": {"requirements": "\n".join(lines) + "\n"}})
+
+
+@pytest.mark.parametrize(("dockerfile", "step"), [
+    ("FROM python:3.11-slim\nARG PIP_INDEX_URL=https://mirror.example/simple\n", "ARG PIP_INDEX_URL"),
+    ("FROM python:3.11-slim\nSHELL [\"/bin/bash\", \"-c\"]\n", "SHELL"),
+    ("FROM python:3.11-slim AS base\nARG X\nFROM base\nshell [\"/bin/sh\", \"-ec\"]\n", "SHELL"),
+])
+def test_a_dockerfile_whose_arg_or_shell_a_run_step_sees_needs_a_full_build(dockerfile, step):
+    found = qualifies(dockerfile_spec(dockerfile, "six"), dockerfile_spec(dockerfile, "six", "idna"))
+    assert found == f"the Dockerfile's {step} would change how pip runs, and only a full build runs it"
+
+
+@pytest.mark.parametrize("dockerfile", [
+    "ARG TAG=3.11\nFROM python:${TAG}-slim\n",  # before FROM: the base's name only
+    "FROM python:3.11-slim AS build\nARG TOKEN\nFROM python:3.11-slim\nRUN echo \\\n  ARG is text here\n",
+])
+def test_args_a_run_step_of_the_final_stage_cannot_see_do_not_matter(dockerfile):
+    found = qualifies(dockerfile_spec(dockerfile, "six"), dockerfile_spec(dockerfile, "six", "idna"))
+    assert isinstance(found, incremental.Increment), found
+
+
 def test_a_parent_built_from_other_content_or_elsewhere_needs_a_full_build():
     old, new = spec("six==1.16.0"), spec("six==1.16.0", "idna")
     assert "no longer renders" in qualifies(old, new, parent_hash="0" * 64)  # e.g. a dockerfileFrom ConfigMap moved
@@ -99,6 +124,8 @@ def test_the_job_installs_in_the_parent_image_and_pushes_with_the_operators():
     assert push["securityContext"]["runAsNonRoot"] and push["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["layers"] == {"name": "layers", "emptyDir": {}}
+    assert {"name": "scratch", "mountPath": "/tmp"} in push["volumeMounts"]  # the gzipped layers go there
+    assert {"name": "layers", "mountPath": incremental.OUT_DIR, "readOnly": True} in push["volumeMounts"]
     assert volumes["package-cache"]["hostPath"]["path"] == "/var/cache/kenv"
     assert pod["imagePullSecrets"] == [{"name": body["metadata"]["name"] + "-docker"}]
     assert body["metadata"]["labels"][builds.LABEL_ROLE] == "build"  # counted and watched as every build
@@ -106,6 +133,25 @@ def test_the_job_installs_in_the_parent_image_and_pushes_with_the_operators():
     bare = job(has_docker_config=False, package_cache=False)["spec"]["template"]["spec"]
     assert "imagePullSecrets" not in bare and "package-cache" not in {v["name"] for v in bare["volumes"]}
     assert "--no-cache-dir" in bare["initContainers"][0]["command"]
+
+
+def test_the_operators_pull_secrets_pull_the_push_container():
+    settings = OperatorSettings(destination_repo=REPO, operator_image="private.example/kenv/operator:1",
+                                operator_image_pull_secrets=" pull-a, pull-b ")
+    new = spec("six==1.16.0", "idna")
+    plan = incremental.plan_increment(builds.plan_build(render_context(new), settings),
+                                      incremental.Increment(PARENT, ("idna",)))
+    for has_docker_config, expected in ((True, [plan.docker_config_secret, "pull-a", "pull-b"]),
+                                        (False, ["pull-a", "pull-b"])):
+        body = incremental.increment_job(plan, incremental.Increment(PARENT, ("idna",)), new, settings,
+                                         requested_by="x", context_files=[], has_docker_config=has_docker_config,
+                                         has_ca=False, package_cache=False)
+        assert body["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": name} for name in expected]
+
+
+def test_a_pull_secret_that_is_no_secret_name_stops_the_operator_naming_it():
+    with pytest.raises(ValueError, match="'Pull_A' is not a Secret name"):
+        OperatorSettings(destination_repo=REPO, operator_image_pull_secrets="ok,Pull_A")
 
 
 def test_the_job_needs_the_operators_image():
@@ -124,7 +170,7 @@ def test_the_delta_layer_holds_what_changed_and_a_whiteout_per_removed_tree(tmp_
     (root / "site" / "edited.py").write_text("v1")
     (root / "bin").mkdir()
     (root / "bin" / "gone").write_text("x")
-    before = delta_script.snapshot([str(root)], set())
+    before = delta_script.snapshot([str(root)], [], set())
     (root / "site" / "new").mkdir()
     (root / "site" / "new" / "b.py").write_text("b")
     os.symlink("new/b.py", root / "site" / "link")
@@ -133,7 +179,7 @@ def test_the_delta_layer_holds_what_changed_and_a_whiteout_per_removed_tree(tmp_
         path.unlink()
     (root / "site" / "old" / "sub").rmdir()
     (root / "site" / "old").rmdir()
-    changed, removed = delta_script.changes(before, delta_script.snapshot([str(root)], set()))
+    changed, removed = delta_script.changes(before, delta_script.snapshot([str(root)], [], set()))
     relative = {os.path.relpath(p, root) for p in changed}
     assert {"site/new", "site/new/b.py", "site/link", "site/edited.py"} <= relative
     assert "site/kept.py" not in relative
@@ -149,10 +195,50 @@ def test_the_delta_layer_holds_what_changed_and_a_whiteout_per_removed_tree(tmp_
     assert not any(".wh.sub" in name or name.endswith("kept.py") for name in members)
 
 
-def test_the_roots_walked_are_the_interpreters_install_paths_without_nesting(tmp_path: Path):
-    roots = delta_script.install_roots({LOCK_FILE, LOCK_FALLBACK})
-    assert "/etc/kenv" in roots and "/tmp" in roots
-    assert all(not b.startswith(a.rstrip("/") + "/") for a in roots for b in roots if a != b)
+def test_the_roots_walked_are_the_interpreters_install_paths_and_pips_target_without_nesting(monkeypatch):
+    monkeypatch.setattr(delta_script.sysconfig, "get_paths", lambda: {
+        "stdlib": "/usr/lib/python3.11", "purelib": "/usr/local/lib/python3.11/site-packages",
+        "scripts": "/usr/local/bin", "data": "/usr/local"})
+    monkeypatch.setattr(delta_script.site, "getuserbase", lambda: "/home/user/.local")
+    monkeypatch.setattr(delta_script.site, "getusersitepackages", lambda: "/home/user/.local/lib/site-packages")
+    monkeypatch.setenv("PIP_TARGET", "/opt/packages")
+    monkeypatch.delenv("PIP_PREFIX", raising=False)
+    assert delta_script.install_roots() == ["/home/user/.local", "/opt/packages", "/usr/lib/python3.11",
+                                            "/usr/local"]
+
+
+def test_no_whiteout_under_a_removed_folder_or_a_folder_that_became_a_file(tmp_path: Path):
+    site = tmp_path / "site"
+    (site / "foo").mkdir(parents=True)
+    (site / "foo" / "a.py").write_text("a")
+    (site / "foo-1.0.dist-info").mkdir()  # sorts between "foo" and "foo/": the tree's end must not be lost
+    (site / "foo-1.0.dist-info" / "RECORD").write_text("r")
+    (site / "bar").mkdir()
+    (site / "bar" / "b.py").write_text("b")
+    before = delta_script.snapshot([str(site)], [], set())
+    for tree in ("foo", "foo-1.0.dist-info"):
+        for child in (site / tree).iterdir():
+            child.unlink()
+        (site / tree).rmdir()
+    (site / "bar" / "b.py").unlink()
+    (site / "bar").rmdir()
+    (site / "bar").write_text("now a file")
+    changed, removed = delta_script.changes(before, delta_script.snapshot([str(site)], [], set()))
+    assert [os.path.relpath(p, site) for p in removed] == ["foo", "foo-1.0.dist-info"]
+    assert [os.path.relpath(p, site) for p in changed] == [".", "bar"]  # the folder's own time, and the file
+
+
+def test_files_outside_the_roots_are_recorded_alone_and_other_filesystems_are_not_walked(tmp_path: Path):
+    lock = tmp_path / "etc" / "lock.json"
+    lock.parent.mkdir()
+    lock.write_text("{}")
+    (tmp_path / "etc" / "other").write_text("x")
+    found = delta_script.snapshot([], [str(lock), str(tmp_path / "missing")], set())
+    assert list(found) == [str(lock)]
+    if os.stat("/dev/pts").st_dev == os.stat("/dev").st_dev:
+        pytest.skip("/dev/pts is not a filesystem of its own here")
+    walked = delta_script.snapshot(["/dev"], [], set())
+    assert "/dev/null" in walked and not any(path.startswith("/dev/pts") for path in walked)
 
 
 def test_a_failed_install_container_is_what_the_failure_message_names():

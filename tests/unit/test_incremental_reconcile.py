@@ -1,0 +1,211 @@
+"""The reconciler's incremental path: which Job an Environment follows and which image it ends Ready with. Jobs
+live in an in-memory Job API, versions in test_version_store's EnvironmentVersion API, images in test_oci's
+in-memory registry behind the real registry client. tests/integration/test_incremental.py runs it for real."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from test_oci import HOST, LOCK, REPOSITORY, Registry, client
+from test_version_store import VersionApi
+
+from kenv import builds, kube, versions
+from kenv.config import OperatorSettings
+from kenv.models import EnvironmentSpec
+from kenv.reconcile import REBUILD_ANNOTATION, Reconciler
+from kenv.refs import EnvironmentRef
+from kenv.render import render_context
+
+REPO = f"{HOST}/{REPOSITORY}"
+SETTINGS = OperatorSettings(destination_repo=REPO, insecure_registries=HOST, build_namespace="kenv-system",
+                            operator_image=f"{HOST}/kenv/operator:1")
+LOG = logging.getLogger("test")
+V1 = {"build": {"incremental": True}, "pip": {"requirements": "six==1.16.0\n"}}
+V2 = {"build": {"incremental": True}, "pip": {"requirements": "six==1.16.0\nidna==3.7\n"}}
+
+
+class DigestRegistry(Registry):
+    """test_oci's registry, answering manifest reads with their digest as a registry does."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle(request)
+        kind, _, reference = request.url.path.rpartition("/")
+        if kind.endswith("/manifests") and response.status_code == 200 and reference in self.manifests:
+            _, data = self.manifests[reference]
+            response.headers["Docker-Content-Digest"] = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        return response
+
+    def push(self, tag: str) -> str:
+        """A new image under `tag` (its lock names the tag, so each is another image); its digest."""
+        lock = json.loads(LOCK)
+        lock["packages"].append({"name": tag.lower(), "version": "1", "manager": "pip"})
+        digest = self.image(json.dumps(lock).encode()).rpartition("@")[2]
+        self.manifests[tag] = self.manifests[digest]
+        return digest
+
+
+class JobApi:
+    """Jobs (and the objects created beside them) with their pods' outcome, as the reconciler reads them."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.created: list[dict[str, Any]] = []
+        self.pushed: dict[str, str] = {}  # Job name -> the digest its pod reports
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.jobs.get(name))
+
+    async def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        key, _, value = selector.partition("=")
+        return [copy.deepcopy(j) for j in self.jobs.values() if j["metadata"]["labels"].get(key) == value]
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(obj)
+        if obj["kind"] == "Job":
+            obj = {**obj, "metadata": {**obj["metadata"], "uid": f"uid-{len(self.created)}"}, "status": {}}
+            self.jobs[obj["metadata"]["name"]] = obj
+        return obj
+
+    async def set_owner(self, kind: str, namespace: str, name: str, owner: dict[str, Any]) -> None:
+        return None
+
+    async def job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        terminated = {"exitCode": 0, "message": self.pushed.get(name, "")}
+        return [{"metadata": {"name": f"{name}-pod"}, "status": {"containerStatuses": [
+            {"name": "build", "state": {"terminated": terminated}}]}}]
+
+    async def pod_log_tail(self, namespace: str, pod: str, lines: int, container: str | None = None) -> str:
+        return f"{container or 'build'}: done\n"
+
+    def finish(self, name: str, digest: str) -> None:
+        self.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+        self.pushed[name] = digest
+
+
+@pytest.fixture
+def world(monkeypatch):
+    jobs, version_api = JobApi(), VersionApi()
+    for name in ("read_job", "list_jobs", "create", "set_owner", "job_pods", "pod_log_tail"):
+        monkeypatch.setattr(kube, name, getattr(jobs, name))
+
+    async def custom() -> VersionApi:
+        return version_api
+
+    monkeypatch.setattr(kube, "custom", custom)
+    return jobs, version_api, DigestRegistry(referrers_api=True)
+
+
+class Environment:
+    """One Environment's body, its status kept as kopf would patch it; version 1 Ready with a full build."""
+
+    def __init__(self, name: str, reconciler: Reconciler, registry: DigestRegistry) -> None:
+        self.ref = EnvironmentRef(kind="Environment", namespace="team", name=name)
+        self.reconciler = reconciler
+        self.body: dict[str, Any] = {"metadata": {"uid": f"uid-{name}", "generation": 1, "annotations": {}},
+                                     "spec": copy.deepcopy(V1), "status": {}}
+        full = builds.plan_build(render_context(EnvironmentSpec.model_validate(V1)), SETTINGS)
+        registry.push(full.destination.rpartition(":")[2])
+
+    async def reconcile(self) -> dict[str, Any]:
+        outcome = await self.reconciler.reconcile(self.ref, copy.deepcopy(self.body), LOG)
+        self.body["status"] = {k: v for k, v in {**self.body["status"], **outcome.status}.items() if v is not None}
+        return self.body["status"]
+
+    def edit(self, spec: dict[str, Any]) -> None:
+        self.body["spec"] = copy.deepcopy(spec)
+        self.body["metadata"]["generation"] += 1
+
+
+def job_of(jobs: JobApi, status: dict[str, Any]) -> dict[str, Any]:
+    return jobs.jobs[status["buildJob"]["name"]]
+
+
+def destination(job: dict[str, Any]) -> str:
+    return str(job["metadata"]["annotations"][builds.ANNOTATION_DESTINATION])
+
+
+def run(world, scenario) -> None:
+    jobs, version_api, registry = world
+
+    async def main() -> None:
+        made = client(registry)
+        try:
+            await scenario(jobs, version_api, registry, Reconciler(SETTINGS, made, version_index={}))
+        finally:
+            await made.close()
+    asyncio.run(main())
+
+
+def test_an_incremental_build_ends_in_its_own_image_even_if_a_full_build_is_pushed_meanwhile(world):
+    async def scenario(jobs: JobApi, version_api: VersionApi, registry: DigestRegistry, reconciler: Reconciler):
+        env = Environment("train", reconciler, registry)
+        first = await env.reconcile()
+        assert first["phase"] == "Ready" and first["version"] == 1 and not jobs.jobs  # version 1 was in the registry
+        env.edit(V2)
+        building = await env.reconcile()
+        job = job_of(jobs, building)
+        assert building["phase"] == "Building" and job["metadata"]["annotations"]["kenv.dev/builder"] == "incremental"
+        assert destination(job).endswith("-on-" + first["digest"].removeprefix("sha256:")[:12])
+        full = builds.plan_build(render_context(EnvironmentSpec.model_validate(V2)), SETTINGS)
+        registry.push(full.destination.rpartition(":")[2])  # e.g. `kenv build --push` of the same content
+        assert (await env.reconcile())["buildJob"] == building["buildJob"]
+        digest = registry.push(destination(job).rpartition(":")[2])
+        jobs.finish(job["metadata"]["name"], digest)
+        ready = await env.reconcile()
+        assert ready["phase"] == "Ready" and ready["image"] == f"{REPO}@{digest}" and ready["version"] == 2
+        assert [c["reason"] for c in ready["conditions"] if c["type"] == "Ready"] == ["IncrementalBuild"]
+        recorded = {o["spec"]["version"]: o for o in version_api.objects.values()}
+        assert recorded[2]["spec"]["image"] == f"{REPO}@{digest}"
+        assert len(jobs.jobs) == 1
+    run(world, scenario)
+
+
+def test_an_environment_of_the_same_content_without_incremental_never_follows_the_incremental_job(world):
+    async def scenario(jobs: JobApi, version_api: VersionApi, registry: DigestRegistry, reconciler: Reconciler):
+        incremental_env, plain = Environment("fast", reconciler, registry), Environment("plain", reconciler, registry)
+        for env in (incremental_env, plain):
+            await env.reconcile()
+        incremental_env.edit(V2)
+        increment = job_of(jobs, await incremental_env.reconcile())
+        plain.edit({**V2, "build": {"incremental": False}})
+        full = job_of(jobs, await plain.reconcile())
+        assert full is not increment and "-on-" not in destination(full)
+        assert full["metadata"]["annotations"]["kenv.dev/builder"] == "kaniko"
+        assert full["metadata"]["labels"][builds.LABEL_HASH] == increment["metadata"]["labels"][builds.LABEL_HASH]
+        jobs.finish(increment["metadata"]["name"], registry.push(destination(increment).rpartition(":")[2]))
+        still = await plain.reconcile()  # the increment finishing is none of its business
+        assert still["phase"] == "Building" and still["buildJob"]["name"] == full["metadata"]["name"]
+        jobs.finish(full["metadata"]["name"], registry.push(destination(full).rpartition(":")[2]))
+        ready = await plain.reconcile()
+        assert ready["phase"] == "Ready" and ready["image"].partition("@")[2] == jobs.pushed[full["metadata"]["name"]]
+    run(world, scenario)
+
+
+@pytest.mark.parametrize("change", ["rebuild token", "incremental turned off"])
+def test_a_rebuild_token_or_turning_incremental_off_mid_build_starts_a_full_build(world, change):
+    async def scenario(jobs: JobApi, version_api: VersionApi, registry: DigestRegistry, reconciler: Reconciler):
+        env = Environment("train", reconciler, registry)
+        await env.reconcile()
+        env.edit(V2)
+        increment = job_of(jobs, await env.reconcile())
+        if change == "rebuild token":
+            env.body["metadata"]["annotations"][REBUILD_ANNOTATION] = "now"
+        else:
+            env.edit({**V2, "build": {"incremental": False}})
+        full = job_of(jobs, await env.reconcile())
+        assert full is not increment and "-on-" not in destination(full)
+        jobs.finish(increment["metadata"]["name"], registry.push(destination(increment).rpartition(":")[2]))
+        assert (await env.reconcile())["buildJob"]["name"] == full["metadata"]["name"]
+        digest = registry.push(destination(full).rpartition(":")[2])
+        jobs.finish(full["metadata"]["name"], digest)
+        ready = await env.reconcile()
+        assert ready["phase"] == "Ready" and ready["image"] == f"{REPO}@{digest}"
+        assert ready["version"] == 2 and versions.object_name(env.ref, 2) in {n for _, n in version_api.objects}
+    run(world, scenario)
