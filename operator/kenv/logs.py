@@ -7,6 +7,7 @@ with the EnvironmentVersion it made (spec.buildLog), a failed build's in the Env
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 from typing import Any
@@ -16,6 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kenv import jobstate, kube, versioncli
 from kenv.statusmodels import Phase
 
+FOLLOW_START_SECONDS = 600  # how long `kenv logs -f` waits for a build container to start (its image pulled)
 KANIKO_REUSED = re.compile(r"Using caching version of cmd: (.*?)\"?$")
 KANIKO_BUILT = re.compile(r"No cached layer found for cmd (.*?)\"?$")
 
@@ -97,6 +99,30 @@ async def _show_kept_log(name: str, namespace: str | None, cluster: bool, status
     return 1
 
 
+def container_state(pod: dict[str, Any], container: str | None) -> str:
+    """waiting, running or terminated: the state of the pod's `container` (its only one when None); waiting
+    until the kubelet reports it."""
+    status = pod.get("status") or {}
+    for found in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        if container is None or found.get("name") == container:
+            return next(iter(found.get("state") or {"waiting": {}}))
+    return "waiting"
+
+
+async def _started(core: Any, namespace: str, name: str, container: str | None) -> bool:
+    """Wait while `container` has not started (an init container ahead of it runs, its image is pulled); False
+    when the pod finished without it (the install step failed, so the push never ran)."""
+    deadline = asyncio.get_running_loop().time() + FOLLOW_START_SECONDS
+    while True:
+        pod = kube.plain(await core.read_namespaced_pod(name, namespace))
+        if container_state(pod, container) != "waiting":
+            return True
+        if (pod["status"].get("phase") in ("Succeeded", "Failed") or
+                asyncio.get_running_loop().time() > deadline):
+            return False
+        await asyncio.sleep(1)
+
+
 async def _stream(namespace: str, pod: dict[str, Any], follow: bool) -> int:
     name = pod["metadata"]["name"]
     core = await kube.core()
@@ -105,6 +131,9 @@ async def _stream(namespace: str, pod: dict[str, Any], follow: bool) -> int:
     containers = [c["name"] for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]]
     try:
         for container in containers or [None]:
+            if follow and not await _started(core, namespace, name, container):
+                print(f"kenv: container {container} of {namespace}/{name} never started", file=sys.stderr)
+                continue
             if follow:
                 response: Any = await core.read_namespaced_pod_log(name, namespace, follow=True, container=container,
                                                                    _preload_content=False)

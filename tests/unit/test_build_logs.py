@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from kenv import logs
 from kenv.jobstate import CUT_MARK, kept_log
 from kenv.logs import kept_version_log
 
@@ -41,3 +44,39 @@ def test_versions_with_no_kept_log_say_why():
     log, note = kept_version_log(objects, 2)
     assert log is None and "already in the registry" in note and "c" * 12 in note
     assert kept_version_log(objects, 7) == (None, "there is no version 7 (known: 1, 2)")
+
+
+def pod_with(install: str, push: str, phase: str = "Pending") -> dict:
+    def status(name: str, state: str) -> dict:
+        return {"name": name, "state": {state: {}}}
+    return {"metadata": {"name": "p"}, "status": {"phase": phase, "initContainerStatuses": [status("install", install)],
+                                                  "containerStatuses": [status("build", push)]}}
+
+
+def test_a_containers_state_is_read_by_name_and_unreported_means_waiting():
+    pod = pod_with("terminated", "running")
+    assert (logs.container_state(pod, "install"), logs.container_state(pod, "build")) == ("terminated", "running")
+    assert logs.container_state({"status": {}}, "build") == "waiting"
+    assert logs.container_state({"status": {"containerStatuses": [{"state": {"running": {}}}]}}, None) == "running"
+
+
+class PodReads:
+    """read_namespaced_pod answering the given pods in turn, the last one from then on."""
+
+    def __init__(self, *pods: dict) -> None:
+        self.pods, self.reads = list(pods), 0
+
+    async def read_namespaced_pod(self, name: str, namespace: str) -> dict:
+        self.reads += 1
+        return self.pods[min(self.reads, len(self.pods)) - 1]
+
+
+async def test_following_waits_for_a_container_to_start_and_gives_up_on_one_that_never_will(monkeypatch):
+    monkeypatch.setattr(logs.kube, "plain", lambda obj: obj)
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(logs.asyncio, "sleep", lambda seconds: real_sleep(0))
+    started = PodReads(pod_with("running", "waiting"), pod_with("terminated", "waiting"),
+                       pod_with("terminated", "running"))
+    assert await logs._started(started, "ns", "p", "build") and started.reads == 3
+    failed = PodReads(pod_with("running", "waiting"), pod_with("terminated", "waiting", phase="Failed"))
+    assert not await logs._started(failed, "ns", "p", "build") and failed.reads == 2
