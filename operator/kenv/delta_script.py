@@ -13,6 +13,7 @@ Usage: kenv-delta.py OUT_DIR REQUIREMENTS LOCK_SCRIPT PIP_CACHE_OPTION LOCK_ARG.
 """
 
 import os
+import re
 import shutil
 import site
 import stat
@@ -37,6 +38,18 @@ def install_roots():
         if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
             roots.append(path)
     return roots
+
+
+def mounts_under(roots, allowed, mountinfo):
+    """The mount points (fields of /proc/self/mountinfo) that are, or are under, a root, besides `allowed`: an image
+    VOLUME the runtime mounted there, where pip's files would land outside the image."""
+    points = set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4:  # the fifth field, with space, tab, newline and backslash as octal escapes
+            points.add(re.sub(r"\\([0-7]{3})", lambda found: chr(int(found.group(1), 8)), fields[4]))
+    return sorted(point for point in points - set(allowed)
+                  if any(point == root or point.startswith(root.rstrip("/") + "/") for root in roots))
 
 
 def entry(path):
@@ -114,6 +127,16 @@ def main(argv):
     lock_paths = set(lock_args[:2])
     roots, files = install_roots(), sorted(lock_paths | {IMAGE_REQUIREMENTS})
     skip = {os.path.normpath(out)}
+    try:
+        with open("/proc/self/mountinfo") as info:
+            mounted = mounts_under(roots, skip, info.read())
+    except OSError:
+        mounted = []
+    if mounted:
+        print(f"kenv: {', '.join(mounted)}: mounted where pip installs (an image VOLUME?), so what pip wrote there "
+              "would not be in the image; drop the VOLUME, or set spec.build.incremental to false", file=sys.stderr,
+              flush=True)
+        return 1
     before = snapshot(roots, files, skip)
     print(f"kenv: installing the added requirements into the previous image ({len(before)} paths under "
           f"{', '.join(roots)})", flush=True)
@@ -131,13 +154,16 @@ def main(argv):
     changed, removed = changes(before, after)
     packages = [path for path in changed if path not in lock_paths]
     write_layer(os.path.join(out, "layer.tar"), packages, [path for path in removed if path not in lock_paths])
-    if locked:
-        write_layer(os.path.join(out, "lock.tar"), [path for path in changed if path in lock_paths], [])
-    else:  # as in a full build, no lock fails nothing; but the previous one, now stale, is hidden
+    rewritten = [path for path in changed if path in lock_paths] if locked else []
+    # A previous lock not rewritten (none could be, or the other place was) is stale now: hidden. As in a full
+    # build, a lock that cannot be written fails nothing.
+    stale = sorted(path for path in lock_paths if path in before and path not in rewritten) \
+        if rewritten or not locked else []
+    write_layer(os.path.join(out, "lock.tar"), rewritten, stale)
+    if not locked:
         print("kenv: the package lock could not be written", file=sys.stderr, flush=True)
-        write_layer(os.path.join(out, "lock.tar"), [], sorted(path for path in lock_paths if path in before))
     print(f"kenv: {len(packages)} paths added or changed, {len(removed)} removed; the lock is "
-          f"{'rewritten' if locked else 'hidden'}", flush=True)
+          f"{'rewritten' if rewritten else 'not written'}{'; the stale one hidden' if stale else ''}", flush=True)
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
-from kenv import builds
+from kenv import builds, dockerparse
 from kenv.config import OperatorSettings
 from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
@@ -105,19 +105,11 @@ def final_stage_steps(dockerfile: str) -> list[str]:
     """The final stage's ARG and SHELL instructions other than kenv's own (the CA and cache ARGs the install
     container sets itself): a RUN step sees them, a container running the image does not."""
     found: list[str] = []
-    continued = False
-    for line in dockerfile.splitlines():
-        words = line.split(maxsplit=1) if not continued else []
-        continued = line.rstrip().endswith("\\")
-        if not words or words[0].startswith("#"):
-            continue
-        instruction = words[0].upper()
-        if instruction == "FROM":
-            found = []
-        elif instruction in ("ARG", "SHELL"):
-            name = (words[1] if len(words) > 1 else "").split("=", 1)[0].strip()
-            if instruction == "SHELL" or name not in KENV_ARGS:
-                found.append(f"ARG {name}" if instruction == "ARG" else "SHELL")
+    for instruction, arguments in dockerparse.final_stage(dockerfile):
+        if instruction == "SHELL":
+            found.append("SHELL")
+        elif instruction == "ARG":
+            found += [f"ARG {name}" for name in dockerparse.arg_names(arguments) if name not in KENV_ARGS]
     return found
 
 

@@ -183,8 +183,10 @@ class Reconciler:
             log.info("%s: a full build: %s", attempt.ref.display, found)
             return attempt
         planned = replace(attempt, plan=incremental.plan_increment(attempt.plan, found), increment=found)
-        if current.get("phase") == Phase.BUILDING and await self._followed_job(planned):
-            return planned  # its Job decides, even if a full build of this content was pushed since it started
+        followed = await self._read_followed(attempt) if current.get("phase") == Phase.BUILDING else None
+        for candidate in (planned, attempt):  # the build in flight decides, even if the registry changed since
+            if builds.builds_plan(followed, candidate.plan):
+                return candidate
         if await self.registry.digest(attempt.plan.destination, await self._push_credentials(attempt.plan)):
             return attempt  # a full build of this content exists: it is the one to use
         return planned
@@ -301,11 +303,14 @@ class Reconciler:
     async def _followed_job(self, attempt: Attempt) -> dict[str, Any] | None:
         """The Job status.buildJob names, while it builds this content: a retry's Job name includes the
         references it saw, which may have changed since it started; the build in flight still decides."""
+        job = await self._read_followed(attempt)
+        return job if builds.builds_plan(job, attempt.plan) else None
+
+    async def _read_followed(self, attempt: Attempt) -> dict[str, Any] | None:
         followed = attempt.current.get("buildJob") or {}
         if followed.get("namespace") != attempt.plan.namespace or not followed.get("name"):
             return None
-        job = await kube.read_job(attempt.plan.namespace, str(followed["name"]))
-        return job if builds.builds_plan(job, attempt.plan) else None
+        return await kube.read_job(attempt.plan.namespace, str(followed["name"]))
 
     def _building(self, attempt: Attempt, job: dict[str, Any]) -> Outcome:
         name, plan = job["metadata"]["name"], attempt.plan

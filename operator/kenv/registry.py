@@ -14,10 +14,12 @@ import json
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 
@@ -29,6 +31,10 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     ]
 )
+MAX_REMEMBERED = 512  # Authorizations remembered (RegistryClient.accepted)
+TOKEN_SECONDS = 60  # a token's lifetime when its service does not say (the distribution token spec's default)
+BASIC_SECONDS = 300  # how long Basic credentials are sent unasked
+MAX_REDIRECTS = 5
 Body = Callable[[], AsyncIterator[bytes]]  # a request body streamed from its start on each call (a file's chunks)
 
 
@@ -111,7 +117,7 @@ class RegistryClient:
         self.slots: dict[str, asyncio.Semaphore] = {}
         # The Authorization a registry last accepted, per repository, actions and credentials: sent first, so a
         # token registry is asked once per token, not once per request, and an upload is not sent twice.
-        self.accepted: dict[tuple[str, str, str, str], str] = {}
+        self.accepted: dict[tuple[str, str, str, str], tuple[str, float]] = {}  # key: (header, until)
 
     def _slot(self, url: str) -> asyncio.Semaphore:
         host = httpx.URL(url).netloc.decode()
@@ -172,32 +178,65 @@ class RegistryClient:
                          content: bytes | Body | None = None) -> httpx.Response:
         """content: bytes, or a function giving the body's chunks afresh for each send (a file streamed)."""
         key = (name.registry, name.repository, actions, credentials_key(credentials))
-        known = self.accepted.get(key)
+        # The remembered Authorization goes to the registry's own host only (an upload Location may be another).
+        known = self._remembered(key) if httpx.URL(url).netloc.decode() == name.registry else None
         response = await self._request(url, {**headers, "Authorization": known} if known else headers, method,
                                        content)
-        if response.status_code == 401:
+        if known and response.status_code in (401, 403):  # a token expired or revoked: ask afresh, once
             self.accepted.pop(key, None)
-            authorization = await self._authorization(response, name, credentials, actions)
+            if response.status_code == 403:  # no challenge in it: the registry's 401 has one
+                response = await self._request(url, headers, method, content)
+        if response.status_code == 401:
+            authorization, lifetime = await self._authorization(response, name, credentials, actions)
             response = await self._request(url, {**headers, "Authorization": authorization}, method, content)
             if response.status_code not in (401, 403):
-                self.accepted[key] = authorization
+                self._remember(key, authorization, lifetime)
         if response.status_code in (401, 403):
             raise RegistryError("RegistryAuthFailed", f"{name.registry} refused the credentials for "
                                 f"{name.repository} (HTTP {response.status_code})")
         return response
 
+    def _remembered(self, key: tuple[str, str, str, str]) -> str | None:
+        found = self.accepted.get(key)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
+    def _remember(self, key: tuple[str, str, str, str], authorization: str, lifetime: float) -> None:
+        if len(self.accepted) >= MAX_REMEMBERED:  # many repositories or rotating credentials: start again
+            self.accepted.clear()
+        self.accepted[key] = (authorization, time.monotonic() + lifetime)
+
     async def _request(self, url: str, headers: dict[str, str], method: str = "HEAD",
                        content: bytes | Body | None = None) -> httpx.Response:
         try:
             async with self._slot(url):
-                return await self.http.request(method, url, headers=headers,
-                                               content=content() if callable(content) else content)
-        except httpx.HTTPError as error:
+                if not callable(content):
+                    return await self.http.request(method, url, headers=headers, content=content)
+                return await self._stream(method, url, headers, content)
+        except (httpx.HTTPError, httpx.StreamError) as error:
             raise RegistryError("RegistryUnavailable", f"cannot reach {url.split('/v2/')[0]}: "
                                 f"{error.__class__.__name__} {error}".strip()) from error
 
+    async def _stream(self, method: str, url: str, headers: dict[str, str], content: Body) -> httpx.Response:
+        """Send a streamed body, following redirects by sending it again from its start (httpx cannot: the
+        stream is spent); Authorization goes to the first host only."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self.http.request(method, url, headers=headers, content=content(),
+                                               follow_redirects=False)
+            location = response.headers.get("Location")
+            if response.status_code not in (307, 308) or not location:
+                return response
+            target = urljoin(url, location)
+            if httpx.URL(target).netloc != httpx.URL(url).netloc:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise RegistryError("RegistryUnavailable", f"{url.split('/v2/')[0]} redirected an upload more than "
+                            f"{MAX_REDIRECTS} times")
+
     async def _authorization(self, challenge: httpx.Response, name: ImageName,
-                             credentials: Credentials | None, actions: str = "pull") -> str:
+                             credentials: Credentials | None, actions: str = "pull") -> tuple[str, float]:
+        """The Authorization a 401's challenge asks for, and for how many seconds to send it unasked."""
         scheme, params = parse_challenge(challenge.headers.get("WWW-Authenticate", ""))
         basic = None
         if credentials:
@@ -205,7 +244,7 @@ class RegistryClient:
         if scheme == "basic":
             if not basic:
                 raise RegistryError("RegistryAuthFailed", f"{name.registry} needs credentials and none are set")
-            return f"Basic {basic}"
+            return f"Basic {basic}", BASIC_SECONDS
         query = {"service": params.get("service", ""), "scope": f"repository:{name.repository}:{actions}"}
         try:
             async with self._slot(params["realm"]):
@@ -219,4 +258,5 @@ class RegistryClient:
             raise RegistryError(reason, f"token service of {name.registry} answered "
                                         f"HTTP {token_response.status_code}")
         body = token_response.json()
-        return f"Bearer {body.get('token') or body.get('access_token')}"
+        lifetime = body.get("expires_in") if isinstance(body.get("expires_in"), int | float) else TOKEN_SECONDS
+        return f"Bearer {body.get('token') or body.get('access_token')}", max(0.0, float(lifetime) - 10)

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 import images
+from kenv.config import OperatorSettings
 from kenvfixtures import GROUP_PATH, create_env, get_env, kubectl, session_operator_paused, wait_for, wait_phase
 from release import KenvRelease
 
@@ -252,6 +253,17 @@ def test_default_namespace_selector_excludes_release_namespace(helm, cluster, tm
     for hook in by_kind(objects, "MutatingWebhookConfiguration")[0]["webhooks"]:
         assert hook["namespaceSelector"] == {"matchExpressions": [
             {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kenv-system"]}]}
+
+
+def test_the_operators_pull_secrets_reach_its_deployments_and_the_pods_that_run_its_image(helm, cluster, tmp_path):
+    values = base_values(cluster, imagePullSecrets=[{"name": "pull-a"}, {"name": "pull-b"}])
+    for deployment in by_kind(render(helm, cluster, tmp_path, "kenv-system", values), "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "pull-a"}, {"name": "pull-b"}]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        settings = OperatorSettings(destination_repo="r.local/kenv", operator_image_pull_secrets=env[
+            "KENV_OPERATOR_IMAGE_PULL_SECRETS"])
+        assert settings.operator_image_pull_secret_list == ["pull-a", "pull-b"]  # for incremental build pods
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -25,7 +25,19 @@ from typing import Any
 import pytest
 
 from condachannel import ChannelServer, build, make_tls
-from kenvfixtures import build_pod, create_env, env_versions, run_pod, step_reused, wait_for, wait_phase
+from kenvfixtures import (
+    BUILD_NAMESPACE,
+    build_pod,
+    create_env,
+    edit,
+    env_versions,
+    job_pods,
+    run_pod,
+    step_reused,
+    wait_for,
+    wait_phase,
+    wait_version,
+)
 from nodeconfig import NODE_IP
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -122,6 +134,28 @@ def test_structured_fields_install_pip_packages_into_the_channels_python(kube, n
 
 def fetches(channel: ChannelServer, suffix: str) -> int:
     return sum(1 for r in list(channel.requests) if r.method == "GET" and r.path.endswith(suffix) and r.status == 200)
+
+
+def test_an_added_pip_line_is_installed_incrementally_into_the_conda_environments_python(
+        kube, namespace, base_image, channel, ca_config_map):
+    def spec(*lines: str) -> dict[str, Any]:
+        return {"docker": {"baseImage": base_image}, "build": {"caBundle": ca_config_map, "incremental": True},
+                "conda": {"channels": [channel.url, "nodefaults"], "packages": ["python=3.11"]},
+                "pip": {"requirements": "\n".join(lines) + "\n"}}  # PyPI via the proxy
+    create_env(kube, namespace, "inc-conda", spec("six==1.16.0"))
+    first = wait_version(kube, namespace, "inc-conda", 1, timeout=600)["status"]
+    edit(kube, namespace, "inc-conda", spec("six==1.16.0", "idna==3.7"))
+    second = wait_version(kube, namespace, "inc-conda", 2, timeout=300)["status"]
+    assert next(c for c in second["conditions"] if c["type"] == "Ready")["reason"] == "IncrementalBuild"
+    [install] = job_pods(kube, BUILD_NAMESPACE, second["buildJob"]["name"])[-1]["spec"]["initContainers"]
+    assert install["image"] == first["image"] and install["command"][0] == "/opt/kenv/env/bin/python"
+    log = train(kube, namespace, "inc-conda", "python -c 'import idna, six; print(idna.__file__); print(six.__file__)'")
+    site_packages = "/opt/kenv/env/lib/python3.11/site-packages/"
+    assert all(line.startswith(site_packages) for line in log.strip().splitlines()[-2:]), log
+    version = next(v["spec"] for v in env_versions(kube, namespace, "inc-conda") if v["spec"]["version"] == 2)
+    by_manager = {(p["manager"], p["name"].lower()): p["version"] for p in version["lock"]["packages"]}
+    assert by_manager[("conda", "python")].startswith("3.11.") and by_manager[("pip", "idna")] == "3.7"
+    assert by_manager[("pip", "six")] == "1.16.0"
 
 
 def test_an_unchanged_conda_stage_is_reused_and_a_changed_one_fetches_only_new_packages(kube, namespace, base_image,

@@ -63,6 +63,11 @@ def dockerfile_spec(dockerfile: str, *lines: str) -> EnvironmentSpec:
     ("FROM python:3.11-slim\nARG PIP_INDEX_URL=https://mirror.example/simple\n", "ARG PIP_INDEX_URL"),
     ("FROM python:3.11-slim\nSHELL [\"/bin/bash\", \"-c\"]\n", "SHELL"),
     ("FROM python:3.11-slim AS base\nARG X\nFROM base\nshell [\"/bin/sh\", \"-ec\"]\n", "SHELL"),
+    # a heredoc's line that reads like FROM starts no stage
+    ("FROM python:3.11-slim\nARG PIP_INDEX_URL=https://private/simple\nRUN python3 <<EOF\nfrom pathlib import Path\n"
+     "EOF\n", "ARG PIP_INDEX_URL"),
+    ("FROM python:3.11-slim\nARG PIP_CERT=/etc/ca.crt PIP_EXTRA_INDEX_URL=https://x/simple\n",
+     "ARG PIP_EXTRA_INDEX_URL"),  # every name an ARG declares
 ])
 def test_a_dockerfile_whose_arg_or_shell_a_run_step_sees_needs_a_full_build(dockerfile, step):
     found = qualifies(dockerfile_spec(dockerfile, "six"), dockerfile_spec(dockerfile, "six", "idna"))
@@ -72,6 +77,7 @@ def test_a_dockerfile_whose_arg_or_shell_a_run_step_sees_needs_a_full_build(dock
 @pytest.mark.parametrize("dockerfile", [
     "ARG TAG=3.11\nFROM python:${TAG}-slim\n",  # before FROM: the base's name only
     "FROM python:3.11-slim AS build\nARG TOKEN\nFROM python:3.11-slim\nRUN echo \\\n  ARG is text here\n",
+    "FROM python:3.11-slim\nRUN <<EOF\nARG inside a heredoc\nEOF\n",
 ])
 def test_args_a_run_step_of_the_final_stage_cannot_see_do_not_matter(dockerfile):
     found = qualifies(dockerfile_spec(dockerfile, "six"), dockerfile_spec(dockerfile, "six", "idna"))
@@ -226,6 +232,20 @@ def test_no_whiteout_under_a_removed_folder_or_a_folder_that_became_a_file(tmp_p
     changed, removed = delta_script.changes(before, delta_script.snapshot([str(site)], [], set()))
     assert [os.path.relpath(p, site) for p in removed] == ["foo", "foo-1.0.dist-info"]
     assert [os.path.relpath(p, site) for p in changed] == [".", "bar"]  # the folder's own time, and the file
+
+
+def test_a_mount_where_pip_installs_is_found_and_kenvs_own_are_not():
+    mountinfo = "\n".join([
+        "22 1 0:21 / / rw,relatime - overlay overlay rw",
+        "30 22 0:30 / /kenv/out rw - tmpfs tmpfs rw",
+        "31 22 8:1 /volumes/x /usr/local/lib/python3.11/site-packages/my\\040data rw - ext4 /dev/sda1 rw",
+        "32 22 8:1 /home /home/user/.local rw - ext4 /dev/sda1 rw",
+        "33 22 0:31 / /usr/local2 rw - tmpfs tmpfs rw",
+    ])
+    roots = ["/home/user/.local", "/usr/local"]
+    assert delta_script.mounts_under(roots, {"/kenv/out"}, mountinfo) == [
+        "/home/user/.local", "/usr/local/lib/python3.11/site-packages/my data"]
+    assert delta_script.mounts_under(["/usr/lib/python3"], {"/kenv/out"}, mountinfo) == []
 
 
 def test_files_outside_the_roots_are_recorded_alone_and_other_filesystems_are_not_walked(tmp_path: Path):

@@ -209,3 +209,19 @@ def test_a_rebuild_token_or_turning_incremental_off_mid_build_starts_a_full_buil
         assert ready["phase"] == "Ready" and ready["image"] == f"{REPO}@{digest}"
         assert ready["version"] == 2 and versions.object_name(env.ref, 2) in {n for _, n in version_api.objects}
     run(world, scenario)
+
+
+def test_turning_incremental_on_mid_build_keeps_the_full_build_in_flight(world):
+    async def scenario(jobs: JobApi, version_api: VersionApi, registry: DigestRegistry, reconciler: Reconciler):
+        env = Environment("train", reconciler, registry)
+        await env.reconcile()
+        env.edit({**V2, "build": {"incremental": False}})
+        full = job_of(jobs, await env.reconcile())
+        env.edit(V2)
+        assert (await env.reconcile())["buildJob"]["name"] == full["metadata"]["name"] and len(jobs.jobs) == 1
+        digest = registry.push(destination(full).rpartition(":")[2])
+        jobs.finish(full["metadata"]["name"], digest)
+        ready = await env.reconcile()
+        assert ready["phase"] == "Ready" and ready["image"] == f"{REPO}@{digest}"
+        assert [c["reason"] for c in ready["conditions"] if c["type"] == "Ready"] == ["BuildSucceeded"]
+    run(world, scenario)

@@ -116,46 +116,72 @@ def test_a_layer_that_is_a_link_a_fifo_or_no_tar_is_refused_and_nothing_is_pushe
 
 
 class TokenRegistry(Registry):
-    """Answers 401 with a Bearer challenge to requests without a live token of those its realm hands out;
-    `expire_at_upload`: the token in use expires as the first blob upload arrives."""
+    """Answers 401 with a Bearer challenge to requests without a live token of those its realm hands out (or
+    `refusal` to a token it no longer takes); `expire_at_upload`: the token in use expires as the first blob upload
+    arrives; `storage`: blob uploads are redirected (307) to that host, which takes no Authorization."""
 
-    def __init__(self, expire_at_upload: bool = False) -> None:
+    def __init__(self, expire_at_upload: bool = False, refusal: int = 401, storage: str | None = None) -> None:
         super().__init__(referrers_api=False)
         self.tokens_issued: list[str] = []
         self.expired: set[str] = set()
-        self.expire_at_upload = expire_at_upload
-        self.uploads = 0
+        self.expire_at_upload, self.refusal, self.storage = expire_at_upload, refusal, storage
+        self.uploads_sent = 0  # PUTs of a blob's bytes, accepted or not
+        self.storage_authorizations: list[str | None] = []
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/token":
             self.tokens_issued.append(request.url.params["scope"])
-            return httpx.Response(200, json={"token": f"t-{len(self.tokens_issued)}"})
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return httpx.Response(200, json={"token": f"t-{len(self.tokens_issued)}", "expires_in": 300})
         uploading = request.method == "PUT" and "/blobs/uploads/" in request.url.path
+        self.uploads_sent += uploading
+        if self.storage and request.url.host == self.storage.split(":")[0]:
+            self.storage_authorizations.append(request.headers.get("Authorization"))
+            return super().handle(request)
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if uploading and self.expire_at_upload:
             self.expire_at_upload = False
             self.expired.add(token)
-        if not token.startswith("t-") or token in self.expired:
-            challenge = f'Bearer realm="http://{HOST}/token",service="{HOST}"'
-            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
-        self.uploads += uploading
+        if token in self.expired:
+            return httpx.Response(self.refusal, headers={"WWW-Authenticate": self.challenge()}
+                                  if self.refusal == 401 else {})
+        if not token.startswith("t-"):
+            return httpx.Response(401, headers={"WWW-Authenticate": self.challenge()})
+        if uploading and self.storage:
+            return httpx.Response(307, headers={"Location": f"http://{self.storage}{request.url.raw_path.decode()}"})
         return super().handle(request)
+
+    @staticmethod
+    def challenge() -> str:
+        return f'Bearer realm="http://{HOST}/token",service="{HOST}"'
+
+
+SCOPE = f"repository:{REPOSITORY}:"
 
 
 def test_a_token_registry_is_asked_once_per_scope_and_gets_each_upload_once(tmp_path):
     registry = TokenRegistry()
     append(registry, image(registry), layer_files(tmp_path), tmp_path)
-    scope = f"repository:{REPOSITORY}:"
-    assert registry.tokens_issued == [scope + "pull", scope + "pull,push"]
-    assert registry.uploads == 3  # two layers and the config, each sent once
+    assert registry.tokens_issued == [SCOPE + "pull", SCOPE + "pull,push"]
+    assert registry.uploads_sent == 3  # two layers and the config, each sent once
 
 
-def test_a_token_expiring_mid_upload_is_replaced_and_the_file_streamed_again_from_its_start(tmp_path):
-    registry = TokenRegistry(expire_at_upload=True)
+@pytest.mark.parametrize("refusal", [401, 403])
+def test_a_token_refused_mid_upload_is_replaced_and_the_file_streamed_again_from_its_start(tmp_path, refusal):
+    registry = TokenRegistry(expire_at_upload=True, refusal=refusal)
     append(registry, image(registry), layer_files(tmp_path), tmp_path)
-    scope = f"repository:{REPOSITORY}:"
-    assert registry.tokens_issued == [scope + "pull", scope + "pull,push", scope + "pull,push"]
+    assert registry.tokens_issued == [SCOPE + "pull", SCOPE + "pull,push", SCOPE + "pull,push"]
     manifest = json.loads(registry.manifests["kenv-x-on-y"][1])
     for descriptor in manifest["layers"]:  # the in-memory registry checks each upload against its digest
         assert sha(registry.blobs[descriptor["digest"]]) == descriptor["digest"]
-    assert registry.uploads == 3
+    # the refused send, its resend; with a 403, one without a token to learn the challenge; then the other two
+    assert registry.uploads_sent == (4 if refusal == 401 else 5)
+
+
+def test_an_upload_redirected_to_storage_is_sent_there_whole_without_the_registrys_token(tmp_path):
+    registry = TokenRegistry(storage="storage.test:9000")
+    paths = layer_files(tmp_path)
+    append(registry, image(registry), paths, tmp_path)
+    manifest = json.loads(registry.manifests["kenv-x-on-y"][1])
+    for descriptor, path in zip(manifest["layers"][-2:], paths, strict=True):
+        assert gzip.decompress(registry.blobs[descriptor["digest"]]) == Path(path).read_bytes()
+    assert registry.storage_authorizations == [None, None, None]
