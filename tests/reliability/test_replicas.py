@@ -45,6 +45,12 @@ def gate():
     held.close()
 
 
+# How long a new Environment may wait for its first reconcile. These tests follow a rollout or a takeover, probably
+# slow because the new leader first resumes every Environment the earlier tests left: in two full `make test` runs on
+# 2026-11-29 that took over 60 s (no status at all yet), while the same tests alone were Building in seconds.
+START_TIMEOUT = 180
+
+
 def check(result, fault: str) -> None:
     print(f"\nFAULT {fault}: {result.summary()}")
     assert not result.failures, result.failures[:5]
@@ -100,7 +106,7 @@ def test_killing_the_leader_mid_build_hands_over_without_a_duplicate_build(kube,
                                                                           base_image, gate, operator):
     token = f"leader-{namespace}"
     create_env(kube, namespace, "mid", gate.spec(base_image, token))
-    wait_phase(kube, namespace, "mid", {"Building"}, timeout=60)
+    wait_phase(kube, namespace, "mid", {"Building"}, timeout=START_TIMEOUT)
     wait_for(lambda: gate.waiting(token), 120, "the build pod to reach the gated step")
     jobs = BuildJobs(kube, BUILD_NAMESPACE)
     with Load(kube, namespace, steady, RATE) as load:
@@ -126,7 +132,7 @@ def test_a_paused_leader_that_wakes_after_a_takeover_steps_down_without_duplicat
     and no content may get a second Job."""
     token = f"split-{namespace}"
     create_env(kube, namespace, "held", gate.spec(base_image, token))
-    wait_phase(kube, namespace, "held", {"Building"}, timeout=60)
+    wait_phase(kube, namespace, "held", {"Building"}, timeout=START_TIMEOUT)
     wait_for(lambda: gate.waiting(token), 120, "the build pod to reach the gated step")
     leader = operator.pod()
     restarts = operator.restart_count(leader)
