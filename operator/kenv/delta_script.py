@@ -26,6 +26,11 @@ WHITEOUT = ".wh."
 IMAGE_REQUIREMENTS = "/tmp/kenv/requirements.txt"  # where the Dockerfile copies them
 
 
+def within(path, root):
+    """Whether `path` is `root` or under it."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def install_roots():
     """The folders pip writes to: the interpreter's install paths, the user site and pip's target, prefix or root
     if the environment sets them; a folder inside another is walked with it."""
@@ -35,7 +40,7 @@ def install_roots():
     paths.update(os.environ.get(name, "") for name in ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT"))
     roots: list[str] = []  # not evaluated at run time: fine on python 3.8
     for path in sorted(os.path.normpath(p) for p in paths if p):
-        if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
+        if not any(within(path, root) for root in roots):
             roots.append(path)
     return roots
 
@@ -48,8 +53,7 @@ def mounts_under(roots, allowed, mountinfo):
         fields = line.split()
         if len(fields) > 4:  # the fifth field, with space, tab, newline and backslash as octal escapes
             points.add(re.sub(r"\\([0-7]{3})", lambda found: chr(int(found.group(1), 8)), fields[4]))
-    return sorted(point for point in points - set(allowed)
-                  if any(point == root or point.startswith(root.rstrip("/") + "/") for root in roots))
+    return sorted(point for point in points - set(allowed) if any(within(point, root) for root in roots))
 
 
 def entry(path):

@@ -20,6 +20,8 @@ from kenv.config import OperatorSettings
 from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
     CA_FILE,
+    CA_VARIABLES,
+    CACHE_ARGS,
     CACHE_MOUNT,
     LOCK_SCRIPT,
     BuildContext,
@@ -31,8 +33,7 @@ from kenv.render import (
 REQUIREMENTS = "requirements.txt"
 # ARGs kenv's Dockerfile declares, which the install container sets the same way (CA, pip's system packages) or
 # needs not (the package caches' options, given to kenv-delta.py).
-KENV_ARGS = frozenset({"PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CONDA_SSL_VERIFY",
-                       "PIP_BREAK_SYSTEM_PACKAGES", "KENV_PIP_CACHE", "KENV_UV_CACHE", "KENV_CONDA_CACHE"})
+KENV_ARGS = frozenset({*CA_VARIABLES, *CACHE_ARGS, "PIP_BREAK_SYSTEM_PACKAGES"})
 DELTA_SCRIPT = "kenv-delta.py"  # kenv/delta_script.py, added to the Job's context
 OUT_DIR = "/kenv/out"
 LAYERS = ("layer.tar", "lock.tar")  # the packages' changes, then the lock alone: the image's last layer

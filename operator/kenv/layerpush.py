@@ -43,20 +43,31 @@ def open_layer(path: str) -> BinaryIO:
     return source
 
 
+class HashingWriter:
+    """A file written through, hashing what is written: the gzip's digest without reading the file again."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self.target, self.digest = target, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
 def gzip_layer(path: str, scratch: Path) -> LayerFile:
     """The layer gzipped into `scratch`, with the digests of both forms."""
     target = scratch / f"{Path(path).name}.gz"
     uncompressed = hashlib.sha256()
-    with open_layer(path) as source, target.open("wb") as raw, \
-            gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped:
-        while chunk := source.read(CHUNK):
-            uncompressed.update(chunk)
-            zipped.write(chunk)
-    compressed = hashlib.sha256()
-    with target.open("rb") as written:
-        while chunk := written.read(CHUNK):
-            compressed.update(chunk)
-    return LayerFile(path=target, digest=f"sha256:{compressed.hexdigest()}", size=target.stat().st_size,
+    with open_layer(path) as source, target.open("wb") as raw:
+        compressed = HashingWriter(raw)
+        with gzip.GzipFile(filename="", fileobj=compressed, mode="wb", compresslevel=6, mtime=0) as zipped:
+            while chunk := source.read(CHUNK):
+                uncompressed.update(chunk)
+                zipped.write(chunk)
+    return LayerFile(path=target, digest=f"sha256:{compressed.digest.hexdigest()}", size=target.stat().st_size,
                      diff_id=f"sha256:{uncompressed.hexdigest()}")
 
 

@@ -32,6 +32,7 @@ from typing import Any, Literal, TextIO
 from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
     CA_FILE,
+    CA_VARIABLES,
     INSTALLER_SCRIPT,
     BuildContext,
     Externals,
@@ -45,8 +46,6 @@ LOCAL_RECIPE_VERSION = "1"
 META_DIR = ".kenv"
 STATE_FILE = "state.json"
 ACTIVATE_FILE = "activate.sh"
-# Exactly the ARGs of templates/Dockerfile.j2: pip, requests, OpenSSL users and conda trust the CA bundle.
-CA_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CONDA_SSL_VERIFY")
 PIP_INSTALL = ("-m", "pip", "install", "--disable-pip-version-check", "-r")
 MICROMAMBA_HELP = (
     "install micromamba (https://mamba.readthedocs.io/en/latest/installation/micromamba-installation.html, "

@@ -60,6 +60,8 @@ CONDA_PREFIX = "/opt/kenv/env"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 TAG_PREFIX = "kenv-"
 CA_FILE = "kenv-ca.crt"
+# Exactly the ARGs of templates/Dockerfile.j2: pip, requests, OpenSSL users and conda trust the CA bundle.
+CA_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CONDA_SSL_VERIFY")
 # Conda's own resolution falls back to its default channels; ours is conda-forge, added last unless the file
 # names it already or opts out with conda's `nodefaults` pseudo-channel (dropped from the rendered file).
 IMPLICIT_CHANNEL = "conda-forge"
