@@ -211,13 +211,14 @@ class Node:
         return [line.split()[0] for line in result.stdout.splitlines()[1:] if "RUNNING" in line]
 
     def drain(self, api, timeout: float = 60) -> None:
-        """Delete every pod and let the kubelet stop its containers (and CNI release their addresses)."""
+        """Delete every pod and let the kubelet stop its containers (and CNI release their addresses). One
+        collection DELETE per namespace: a load test leaves thousands of (gated) pods, one DELETE each took
+        minutes."""
         with contextlib.suppress(OSError, urllib.error.URLError):
-            for pod in api.request("GET", "/api/v1/pods")["items"]:
-                meta = pod["metadata"]
+            for namespace in sorted(n["metadata"]["name"] for n in api.request("GET", "/api/v1/namespaces")["items"]):
                 with contextlib.suppress(urllib.error.HTTPError):
-                    api.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                                {"gracePeriodSeconds": 0})
+                    api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods", {"gracePeriodSeconds": 0},
+                                timeout=120)
         deadline = time.monotonic() + timeout
         while self.running_tasks() and time.monotonic() < deadline:
             time.sleep(0.3)

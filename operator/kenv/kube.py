@@ -219,6 +219,24 @@ async def json_patch_pod(namespace: str, name: str, patch: list[dict[str, Any]])
     await (await core()).patch_namespaced_pod(name, namespace, patch)
 
 
+async def patch_status(ref: EnvironmentRef, status: Mapping[str, Any]) -> bool:
+    """Merge `status` into an Environment's or ClusterEnvironment's status (None removes a field); False when the
+    object is gone."""
+    api, body, merge = await custom(), {"status": dict(status)}, "application/merge-patch+json"
+    try:
+        if ref.namespace is None:
+            await api.patch_cluster_custom_object_status(  # type: ignore[call-arg]
+                GROUP, VERSION, ref.plural, ref.name, body, _content_type=merge)
+        else:
+            await api.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+                GROUP, VERSION, ref.namespace, ref.plural, ref.name, body, _content_type=merge)
+    except ApiException as error:
+        if not_found(error):
+            return False
+        raise
+    return True
+
+
 async def read_environment(name: str, namespace: str | None, cluster: bool) -> dict[str, Any]:
     """An Environment (in `namespace`, else the kubeconfig's) or, with `cluster`, a ClusterEnvironment."""
     await api_client()

@@ -52,40 +52,36 @@ async def index_probe(**_: Any) -> str:
 
 # --- Environments and ClusterEnvironments: build the image, record the digest -------------------------------
 
-async def environment_resumed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-    await runtime.reconcile("Environment", body, patch, logger, resumed=True)
+async def environment_resumed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("Environment", body, logger, resumed=True)
 
 
-async def environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-    await runtime.reconcile("Environment", body, patch, logger)
+async def environment_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("Environment", body, logger)
 
 
-async def environment_poll(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-    await runtime.reconcile("Environment", body, patch, logger)
+async def environment_poll(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("Environment", body, logger)
 
 
-async def cluster_environment_resumed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                                      **_: Any) -> None:
-    await runtime.reconcile("ClusterEnvironment", body, patch, logger, resumed=True)
+async def cluster_environment_resumed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("ClusterEnvironment", body, logger, resumed=True)
 
 
-async def cluster_environment_changed(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                                      **_: Any) -> None:
-    await runtime.reconcile("ClusterEnvironment", body, patch, logger)
+async def cluster_environment_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("ClusterEnvironment", body, logger)
 
 
-async def cluster_environment_poll(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                                   **_: Any) -> None:
-    await runtime.reconcile("ClusterEnvironment", body, patch, logger)
+async def cluster_environment_poll(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.reconcile("ClusterEnvironment", body, logger)
 
 
-async def environment_references(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-    await runtime.check_references("Environment", body, patch, logger)
+async def environment_references(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.check_references("Environment", body, logger)
 
 
-async def cluster_environment_references(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                                         **_: Any) -> None:
-    await runtime.check_references("ClusterEnvironment", body, patch, logger)
+async def cluster_environment_references(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await runtime.check_references("ClusterEnvironment", body, logger)
 
 
 async def environment_base_image(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:

@@ -270,7 +270,7 @@ class Reconciler:
                 return await self._finished(attempt, own, push_credentials)
             return self._building(attempt, own)
         if not attempt.forced:
-            digest = await self.registry.digest(plan.destination, push_credentials)
+            digest = await self.registry.digest(plan.destination, push_credentials, keep=True)
             if digest:
                 metrics.CACHE_HITS.inc()
                 self.queued.discard(attempt.ref.display)
@@ -334,7 +334,7 @@ class Reconciler:
             log_text = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"], jobstate.BUILD_LOG_LINES)
         if jobstate.job_succeeded(job):
             reported = jobstate.digest_from_pods(pods)
-            digest = await self.registry.digest(plan.destination, push_credentials)
+            digest = await self.registry.digest(plan.destination, push_credentials, keep=True)
             if digest is None:
                 message = f"build Job {name} succeeded but {plan.destination} is not in the registry"
                 return Outcome(status.failed(current, "ImageMissing", message, generation, plan.hash),

@@ -7,7 +7,6 @@ tell "not there" (None) apart from "could not ask" (RegistryError with a reason 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -15,6 +14,7 @@ import os
 import re
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
+
+from kenv.slots import OldestFirst
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -31,6 +33,8 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     ]
 )
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MAX_MANIFESTS_KEPT = 256  # a few KB each
 MAX_REMEMBERED = 512  # Authorizations remembered (RegistryClient.accepted)
 TOKEN_SECONDS = 60  # a token's lifetime when its service does not say (the distribution token spec's default)
 BASIC_SECONDS = 300  # how long Basic credentials are sent unasked
@@ -103,8 +107,9 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 # Requests in flight at once to one registry. httpx's pool scans every waiting request whenever a connection
 # changes state, so a thousand reconciles queueing there at once (a burst of new Environments) cost more CPU in
-# the scan than in the requests; waiting here costs nothing (bench/reconcile.py). Per registry, so a slow one
-# (a base image's, watched for moves) never holds up lookups in another.
+# the scan than in the requests; waiting here costs nothing (bench/reconcile.py), and the oldest reconcile goes
+# first (slots.py). Per registry, so a slow one (a base image's, watched for moves) never holds up lookups in
+# another.
 MAX_REQUESTS_PER_REGISTRY = 16
 
 
@@ -114,14 +119,17 @@ class RegistryClient:
         self.insecure = set(insecure_registries or [])
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.http = httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=True, trust_env=False)
-        self.slots: dict[str, asyncio.Semaphore] = {}
+        self.slots: dict[str, OldestFirst] = {}
+        # Manifests looked up with keep=True, by (registry, repository, digest): content-addressed, so never
+        # stale; a version tag made right after the lookup (the common new version) PUTs it without a GET.
+        self.manifests: OrderedDict[tuple[str, str, str], tuple[str, bytes]] = OrderedDict()
         # The Authorization a registry last accepted, per repository, actions and credentials: sent first, so a
         # token registry is asked once per token, not once per request, and an upload is not sent twice.
         self.accepted: dict[tuple[str, str, str, str], tuple[str, float]] = {}  # key: (header, until)
 
-    def _slot(self, url: str) -> asyncio.Semaphore:
+    def _slot(self, url: str) -> OldestFirst:
         host = httpx.URL(url).netloc.decode()
-        return self.slots.setdefault(host, asyncio.Semaphore(MAX_REQUESTS_PER_REGISTRY))
+        return self.slots.setdefault(host, OldestFirst(MAX_REQUESTS_PER_REGISTRY))
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -130,32 +138,50 @@ class RegistryClient:
         scheme = "http" if registry in self.insecure else "https"
         return f"{scheme}://{registry}"
 
-    async def digest(self, image: str, credentials: Credentials | None = None) -> str | None:
-        """The manifest digest of `image`, None if the registry says it does not exist."""
+    async def digest(self, image: str, credentials: Credentials | None = None, keep: bool = False) -> str | None:
+        """The manifest digest of `image`, None if the registry says it does not exist. keep: GET the manifest
+        and remember it for a tag() of it (one request instead of two); otherwise a HEAD, which registries such
+        as Docker Hub do not count as a pull."""
         name = ImageName.parse(image)
         url = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests/{name.reference}"
-        response = await self.authorized("HEAD", url, {"Accept": MANIFEST_TYPES}, name, credentials, "pull")
+        response = await self.authorized("GET" if keep else "HEAD", url, {"Accept": MANIFEST_TYPES}, name,
+                                         credentials, "pull")
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise RegistryError("RegistryUnavailable", f"{name.registry} answered HTTP {response.status_code}")
         digest = response.headers.get("Docker-Content-Digest")
+        if keep and response.content:
+            computed = "sha256:" + hashlib.sha256(response.content).hexdigest()
+            if digest in (None, computed):  # kept only as the very bytes the digest names
+                digest = computed
+                self._keep((name.registry, name.repository, digest),
+                           response.headers.get("Content-Type", OCI_MANIFEST), response.content)
         if not digest:
             raise RegistryError("RegistryUnavailable", f"{name.registry} gave no Docker-Content-Digest header")
         return digest
+
+    def _keep(self, key: tuple[str, str, str], media_type: str, manifest: bytes) -> None:
+        self.manifests[key] = (media_type, manifest)
+        self.manifests.move_to_end(key)
+        while len(self.manifests) > MAX_MANIFESTS_KEPT:
+            self.manifests.popitem(last=False)
 
     async def tag(self, image: str, tag: str, credentials: Credentials | None = None) -> None:
         """Give the manifest `repo@sha256:...` the tag `tag` in the same repository (GET it, PUT it back)."""
         name = ImageName.parse(image)
         base = f"{self.base_url(name.registry)}/v2/{name.repository}/manifests"
-        got = await self.authorized("GET", f"{base}/{name.reference}", {"Accept": MANIFEST_TYPES}, name,
-                                    credentials, "pull")
-        if got.status_code != 200:
-            raise RegistryError("RegistryUnavailable", f"{name.registry} answered HTTP {got.status_code} for "
-                                f"{name.repository}@{name.reference}")
-        media_type = got.headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        kept = self.manifests.get((name.registry, name.repository, name.reference))
+        if kept is None:
+            got = await self.authorized("GET", f"{base}/{name.reference}", {"Accept": MANIFEST_TYPES}, name,
+                                        credentials, "pull")
+            if got.status_code != 200:
+                raise RegistryError("RegistryUnavailable", f"{name.registry} answered HTTP {got.status_code} "
+                                    f"for {name.repository}@{name.reference}")
+            kept = got.headers.get("Content-Type", OCI_MANIFEST), got.content
+        media_type, manifest = kept
         put = await self.authorized("PUT", f"{base}/{tag}", {"Content-Type": media_type}, name, credentials,
-                                    "pull,push", content=got.content)
+                                    "pull,push", content=manifest)
         if put.status_code not in (200, 201):
             raise RegistryError("RegistryUnavailable", f"{name.registry} refused tag {tag} of {name.repository} "
                                 f"(HTTP {put.status_code})")

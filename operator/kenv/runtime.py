@@ -13,7 +13,7 @@ import kopf
 from kopf._cogs.structs.diffs import diff as kopf_diff  # not exported; what kopf decides changes with
 from pydantic import ValidationError
 
-from kenv import admission, buildwatch, catalog, gatewatch, gating, kube, metrics, references, tracking
+from kenv import admission, buildwatch, catalog, gatewatch, gating, kube, metrics, references, slots, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
 from kenv.indexfill import IndexFill, NotFull
@@ -22,7 +22,7 @@ from kenv.reconcile import Outcome, Reconciler, rebuild_token
 from kenv.refs import EnvironmentRef
 from kenv.registry import RegistryClient
 from kenv.roles import Role
-from kenv.status import rebuild_pending
+from kenv.status import changed_fields, rebuild_pending
 from kenv.statusmodels import Phase
 from kenv.webhookserver import AdmissionServer
 
@@ -157,28 +157,32 @@ def unsettled(body: kopf.Body, **_: Any) -> bool:
     return status.get("phase") != Phase.READY or status.get("observedGeneration") != body.metadata.get("generation")
 
 
-async def reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                    resumed: bool = False) -> None:
+async def reconcile(kind: str, body: kopf.Body, logger: logging.Logger, resumed: bool = False) -> None:
     ref = environment_ref(kind, body)
     if resumed:
         gating.check_after_restart(ref)
     started, generation = time.monotonic(), body.metadata.get("generation")
-    outcome = await reconciler().reconcile(ref, dict(body), logger)
+    with slots.reconcile_began(started):
+        outcome = await reconciler().reconcile(ref, dict(body), logger)
     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
     if body.metadata.get("generation") != generation:
         # kopf updated this live body while we awaited: a newer spec's reconcile writes the status; this older
         # answer must not land after it (a timer's patch is applied even once its object moved on).
         logger.debug("generation %s superseded by %s; outcome dropped", generation, body.metadata.get("generation"))
         return
-    apply(body, patch, outcome)
+    # The status is written here, before kopf records the change as handled: were kopf to write both, it would
+    # patch its annotation first, and in between the object would look handled but not yet Ready, so kopf would
+    # start the poll timer, add its finalizer for it and remove it again: three more writes per new Environment.
+    changes = changed_fields(dict(body.get("status") or {}), outcome.status)
+    if changes and not await kube.patch_status(ref, changes):
+        return  # deleted meanwhile
+    post_events(body, outcome)
     merged = {**dict(body.get("status") or {}), **outcome.status}
     await gating.follow_up(ref, merged, get_settings(), body.metadata.get("generation"),
                            rebuild_token(body.metadata))
 
 
-def apply(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
-    for key, value in outcome.status.items():
-        patch.status[key] = value
+def post_events(body: kopf.Body, outcome: Outcome) -> None:
     for type_, reason, message in outcome.events:
         kopf.event(body, type=type_, reason=reason, message=kube.event_message(message))
 
@@ -187,7 +191,7 @@ def names_references(body: kopf.Body, **_: Any) -> bool:
     return references.names_references(dict(body))
 
 
-async def check_references(kind: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger) -> None:
+async def check_references(kind: str, body: kopf.Body, logger: logging.Logger) -> None:
     """Reconcile when a ConfigMap or Secret the spec names changed since the last reconcile recorded it."""
     ref = environment_ref(kind, body)
     try:
@@ -197,7 +201,7 @@ async def check_references(kind: str, body: kopf.Body, patch: kopf.Patch, logger
     seen = await references.fingerprint(spec, ref.references_namespace(get_settings().build_namespace))
     if seen != (body.get("status") or {}).get("referencesFingerprint"):
         logger.info("a ConfigMap or Secret %s names changed: reconciling", ref.display)
-        await reconcile(kind, body, patch, logger)
+        await reconcile(kind, body, logger)
 
 
 def tracks_base_image(body: kopf.Body, **_: Any) -> bool:

@@ -84,6 +84,13 @@ def failed(status: dict[str, Any], reason: str, message: str, generation: int | 
     return patch
 
 
+def changed_fields(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The part of a merge patch of `status` that changes it: the top-level fields whose value differs (None
+    removes a field, so it changes only one that is set). Equal fields would merge into the same status: a resumed
+    Environment that is Ready, as every one is after an operator restart, costs no request."""
+    return {key: value for key, value in patch.items() if status.get(key) != value}
+
+
 def rebuild_pending(status: dict[str, Any], rebuild_token: str | None) -> bool:
     """Whether the kenv.dev/rebuild annotation asks for a build the status has not acted upon yet."""
     return bool(rebuild_token) and rebuild_token != status.get("rebuildToken")

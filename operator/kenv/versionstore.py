@@ -1,8 +1,10 @@
 """EnvironmentVersion objects and the registry tags that keep their images: record, migrate, prune.
 
-Order matters for a crash at any point: the registry tag first (idempotent), then the object (a deterministic
-name; AlreadyExists is read back), then the caller patches the status. A version object left without a status
-pointing to it (a crash before the status patch) is adopted by the next reconcile if it holds the same image
+Order matters for a crash at any point: the object first (a deterministic name, so its create is what claims the
+number; AlreadyExists is read back), then its registry tag (idempotent), then the caller patches the status. A
+tag therefore only ever moves onto a number this environment holds, even when the index the numbers come from
+lags the API. A version object left without a status pointing to it (a crash or a registry error before the
+status patch, its tag perhaps not yet made) is adopted and tagged by the next reconcile if it holds the same image
 and runtime definition, so a restart neither loses nor duplicates a version.
 """
 
@@ -61,7 +63,7 @@ class VersionStore:
         self.registry = registry
         # kopf's EnvironmentVersion index (main.environment_versions), when the operator runs: recording a version
         # reads it instead of listing the namespace's versions, a LIST per new version that grows with the
-        # namespace. It may lag the API by a watch event: the number's object is read before its tag moves.
+        # namespace. It may lag the API by a watch event: the create of the number's object is the claim.
         self.index = index
         # kopf may run an Environment's change handler and its timer at once: one recording at a time per
         # environment, so the second sees the first's object and adopts it instead of racing for the number.
@@ -91,46 +93,28 @@ class VersionStore:
                 existing = await self.snapshots(new.ref, new.uid, listed=not from_index)
                 if from_index and current and current not in {s.number for s in existing}:
                     # The index has not seen the current version yet (made moments ago, or by a migration).
-                    existing, from_index = await self.snapshots(new.ref, new.uid, listed=True), False
+                    existing = await self.snapshots(new.ref, new.uid, listed=True)
                 orphan = next((s for s in reversed(existing) if current is None or s.number > current), None)
                 if orphan and orphan.image == new.image and orphan.runtime_hash == new.runtime_hash:
+                    await self._tag(orphan, credentials)  # made just before a crash: perhaps not tagged yet
                     return orphan
                 previous = next((s for s in existing if s.number == current), existing[-1] if existing else None)
                 number = versions.next_number([s.number for s in existing] + [current]
                                               + [h.get("version") for h in status.get("history") or []])
                 changes = versions.describe_changes(previous, new.definition or {}, new.image, new.reason)
+                if contents is None:  # once, whatever number the version ends up with
+                    contents = await self.contents(new, credentials)
+                body = version_body(new, number, changes, version_tag_of(new, number), self.namespace(new.ref),
+                                    contents)
                 try:
-                    made = await self._claimed(new, number) if from_index else None
-                    if made is not None:
-                        return made  # a version the index had not caught up with yet: this one
-                    if contents is None:  # once, whatever number the version ends up with
-                        contents = await self.contents(new, credentials)
-                    snapshot = await self._create(new, number, changes, credentials, contents=contents)
+                    snapshot = Snapshot.from_object(await create_unique(body, new.uid))
                 except VersionTaken:
-                    continue  # another process made this number meanwhile: count again
+                    continue  # the number is taken (made meanwhile, or the index lagged): count again from a list
+                await self._tag(snapshot, credentials)
                 keep = {current} if current else set()
                 await self.prune(new.ref, [*existing, snapshot], snapshot.number, credentials, keep)
                 return snapshot
             raise RuntimeError(f"could not record a new version of {new.ref.display}: its numbers kept being taken")
-
-    async def _claimed(self, new: NewVersion, number: int) -> Snapshot | None:
-        """Read the object a number from the index names before that number moves a registry tag: the index may
-        lag the API by a watch event, and a tag moved onto another image would leave that version's image
-        unprotected. This environment's version with the same image and runtime: returned (a reconcile the index
-        has not caught up with made it). With other contents: VersionTaken. None when the number is free, or its
-        name is another environment's (create_unique then takes the suffixed name, checked here too)."""
-        api, name = await kube.custom(), versions.object_name(new.ref, number)
-        for candidate in (name, suffixed(name, new.uid)):
-            try:
-                found = await api.get_namespaced_custom_object(GROUP, VERSION, self.namespace(new.ref), PLURAL,
-                                                               candidate)
-            except ApiException as error:
-                if kube.not_found(error):
-                    return None
-                raise
-            if is_this_version(found, new.uid, new.image, new.runtime_hash):
-                return Snapshot.from_object(found)
-        return None
 
     async def migrate(self, ref: EnvironmentRef, uid: str, status: dict[str, Any], definition: dict[str, Any],
                       runtime: str, content_hash: str, credentials: Credentials | None) -> dict[str, Any]:
@@ -152,7 +136,7 @@ class VersionStore:
             migrated = NewVersion(ref=ref, uid=uid, definition=definition if is_current else None,
                                   image=entry["image"], content_hash=entry.get("hash", ""),
                                   runtime_hash=runtime if is_current else None, reason="Migrated", generation=None)
-            await self._create(migrated, number, ["migrated from status.history"], credentials, tag_required=False)
+            await self._migrated(migrated, number, ["migrated from status.history"], credentials)
         patch: dict[str, Any] = {"history": None}
         if matches and current:
             patch["runtimeHash"] = runtime
@@ -162,18 +146,22 @@ class VersionStore:
         """spec.lock and spec.sbom of a new version whose image's recipe writes a lock."""
         return await imagecontents.describe(self.registry, new.image, credentials) if new.locked else {}
 
-    async def _create(self, new: NewVersion, number: int, changes: list[str], credentials: Credentials | None,
-                      tag_required: bool = True, contents: dict[str, Any] | None = None) -> Snapshot:
-        repository = new.image.split("@", 1)[0]
-        tag: str | None = f"{repository}:{versions.version_tag(new.ref, number)}"
+    async def _tag(self, snapshot: Snapshot, credentials: Credentials | None) -> None:
+        """Point the version's registry tag at its image (idempotent)."""
+        if snapshot.tag:
+            await self.registry.tag(snapshot.image, snapshot.tag.rsplit(":", 1)[1], credentials)
+
+    async def _migrated(self, new: NewVersion, number: int, changes: list[str],
+                        credentials: Credentials | None) -> Snapshot:
+        """A version from a previous release's status.history: its numbers were listed, not taken from the index,
+        so the tag may go first; an image the registry no longer has (or refuses to tag) is recorded untagged."""
+        tag: str | None = version_tag_of(new, number)
         try:
             await self.registry.tag(new.image, str(tag).rsplit(":", 1)[1], credentials)
         except RegistryError as error:
-            if tag_required:
-                raise
             log.warning("version %d of %s recorded without a registry tag: %s", number, new.ref.display, error)
             tag = None
-        body = version_body(new, number, changes, tag, self.namespace(new.ref), contents)
+        body = version_body(new, number, changes, tag, self.namespace(new.ref))
         return Snapshot.from_object(await create_unique(body, new.uid))
 
     async def prune(self, ref: EnvironmentRef, snapshots: list[Snapshot], current: int,
@@ -224,6 +212,11 @@ def version_body(new: NewVersion, number: int, changes: list[str], tag: str | No
         room = min(MAX_LOCK_BYTES, MAX_OBJECT_BYTES - rest)
         spec |= contents | ({"lock": lock.fit(contents["lock"], room)} if "lock" in contents else {})
     return body
+
+
+def version_tag_of(new: NewVersion, number: int) -> str:
+    """The registry tag that keeps a version's image: `repository:<version tag>` beside the image."""
+    return f"{new.image.split('@', 1)[0]}:{versions.version_tag(new.ref, number)}"
 
 
 def suffixed(name: str, uid: str) -> str:

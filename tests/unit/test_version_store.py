@@ -13,6 +13,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kenv import kube, versionstore
 from kenv.config import OperatorSettings
 from kenv.refs import EnvironmentRef
+from kenv.registry import RegistryError
 from kenv.versions import Snapshot
 from kenv.versionstore import NewVersion, VersionStore
 
@@ -55,12 +56,19 @@ class VersionApi:
 
 
 class Registry:
-    """Tags and the images they point to."""
+    """Tags and the images they point to; `down` refuses every tag, as a registry that is unreachable."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: VersionApi | None = None) -> None:
         self.tags: dict[str, str] = {}
+        self.down = False
+        self.api = api
+        self.objects_when_tagged: list[set[str]] = []
 
     async def tag(self, image: str, tag: str, credentials: Any) -> None:
+        if self.down:
+            raise RegistryError("RegistryUnavailable", "connection refused")
+        if self.api is not None:
+            self.objects_when_tagged.append({name for _, name in self.api.objects})
         self.tags[tag] = image
 
 
@@ -94,7 +102,8 @@ async def test_numbers_come_from_the_index_without_listing_the_namespace(api: Ve
     store = VersionStore(SETTINGS, Registry(), index)  # type: ignore[arg-type]
     made = await store.record(new_version(IMAGE_B), {"version": 1}, None)
     assert made.number == 2 and made.image == IMAGE_B
-    assert api.calls["list"] == 0 and api.calls["create"] == 1 and api.calls["get"] == 1  # the number is free
+    # the number is free: its create is the claim, with no read before it
+    assert api.calls["list"] == 0 and api.calls["create"] == 1 and api.calls["get"] == 0
 
 
 async def test_a_lagging_index_costs_one_list_and_never_a_reused_number(api: VersionApi) -> None:
@@ -140,3 +149,23 @@ async def test_without_an_index_the_namespace_is_listed(api: VersionApi) -> None
     store = VersionStore(SETTINGS, Registry())  # type: ignore[arg-type]
     made = await store.record(new_version(IMAGE_B), {"version": 1}, None)
     assert made.number == 2 and api.calls["list"] == 1
+
+
+async def test_a_version_object_is_made_before_its_tag_moves(api: VersionApi) -> None:
+    registry = Registry(api)
+    store = VersionStore(SETTINGS, registry, {})  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_A), {}, None)
+    assert registry.objects_when_tagged == [{made.name}] and registry.tags == {"team.train-v1": IMAGE_A}
+
+
+async def test_a_version_whose_tag_failed_is_adopted_and_tagged_by_the_next_record(api: VersionApi) -> None:
+    registry = Registry(api)
+    registry.down = True
+    store = VersionStore(SETTINGS, registry, {})  # type: ignore[arg-type]
+    with pytest.raises(RegistryError):
+        await store.record(new_version(IMAGE_A), {}, None)
+    assert registry.tags == {} and len(api.objects) == 1  # the object holds the number; the status does not say it
+    registry.down = False
+    index = {("Environment", "team", "train"): [Snapshot.from_object(o) for o in api.objects.values()]}
+    again = await VersionStore(SETTINGS, registry, index).record(new_version(IMAGE_A), {}, None)  # type: ignore[arg-type]
+    assert again.number == 1 and len(api.objects) == 1 and registry.tags == {"team.train-v1": IMAGE_A}
