@@ -173,8 +173,10 @@ async def reconcile(kind: str, body: kopf.Body, logger: logging.Logger, resumed:
     # The status is written here, before kopf records the change as handled: were kopf to write both, it would
     # patch its annotation first, and in between the object would look handled but not yet Ready, so kopf would
     # start the poll timer, add its finalizer for it and remove it again: three more writes per new Environment.
-    changes = changed_fields(dict(body.get("status") or {}), outcome.status)
-    if changes and not await kube.patch_status(ref, changes):
+    # The whole outcome, not just what differs from this body: the body may predate another handler's write (a
+    # timer's failedGeneration) that this outcome removes. A status it would leave as it is costs no request.
+    if changed_fields(dict(body.get("status") or {}), outcome.status) and \
+            not await kube.patch_status(ref, outcome.status):
         return  # deleted meanwhile
     post_events(body, outcome)
     merged = {**dict(body.get("status") or {}), **outcome.status}
@@ -215,7 +217,8 @@ async def check_base_image(kind: str, body: kopf.Body, patch: kopf.Patch, logger
 async def registry_probe() -> str:
     """Readiness: the destination registry answers the distribution API (a 404 for a probe tag is fine)."""
     config = get_settings()
-    await reconciler().registry.digest(f"{config.destination_repo}:kenv-probe")
+    with slots.reconcile_began(float("-inf")):  # ahead of any burst of reconciles: a late answer fails liveness
+        await reconciler().registry.digest(f"{config.destination_repo}:kenv-probe")
     return "ok"
 
 

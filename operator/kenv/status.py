@@ -86,8 +86,8 @@ def failed(status: dict[str, Any], reason: str, message: str, generation: int | 
 
 def changed_fields(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """The part of a merge patch of `status` that changes it: the top-level fields whose value differs (None
-    removes a field, so it changes only one that is set). Equal fields would merge into the same status: a resumed
-    Environment that is Ready, as every one is after an operator restart, costs no request."""
+    removes a field, so it changes only one that is set). None of them: the patch would merge into the same
+    status, so a resumed Environment that is Ready, as every one is after an operator restart, costs no request."""
     return {key: value for key, value in patch.items() if status.get(key) != value}
 
 

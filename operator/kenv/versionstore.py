@@ -3,9 +3,9 @@
 Order matters for a crash at any point: the object first (a deterministic name, so its create is what claims the
 number; AlreadyExists is read back), then its registry tag (idempotent), then the caller patches the status. A
 tag therefore only ever moves onto a number this environment holds, even when the index the numbers come from
-lags the API. A version object left without a status pointing to it (a crash or a registry error before the
-status patch, its tag perhaps not yet made) is adopted and tagged by the next reconcile if it holds the same image
-and runtime definition, so a restart neither loses nor duplicates a version.
+lags the API; an object whose tag the registry refused is deleted again. A version object left without a status
+pointing to it (a crash before the status patch, its tag perhaps not yet made) is adopted and tagged by the next
+reconcile if it holds the same image and runtime definition, so a restart neither loses nor duplicates a version.
 """
 
 from __future__ import annotations
@@ -110,7 +110,13 @@ class VersionStore:
                     snapshot = Snapshot.from_object(await create_unique(body, new.uid))
                 except VersionTaken:
                     continue  # the number is taken (made meanwhile, or the index lagged): count again from a list
-                await self._tag(snapshot, credentials)
+                try:
+                    await self._tag(snapshot, credentials)
+                except RegistryError:
+                    # Not left behind: the spec may change before the next try, and an object nobody adopts would
+                    # be a version whose image no tag keeps. A crash right here leaves it; the next record adopts it.
+                    await self._delete(new.ref, snapshot)
+                    raise
                 keep = {current} if current else set()
                 await self.prune(new.ref, [*existing, snapshot], snapshot.number, credentials, keep)
                 return snapshot
@@ -172,17 +178,20 @@ class VersionStore:
         if not versions.prunable(numbers, current, self.settings.history_limit, kept):
             return  # within the limit: no need to ask which versions pods use (a LIST of pods per new version)
         doomed = versions.prunable(numbers, current, self.settings.history_limit, await self.used(ref) | kept)
-        api = await kube.custom()
         for snapshot in (s for s in snapshots if s.number in doomed):
             if snapshot.tag and not await self.registry.untag(snapshot.tag, credentials):
                 log.warning("registry cannot delete tags; %s stays (its image is kept from garbage collection)",
                             snapshot.tag)
-            try:
-                await api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace(ref), PLURAL, snapshot.name)
-            except ApiException as error:
-                if not kube.not_found(error):
-                    raise
+            await self._delete(ref, snapshot)
             log.info("pruned version %d of %s", snapshot.number, ref.display)
+
+    async def _delete(self, ref: EnvironmentRef, snapshot: Snapshot) -> None:
+        api = await kube.custom()
+        try:
+            await api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace(ref), PLURAL, snapshot.name)
+        except ApiException as error:
+            if not kube.not_found(error):
+                raise
 
     async def used(self, ref: EnvironmentRef) -> set[int]:
         """Versions that live pods run; a ClusterEnvironment's pods may be in any watched namespace."""

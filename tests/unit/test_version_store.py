@@ -47,6 +47,12 @@ class VersionApi:
         self.objects[key] = copy.deepcopy(body)
         return copy.deepcopy(body)
 
+    async def delete_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                              name: str) -> None:
+        self.calls["delete"] += 1
+        if self.objects.pop((namespace, name), None) is None:
+            raise ApiException(status=404, reason="NotFound")
+
     async def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
                                            name: str) -> dict[str, Any]:
         self.calls["get"] += 1
@@ -88,11 +94,12 @@ def new_version(image: str, runtime: str = "r1") -> NewVersion:
                       content_hash="h", runtime_hash=runtime, reason="ImageFound", generation=1)
 
 
-def existing(api: VersionApi, number: int, image: str, runtime: str = "r1", uid: str = UID) -> Snapshot:
+def existing(api: VersionApi, number: int, image: str, runtime: str = "r1", uid: str = UID,
+             tag: str | None = None) -> Snapshot:
     """A version object in the API, as an earlier reconcile made it; returns its snapshot (what the index holds)."""
     body = versionstore.version_body(NewVersion(ref=REF, uid=uid, definition=None, image=image, content_hash="h",
                                                 runtime_hash=runtime, reason="ImageFound", generation=1),
-                                     number, [], None, "team")
+                                     number, [], tag, "team")
     api.objects[("team", body["metadata"]["name"])] = body
     return Snapshot.from_object(body)
 
@@ -158,14 +165,22 @@ async def test_a_version_object_is_made_before_its_tag_moves(api: VersionApi) ->
     assert registry.objects_when_tagged == [{made.name}] and registry.tags == {"team.train-v1": IMAGE_A}
 
 
-async def test_a_version_whose_tag_failed_is_adopted_and_tagged_by_the_next_record(api: VersionApi) -> None:
+async def test_a_version_whose_tag_the_registry_refused_is_not_left_behind(api: VersionApi) -> None:
     registry = Registry(api)
     registry.down = True
     store = VersionStore(SETTINGS, registry, {})  # type: ignore[arg-type]
     with pytest.raises(RegistryError):
         await store.record(new_version(IMAGE_A), {}, None)
-    assert registry.tags == {} and len(api.objects) == 1  # the object holds the number; the status does not say it
+    assert registry.tags == {} and api.objects == {}  # no version whose image no tag keeps
     registry.down = False
-    index = {("Environment", "team", "train"): [Snapshot.from_object(o) for o in api.objects.values()]}
-    again = await VersionStore(SETTINGS, registry, index).record(new_version(IMAGE_A), {}, None)  # type: ignore[arg-type]
-    assert again.number == 1 and len(api.objects) == 1 and registry.tags == {"team.train-v1": IMAGE_A}
+    again = await store.record(new_version(IMAGE_A), {}, None)
+    assert again.number == 1 and registry.tags == {"team.train-v1": IMAGE_A}
+
+
+async def test_a_version_a_crash_left_untagged_is_adopted_and_tagged(api: VersionApi) -> None:
+    first = existing(api, 1, IMAGE_A)
+    orphan = existing(api, 2, IMAGE_B, tag="registry.local:5000/kenv/envs:team.train-v2")  # created, then a crash
+    registry = Registry(api)
+    store = VersionStore(SETTINGS, registry, {("Environment", "team", "train"): [first, orphan]})  # type: ignore[arg-type]
+    made = await store.record(new_version(IMAGE_B), {"version": 1}, None)
+    assert made.number == 2 and api.calls["create"] == 0 and registry.tags == {"team.train-v2": IMAGE_B}
