@@ -226,7 +226,7 @@ class KenvRelease:
                        "the Deployment to replace the operator pod")
             return
         before = self.restart_count(pod)
-        node.kill_container(pod["metadata"]["uid"], _operator_container(pod)["containerID"])
+        self._kill_operator_container(pod)
         wait_until(lambda: self.restart_count(pod) > before, 60, "the kubelet to restart the operator container")
 
     def crash_leader(self) -> str:
@@ -234,9 +234,32 @@ class KenvRelease:
         (the Lease is not released) and its pod deleted without grace, so a standby must wait the lease out.
         Returns the old holder's identity."""
         pod, old = self.pod(), self.lease_holder()
-        self.cluster.node.kill_container(pod["metadata"]["uid"], _operator_container(pod)["containerID"])
+        self._kill_operator_container(pod)
         self._delete_now(pod)
         return old
+
+    def _kill_operator_container(self, pod: dict) -> None:
+        """SIGKILL the operator container of `pod`; when it has no process, say what its kubelet reports of
+        it (its state, its last end and the end of its previous log): a leader's container that is not running
+        ended on its own, which is a finding in itself."""
+        try:
+            self.cluster.node.kill_container(pod["metadata"]["uid"], _operator_container(pod)["containerID"])
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; {self.container_report(pod)}") from error
+
+    def container_report(self, pod: dict) -> str:
+        """The operator container of `pod` as its kubelet reports it now, with the end of its previous log."""
+        name = pod["metadata"]["name"]
+        now = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/pods/{name}")
+        status = _operator_container(now)
+        report = (f"pod {name}: restarts {status.get('restartCount', 0)}, state {status.get('state')}, "
+                  f"last state {status.get('lastState')}")
+        if status.get("restartCount"):
+            with contextlib.suppress(urllib.error.HTTPError):
+                previous = self.api.text(f"/api/v1/namespaces/{self.namespace}/pods/{name}/log"
+                                         f"?container=operator&previous=true&tailLines=20")
+                report += "\nthe end of its previous log:\n" + previous
+        return report
 
     def _delete_now(self, pod: dict) -> None:
         self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}",

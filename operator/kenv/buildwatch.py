@@ -20,7 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kenv import kube
 from kenv.builds import LABEL_ROLE
 from kenv.jobstate import job_finished
-from kenv.models import GROUP, VERSION
+from kenv.models import GROUP
 from kenv.refs import EnvironmentRef
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,8 @@ def waiting_on(job: str, environments: Mapping[Any, Any], cluster_environments: 
 
 async def nudge(ref: EnvironmentRef, value: str) -> None:
     """Set the annotation; a failure only costs the wait for the next poll."""
-    api = await kube.custom()
-    body = {"metadata": {"annotations": {ANNOTATION: value}}}
-    merge = "application/merge-patch+json"  # the client's default for a dict is a JSON Patch, which wants a list
     try:
-        if ref.namespace is None:
-            await api.patch_cluster_custom_object(  # type: ignore[call-arg]
-                GROUP, VERSION, "clusterenvironments", ref.name, body, _content_type=merge)
-        else:
-            await api.patch_namespaced_custom_object(  # type: ignore[call-arg]
-                GROUP, VERSION, ref.namespace, "environments", ref.name, body, _content_type=merge)
+        await kube.merge_patch(ref, {"metadata": {"annotations": {ANNOTATION: value}}})
     except ApiException as error:
         if not kube.not_found(error):  # deleted meanwhile: nothing to tell
             log.warning("could not tell %s its build finished (%s): its next poll will", ref.display, error.reason)

@@ -12,7 +12,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kenv import kube
 from kenv.config import OperatorSettings
-from kenv.injection import AWAITING_RUNTIME, InjectionRefused, build_ungate_patch, pod_is_awaiting_image
+from kenv.injection import AWAITING_LABEL, AWAITING_RUNTIME, InjectionRefused, build_ungate_patch, pod_is_awaiting_image
 from kenv.refs import EnvironmentRef
 from kenv.status import BUILT, condition, is_current
 from kenv.statusmodels import Phase
@@ -61,7 +61,9 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
     _unchecked.discard(key_of(ref))
     if phase == Phase.READY:
         _awaiting.discard(key_of(ref))  # re-added by the webhook if it gates another pod meanwhile
-    pods = [p for p in await kube.environment_pods(ref, settings.namespace_list) if pod_is_awaiting_image(p)]
+    # Only the gated ones: an Environment may have thousands of running pods.
+    pods = [p for p in await kube.environment_pods(ref, settings.namespace_list, f"{AWAITING_LABEL}=true")
+            if pod_is_awaiting_image(p)]
     for pod in pods:
         await settle(ref, pod, status)
 

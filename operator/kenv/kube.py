@@ -167,8 +167,8 @@ async def set_owner(kind: str, namespace: str, name: str, owner: dict[str, Any])
 
 
 async def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
-    jobs = await (await batch()).list_namespaced_job(namespace, label_selector=selector)
-    return [plain(j) for j in jobs.items]
+    return list((await list_plain((await batch()).list_namespaced_job, namespace, label_selector=selector))
+                .get("items") or [])
 
 
 async def read_job(namespace: str, name: str) -> dict[str, Any] | None:
@@ -181,8 +181,7 @@ async def read_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 async def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
-    pods = await (await core()).list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
-    return [plain(p) for p in pods.items]
+    return await list_pods(namespace, f"job-name={job_name}")
 
 
 async def pod_log_tail(namespace: str, pod: str, lines: int = 20, container: str | None = None) -> str | None:
@@ -199,18 +198,35 @@ async def pod_log_tail(namespace: str, pod: str, lines: int = 20, container: str
         return None
 
 
+async def list_plain(list_call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A LIST call's answer as the API's JSON. Not the client's model objects: building them costs far more CPU
+    than the JSON, all of it on the event loop (a new leader's list of a few thousand pods blocked the loop past
+    its Lease's renew deadline)."""
+    response = await list_call(*args, _preload_content=False, **kwargs)
+    try:
+        body = await response.read()
+    finally:
+        response.release()
+    if not 200 <= response.status <= 299:
+        error = ApiException(status=response.status, reason=response.reason)
+        error.body = body.decode(errors="replace")
+        raise error
+    return dict(json.loads(body))
+
+
 async def list_pods(namespace: str | None, selector: str) -> list[dict[str, Any]]:
     api = await core()
     if namespace:
-        pods = await api.list_namespaced_pod(namespace, label_selector=selector)
+        listing = await list_plain(api.list_namespaced_pod, namespace, label_selector=selector)
     else:
-        pods = await api.list_pod_for_all_namespaces(label_selector=selector)
-    return [plain(p) for p in pods.items]
+        listing = await list_plain(api.list_pod_for_all_namespaces, label_selector=selector)
+    return list(listing.get("items") or [])
 
 
-async def environment_pods(ref: EnvironmentRef, watched: list[str]) -> list[dict[str, Any]]:
-    """Every pod labelled for this environment, wherever the operator may list them (see ref.pod_namespaces)."""
-    selector = f"{ref.pod_label}={ref.name}"
+async def environment_pods(ref: EnvironmentRef, watched: list[str], selector: str = "") -> list[dict[str, Any]]:
+    """Every pod labelled for this environment (and matching `selector`, a label selector), wherever the operator
+    may list them (see ref.pod_namespaces)."""
+    selector = ",".join(filter(None, (f"{ref.pod_label}={ref.name}", selector)))
     return [p for namespace in ref.pod_namespaces(watched) for p in await list_pods(namespace, selector)]
 
 
@@ -219,17 +235,21 @@ async def json_patch_pod(namespace: str, name: str, patch: list[dict[str, Any]])
     await (await core()).patch_namespaced_pod(name, namespace, patch)
 
 
+async def merge_patch(ref: EnvironmentRef, body: Mapping[str, Any], status: bool = False) -> None:
+    """A JSON merge patch of an Environment or a ClusterEnvironment (with `status`, of its status subresource).
+    The client's default for a dict is a JSON Patch, which wants a list."""
+    api, merge = await custom(), "application/merge-patch+json"
+    scope, where = ("cluster", [ref.plural, ref.name]) if ref.namespace is None \
+        else ("namespaced", [ref.namespace, ref.plural, ref.name])
+    patch = getattr(api, f"patch_{scope}_custom_object{'_status' if status else ''}")
+    await patch(GROUP, VERSION, *where, body, _content_type=merge)
+
+
 async def patch_status(ref: EnvironmentRef, status: Mapping[str, Any]) -> bool:
     """Merge `status` into an Environment's or ClusterEnvironment's status (None removes a field); False when the
     object is gone."""
-    api, body, merge = await custom(), {"status": dict(status)}, "application/merge-patch+json"
     try:
-        if ref.namespace is None:
-            await api.patch_cluster_custom_object_status(  # type: ignore[call-arg]
-                GROUP, VERSION, ref.plural, ref.name, body, _content_type=merge)
-        else:
-            await api.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
-                GROUP, VERSION, ref.namespace, ref.plural, ref.name, body, _content_type=merge)
+        await merge_patch(ref, {"status": dict(status)}, status=True)
     except ApiException as error:
         if not_found(error):
             return False
@@ -266,10 +286,10 @@ async def list_and_watch(list_call: Callable[..., Awaitable[Any]], args: tuple[A
     resourceVersion expired) lists again at once; any other failure is retried after `retry_seconds`."""
     while True:
         try:
-            listing = await list_call(*args, label_selector=selector)
-            await on_list([plain(item) for item in listing.items])
+            listing = await list_plain(list_call, *args, label_selector=selector)
+            await on_list(list(listing.get("items") or []))
             async with watch.Watch().stream(list_call, *args, label_selector=selector,
-                                            resource_version=listing.metadata.resource_version,
+                                            resource_version=listing["metadata"]["resourceVersion"],
                                             timeout_seconds=WATCH_SECONDS,
                                             _request_timeout=WATCH_SECONDS + 30) as stream:
                 async for event in stream:

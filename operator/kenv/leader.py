@@ -8,6 +8,7 @@ client-go's algorithm, in kenv's words:
 - The leader renews every `retry` seconds. If no renewal has succeeded for `renew_deadline` (shorter than the
   lease duration, so a candidate cannot yet have taken over), or the Lease names someone else, leadership is
   lost and the process exits: it cannot know what its handlers were doing, and a restart makes it a candidate.
+  Unlike client-go, a process that stalled past the deadline (its event loop blocked) renews once more first.
 A paused leader (SIGSTOP, a long GC, a partition) may act for a moment after it wakes, until its next renewal
 fails: the deterministic build Job names make what it does then idempotent (tests/reliability/test_replicas.py).
 """
@@ -169,11 +170,23 @@ class Election:
 
     async def keep(self) -> str:
         """Renew until leadership is lost; returns why. Every attempt is bounded by the time left before the
-        deadline, so a hung request (a half-open connection) cannot keep a lost leader acting."""
+        deadline, so a hung request (a half-open connection) cannot keep a lost leader acting.
+
+        A deadline noticed late (by a retry period or more: sleeps and attempts end by it, so only a stalled
+        process notices late) gets one more attempt before the Lease is given up: the process could not act
+        during its stall, and the write names the resourceVersion read, so it succeeds only if no candidate took
+        the Lease meanwhile. Exiting instead restarts the container, whose new process is as slow to start."""
         while True:
             await asyncio.sleep(max(0.0, min(self.timing.retry, self._left())))
             if self._left() <= 0:
-                return f"no renewal succeeded for {self.timing.renew_deadline:.0f} s"
+                lost = f"no renewal succeeded for {self.timing.renew_deadline:.0f} s"
+                if -self._left() < self.timing.retry:
+                    return lost
+                log.warning("this process stalled: Lease %s/%s's renew deadline passed %.1f s before it could "
+                            "look; renewing once", self.namespace, self.name, -self._left())
+                if why := await self._lost_after_stall():
+                    return f"{lost}, the process having stalled past it: {why}"
+                continue
             try:
                 # asyncio.timeout, not wait_for: no task of its own that kopf's shutdown could cancel as hung
                 async with asyncio.timeout(self._left()):
@@ -185,6 +198,15 @@ class Election:
             except Exception as error:  # noqa: BLE001 - a failed renewal (409 included) is retried until the deadline
                 log.warning("could not renew Lease %s/%s: %s", self.namespace, self.name,
                             error or type(error).__name__)
+
+    async def _lost_after_stall(self) -> str:
+        """One attempt, a retry period at most: "" when it renewed, else why not."""
+        try:
+            async with asyncio.timeout(self.timing.retry):
+                held = await self.try_once()
+        except Exception as error:  # noqa: BLE001 - the caller gives the Lease up
+            return f"the renewal failed ({error or type(error).__name__})"
+        return "" if held else f"the Lease is held by {self.holder or 'another candidate'}"
 
     async def release(self) -> None:
         """Leave the Lease free if this process still holds it (a clean shutdown hands over at once)."""

@@ -20,6 +20,7 @@ ADMISSION_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
 )
 RECONCILE_SECONDS = Histogram("kenv_reconcile_seconds", "Time spent in one reconcile")
+LOOP_STALLS = Counter("kenv_event_loop_stalls_total", "Times one callback held the event loop for over 2 s")
 LEADER = Gauge("kenv_leader", "1 while this process reconciles (holds the reconciler Lease, or runs without election)")
 
 

@@ -93,10 +93,11 @@ async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
 
 async def run(role: Role, operator: Any, liveness: str | None) -> None:
     """Run kopf's `operator(stop_flag=…)` coroutine factory for `role`; a reconciler only while it leads."""
-    from kenv import leader, metrics, webhookserver
+    from kenv import leader, metrics, stallwatch, webhookserver
     from kenv.config import get_settings
 
     settings = get_settings()
+    stallwatch.start()  # for the life of the process
     stop = asyncio.Event()
     install_stop_handlers(stop)
     if role.admits:  # `kenv drain` (the chart's preStop hook): close kept-alive connections before stopping

@@ -163,7 +163,7 @@ class VersionStore:
         so the tag may go first; an image the registry no longer has (or refuses to tag) is recorded untagged."""
         tag: str | None = version_tag_of(new, number)
         try:
-            await self.registry.tag(new.image, str(tag).rsplit(":", 1)[1], credentials)
+            await self.registry.tag(new.image, versions.version_tag(new.ref, number), credentials)
         except RegistryError as error:
             log.warning("version %d of %s recorded without a registry tag: %s", number, new.ref.display, error)
             tag = None

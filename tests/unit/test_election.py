@@ -251,6 +251,61 @@ def test_keep_returns_by_the_renew_deadline_when_every_renewal_hangs(api: FakeLe
     assert time.monotonic() - me.renewed_at >= 1.0  # and not before the deadline
 
 
+STALLING = Timing(duration=1.5, renew_deadline=0.5, retry=0.1)
+
+
+async def keeping_through_a_stall(me: Election, meanwhile: Callable[[], None] = lambda: None) -> asyncio.Task[str]:
+    """me.keep() running, after the event loop was blocked past the renew deadline (`meanwhile` happening then)."""
+    assert await me.try_once()
+    keeping = asyncio.create_task(me.keep())
+    await asyncio.sleep(0.05)
+    meanwhile()
+    time.sleep(0.8)  # the loop blocked: no renewal can run
+    return keeping
+
+
+def test_a_leader_whose_process_stalled_past_the_deadline_renews_once_and_keeps_the_lease(api: FakeLeases) -> None:
+    """A callback that blocks the event loop past the renew deadline (seen in a new leader's first seconds on a
+    busy node) is not a lost Lease when no candidate wrote meanwhile: the next write shows it."""
+    me = candidate(api, "a", timing=STALLING)
+
+    async def scenario() -> None:
+        written = api.writes
+        keeping = await keeping_through_a_stall(me)
+        try:
+            await wait_until(lambda: api.writes >= written + 3)  # renewed after the stall, and on
+            assert not keeping.done()
+        finally:
+            keeping.cancel()
+
+    asyncio.run(scenario())
+    assert api.spec()["holderIdentity"] == "a"
+
+
+def test_a_leader_that_stalled_while_another_took_the_lease_gives_it_up(api: FakeLeases) -> None:
+    me = candidate(api, "a", timing=STALLING)
+
+    async def scenario() -> str:
+        taken = lambda: api.put(NAMESPACE, NAME, {**api.spec(), "holderIdentity": "b"})  # noqa: E731
+        return await asyncio.wait_for(await keeping_through_a_stall(me, taken), 5)
+
+    assert asyncio.run(scenario()).endswith("the process having stalled past it: the Lease is held by b")
+    assert api.spec()["holderIdentity"] == "b"
+
+
+def test_a_leader_that_stalled_and_cannot_renew_gives_the_lease_up_within_a_retry(api: FakeLeases) -> None:
+    me = candidate(api, "a", timing=STALLING)
+
+    async def scenario() -> str:
+        keeping = await keeping_through_a_stall(me, api.hang)
+        woke = time.monotonic()
+        why = await asyncio.wait_for(keeping, 5)
+        assert time.monotonic() - woke < 0.5  # one attempt of a retry period, not another deadline
+        return why
+
+    assert "the process having stalled past it: the renewal failed" in asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(("call", "status"), [("read", 500), ("replace", 503), ("replace", 409)])
 def test_a_single_failed_renewal_does_not_lose_leadership(api: FakeLeases, call: str, status: int) -> None:
     me = candidate(api, "a", timing=FAST)
