@@ -58,14 +58,22 @@ async def follow_up(ref: EnvironmentRef, status: dict[str, Any], settings: Opera
         return
     if not may_have_gated_pods(ref):
         return
+    restarted = key_of(ref) in _unchecked
     _unchecked.discard(key_of(ref))
     if phase == Phase.READY:
         _awaiting.discard(key_of(ref))  # re-added by the webhook if it gates another pod meanwhile
-    # Only the gated ones: an Environment may have thousands of running pods.
-    pods = [p for p in await kube.environment_pods(ref, settings.namespace_list, f"{AWAITING_LABEL}=true")
+    pods = [p for p in await kube.environment_pods(ref, settings.namespace_list, **gated_pods_selector(restarted))
             if pod_is_awaiting_image(p)]
     for pod in pods:
         await settle(ref, pod, status)
+
+
+def gated_pods_selector(restarted: bool) -> dict[str, str]:
+    """What narrows an Environment's pods to those that may be gated (an Environment may have thousands of
+    running pods). The webhook labels each pod it gates; a pod gated by a release before that label
+    (2026-11-28) has only the annotation and the gate, so the first look after a restart takes every pending
+    pod."""
+    return {"fields": "status.phase=Pending"} if restarted else {"labels": f"{AWAITING_LABEL}=true"}
 
 
 async def settle(ref: EnvironmentRef, pod: dict[str, Any], status: dict[str, Any]) -> None:

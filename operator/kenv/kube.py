@@ -20,6 +20,7 @@ from kenv.refs import EnvironmentRef
 _api: client.ApiClient | None = None
 log = logging.getLogger(__name__)
 WATCH_SECONDS = 270  # the server ends each watch after this; a fresh list follows
+LIST_PAGE = 500  # pods per LIST page
 
 
 async def api_client() -> client.ApiClient:
@@ -214,20 +215,27 @@ async def list_plain(list_call: Callable[..., Awaitable[Any]], *args: Any, **kwa
     return dict(json.loads(body))
 
 
-async def list_pods(namespace: str | None, selector: str) -> list[dict[str, Any]]:
+async def list_pods(namespace: str | None, selector: str, fields: str = "") -> list[dict[str, Any]]:
+    """Pods by label (and field) selector, a page at a time: no page's JSON holds the event loop for long."""
     api = await core()
-    if namespace:
-        listing = await list_plain(api.list_namespaced_pod, namespace, label_selector=selector)
-    else:
-        listing = await list_plain(api.list_pod_for_all_namespaces, label_selector=selector)
-    return list(listing.get("items") or [])
+    call, args = (api.list_namespaced_pod, (namespace,)) if namespace else (api.list_pod_for_all_namespaces, ())
+    pods: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        page = await list_plain(call, *args, label_selector=selector, field_selector=fields or None,
+                                limit=LIST_PAGE, _continue=after or None)
+        pods += page.get("items") or []
+        after = (page.get("metadata") or {}).get("continue") or ""
+        if not after:
+            return pods
 
 
-async def environment_pods(ref: EnvironmentRef, watched: list[str], selector: str = "") -> list[dict[str, Any]]:
-    """Every pod labelled for this environment (and matching `selector`, a label selector), wherever the operator
-    may list them (see ref.pod_namespaces)."""
-    selector = ",".join(filter(None, (f"{ref.pod_label}={ref.name}", selector)))
-    return [p for namespace in ref.pod_namespaces(watched) for p in await list_pods(namespace, selector)]
+async def environment_pods(ref: EnvironmentRef, watched: list[str], labels: str = "", fields: str = "",
+                           ) -> list[dict[str, Any]]:
+    """Every pod labelled for this environment (narrowed by the `labels` and `fields` selectors), wherever the
+    operator may list them (see ref.pod_namespaces)."""
+    selector = ",".join(filter(None, (f"{ref.pod_label}={ref.name}", labels)))
+    return [p for namespace in ref.pod_namespaces(watched) for p in await list_pods(namespace, selector, fields)]
 
 
 async def json_patch_pod(namespace: str, name: str, patch: list[dict[str, Any]]) -> None:

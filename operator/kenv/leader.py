@@ -8,7 +8,8 @@ client-go's algorithm, in kenv's words:
 - The leader renews every `retry` seconds. If no renewal has succeeded for `renew_deadline` (shorter than the
   lease duration, so a candidate cannot yet have taken over), or the Lease names someone else, leadership is
   lost and the process exits: it cannot know what its handlers were doing, and a restart makes it a candidate.
-  Unlike client-go, a process that stalled past the deadline (its event loop blocked) renews once more first.
+  Unlike client-go, a process that stalled past the deadline (its event loop blocked) but not past the lease
+  duration renews once more first.
 A paused leader (SIGSTOP, a long GC, a partition) may act for a moment after it wakes, until its next renewal
 fails: the deterministic build Job names make what it does then idempotent (tests/reliability/test_replicas.py).
 """
@@ -164,6 +165,10 @@ class Election:
                 announced = True
             await asyncio.sleep(self.timing.retry)
 
+    def _unexpired(self) -> float:
+        """Seconds until a candidate may take the Lease from us (the duration since our last renewal began)."""
+        return self.timing.duration - (self.clock() - self.renewed_at)
+
     def _left(self) -> float:
         """Seconds until the renew deadline: past it, a candidate may have taken over."""
         return self.timing.renew_deadline - (self.clock() - self.renewed_at)
@@ -173,14 +178,15 @@ class Election:
         deadline, so a hung request (a half-open connection) cannot keep a lost leader acting.
 
         A deadline noticed late (by a retry period or more: sleeps and attempts end by it, so only a stalled
-        process notices late) gets one more attempt before the Lease is given up: the process could not act
-        during its stall, and the write names the resourceVersion read, so it succeeds only if no candidate took
-        the Lease meanwhile. Exiting instead restarts the container, whose new process is as slow to start."""
+        process notices late) gets one more attempt before the Lease is given up, if the lease duration since
+        the last renewal has not run out: no candidate can have taken the Lease before that, and the process
+        could not act during its stall. Exiting instead restarts the container, whose new process is as slow
+        to start."""
         while True:
             await asyncio.sleep(max(0.0, min(self.timing.retry, self._left())))
             if self._left() <= 0:
                 lost = f"no renewal succeeded for {self.timing.renew_deadline:.0f} s"
-                if -self._left() < self.timing.retry:
+                if -self._left() < self.timing.retry or self._unexpired() <= 0:
                     return lost
                 log.warning("this process stalled: Lease %s/%s's renew deadline passed %.1f s before it could "
                             "look; renewing once", self.namespace, self.name, -self._left())
@@ -200,9 +206,9 @@ class Election:
                             error or type(error).__name__)
 
     async def _lost_after_stall(self) -> str:
-        """One attempt, a retry period at most: "" when it renewed, else why not."""
+        """One attempt, ending by the Lease's expiry and a retry period at most: "" when it renewed, else why not."""
         try:
-            async with asyncio.timeout(self.timing.retry):
+            async with asyncio.timeout(min(self.timing.retry, self._unexpired())):
                 held = await self.try_once()
         except Exception as error:  # noqa: BLE001 - the caller gives the Lease up
             return f"the renewal failed ({error or type(error).__name__})"

@@ -30,9 +30,12 @@ class StallWatch:
     async def heartbeat(self) -> None:
         """Runs on the watched loop until cancelled."""
         self.loop_thread = threading.get_ident()
-        while True:
-            self.beat_at = time.monotonic()
-            await asyncio.sleep(self.tick)
+        try:
+            while True:
+                self.beat_at = time.monotonic()
+                await asyncio.sleep(self.tick)
+        finally:
+            self.stop()  # a loop that ended is not a stalled one
 
     def watch(self) -> None:
         """Runs in its own thread until stop()."""

@@ -293,6 +293,20 @@ def test_a_leader_that_stalled_while_another_took_the_lease_gives_it_up(api: Fak
     assert api.spec()["holderIdentity"] == "b"
 
 
+def test_a_leader_that_stalled_past_the_lease_duration_gives_it_up_without_a_write(api: FakeLeases) -> None:
+    """Past the duration a candidate may be taking the Lease this very moment: no attempt, the process exits."""
+    me = candidate(api, "a", timing=STALLING)
+
+    async def scenario() -> str:
+        keeping = await keeping_through_a_stall(me, lambda: time.sleep(1.0))  # 1.8 s in all, duration 1.5 s
+        written = api.writes
+        why = await asyncio.wait_for(keeping, 5)
+        assert api.writes == written
+        return why
+
+    assert asyncio.run(scenario()) == "no renewal succeeded for 0 s"
+
+
 def test_a_leader_that_stalled_and_cannot_renew_gives_the_lease_up_within_a_retry(api: FakeLeases) -> None:
     me = candidate(api, "a", timing=STALLING)
 
