@@ -1,8 +1,9 @@
 """Look up a tag's manifest digest with the OCI distribution API (HEAD /v2/<repo>/manifests/<ref>).
 
-A small httpx client rather than a library: the Python OCI clients we found (oras-py) are synchronous and pull
-whole manifests; we need one async HEAD with the registry's Basic or Bearer-token challenge, and errors that
-tell "not there" (None) apart from "could not ask" (RegistryError with a reason for the condition).
+A small httpx client (sending with aiohttp: aiohttptransport.py) rather than a library: the Python OCI clients we
+found (oras-py) are synchronous and pull whole manifests; we need one async HEAD with the registry's Basic or
+Bearer-token challenge, and errors that tell "not there" (None) apart from "could not ask" (RegistryError with a
+reason for the condition).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from kenv.aiohttptransport import AiohttpTransport
 from kenv.slots import OldestFirst
 
 MANIFEST_TYPES = ", ".join(
@@ -105,9 +107,9 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', params))
 
 
-# Requests in flight at once to one registry. httpx's pool scans every waiting request whenever a connection
-# changes state, so a thousand reconciles queueing there at once (a burst of new Environments) cost more CPU in
-# the scan than in the requests; waiting here costs nothing (bench/reconcile.py), and the oldest reconcile goes
+# Requests in flight at once to one registry. A pool scanning every waiting request whenever a connection changes
+# state (httpx's own did) makes a thousand reconciles queueing there at once (a burst of new Environments) cost
+# more CPU in the scan than in the requests; waiting here costs nothing (bench/reconcile.py), and the oldest one goes
 # first (slots.py). Per registry, so a slow one (a base image's, watched for moves) never holds up lookups in
 # another.
 MAX_REQUESTS_PER_REGISTRY = 16
@@ -117,8 +119,10 @@ class RegistryClient:
     def __init__(self, insecure_registries: list[str] | None = None, ca_file: str | None = None,
                  timeout: float = 10.0) -> None:
         self.insecure = set(insecure_registries or [])
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=True, trust_env=False)
+        # The CAs httpx's own transport would trust (certifi's), or the given bundle's.
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file else httpx.create_ssl_context(trust_env=False)
+        self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=True, trust_env=False,
+                                      transport=AiohttpTransport(verify))
         self.slots: dict[str, OldestFirst] = {}
         # Manifests looked up with keep=True, by (registry, repository, digest): content-addressed, so never
         # stale; a version tag made right after the lookup (the common new version) PUTs it without a GET.
