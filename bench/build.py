@@ -11,8 +11,8 @@ run, interleaved step by step:
          cache: what a hand-written Dockerfile gets;
   uv     the pip Environment's steps with `pip.installer: uv`;
   incremental  the pip Environment's steps with `build.incremental: true`: the added package is installed into the
-         first version's image by a pod running it and pushed as layers on top (incremental.py); the changed
-         version is no added line, so it gets a full Kaniko build;
+         first version's image by a pod running it and pushed as layers on top (incremental.py), and the changed
+         version into the second's the same way (pip replaces the package; its old files become whiteouts);
   conda  a conda + pip Environment (python 3.11 and five packages from the local channel, hack/condachannel.py,
          served on this host; three pip packages): the first build, a conda package added, a pip package added.
 Each step is timed from the POST or PATCH to Ready (plain: to the Job's Complete) and then to a pod in the new
@@ -253,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
         titles = {"pip": "pip (kenv, pip installer)",
                   "plain": "plain Dockerfile, same Kaniko, own cache repository, no package cache",
                   "uv": "uv (kenv, pip.installer uv)",
-                  "incremental": "incremental (kenv, build.incremental: an added line is installed into the last "
-                                 "image; a changed pin builds in full)"}
+                  "incremental": "incremental (kenv, build.incremental: an added or changed line is installed into "
+                                 "the last image)"}
         loops: dict[str, Loop | Plain] = {"pip": pip, **others}
         for name, loop in loops.items():
             report(titles[name], loop.steps)

@@ -1,5 +1,5 @@
-"""Incremental builds (spec.build.incremental): an edit that only adds pip requirement lines is installed into
-the current version's image and pushed as layers on top of it, instead of a full build.
+"""Incremental builds (spec.build.incremental): an edit that only adds pip requirement lines, or changes a line's
+version, is installed into the current version's image and pushed as layers on top of it, instead of a full build.
 
 Pure functions: whether an edit qualifies (`increment`), the plan naming its image and Job (`plan_increment`)
 and the Job (`increment_job`). The Job's init container runs the previous image itself with kenv-delta.py
@@ -14,6 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from kenv import builds, dockerparse
 from kenv.config import OperatorSettings
@@ -60,7 +63,8 @@ INSTALL_SECURITY_CONTEXT = {
 
 @dataclass(frozen=True)
 class Increment:
-    """An edit that qualifies: the image it is installed into (repo@digest) and the requirement lines it adds."""
+    """An edit that qualifies: the image it is installed into (repo@digest) and the requirement lines it adds or
+    changes (as they are now)."""
 
     parent_image: str
     added: tuple[str, ...]
@@ -91,15 +95,37 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
     old_lines = Counter(previous.files.get(REQUIREMENTS, "").splitlines())
     new_list = new.files.get(REQUIREMENTS, "").splitlines()
     new_lines = Counter(new_list)
-    if old_lines - new_lines:
-        return "requirement lines were removed or changed"
     extra = new_lines - old_lines
     added = tuple(line for line in new_list if extra[line] > 0)
-    if not added:
-        return "no requirement line was added"
     if any(line.startswith("-") for line in added):
         return "an added line is a pip option"
+    unmatched = removed_projects(list((old_lines - new_lines).elements()), added)
+    if unmatched:
+        return f"requirement lines were removed ({', '.join(unmatched)}), not only changed"
+    if not added:
+        return "no requirement line was added or changed"
     return Increment(parent_image=parent_image, added=added)
+
+
+def removed_projects(gone: list[str], added: tuple[str, ...]) -> list[str]:
+    """The lines gone from the requirements that no added line replaces. A line replaced by exactly one added line
+    naming the same project under the same environment marker is a changed pin or specifier: `pip install -r`
+    with the new file installs that project's new version over the old one (whose files become whiteouts). Any
+    other removal needs a full build: pip never uninstalls what a requirement no longer asks for."""
+    keys = Counter(project_key(line) for line in added)
+    removed = Counter(project_key(line) for line in gone)
+    return [line for line in gone if (key := project_key(line)) is None or removed[key] != 1 or keys[key] != 1]
+
+
+def project_key(line: str) -> tuple[str, str] | None:
+    """The canonical project name a requirement line names by version, and its marker; None for anything else (an
+    option, a hash option after it, a direct URL, which pip may leave installed when the version it names is the
+    same)."""
+    try:
+        requirement = Requirement(line)
+    except InvalidRequirement:
+        return None
+    return None if requirement.url else (canonicalize_name(requirement.name), str(requirement.marker or ""))
 
 
 def final_stage_steps(dockerfile: str) -> list[str]:

@@ -119,8 +119,7 @@ class RegistryClient:
     def __init__(self, insecure_registries: list[str] | None = None, ca_file: str | None = None,
                  timeout: float = 10.0) -> None:
         self.insecure = set(insecure_registries or [])
-        # The CAs httpx's own transport would trust (certifi's), or the given bundle's.
-        verify = ssl.create_default_context(cafile=ca_file) if ca_file else httpx.create_ssl_context(trust_env=False)
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file else None  # None: httpx's CAs (certifi's)
         self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=True, trust_env=False,
                                       transport=AiohttpTransport(verify))
         self.slots: dict[str, OldestFirst] = {}

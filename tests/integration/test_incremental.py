@@ -1,6 +1,7 @@
 """Incremental builds (spec.build.incremental) in real pods: an edit that adds a pip requirement is installed into
 the current version's image by a pod running that image, and the changed files are pushed as layers on top of it;
-the new image runs, its lock lists the added package, and any other edit still gets a full Kaniko build."""
+the new image runs, its lock lists the added package; a changed pin is installed the same way, and any other edit
+still gets a full Kaniko build."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ IMPORTS = "import json, importlib.metadata as m; print(json.dumps({d.metadata['N
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> Iterator[ChannelServer]:
-    root = pypiindex.build(tmp_path_factory.mktemp("pypi-index"), ["six==1.16.0", "idna==3.7", "tomli==2.0.1"])
+    root = pypiindex.build(tmp_path_factory.mktemp("pypi-index"),
+                           ["six==1.16.0", "six==1.17.0", "idna==3.7", "tomli==2.0.1"])
     with ChannelServer(root, host=NODE_IP, cache_control=pypiindex.PYPI_FILE_CACHE_CONTROL) as server:
         yield server
 
@@ -100,20 +102,34 @@ def test_an_added_requirement_is_installed_into_the_current_image_as_layers_on_t
     locked = {p["name"].lower(): p["version"] for p in version["lock"]["packages"] if p["manager"] == "pip"}
     assert locked["idna"] == "3.7" and locked["six"] == "1.16.0"
 
-    # A package the index does not have: the install fails, the build log says why, version 2 stays current.
-    edit(kube, namespace, "inc", spec("six==1.16.0", "idna==3.7", "kenv-no-such-package==1.0"))
+    # A changed pin (six 1.16.0 to 1.17.0) is installed into version 2's image too: pip replaces six, and the old
+    # version's metadata becomes a whiteout in the new layer.
+    edit(kube, namespace, "inc", spec("six==1.17.0", "idna==3.7"))
+    third = wait_version(kube, namespace, "inc", 3, timeout=300)["status"]
+    assert next(c for c in third["conditions"] if c["type"] == "Ready")["reason"] == "IncrementalBuild"
+    pod = job_pods(kube, BUILD_NAMESPACE, third["buildJob"]["name"])[-1]
+    assert [c["image"] for c in pod["spec"]["initContainers"]] == [second["image"]]
+    changed = layer_paths(cluster.registry, REPOSITORY,
+                          layer_digests(cluster.registry, REPOSITORY, third["digest"])[-2])
+    assert any(path.endswith("-packages/.wh.six-1.16.0.dist-info") for path in changed), sorted(changed)
+    assert any(path.endswith("-packages/six-1.17.0.dist-info/METADATA") for path in changed), sorted(changed)
+    assert not any("idna" in path for path in changed)
+    assert {"six": "1.17.0", "idna": "3.7"}.items() <= installed(kube, namespace, third["image"]).items()
+
+    # A package the index does not have: the install fails, the build log says why, version 3 stays current.
+    edit(kube, namespace, "inc", spec("six==1.17.0", "idna==3.7", "kenv-no-such-package==1.0"))
     failed = wait_phase(kube, namespace, "inc", {"Failed"}, timeout=300)["status"]
     assert "kenv-no-such-package" in failed["failedBuildLog"] and "kenv: pip install failed" in failed["failedBuildLog"]
-    assert (failed["version"], failed["image"]) == (2, second["image"])
+    assert (failed["version"], failed["image"]) == (3, third["image"])
 
     assert "exited with code 1" in next(c for c in failed["conditions"] if c["type"] == "Built")["message"]
 
-    # A removed line (idna swapped for tomli) is not only added lines: a full Kaniko build.
-    generation = edit(kube, namespace, "inc", spec("six==1.16.0", "tomli==2.0.1"))
+    # A removed line (idna swapped for tomli: another package, not another version) needs a full Kaniko build.
+    generation = edit(kube, namespace, "inc", spec("six==1.17.0", "tomli==2.0.1"))
     wait_for(lambda: get_env(kube, namespace, "inc")["status"].get("observedGeneration") == generation, 60,
              "the operator to see the edit")
-    third = wait_version(kube, namespace, "inc", 3, timeout=600)["status"]
-    pod, _ = build_pod(kube, third)
+    fourth = wait_version(kube, namespace, "inc", 4, timeout=600)["status"]
+    pod, _ = build_pod(kube, fourth)
     assert "initContainers" not in pod["spec"] and [c["name"] for c in pod["spec"]["containers"]] == ["build"]
-    shown = installed(kube, namespace, third["image"])
+    shown = installed(kube, namespace, fourth["image"])
     assert "tomli" in shown and "idna" not in shown

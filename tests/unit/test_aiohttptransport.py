@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,11 +28,13 @@ class Server:
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.released = asyncio.Event()
 
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.received.append({"method": request.method, "headers": dict(request.headers), "body": body,
-                              "query": dict(request.query)})
+                              "query": dict(request.query), "raw_path": request.raw_path,
+                              "names": [name for name, _ in request.raw_headers]})
         return web.Response(status=201, body=hashlib.sha256(body).hexdigest().encode(),
                             headers={"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest(),
                                      "X-Twice": "a"})
@@ -41,6 +44,16 @@ class Server:
             return web.Response(status=404)
         return web.Response(body=MANIFEST, content_type="application/vnd.oci.image.manifest.v1+json",
                             headers={"Docker-Content-Digest": "sha256:" + hashlib.sha256(MANIFEST).hexdigest()})
+
+    async def challenge(self, _: web.Request) -> web.Response:
+        answer = web.Response(status=401)
+        answer.headers.add("WWW-Authenticate", 'Bearer realm="http://a/token"')
+        answer.headers.add("WWW-Authenticate", 'Basic realm="b"')
+        return answer
+
+    async def stalled(self, _: web.Request) -> web.Response:
+        await asyncio.wait_for(self.released.wait(), 30)  # reads nothing of the upload until released
+        return web.Response(status=201)
 
     async def zipped(self, _: web.Request) -> web.Response:
         return web.Response(body=gzip.compress(b"plain text " * 50), headers={"Content-Encoding": "gzip"})
@@ -63,6 +76,8 @@ def serve(scenario: Callable[[str, Server], Awaitable[Any]]) -> Any:
         app.router.add_get("/zipped", fake.zipped)
         app.router.add_get("/moved", fake.moved)
         app.router.add_get("/slow", fake.slow)
+        app.router.add_get("/challenge", fake.challenge)
+        app.router.add_put("/stalled", fake.stalled)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         try:
@@ -86,19 +101,24 @@ def test_answers_are_the_same_as_httpx_own_transport_gives() -> None:
                            await client.head(f"{base}/v2/r/manifests/latest"),
                            await client.get(f"{base}/v2/r/manifests/missing"),
                            await client.get(f"{base}/zipped"),
-                           await client.get(f"{base}/moved")]
+                           await client.get(f"{base}/moved"),
+                           await client.get(f"{base}/challenge"),
+                           await client.get(f"{base}/echo?token=a%2Fb%3Ac%7E&scope=repository%3Ar%3Apull")]
             seen[name] = [(a.status_code, a.headers.get("Content-Type"), a.headers.get("Docker-Content-Digest"),
-                           a.content, str(a.url)) for a in answers]
+                           a.headers.get_list("WWW-Authenticate"), a.content, str(a.url)) for a in answers]
+            seen[name].append(fake.received[-1]["raw_path"])
         return seen
 
     seen = serve(scenario)
     assert seen["aiohttp"] == seen["httpx"]
-    manifest, head, missing, zipped, moved = seen["aiohttp"]
-    assert (manifest[0], manifest[3]) == (200, MANIFEST)
-    assert (head[0], head[3], head[2]) == (200, b"", manifest[2])  # a HEAD: the digest, no body
+    manifest, head, missing, zipped, moved, challenge, _, raw_path = seen["aiohttp"]
+    assert (manifest[0], manifest[4]) == (200, MANIFEST)
+    assert (head[0], head[4], head[2]) == (200, b"", manifest[2])  # a HEAD: the digest, no body
     assert missing[0] == 404
-    assert zipped[3] == b"plain text " * 50  # decoded by httpx, as from its own transport
-    assert moved[3] == MANIFEST and moved[4].endswith("/v2/r/manifests/latest")  # redirect followed by httpx
+    assert zipped[4] == b"plain text " * 50  # decoded by httpx, as from its own transport
+    assert moved[4] == MANIFEST and moved[5].endswith("/v2/r/manifests/latest")  # redirect followed by httpx
+    assert challenge[3] == ['Bearer realm="http://a/token"', 'Basic realm="b"']  # both, in order
+    assert raw_path == "/echo?token=a%2Fb%3Ac%7E&scope=repository%3Ar%3Apull"  # the query's bytes as httpx sends
 
 
 def test_bodies_in_memory_and_streamed_arrive_whole_with_their_headers() -> None:
@@ -126,23 +146,44 @@ def test_bodies_in_memory_and_streamed_arrive_whole_with_their_headers() -> None
     assert chunked["query"] == {"digest": "sha256:x"}
     assert sized["body"] == b"".join(chunks) and sized["headers"]["Content-Length"] == "350000"
     assert empty["body"] == b"" and "Content-Type" not in empty["headers"]  # nothing added that httpx did not send
+    assert b"Content-Type" in tagged["names"]  # a header's name goes out as httpx would send it
     assert answers[0].headers["X-Twice"] == "a" and answers[0].text == hashlib.sha256(MANIFEST).hexdigest()
 
 
-def test_failures_are_httpx_errors() -> None:
-    async def scenario(base: str, _: Server) -> list[type[BaseException]]:
+def closed_port() -> int:
+    """A port nothing listens on: bound, then let go."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_failures_are_httpx_errors_and_a_stalled_upload_times_out() -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(4096):  # 256 MiB: far more than the sockets' buffers hold
+            yield b"x" * 65536
+
+    async def scenario(base: str, fake: Server) -> list[type[BaseException]]:
         raised = []
         async with httpx.AsyncClient(transport=AiohttpTransport(), trust_env=False,
-                                     timeout=httpx.Timeout(5, read=0.3)) as client:
-            for url in (f"{base}/slow", "http://127.0.0.1:9/nothing-listens"):
+                                     timeout=httpx.Timeout(5, read=0.3, write=0.5)) as client:
+            for url in (f"{base}/slow", f"http://127.0.0.1:{closed_port()}/nothing-listens"):
                 with pytest.raises(httpx.HTTPError) as caught:
                     await client.get(url)
                 raised.append(type(caught.value))
-        return raised
+            with pytest.raises(httpx.HTTPError) as caught:
+                await client.get(f"{base}/echo", headers={"Authorization": "Bearer a\r\nInjected: yes"})
+            raised.append(type(caught.value))
+            with pytest.raises(httpx.HTTPError) as caught:  # the server answers only once released
+                await client.put(f"{base}/stalled", content=endless())
+            fake.released.set()
+            raised.append(type(caught.value))
+            return raised
 
-    late, refused = serve(scenario)
+    late, refused, bad_header, stalled = serve(scenario)
     assert issubclass(late, httpx.TimeoutException)
     assert issubclass(refused, httpx.ConnectError)
+    assert issubclass(bad_header, httpx.HTTPError)
+    assert issubclass(stalled, httpx.TimeoutException)
 
 
 def test_the_registry_client_looks_up_and_tags_through_it() -> None:
@@ -155,7 +196,7 @@ def test_the_registry_client_looks_up_and_tags_through_it() -> None:
             missing = await registry.digest(f"{host}/r:missing")
             await registry.tag(f"{host}/r@{found}", "v1")
             with pytest.raises(RegistryError) as refused:
-                await registry.digest("127.0.0.1:9/r:latest")
+                await registry.digest(f"127.0.0.1:{closed_port()}/r:latest")
         finally:
             await registry.close()
         assert fake.received[-1]["body"] == MANIFEST  # the PUT of the tag carried the manifest looked up

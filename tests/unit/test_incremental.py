@@ -37,10 +37,28 @@ def test_added_lines_qualify_and_are_named_in_their_order():
     assert found.parent_digest == "sha256:" + "ab" * 32
 
 
+@pytest.mark.parametrize(("old", "new", "changed"), [
+    (spec("six==1.16.0", "idna==3.6"), spec("six==1.17.0", "idna==3.6"), ("six==1.17.0",)),
+    (spec("Six==1.16.0", "idna==3.6"), spec("idna==3.7", "six>=1.16,<2", "tomli==2.0.1"),
+     ("idna==3.7", "six>=1.16,<2", "tomli==2.0.1")),
+    # names compared as pip compares them
+    (spec("Zope.Interface==6.0; python_version < '4'"), spec("zope-interface==6.4; python_version<'4'"),
+     ("zope-interface==6.4; python_version<'4'",)),
+])
+def test_a_changed_version_of_a_listed_package_qualifies_with_the_lines_added(old, new, changed):
+    assert qualifies(old, new) == incremental.Increment(PARENT, changed)
+
+
 @pytest.mark.parametrize(("old", "new", "why"), [
-    (spec("six==1.16.0"), spec("six==1.17.0"), "removed or changed"),
-    (spec("six==1.16.0", "idna"), spec("six==1.16.0"), "removed or changed"),
-    (spec("six==1.16.0"), spec("six==1.16.0"), "no requirement line was added"),
+    (spec("six==1.16.0", "idna"), spec("six==1.16.0"), "removed (idna)"),
+    (spec("six==1.16.0", "idna"), spec("six==1.17.0"), "removed (idna)"),
+    (spec("idna==3.7"), spec("tomli==2.0.1"), "removed (idna==3.7)"),  # another package, not another version
+    (spec("six==1.16.0"), spec("six==1.17.0", "six>=1.16"), "removed (six==1.16.0)"),  # which one replaces it?
+    # a marker that may no longer apply: pip would skip the line and leave six installed
+    (spec("six==1.16.0"), spec("six==1.17.0; python_version < '3'"), "removed (six==1.16.0)"),
+    (spec("six @ https://files.example/six-1.16.0-py2.py3-none-any.whl"),
+     spec("six @ https://files.example/six-1.17.0-py2.py3-none-any.whl"), "removed (six @ https://"),
+    (spec("six==1.16.0"), spec("six==1.16.0"), "no requirement line was added or changed"),
     (spec("six==1.16.0"), spec("six==1.16.0", "--pre"), "pip option"),
     (spec("six==1.16.0"), spec("six==1.16.0", "idna", index_url="https://pypi.example/simple"), "pip option"),
     (spec("six==1.16.0"), spec("six==1.16.0", "idna", installer="uv"), "pip installer"),
