@@ -12,12 +12,16 @@ answer.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
 import yarl
+
+# What HTTP/1.1 allows in no header (h11, behind httpx's own transport, refuses them too)
+FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -40,19 +44,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout") or {}
         connect, pool, read, write = (timeouts.get(k) for k in ("connect", "pool", "read", "write"))
         try:
-            async with asyncio.timeout(None) as sending:
-                # aiohttp bounds neither writing a body (its read timeout starts once the body is sent) nor the
-                # whole of a connection's setup: a deadline that each chunk sent moves on stands in for httpx's
-                # write timeout, as its pool and connect timeouts bound the wait for a connection.
-                body = _body(request, _mover(sending, write, read))
-                if body is not None and write is not None:
-                    sending.reschedule(_after((pool or 0) + (connect or 0) + write + (read or 0)))
+            async with asyncio.timeout(None) as timer:
+                deadline = SendDeadline(timer, write, read)
+                body = _body(request, deadline)
+                if body is not None:
+                    deadline.start(_total(pool, connect))
                 async with self._session().request(
                         request.method, yarl.URL(str(request.url), encoded=True), headers=_headers(request),
                         data=body, allow_redirects=False, compress=None,
-                        timeout=aiohttp.ClientTimeout(connect=None if connect is None else connect + (pool or 0),
-                                                      sock_connect=connect, sock_read=read)) as answer:
-                    sending.reschedule(None)  # the body is sent: reading the answer has its own timeout
+                        timeout=aiohttp.ClientTimeout(connect=_total(connect, pool), sock_connect=connect,
+                                                      sock_read=read)) as answer:
+                    deadline.answered()
                     content = await answer.read()
         except TimeoutError as error:  # aiohttp's read and connect timeouts are TimeoutErrors too
             raise httpx.TimeoutException(f"no answer in time from {request.url.host}", request=request) from error
@@ -60,8 +62,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(error), request=request) from error
         except aiohttp.ClientError as error:
             raise httpx.NetworkError(f"{error.__class__.__name__}: {error}", request=request) from error
-        except ValueError as error:  # aiohttp refuses a header value it cannot send (a control character)
-            raise httpx.LocalProtocolError(str(error), request=request) from error
         return httpx.Response(answer.status, headers=list(answer.raw_headers), stream=httpx.ByteStream(content),
                               request=request, extensions={"http_version": b"HTTP/1.1",
                                                            "reason_phrase": (answer.reason or "").encode()})
@@ -71,36 +71,60 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await self.session.close()
 
 
-def _after(seconds: float) -> float:
-    return asyncio.get_running_loop().time() + seconds
+class SendDeadline:
+    """httpx's write timeout, which aiohttp has not (its read timeout starts once the body is sent, so an upload to
+    a registry that stops reading would wait for good): a deadline `write` after each chunk, `write` + `read`
+    after the last one (the answer may take that long), none once the answer started. A None timeout (no limit)
+    sets none."""
+
+    def __init__(self, timer: asyncio.Timeout, write: float | None, read: float | None) -> None:
+        self.timer, self.write, self.read = timer, write, read
+        self.answering = False
+
+    def start(self, connecting: float | None) -> None:
+        """Before a body is sent: connecting (httpx's pool and connect timeouts), then sending it whole."""
+        self._set(_total(connecting, self.write, self.read))
+
+    def sent(self, last: bool) -> None:
+        if not self.answering:  # an answer can start before the whole body is sent (an early 401)
+            self._set(_total(self.write, self.read) if last else self.write)
+
+    def answered(self) -> None:
+        self.answering = True
+        self.timer.reschedule(None)  # reading the answer has its own timeout
+
+    def _set(self, seconds: float | None) -> None:
+        self.timer.reschedule(None if seconds is None else asyncio.get_running_loop().time() + seconds)
 
 
-def _mover(sending: asyncio.Timeout, write: float | None, read: float | None) -> Callable[[bool], None]:
-    """Moves the deadline on as a body is sent: `write` from each chunk, `write` + `read` from the last one."""
-    def moved(last: bool) -> None:
-        if write is not None:
-            sending.reschedule(_after(write + (read or 0) if last else write))
-    return moved
+def _total(*seconds: float | None) -> float | None:
+    """The sum of timeouts, None (no limit) if any is."""
+    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
 
 
 def _headers(request: httpx.Request) -> list[tuple[str, str]]:
     """httpx's headers as it would send them (names in their case) but its Transfer-Encoding: aiohttp chunks a
-    stream itself and refuses to be told to."""
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
-            if k.lower() != b"transfer-encoding"]
+    stream itself and refuses to be told to. A control character in one (a token a registry sent with a line
+    break) is refused as httpx's own transport refuses it, before aiohttp raises a bare ValueError."""
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+               if k.lower() != b"transfer-encoding"]
+    for name, value in headers:
+        if FORBIDDEN.search(name) or FORBIDDEN.search(value):
+            raise httpx.LocalProtocolError(f"header {name} holds a control character", request=request)
+    return headers
 
 
-def _body(request: httpx.Request, moved: Callable[[bool], None]) -> bytes | AsyncIterator[bytes] | None:
+def _body(request: httpx.Request, deadline: SendDeadline) -> bytes | AsyncIterator[bytes] | None:
     """The bytes already in memory as they are; a streamed body (a layer read from a file) as a stream."""
     if isinstance(request.stream, httpx.ByteStream):  # also a redirect's, whose content httpx did not read
         return b"".join(request.stream) or None
-    return _chunks(request, moved)
+    return _chunks(request, deadline)
 
 
-async def _chunks(request: httpx.Request, moved: Callable[[bool], None]) -> AsyncIterator[bytes]:
+async def _chunks(request: httpx.Request, deadline: SendDeadline) -> AsyncIterator[bytes]:
     stream = request.stream
     assert isinstance(stream, httpx.AsyncByteStream)
     async for chunk in stream:
-        moved(False)
+        deadline.sent(last=False)
         yield chunk
-    moved(True)
+    deadline.sent(last=True)

@@ -109,12 +109,20 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
 
 def removed_projects(gone: list[str], added: tuple[str, ...]) -> list[str]:
     """The lines gone from the requirements that no added line replaces. A line replaced by exactly one added line
-    naming the same project under the same environment marker is a changed pin or specifier: `pip install -r`
-    with the new file installs that project's new version over the old one (whose files become whiteouts). Any
-    other removal needs a full build: pip never uninstalls what a requirement no longer asks for."""
-    keys = Counter(project_key(line) for line in added)
+    naming the same project under the same environment marker, with at least its extras, is a changed pin or
+    specifier: `pip install -r` with the new file installs that project's new version over the old one (whose
+    files become whiteouts). Any other removal needs a full build: pip never uninstalls what a requirement no
+    longer asks for (a dropped extra's packages included)."""
+    replacing: dict[tuple[str, str] | None, list[str]] = {}
+    for line in added:
+        replacing.setdefault(project_key(line), []).append(line)
     removed = Counter(project_key(line) for line in gone)
-    return [line for line in gone if (key := project_key(line)) is None or removed[key] != 1 or keys[key] != 1]
+
+    def replaced(line: str) -> bool:
+        key = project_key(line)
+        new = replacing.get(key, [])
+        return key is not None and removed[key] == 1 and len(new) == 1 and extras(line) <= extras(new[0])
+    return [line for line in gone if not replaced(line)]
 
 
 def project_key(line: str) -> tuple[str, str] | None:
@@ -126,6 +134,11 @@ def project_key(line: str) -> tuple[str, str] | None:
     except InvalidRequirement:
         return None
     return None if requirement.url else (canonicalize_name(requirement.name), str(requirement.marker or ""))
+
+
+def extras(line: str) -> set[str]:
+    """The extras a requirement line asks for (a line project_key named)."""
+    return {canonicalize_name(extra) for extra in Requirement(line).extras}
 
 
 def final_stage_steps(dockerfile: str) -> list[str]:

@@ -182,8 +182,21 @@ def test_failures_are_httpx_errors_and_a_stalled_upload_times_out() -> None:
     late, refused, bad_header, stalled = serve(scenario)
     assert issubclass(late, httpx.TimeoutException)
     assert issubclass(refused, httpx.ConnectError)
-    assert issubclass(bad_header, httpx.HTTPError)
+    assert issubclass(bad_header, httpx.LocalProtocolError)  # as httpx's own transport refuses it
     assert issubclass(stalled, httpx.TimeoutException)
+
+
+def test_no_read_timeout_lets_a_slow_answer_to_an_upload_come() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"layer"
+
+    async def scenario(base: str, fake: Server) -> int:
+        async with httpx.AsyncClient(transport=AiohttpTransport(), trust_env=False,
+                                     timeout=httpx.Timeout(5, read=None, write=0.2)) as client:
+            asyncio.get_running_loop().call_later(1, fake.released.set)  # answers 1 s after the body: past write
+            return (await client.put(f"{base}/stalled", content=chunks())).status_code
+
+    assert serve(scenario) == 201
 
 
 def test_the_registry_client_looks_up_and_tags_through_it() -> None:

@@ -44,6 +44,8 @@ def test_added_lines_qualify_and_are_named_in_their_order():
     # names compared as pip compares them
     (spec("Zope.Interface==6.0; python_version < '4'"), spec("zope-interface==6.4; python_version<'4'"),
      ("zope-interface==6.4; python_version<'4'",)),
+    (spec("requests[socks]==2.32.3"), spec("requests[socks,use_chardet_on_py3]==2.32.2"),
+     ("requests[socks,use_chardet_on_py3]==2.32.2",)),  # an extra more: pip installs what it needs
 ])
 def test_a_changed_version_of_a_listed_package_qualifies_with_the_lines_added(old, new, changed):
     assert qualifies(old, new) == incremental.Increment(PARENT, changed)
@@ -56,6 +58,9 @@ def test_a_changed_version_of_a_listed_package_qualifies_with_the_lines_added(ol
     (spec("six==1.16.0"), spec("six==1.17.0", "six>=1.16"), "removed (six==1.16.0)"),  # which one replaces it?
     # a marker that may no longer apply: pip would skip the line and leave six installed
     (spec("six==1.16.0"), spec("six==1.17.0; python_version < '3'"), "removed (six==1.16.0)"),
+    # a dropped extra: pip would leave its packages (PySocks) installed
+    (spec("requests[socks]==2.32.3"), spec("requests==2.32.2"), "removed (requests[socks]==2.32.3)"),
+    (spec("requests[socks]==2.32.3"), spec("requests[security]==2.32.3"), "removed (requests[socks]==2.32.3)"),
     (spec("six @ https://files.example/six-1.16.0-py2.py3-none-any.whl"),
      spec("six @ https://files.example/six-1.17.0-py2.py3-none-any.whl"), "removed (six @ https://"),
     (spec("six==1.16.0"), spec("six==1.16.0"), "no requirement line was added or changed"),
