@@ -4,11 +4,13 @@ This file is copied verbatim into every conda build context as `kenv-conda.py` a
 installer stage (`python3 kenv-conda.py environment.yml /opt/kenv/env`): it imports nothing from kenv, only the
 standard library, py-rattler and PyYAML, which the stage installs from PyPI unless its image has them. Its text
 is part of the content hash, so a change here rebuilds conda environments, as a changed recipe should.
-Usage: `kenv-conda.py ENVIRONMENT_YML PREFIX [--glibc 2.28] [--cuda 12.4] [--no-pip]`.
+Usage: `kenv-conda.py ENVIRONMENT_YML PREFIX [--glibc 2.28] [--cuda 12.4] [--no-pip] [--update]`.
 
 What it does, in order: read the rendered environment.yml (channels: see render.build_channels and solve_channels),
 solve its conda dependencies for this platform and the target's virtual packages (not the build pod's), install them
-into the prefix, then install the file's `pip:` list with the environment's own python and pip (the image build
+into the prefix (with --update, into the environment the prefix holds: an incremental build, incremental.py; the
+installed packages are preferred by the solver and rattler installs only what changed), then install the file's
+`pip:` list with the environment's own python and pip (the image build
 passes --no-pip and runs pip in the image itself, against the base image's glibc). Failures print one `kenv:` line
 with the solver's or pip's own message (the build log's last lines reach the Environment's status) and exit 1; never
 a traceback. Credentials for private channels come from a file the build Job mounts (see AUTH_FILE).
@@ -86,8 +88,26 @@ def solve_channels(channels: list[str], specs: list[str]) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
+def installed_records(prefix: Path) -> list[Any]:
+    """The packages the prefix holds (its conda-meta records), none for a new prefix."""
+    import rattler
+
+    meta = prefix / "conda-meta"
+    return [rattler.PrefixRecord.from_path(path) for path in sorted(meta.glob("*.json"))] if meta.is_dir() else []
+
+
+def transaction(installed: list[Any], records: list[Any]) -> list[str]:
+    """What installing `records` over `installed` changes, as `+name version`, `-name version` lines."""
+    before = {(r.name.normalized, str(r.version), r.build) for r in installed}
+    after = {(r.name.normalized, str(r.version), r.build) for r in records}
+    return [f"{sign}{name} {version} {build}" for sign, changed in (("-", before - after), ("+", after - before))
+            for name, version, build in sorted(changed)]
+
+
 async def solve_and_install(channels: list[str], specs: list[str], prefix: Path, cache: Path,
-                            target: Target) -> list[Any]:
+                            target: Target, installed: list[Any] | None = None) -> list[Any]:
+    """Solve the specs and install the solution into the prefix. installed: the prefix's packages, which the
+    solver keeps where it can (locked, not pinned: an added spec may still need another version of one)."""
     import rattler
     from rattler.networking import Client
 
@@ -108,12 +128,13 @@ async def solve_and_install(channels: list[str], specs: list[str], prefix: Path,
             channels, match_specs, gateway=gateway, platforms=[platform, rattler.Subdir("noarch")],
             virtual_packages=rattler.VirtualPackage.detect(overrides),
             add_pip_as_python_dependency=True,  # as conda and micromamba do by default
+            locked_packages=installed or None,
         )
     except Exception as error:  # rattler's SolverError, GatewayError (channel down, 401, TLS), …
         raise InstallError(f"conda solve failed ({type(error).__name__}): {first_lines(str(error))}") from None
     try:
         await rattler.install(records, target_prefix=prefix, cache_dir=cache / "pkgs", client=client,
-                              show_progress=False)
+                              show_progress=False, installed_packages=installed)
     except Exception as error:
         raise InstallError(f"conda install failed ({type(error).__name__}): {first_lines(str(error))}") from None
     return list(records)
@@ -146,17 +167,24 @@ def install_pip(prefix: Path, requirements: list[str]) -> None:
                            f"{result.returncode} (pip's message is above)")
 
 
-def run(environment: Path, prefix: Path, target: Target, with_pip: bool = True, cache_dir: Path | None = None
-        ) -> None:
+def run(environment: Path, prefix: Path, target: Target, with_pip: bool = True, cache_dir: Path | None = None,
+        update: bool = False) -> None:
     channels, specs, pip = read_environment(environment)
     if not specs:
         raise InstallError(f"{environment} lists no conda dependencies, only a pip list: add python and pip to "
                            "its dependencies, or install the packages with spec.pip instead")
     channels = solve_channels(channels, specs)
     started = time.monotonic()
+    installed = installed_records(prefix) if update else []
+    if update and not installed:
+        raise InstallError(f"{prefix} holds no conda environment to update (no conda-meta records)")
     with tempfile.TemporaryDirectory(prefix="kenv-rattler-") as scratch:
         # A cache that outlives the build (rattler locks its entries, so parallel builds may share it) or none.
-        records = asyncio.run(solve_and_install(channels, specs, prefix, cache_dir or Path(scratch), target))
+        records = asyncio.run(solve_and_install(channels, specs, prefix, cache_dir or Path(scratch), target,
+                                                installed))
+    if update:
+        changed = transaction(installed, records)
+        print(f"kenv: updated {prefix}: {', '.join(changed) if changed else 'nothing changed'}", flush=True)
     print(f"kenv: conda environment {prefix}: {len(records)} packages from {', '.join(channels)} "
           f"in {time.monotonic() - started:.1f} s (solved for glibc {target.glibc or 'of this machine'}, "
           f"{'CUDA ' + target.cuda if target.cuda else 'no CUDA'})", flush=True)
@@ -175,13 +203,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--glibc", help="the glibc to solve for (the base image's, or older); default: this one's")
     parser.add_argument("--cuda", help="the CUDA driver version to solve for (none by default)")
     parser.add_argument("--no-pip", action="store_true", help="leave the pip list to the caller")
+    parser.add_argument("--update", action="store_true", help="install into the environment the prefix holds, "
+                        "keeping its packages where the solve allows")
     caching = parser.add_mutually_exclusive_group()
     caching.add_argument("--cache-dir", type=Path, help="keep repodata and packages here for later builds")
     caching.add_argument("--no-cache", action="store_true", help="a temporary cache, removed at exit (default)")
     args = parser.parse_args(argv)
     try:
         run(args.environment, args.prefix, Target(args.glibc, args.cuda), with_pip=not args.no_pip,
-            cache_dir=args.cache_dir)
+            cache_dir=args.cache_dir, update=args.update)
     except InstallError as error:
         print(f"kenv: {error}", file=sys.stderr, flush=True)
         return 1

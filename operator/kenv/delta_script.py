@@ -1,17 +1,22 @@
-"""Install an edit's added pip requirements into the running previous image and write what changed as layers.
+"""Install an edit's added pip requirements (and its conda changes) into the running previous image and write what
+changed as layers.
 
 Copied into an incremental build's context as kenv-delta.py and run by the previous version's image's own python
-(README, "Incremental builds"): it records the files under the interpreter's install paths, runs the same
-`pip install -r requirements.txt` the Dockerfile runs (the old lines are already satisfied, so pip installs only
-what the added lines need), writes the package lock again, and records the files once more. What was added or
-changed becomes layer.tar; what was removed, an OCI whiteout in it; the lock file alone becomes lock.tar, so the
-image's last layer is its lock, as in a full build. The kenv image's `kenv append-layers` pushes both.
+(README, "Incremental builds"): it records the files under the interpreter's install paths (and the conda prefix),
+updates the conda environment when the edit changed it (kenv-conda.py --update, with the py-rattler the tools
+container copied), runs the same `pip install -r` steps the Dockerfile runs (the old lines are already satisfied,
+so pip installs only what the added lines need), writes the package lock again, and records the files once more.
+What was added or changed becomes layer.tar; what was removed, an OCI whiteout in it; the lock file alone becomes
+lock.tar, so the image's last layer is its lock, as in a full build. The kenv image's `kenv append-layers` pushes both.
 
 It runs on whatever python the image has (3.8 or newer): the standard library only.
 
-Usage: kenv-delta.py OUT_DIR REQUIREMENTS LOCK_SCRIPT PIP_CACHE_OPTION LOCK_ARG...
+Usage: kenv-delta.py --out=DIR --lock-script=F --pip-cache=OPTION [--requirements=F]...
+       [--conda-environment=F --conda-prefix=DIR --conda-installer=F --conda-tools=DIR [--conda-option=O]...]
+       -- LOCK_ARG...
 """
 
+import argparse
 import os
 import re
 import shutil
@@ -23,7 +28,7 @@ import sysconfig
 import tarfile
 
 WHITEOUT = ".wh."
-IMAGE_REQUIREMENTS = "/tmp/kenv/requirements.txt"  # where the Dockerfile copies them
+IMAGE_COPIES = "/tmp/kenv"  # where the Dockerfile copies the requirements files
 
 
 def within(path, root):
@@ -125,11 +130,39 @@ def write_layer(target, changed, removed):
             layer.addfile(info)
 
 
+def arguments(argv):
+    parser = argparse.ArgumentParser(prog="kenv-delta.py")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--lock-script", required=True)
+    parser.add_argument("--pip-cache", required=True, help="pip's cache option")
+    parser.add_argument("--requirements", action="append", default=[], help="a requirements file, in order")
+    parser.add_argument("--conda-environment", help="the environment file to update the conda prefix to")
+    parser.add_argument("--conda-prefix")
+    parser.add_argument("--conda-installer", help="kenv-conda.py")
+    parser.add_argument("--conda-tools", help="where py-rattler and PyYAML are")
+    parser.add_argument("--conda-option", action="append", default=[], help="an option of kenv-conda.py")
+    parser.add_argument("lock_args", nargs="*")
+    return parser.parse_args(argv)
+
+
+def update_conda(args):
+    """kenv-conda.py --update with py-rattler from the tools folder (for it alone: pip and the lock script must
+    not see those copies); the environment file's pip list is left to the pip steps that follow."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.conda_tools, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, args.conda_installer, "--update", "--no-pip"] + args.conda_option + \
+        [args.conda_environment, args.conda_prefix]
+    return subprocess.call(command, env=env) == 0
+
+
 def main(argv):
-    out, requirements, lock_script, cache_option = argv[1:5]
-    lock_args = argv[5:]
+    args = arguments(argv[1:])
+    out, lock_args = args.out, args.lock_args
     lock_paths = set(lock_args[:2])
-    roots, files = install_roots(), sorted(lock_paths | {IMAGE_REQUIREMENTS})
+    roots = install_roots()
+    if args.conda_prefix and not any(within(args.conda_prefix, root) for root in roots):
+        roots = [root for root in roots if not within(root, args.conda_prefix)] + [args.conda_prefix]
+    copies = [os.path.join(IMAGE_COPIES, os.path.basename(path)) for path in args.requirements]
+    files = sorted(lock_paths | set(copies))
     skip = {os.path.normpath(out)}
     try:
         with open("/proc/self/mountinfo") as info:
@@ -142,18 +175,24 @@ def main(argv):
               flush=True)
         return 1
     before = snapshot(roots, files, skip)
-    print(f"kenv: installing the added requirements into the previous image ({len(before)} paths under "
-          f"{', '.join(roots)})", flush=True)
-    pip = [sys.executable, "-m", "pip", "install", cache_option, "--disable-pip-version-check", "-r", requirements]
-    if subprocess.call(pip) != 0:
-        print("kenv: pip install failed; the build stops here and the previous image stays current", flush=True)
+    print(f"kenv: installing the edit into the previous image ({len(before)} paths under {', '.join(roots)})",
+          flush=True)
+    if args.conda_environment and not update_conda(args):
+        print("kenv: the conda update failed; the build stops here and the previous image stays current", flush=True)
         return 1
-    try:  # the image's copy of the requirements (the Dockerfile's COPY) says what it was built from
-        if os.path.exists(IMAGE_REQUIREMENTS):
-            shutil.copyfile(requirements, IMAGE_REQUIREMENTS)
-    except OSError as error:
-        print(f"kenv: {IMAGE_REQUIREMENTS} keeps the previous requirements: {error}", file=sys.stderr, flush=True)
-    locked = subprocess.call([sys.executable, lock_script] + lock_args) == 0
+    for requirements in args.requirements:
+        pip = [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "-r",
+               requirements]
+        if subprocess.call(pip) != 0:
+            print("kenv: pip install failed; the build stops here and the previous image stays current", flush=True)
+            return 1
+    for requirements, copy in zip(args.requirements, copies):  # noqa: B905 - python 3.8
+        try:  # the image's copy of the requirements (the Dockerfile's COPY) says what it was built from
+            if os.path.exists(copy):
+                shutil.copyfile(requirements, copy)
+        except OSError as error:
+            print(f"kenv: {copy} keeps the previous requirements: {error}", file=sys.stderr, flush=True)
+    locked = subprocess.call([sys.executable, args.lock_script] + lock_args) == 0
     after = snapshot(roots, files, skip)
     changed, removed = changes(before, after)
     packages = [path for path in changed if path not in lock_paths]

@@ -1,5 +1,6 @@
 """Incremental builds (spec.build.incremental): an edit that only adds pip requirement lines, or changes a line's
-version, is installed into the current version's image and pushed as layers on top of it, instead of a full build.
+version, or changes the conda dependencies (rattler installer), is installed into the current version's image and
+pushed as layers on top of it, instead of a full build.
 
 Pure functions: whether an edit qualifies (`increment`), the plan naming its image and Job (`plan_increment`)
 and the Job (`increment_job`). The Job's init container runs the previous image itself with kenv-delta.py
@@ -10,15 +11,18 @@ registry (oci.ImageStore.append_layers) and writes the new digest to the termina
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
+import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from kenv import builds, dockerparse
+from kenv.conda_installer import split_dependencies
 from kenv.config import OperatorSettings
 from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
@@ -26,6 +30,10 @@ from kenv.render import (
     CA_VARIABLES,
     CACHE_ARGS,
     CACHE_MOUNT,
+    CONDA_PIP_FILE,
+    CONDA_PREFIX,
+    INSTALLER_REQUIREMENTS,
+    INSTALLER_SCRIPT,
     LOCK_SCRIPT,
     BuildContext,
     cache_build_args,
@@ -34,11 +42,28 @@ from kenv.render import (
 )
 
 REQUIREMENTS = "requirements.txt"
+ENVIRONMENT = "environment.yml"
 # ARGs kenv's Dockerfile declares, which the install container sets the same way (CA, pip's system packages) or
 # needs not (the package caches' options, given to kenv-delta.py).
 KENV_ARGS = frozenset({*CA_VARIABLES, *CACHE_ARGS, "PIP_BREAK_SYSTEM_PACKAGES"})
 DELTA_SCRIPT = "kenv-delta.py"  # kenv/delta_script.py, added to the Job's context
 OUT_DIR = "/kenv/out"
+TOOLS_DIR = "/kenv/tools"  # py-rattler and PyYAML for a conda update, copied there from the conda installer image
+# The tools container: the conda installer image's py-rattler and PyYAML copied into TOOLS_DIR, or installed there
+# from PyPI when that image lacks them, as the Dockerfile's conda stage installs them (render.INSTALLER_REQUIREMENTS).
+COPY_TOOLS = """import os, shutil, subprocess, sys
+out, cache, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
+try:
+    import rattler, yaml
+except ImportError:
+    sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", cache, "--disable-pip-version-check",
+                              "--no-warn-script-location", "--target", out] + wanted))
+for module in (rattler, yaml):
+    folder = os.path.dirname(module.__file__)
+    shutil.copytree(folder, os.path.join(out, os.path.basename(folder)), symlinks=True)
+"""
+# py-rattler's wheel is abi3 for CPython 3.10 and newer: the conda environment's python must be one to update it.
+RATTLER_PYTHON = (3, 10)
 LAYERS = ("layer.tar", "lock.tar")  # the packages' changes, then the lock alone: the image's last layer
 DOCKER_CONFIG_DIR = "/kenv/docker"
 # The push container runs the operator's image, as the operator does: not root, nothing added.
@@ -63,11 +88,22 @@ INSTALL_SECURITY_CONTEXT = {
 
 @dataclass(frozen=True)
 class Increment:
-    """An edit that qualifies: the image it is installed into (repo@digest) and the requirement lines it adds or
-    changes (as they are now)."""
+    """An edit that qualifies: the image it is installed into (repo@digest), the requirement lines it adds or
+    changes (as they are now) and the conda dependencies it adds or changes (`-spec` for one it drops); with any
+    conda change the whole environment file is solved again into the image's prefix."""
 
     parent_image: str
     added: tuple[str, ...]
+    conda: tuple[str, ...] = ()
+    # the context's requirements files the install runs `pip install -r` on, in the Dockerfile's order
+    requirements: tuple[str, ...] = (REQUIREMENTS,)
+
+    @property
+    def summary(self) -> str:
+        """What the increment installs, for the image's history."""
+        parts = ([f"conda {' '.join(self.conda)}"] if self.conda else []) + \
+            ([f"pip install {' '.join(self.added)}"] if self.added else [])
+        return "; ".join(parts)
 
     @property
     def parent_digest(self) -> str:
@@ -80,7 +116,7 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
 
     previous: the current version's definition rendered now; it must still hash to the content its image was
     built from (parent_hash), or something outside the spec (a Dockerfile or CA in a ConfigMap) moved."""
-    if spec.pip is None or spec.pip.installer is not PipInstaller.PIP:
+    if spec.pip is not None and spec.pip.installer is not PipInstaller.PIP:
         return "only the pip installer builds incrementally"
     if parent_image.rpartition("@")[0] != destination_repo or "@sha256:" not in parent_image:
         return "the current image is not in the destination repository"
@@ -89,9 +125,14 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
     steps = final_stage_steps(new.files.get("Dockerfile", ""))
     if steps:
         return f"the Dockerfile's {steps[0]} would change how pip runs, and only a full build runs it"
-    others = {name for name in set(previous.files) | set(new.files) if name != REQUIREMENTS}
+    conda = conda_changes(previous.files.get(ENVIRONMENT), new.files.get(ENVIRONMENT), INSTALLER_SCRIPT in new.files)
+    if isinstance(conda, str):
+        return conda
+    if conda and spec.conda is not None and spec.conda.channel_credentials:
+        return "a conda change with channelCredentials needs a full build: incremental install pods get no credentials"
+    others = {name for name in set(previous.files) | set(new.files) if name not in (REQUIREMENTS, ENVIRONMENT)}
     if any(previous.files.get(name) != new.files.get(name) for name in others):
-        return "more than the pip requirements changed"
+        return "more than the pip requirements and conda dependencies changed"
     old_lines = Counter(previous.files.get(REQUIREMENTS, "").splitlines())
     new_list = new.files.get(REQUIREMENTS, "").splitlines()
     new_lines = Counter(new_list)
@@ -102,9 +143,54 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
     unmatched = removed_projects(list((old_lines - new_lines).elements()), added)
     if unmatched:
         return f"requirement lines were removed ({', '.join(unmatched)}), not only changed"
-    if not added:
-        return "no requirement line was added or changed"
-    return Increment(parent_image=parent_image, added=added)
+    if not added and not conda:
+        return "no requirement line or conda dependency was added or changed"
+    # After a conda update the pip steps run again, as a full build runs them after its conda stage: a conda package
+    # that replaced a pip-installed one of another version is put back, a dependency one dropped comes from PyPI.
+    requirements = tuple(name for name in (CONDA_PIP_FILE, REQUIREMENTS) if name in new.files and
+                         (conda or name == REQUIREMENTS))
+    return Increment(parent_image=parent_image, added=added, conda=conda, requirements=requirements)
+
+
+def conda_changes(previous: str | None, new: str | None, rattler: bool) -> tuple[str, ...] | str:
+    """The conda dependencies added or changed (as they are now) and dropped (`-spec`) between two rendered
+    environment files, or why the change needs a full build. Only the dependency list may change: the channels,
+    the pip list (installed by the image's pip step) and anything else stay. A dropped or changed dependency is
+    fine, unlike a pip line: rattler installs the solution exactly, removing what no dependency needs now."""
+    if previous == new:
+        return ()
+    if previous is None or new is None:
+        return "a conda environment was added or removed"
+    if not rattler:
+        return "conda environments build incrementally with the rattler installer only (KENV_CONDA_INSTALLER)"
+    old_document, new_document = yaml.safe_load(previous) or {}, yaml.safe_load(new) or {}
+    old_channels, old_specs, old_pip = split_dependencies(old_document)
+    new_channels, new_specs, new_pip = split_dependencies(new_document)
+    if old_channels != new_channels:
+        return "the conda channels changed"
+    if old_pip != new_pip:
+        return "the environment file's pip list changed"
+    if {key: value for key, value in old_document.items() if key != "dependencies"} != \
+            {key: value for key, value in new_document.items() if key != "dependencies"}:
+        return "more of the environment file than its dependencies changed"
+    python = conda_python(new_specs)
+    if python is None:
+        return "the conda environment has no python to run the incremental install with"
+    if python and python < RATTLER_PYTHON:
+        return "the conda environment's python is older than py-rattler's 3.10, which updates it"
+    gone, came = Counter(old_specs) - Counter(new_specs), Counter(new_specs) - Counter(old_specs)
+    return tuple(spec for spec in new_specs if came[spec] > 0) + tuple(f"-{spec}" for spec in gone.elements())
+
+
+def conda_python(specs: list[str]) -> tuple[int, ...] | None:
+    """The python a conda environment's dependencies ask for: its major and minor version, () for any version,
+    None when they name none (a conda environment without python)."""
+    for spec in specs:
+        name = re.split(r"[\s=<>!~\[]", spec.rpartition("::")[2].strip(), maxsplit=1)[0]
+        if name == "python":
+            version = re.search(r"(\d+)\.(\d+)", spec.rpartition("::")[2][len(name):])
+            return (int(version.group(1)), int(version.group(2))) if version else ()
+    return None
 
 
 def removed_projects(gone: list[str], added: tuple[str, ...]) -> list[str]:
@@ -183,7 +269,7 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
         "command": ["kenv", "append-layers"],
         "args": [f"--base={found.parent_image}", f"--destination={plan.destination}",
                  *[f"--layer={OUT_DIR}/{layer}" for layer in LAYERS],
-                 f"--created-by=kenv incremental: pip install {' '.join(found.added)}",
+                 f"--created-by=kenv incremental: {found.summary}",
                  *[f"--insecure-registry={registry}" for registry in settings.insecure_registry_list]],
         "env": [{"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR}],
         "docker_config_dir": DOCKER_CONFIG_DIR, "conda_auth_dir": None,
@@ -198,7 +284,11 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
     mount, volume = builds.package_cache_mount(settings) if cache else (None, None)
     if volume:
         pod["volumes"].append(volume)
-    pod["initContainers"] = [install_container(found, spec, pod["containers"][0]["resources"], has_ca, mount)]
+    resources_ = pod["containers"][0]["resources"]
+    pod["initContainers"] = [install_container(found, spec, settings, resources_, has_ca, mount)]
+    if found.conda:
+        pod["initContainers"].insert(0, tools_container(settings, resources_, has_ca, mount))
+        pod["volumes"].append({"name": "tools", "emptyDir": {}})
     # The previous image is pulled with the destination's credentials, the operator's with the operator's own.
     pull_secrets = [plan.docker_config_secret] if has_docker_config else []
     pull_secrets += settings.operator_image_pull_secret_list
@@ -208,24 +298,55 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
     return job
 
 
-def install_container(found: Increment, spec: EnvironmentSpec, resources_: dict[str, Any], has_ca: bool,
-                      cache_mount: dict[str, Any] | None) -> dict[str, Any]:
+def install_container(found: Increment, spec: EnvironmentSpec, settings: OperatorSettings,
+                      resources_: dict[str, Any], has_ca: bool, cache_mount: dict[str, Any] | None) -> dict[str, Any]:
+    """The container running the previous image: kenv-delta.py updates the conda environment (when the edit
+    changed it), runs the image's pip steps again and writes the layers."""
     context = builds.CONTEXT_DIR
-    cache_option = cache_build_args(CACHE_MOUNT)["KENV_PIP_CACHE"] if cache_mount else "--no-cache-dir"
+    cache = cache_build_args(CACHE_MOUNT) if cache_mount else {name: off for name, (off, _) in CACHE_ARGS.items()}
     env = [{"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
     if has_ca:  # as the Dockerfile's ARGs: trusted by pip during the install only
         env += [{"name": name, "value": f"{context}/{CA_FILE}"}
                 for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
     mounts = [{"name": "context", "mountPath": builds.CONTEXT_MOUNT, "readOnly": True},
               {"name": "layers", "mountPath": OUT_DIR}, *([cache_mount] if cache_mount else [])]
+    arguments = [f"--out={OUT_DIR}", f"--lock-script={context}/{LOCK_SCRIPT}", f"--pip-cache={cache['KENV_PIP_CACHE']}"]
+    if found.conda:
+        mounts.append({"name": "tools", "mountPath": TOOLS_DIR, "readOnly": True})
+        cuda = [f"--cuda={settings.conda_cuda}"] if settings.conda_cuda else []
+        target = [f"--glibc={settings.conda_glibc}", *cuda]
+        arguments += [f"--conda-environment={context}/{ENVIRONMENT}", f"--conda-prefix={CONDA_PREFIX}",
+                      f"--conda-installer={context}/{INSTALLER_SCRIPT}", f"--conda-tools={TOOLS_DIR}",
+                      *[f"--conda-option={option}" for option in [*target, cache["KENV_CONDA_CACHE"]]]]
+    arguments += [f"--requirements={context}/{name}" for name in found.requirements]
     return {
         "name": "install",
         "image": found.parent_image,
-        "command": [python_command(spec), f"{context}/{DELTA_SCRIPT}", OUT_DIR, f"{context}/{REQUIREMENTS}",
-                    f"{context}/{LOCK_SCRIPT}", cache_option, *lock_arguments(spec)],
+        "command": [python_command(spec), f"{context}/{DELTA_SCRIPT}", *arguments, "--", *lock_arguments(spec)],
         "env": env,
         "resources": resources_,
         "securityContext": INSTALL_SECURITY_CONTEXT,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
+    }
+
+
+def tools_container(settings: OperatorSettings, resources_: dict[str, Any], has_ca: bool,
+                    cache_mount: dict[str, Any] | None) -> dict[str, Any]:
+    """The container putting py-rattler and PyYAML into TOOLS_DIR for the install container (COPY_TOOLS): the
+    previous image has neither; the conda installer image (the full build's conda stage) has them or pip."""
+    cache = cache_build_args(CACHE_MOUNT)["KENV_PIP_CACHE"] if cache_mount else "--no-cache-dir"
+    env = [{"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
+    if has_ca:
+        env += [{"name": name, "value": f"{builds.CONTEXT_DIR}/{CA_FILE}"} for name in ("PIP_CERT", "SSL_CERT_FILE")]
+    return {
+        "name": "tools",
+        "image": settings.conda_installer_image,
+        "command": ["python3", "-c", COPY_TOOLS, TOOLS_DIR, cache, *INSTALLER_REQUIREMENTS],
+        "env": env,
+        "resources": resources_,
+        "securityContext": INSTALL_SECURITY_CONTEXT,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "context", "mountPath": builds.CONTEXT_MOUNT, "readOnly": True},
+                         {"name": "tools", "mountPath": TOOLS_DIR}, *([cache_mount] if cache_mount else [])],
     }

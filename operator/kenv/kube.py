@@ -168,8 +168,8 @@ async def set_owner(kind: str, namespace: str, name: str, owner: dict[str, Any])
 
 
 async def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return list((await list_plain((await batch()).list_namespaced_job, namespace, label_selector=selector))
-                .get("items") or [])
+    """Jobs by label selector, a page at a time (list_paged)."""
+    return await list_paged((await batch()).list_namespaced_job, namespace, label_selector=selector)
 
 
 async def read_job(namespace: str, name: str) -> dict[str, Any] | None:
@@ -219,15 +219,19 @@ async def list_pods(namespace: str | None, selector: str, fields: str = "") -> l
     """Pods by label (and field) selector, a page at a time: no page's JSON holds the event loop for long."""
     api = await core()
     call, args = (api.list_namespaced_pod, (namespace,)) if namespace else (api.list_pod_for_all_namespaces, ())
-    pods: list[dict[str, Any]] = []
+    return await list_paged(call, *args, label_selector=selector, field_selector=fields or None)
+
+
+async def list_paged(call: Any, *args: Any, **selectors: Any) -> list[dict[str, Any]]:
+    """Every item of a list call, LIST_PAGE at a time: no page's JSON holds the event loop for long."""
+    items: list[dict[str, Any]] = []
     after = ""
     while True:
-        page = await list_plain(call, *args, label_selector=selector, field_selector=fields or None,
-                                limit=LIST_PAGE, _continue=after or None)
-        pods += page.get("items") or []
+        page = await list_plain(call, *args, **selectors, limit=LIST_PAGE, _continue=after or None)
+        items += page.get("items") or []
         after = (page.get("metadata") or {}).get("continue") or ""
         if not after:
-            return pods
+            return items
 
 
 async def environment_pods(ref: EnvironmentRef, watched: list[str], labels: str = "", fields: str = "",

@@ -469,12 +469,14 @@ class BuildSettings(KenvModel):
     track_base_image: BaseImageTracking | None = Field(None, description="Rebuild when the base image moves.")
     incremental: bool = Field(
         False,
-        description="An edit that only adds pip requirement lines (pip installer, nothing else in the image "
-        "changed) is installed into the current version's image in a pod and pushed as one more layer on top of "
-        "it, instead of a full build: Ready in seconds. The new image keeps what the current one resolved and adds "
-        "what the added lines need (as `pip install` in a running environment does), so it may differ from a full "
-        "build of the same content, which might pick newer versions of unpinned dependencies; its tag names both "
-        "the content and the image it was built on. A kenv.dev/rebuild annotation builds from scratch.",
+        description="An edit that only adds pip requirement lines or changes a line's version (pip installer), "
+        "or changes the conda dependencies (rattler installer; same channels and pip list), with nothing else in "
+        "the image changed, is installed into the current version's image in a pod and pushed as more layers on "
+        "top of it, instead of a full build: Ready in seconds. The new image keeps what the current one resolved "
+        "and adds what the edit needs (as `pip install` or a conda install in a running environment does), so it "
+        "may differ from a full build of the same content, which might pick newer versions of unpinned "
+        "dependencies; its tag names both the content and the image it was built on. A kenv.dev/rebuild "
+        "annotation builds from scratch.",
     )
 
 

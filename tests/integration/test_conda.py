@@ -32,6 +32,8 @@ from kenvfixtures import (
     edit,
     env_versions,
     job_pods,
+    layer_digests,
+    layer_paths,
     run_pod,
     step_reused,
     wait_for,
@@ -42,6 +44,7 @@ from nodeconfig import NODE_IP
 
 pytestmark = pytest.mark.usefixtures("operator")
 
+REPOSITORY = "kenv/environments"
 USER, PASSWORD = "data-scientist", "s3cret-for-the-test-channel"
 
 
@@ -75,8 +78,8 @@ def conda_env(kube: Any, namespace: str, name: str, base_image: str, conda: dict
     return wait_phase(kube, namespace, name, {"Ready", "Failed"}, timeout=300)
 
 
-def train(kube: Any, namespace: str, env: str, script: str) -> str:
-    pod, log = run_pod(kube, namespace, f"train-{env}", {"containers": [
+def train(kube: Any, namespace: str, env: str, script: str, pod_name: str | None = None) -> str:
+    pod, log = run_pod(kube, namespace, pod_name or f"train-{env}", {"containers": [
         {"name": "train", "image": "placeholder", "command": ["/bin/sh", "-c", script]}]},
         labels={"kenv.dev/environment": env})
     assert pod["status"]["phase"] == "Succeeded", log
@@ -136,11 +139,11 @@ def fetches(channel: ChannelServer, suffix: str) -> int:
     return sum(1 for r in list(channel.requests) if r.method == "GET" and r.path.endswith(suffix) and r.status == 200)
 
 
-def test_an_added_pip_line_is_installed_incrementally_into_the_conda_environments_python(
-        kube, namespace, base_image, channel, ca_config_map):
-    def spec(*lines: str) -> dict[str, Any]:
+def test_an_added_pip_line_and_an_added_conda_package_are_installed_incrementally_into_the_environment(
+        kube, cluster, namespace, base_image, channel, ca_config_map):
+    def spec(*lines: str, conda: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"docker": {"baseImage": base_image}, "build": {"caBundle": ca_config_map, "incremental": True},
-                "conda": {"channels": [channel.url, "nodefaults"], "packages": ["python=3.11"]},
+                "conda": {"channels": [channel.url, "nodefaults"], "packages": ["python=3.11", *conda]},
                 "pip": {"requirements": "\n".join(lines) + "\n"}}  # PyPI via the proxy
     create_env(kube, namespace, "inc-conda", spec("six==1.16.0"))
     first = wait_version(kube, namespace, "inc-conda", 1, timeout=600)["status"]
@@ -156,6 +159,29 @@ def test_an_added_pip_line_is_installed_incrementally_into_the_conda_environment
     by_manager = {(p["manager"], p["name"].lower()): p["version"] for p in version["lock"]["packages"]}
     assert by_manager[("conda", "python")].startswith("3.11.") and by_manager[("pip", "idna")] == "3.7"
     assert by_manager[("pip", "six")] == "1.16.0"
+
+    # A conda package added: the tools container copies py-rattler out of the conda installer image, and the
+    # environment's python updates the prefix in version 2's image with it; only the new package is installed.
+    edit(kube, namespace, "inc-conda", spec("six==1.16.0", "idna==3.7", conda=("kenv-pyhello",)))
+    third = wait_version(kube, namespace, "inc-conda", 3, timeout=300)["status"]
+    assert next(c for c in third["conditions"] if c["type"] == "Ready")["reason"] == "IncrementalBuild"
+    pod = job_pods(kube, BUILD_NAMESPACE, third["buildJob"]["name"])[-1]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["tools", "install"]
+    assert pod["spec"]["initContainers"][1]["image"] == second["image"]
+    install_log = kube.text(f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{pod['metadata']['name']}/log"
+                            "?container=install")
+    assert "kenv: updated /opt/kenv/env: +kenv-pyhello 1.0 " in install_log, install_log[-3000:]
+    layers = layer_digests(cluster.registry, REPOSITORY, third["digest"])
+    assert layers[:-2] == layer_digests(cluster.registry, REPOSITORY, second["digest"])
+    added = layer_paths(cluster.registry, REPOSITORY, layers[-2])
+    assert f"{site_packages.strip('/')}/kenv_pyhello/__init__.py" in added, sorted(added)[:30]
+    assert not any("/rattler/" in path or "/kenv_greeting" in path for path in added)
+    assert "hello from kenv-pyhello 1.0" in train(
+        kube, namespace, "inc-conda", "python -c 'import kenv_pyhello, idna; print(kenv_pyhello.hello())'",
+        pod_name="train-inc-conda-3")
+    version = next(v["spec"] for v in env_versions(kube, namespace, "inc-conda") if v["spec"]["version"] == 3)
+    by_manager = {(p["manager"], p["name"].lower()): p["version"] for p in version["lock"]["packages"]}
+    assert by_manager[("conda", "kenv-pyhello")] == "1.0" and by_manager[("pip", "idna")] == "3.7"
 
 
 def test_an_unchanged_conda_stage_is_reused_and_a_changed_one_fetches_only_new_packages(kube, namespace, base_image,

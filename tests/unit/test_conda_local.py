@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,7 +25,7 @@ import condachannel  # noqa: E402
 import images  # noqa: E402
 from condachannel import ChannelServer  # noqa: E402
 from condawheels import tiny_wheel  # noqa: E402
-from kenv import conda_installer  # noqa: E402
+from kenv import conda_installer, delta_script, incremental, render  # noqa: E402
 from kenv.cli import main  # noqa: E402
 
 ROOTFS = images.CACHE / f"base/debian-{images.DEBIAN_SUITE}-python3-v2.tar"
@@ -93,3 +95,45 @@ def test_kenv_build_local_uses_the_image_builds_installer(channel, tmp_path, cap
     assert hello.splitlines() == ["hello from kenv-hello 1.0", "hello from kenv-greeting 2.0"]
     assert main(["build", "-f", str(manifest), "--local", str(tmp_path / "env")]) == 0  # same content: no solve
     assert "is up to date" in capsys.readouterr().err
+
+
+@needs_python
+def test_an_incremental_conda_update_installs_only_the_change_and_its_layer_holds_it(channel, tmp_path):
+    """What an incremental build's pods do (incremental.py): the tools container's copy of py-rattler, then
+    kenv-delta.py run by the environment's own python updates the prefix and writes the change as a layer."""
+    first = {"channels": [channel], "dependencies": ["python=3.11", "kenv-hello"]}
+    assert run_installer(first, tmp_path).returncode == 0
+    prefix = tmp_path / "env"
+    python = prefix / "bin/python"
+    tools, out = tmp_path / "tools", tmp_path / "out"
+    out.mkdir()
+    subprocess.run([sys.executable, "-c", incremental.COPY_TOOLS, str(tools), "--no-cache-dir"], check=True)
+    assert {"rattler", "yaml"} <= {path.name for path in tools.iterdir()}
+    updated = tmp_path / "updated.yml"
+    updated.write_text(yaml.safe_dump({**first, "dependencies": [*first["dependencies"], "kenv-pyhello"]}))
+    lock_script = tmp_path / "kenv-lock.py"
+    lock_script.write_text(render.lock_script())
+    greeting = next((prefix / "conda-meta").glob("kenv-greeting-*.json"))
+    kept = greeting.stat().st_mtime_ns
+    result = subprocess.run(
+        [python, delta_script.__file__, f"--out={out}", f"--lock-script={lock_script}", "--pip-cache=--no-cache-dir",
+         f"--conda-environment={updated}", f"--conda-prefix={prefix}", f"--conda-installer={conda_installer.__file__}",
+         f"--conda-tools={tools}", "--conda-option=--no-cache", "--",
+         str(tmp_path / "lock.json"), str(tmp_path / "lock-fallback.json"), str(prefix)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"kenv: updated {prefix}: +kenv-pyhello 1.0 " in result.stdout
+    out_code = "import kenv_pyhello; print(kenv_pyhello.hello())"
+    assert subprocess.run([python, "-c", out_code], capture_output=True, text=True, check=True).stdout == \
+        "hello from kenv-pyhello 1.0\n"
+    assert greeting.stat().st_mtime_ns == kept  # the installed packages stayed as they were
+    with tarfile.open(out / "layer.tar") as layer:
+        names = layer.getnames()
+    site = str(prefix / "lib/python3.11/site-packages/kenv_pyhello/__init__.py").lstrip("/")
+    assert site in names and any(name.endswith(".json") and "conda-meta/kenv-pyhello-1.0" in name for name in names)
+    assert not any("kenv_greeting" in name or "/rattler/" in name for name in names)
+    assert len(names) < 40, names  # the change, not the environment
+    with tarfile.open(out / "lock.tar") as lock:
+        assert lock.getnames() == [str(tmp_path / "lock.json").lstrip("/")]
+    locked = json.loads((tmp_path / "lock.json").read_text())
+    assert "kenv-pyhello" in json.dumps(locked)

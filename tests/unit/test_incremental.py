@@ -12,7 +12,17 @@ import pytest
 from kenv import builds, delta_script, incremental, jobstate
 from kenv.config import OperatorSettings
 from kenv.models import EnvironmentSpec
-from kenv.render import LOCK_FALLBACK, LOCK_FILE, LOCK_SCRIPT, render_context
+from kenv.render import (
+    CACHE_MOUNT,
+    CONDA_PIP_FILE,
+    CONDA_PREFIX,
+    INSTALLER_REQUIREMENTS,
+    LOCK_FALLBACK,
+    LOCK_FILE,
+    LOCK_SCRIPT,
+    Externals,
+    render_context,
+)
 
 REPO = "registry.local:5000/kenv/envs"
 SETTINGS = OperatorSettings(destination_repo=REPO, operator_image="registry.local:5000/kenv/operator:1",
@@ -63,7 +73,7 @@ def test_a_changed_version_of_a_listed_package_qualifies_with_the_lines_added(ol
     (spec("requests[socks]==2.32.3"), spec("requests[security]==2.32.3"), "removed (requests[socks]==2.32.3)"),
     (spec("six @ https://files.example/six-1.16.0-py2.py3-none-any.whl"),
      spec("six @ https://files.example/six-1.17.0-py2.py3-none-any.whl"), "removed (six @ https://"),
-    (spec("six==1.16.0"), spec("six==1.16.0"), "no requirement line was added or changed"),
+    (spec("six==1.16.0"), spec("six==1.16.0"), "no requirement line or conda dependency was added or changed"),
     (spec("six==1.16.0"), spec("six==1.16.0", "--pre"), "pip option"),
     (spec("six==1.16.0"), spec("six==1.16.0", "idna", index_url="https://pypi.example/simple"), "pip option"),
     (spec("six==1.16.0"), spec("six==1.16.0", "idna", installer="uv"), "pip installer"),
@@ -145,8 +155,10 @@ def test_the_job_installs_in_the_parent_image_and_pushes_with_the_operators():
     [install], [push] = pod["initContainers"], pod["containers"]
     assert install["image"] == PARENT
     assert install["command"][:2] == ["python3", f"{builds.CONTEXT_DIR}/{incremental.DELTA_SCRIPT}"]
-    assert install["command"][-2:] == [LOCK_FILE, LOCK_FALLBACK] and f"{builds.CONTEXT_DIR}/{LOCK_SCRIPT}" in \
-        install["command"]
+    assert install["command"][-3:] == ["--", LOCK_FILE, LOCK_FALLBACK]
+    assert f"--lock-script={builds.CONTEXT_DIR}/{LOCK_SCRIPT}" in install["command"]
+    assert f"--requirements={builds.CONTEXT_DIR}/requirements.txt" in install["command"]
+    assert not any(argument.startswith("--conda") for argument in install["command"])
     assert install["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert push["image"] == SETTINGS.operator_image and push["command"] == ["kenv", "append-layers"]
     assert f"--base={PARENT}" in push["args"] and any(a.endswith("-on-" + "ab" * 6) for a in push["args"])
@@ -161,7 +173,104 @@ def test_the_job_installs_in_the_parent_image_and_pushes_with_the_operators():
     assert body["metadata"]["annotations"]["kenv.dev/builder"] == "incremental"
     bare = job(has_docker_config=False, package_cache=False)["spec"]["template"]["spec"]
     assert "imagePullSecrets" not in bare and "package-cache" not in {v["name"] for v in bare["volumes"]}
-    assert "--no-cache-dir" in bare["initContainers"][0]["command"]
+    assert "--pip-cache=--no-cache-dir" in bare["initContainers"][0]["command"]
+
+
+def conda_spec(packages: list[str], pip: list[str] | None = None, channels: list[str] | None = None,
+               requirements: str | None = "six==1.16.0\n") -> EnvironmentSpec:
+    conda: dict = {"channels": channels or ["https://conda.example/main", "nodefaults"], "packages": packages}
+    if pip:
+        conda["pipPackages"] = pip
+    return EnvironmentSpec.model_validate({"build": {"incremental": True}, "conda": conda,
+                                           **({"pip": {"requirements": requirements}} if requirements else {})})
+
+
+def test_a_conda_edit_qualifies_added_changed_and_dropped_dependencies_alike():
+    old = conda_spec(["python=3.11", "requests", "attrs=23"])
+    found = qualifies(old, conda_spec(["python=3.11", "requests", "attrs=24", "kenv-pyhello"]))
+    assert found == incremental.Increment(PARENT, (), ("attrs=24", "kenv-pyhello", "-attrs=23"), ("requirements.txt",))
+    assert found.summary == "conda attrs=24 kenv-pyhello -attrs=23"
+    both = qualifies(old, conda_spec(["python=3.11", "requests", "attrs=23", "six"],
+                                     requirements="six==1.16.0\nidna\n"))
+    assert both == incremental.Increment(PARENT, ("idna",), ("six",), ("requirements.txt",))
+    assert both.summary == "conda six; pip install idna"
+    conda_only = qualifies(conda_spec(["python", "six"], requirements=None),
+                           conda_spec(["python", "six", "attrs"], requirements=None))
+    assert isinstance(conda_only, incremental.Increment) and conda_only.conda == ("attrs",)
+    assert conda_only.requirements == ()  # no pip step to run again
+    # the environment file's pip list runs again after a conda change, not after a spec.pip one
+    with_list = conda_spec(["python=3.11", "six"], pip=["idna"])
+    assert qualifies(with_list, conda_spec(["python=3.11", "six", "attrs"], pip=["idna"])).requirements == (
+        CONDA_PIP_FILE, "requirements.txt")
+    assert qualifies(with_list, conda_spec(["python=3.11", "six"], pip=["idna"], requirements="six==1.16.0\nx\n")
+                     ).requirements == ("requirements.txt",)
+
+
+@pytest.mark.parametrize(("old", "new", "why"), [
+    (conda_spec(["python=3.11", "six"]), conda_spec(["python=3.11", "six"], channels=["https://conda.example/other"]),
+     "channels changed"),
+    (conda_spec(["python=3.11", "six"], pip=["idna"]), conda_spec(["python=3.11", "six"], pip=["idna", "tomli"]),
+     "pip list changed"),
+    (conda_spec(["r-base"]), conda_spec(["r-base", "r-ggplot2"]), "has no python"),
+    (conda_spec(["python=3.9", "six"]), conda_spec(["python=3.9", "six", "attrs"]), "older than py-rattler"),
+    (spec("six==1.16.0"), conda_spec(["python=3.11"]), "conda environment was added"),
+])
+def test_other_conda_edits_need_a_full_build(old, new, why):
+    found = qualifies(old, new)
+    assert isinstance(found, str) and why in found
+
+
+def test_a_conda_edit_with_channel_credentials_builds_in_full():
+    def private(packages: list[str]) -> EnvironmentSpec:
+        return EnvironmentSpec.model_validate({"build": {"incremental": True}, "conda": {
+            "channels": ["https://conda.example/private"], "packages": packages,
+            "channelCredentials": [{"host": "conda.example", "secretName": "conda-token"}]}})
+    found = qualifies(private(["python=3.11", "six"]), private(["python=3.11", "six", "attrs"]))
+    assert isinstance(found, str) and "channelCredentials" in found
+
+
+def test_the_micromamba_installer_builds_conda_edits_in_full():
+    externals = Externals(conda_installer="micromamba")
+    old, new = conda_spec(["python=3.11", "six"]), conda_spec(["python=3.11", "six", "attrs"])
+    previous = render_context(old, externals)
+    found = incremental.increment(previous, render_context(new, externals), previous.hash, PARENT, new, REPO)
+    assert isinstance(found, str) and "rattler installer only" in found
+
+
+@pytest.mark.parametrize("python", ["python", "python>=3.10", "conda-forge::python 3.12.*", "python=3.11=h123_0"])
+def test_a_python_of_310_or_newer_or_of_any_version_lets_conda_update(python):
+    assert incremental.conda_python([python]) in ((), (3, 10), (3, 12), (3, 11))
+    assert incremental.conda_python(["pythonnet", "ipython"]) is None
+
+
+def test_a_conda_increment_copies_rattler_in_and_updates_the_prefix_before_the_pip_steps():
+    new = conda_spec(["python=3.11", "six", "attrs"], pip=["idna"])
+    found = qualifies(conda_spec(["python=3.11", "six"], pip=["idna"]), new)
+    assert isinstance(found, incremental.Increment) and found.conda == ("attrs",)
+    context = render_context(new)
+    plan = incremental.plan_increment(builds.plan_build(context, SETTINGS), found)
+    body = incremental.increment_job(plan, found, new, SETTINGS, requested_by="x",
+                                     context_files=list(incremental.context_files(context)),
+                                     has_docker_config=False, has_ca=True, package_cache=True)
+    pod = body["spec"]["template"]["spec"]
+    tools, install = pod["initContainers"]
+    assert tools["image"] == SETTINGS.conda_installer_image and tools["command"][:2] == ["python3", "-c"]
+    assert tools["command"][3:] == [incremental.TOOLS_DIR, f"--cache-dir={CACHE_MOUNT}/pip",
+                                    *INSTALLER_REQUIREMENTS]
+    assert {"name": "tools", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "tools", "mountPath": incremental.TOOLS_DIR, "readOnly": True} in install["volumeMounts"]
+    command = install["command"]
+    assert command[0] == f"{CONDA_PREFIX}/bin/python" and command[-4:] == ["--", LOCK_FILE, LOCK_FALLBACK,
+                                                                          CONDA_PREFIX]
+    context_dir = builds.CONTEXT_DIR
+    assert f"--conda-environment={context_dir}/environment.yml" in command
+    assert f"--conda-option=--cache-dir={CACHE_MOUNT}/rattler" in command
+    assert f"--conda-option=--glibc={SETTINGS.conda_glibc}" in command
+    # the environment file's pip list, then spec.pip, as the Dockerfile installs them
+    assert [a for a in command if a.startswith("--requirements=")] == [
+        f"--requirements={context_dir}/{CONDA_PIP_FILE}", f"--requirements={context_dir}/requirements.txt"]
+    push = pod["containers"][0]
+    assert "--created-by=kenv incremental: conda attrs" in push["args"]
 
 
 def test_the_operators_pull_secrets_pull_the_push_container():

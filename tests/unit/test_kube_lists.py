@@ -1,4 +1,4 @@
-"""kube.list_pods and list_plain against a small HTTP server speaking the API's list protocol: pages followed
+"""kube.list_pods, list_jobs and list_plain against a small HTTP server speaking the API's list protocol: pages followed
 by their continue token, selectors sent, a refusal raised as the client raises it, and the answer as the API's
 JSON. gating.gated_pods_selector: which pods a follow-up lists."""
 
@@ -43,6 +43,7 @@ def run_against(fake: FakePods, monkeypatch: pytest.MonkeyPatch, scenario: Any) 
     async def main() -> Any:
         app = web.Application()
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", fake.list)
+        app.router.add_get("/apis/batch/v1/namespaces/{namespace}/jobs", fake.list)
         server = TestServer(app)
         await server.start_server()
         api = client.ApiClient(client.Configuration(host=str(server.make_url("")).rstrip("/")))
@@ -65,6 +66,14 @@ def test_every_page_is_listed_with_the_selectors_and_comes_back_as_the_apis_json
     assert [q.get("continue") for q in fake.queries] == [None, "1", "2"]
     assert all(q["labelSelector"] == "kenv.dev/environment=x" and q["fieldSelector"] == "status.phase=Pending"
                and q["limit"] == str(kube.LIST_PAGE) for q in fake.queries)
+
+
+def test_jobs_are_listed_a_page_at_a_time_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakePods(["job-a", "job-b"])
+    jobs = run_against(fake, monkeypatch, lambda: kube.list_jobs("ns", "kenv.dev/role=build"))
+    assert [j["metadata"]["name"] for j in jobs] == ["job-a", "job-b"]
+    assert [(q.get("continue"), q["labelSelector"], q["limit"]) for q in fake.queries] == [
+        (None, "kenv.dev/role=build", str(kube.LIST_PAGE)), ("1", "kenv.dev/role=build", str(kube.LIST_PAGE))]
 
 
 def test_a_refused_list_raises_the_clients_api_exception(monkeypatch: pytest.MonkeyPatch) -> None:
