@@ -17,6 +17,7 @@ Usage: kenv-delta.py --out=DIR --lock-script=F --pip-cache=OPTION [--requirement
 """
 
 import argparse
+import csv
 import os
 import re
 import shutil
@@ -62,10 +63,12 @@ def mounts_under(roots, allowed, mountinfo):
 
 
 def entry(path):
-    """What a layer records of one path: type and mode, owner, size, modification time, link target."""
+    """What a layer records of one path: type and mode, owner, size, modification time, link target, and the
+    inode (stable within the container for a file left alone; an installer that replaces a file by another of
+    the same size and time, as rattler linking from its cache may, gives it a new one)."""
     info = os.lstat(path)
     target = os.readlink(path) if stat.S_ISLNK(info.st_mode) else None
-    return (info.st_mode, info.st_uid, info.st_gid, info.st_size, info.st_mtime_ns, target)
+    return (info.st_mode, info.st_uid, info.st_gid, info.st_size, info.st_mtime_ns, target, info.st_ino)
 
 
 def snapshot(roots, files, skip):
@@ -145,6 +148,56 @@ def arguments(argv):
     return parser.parse_args(argv)
 
 
+def pip_owned(folders):
+    """{path: distribution} of the files pip installed (a dist-info whose INSTALLER is not conda) in the site
+    folders, from their RECORD."""
+    owned = {}
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            info = os.path.join(folder, name)
+            if not name.endswith(".dist-info") or not os.path.isfile(os.path.join(info, "RECORD")):
+                continue
+            try:
+                with open(os.path.join(info, "INSTALLER")) as installer:
+                    if installer.read().strip() == "conda":
+                        continue
+            except OSError:
+                pass
+            try:
+                with open(os.path.join(info, "RECORD"), encoding="utf-8", newline="") as record:
+                    rows = list(csv.reader(record))
+            except (OSError, UnicodeDecodeError, csv.Error):
+                rows = [[os.path.join(name, "RECORD")]]  # unreadable: its own files at least count as pip's
+            for row in rows:
+                if row and row[0]:
+                    owned[os.path.normpath(os.path.join(folder, row[0]))] = name[:-len(".dist-info")]
+    return owned
+
+
+def python_version(python):
+    """major.minor of the interpreter at `python` now (None if it no longer runs)."""
+    try:
+        return subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def conda_blocker(args):
+    """Why the conda environment cannot be updated in place, or None."""
+    meta = os.path.join(args.conda_prefix, "conda-meta")
+    if not os.path.isdir(meta):
+        return f"{args.conda_prefix} holds no conda environment (no conda-meta)"
+    if not os.access(meta, os.W_OK):
+        return (f"{meta} is not writable by this image's user (uid {os.getuid()}), so the conda environment "
+                "cannot be updated in place")
+    return None
+
+
 def update_conda(args):
     """kenv-conda.py --update with py-rattler from the tools folder (for it alone: pip and the lock script must
     not see those copies); the environment file's pip list is left to the pip steps that follow."""
@@ -174,17 +227,39 @@ def main(argv):
               "would not be in the image; drop the VOLUME, or set spec.build.incremental to false", file=sys.stderr,
               flush=True)
         return 1
+    blocker = conda_blocker(args) if args.conda_environment else None
+    if blocker:
+        print(f"kenv: {blocker}; a full build follows", file=sys.stderr, flush=True)
+        return 1
     before = snapshot(roots, files, skip)
     print(f"kenv: installing the edit into the previous image ({len(before)} paths under {', '.join(roots)})",
           flush=True)
-    if args.conda_environment and not update_conda(args):
-        print("kenv: the conda update failed; the build stops here and the previous image stays current", flush=True)
-        return 1
+    if args.conda_environment:
+        sites = sorted({sysconfig.get_paths()[name] for name in ("purelib", "platlib")})
+        owned = pip_owned(sites)
+        if not update_conda(args):
+            print("kenv: the conda update failed; a full build follows", flush=True)
+            return 1
+        running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        now = python_version(sys.executable)
+        if now != running:  # the solve preferred the installed python but needed another: pip's packages stay behind
+            print(f"kenv: the conda update replaced python {running} with {now or 'nothing that runs'}; a full build "
+                  "follows", file=sys.stderr, flush=True)
+            return 1
+        updated = snapshot(roots, files, skip)
+        # A conda package that replaced or removed files pip installed over it (pip pinned another version of a
+        # conda package) leaves pip's record wrong, which pip's next run trusts; a full build installs in order.
+        clobbered = sorted({owned[path] for path in set(before) | set(updated)
+                            if path in owned and before.get(path) != updated.get(path)})
+        if clobbered:
+            print(f"kenv: the conda update changed files pip installed ({', '.join(clobbered)}); a full build "
+                  "follows", file=sys.stderr, flush=True)
+            return 1
     for requirements in args.requirements:
         pip = [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "-r",
                requirements]
         if subprocess.call(pip) != 0:
-            print("kenv: pip install failed; the build stops here and the previous image stays current", flush=True)
+            print("kenv: pip install failed; a full build follows", flush=True)
             return 1
     for requirements, copy in zip(args.requirements, copies):  # noqa: B905 - python 3.8
         try:  # the image's copy of the requirements (the Dockerfile's COPY) says what it was built from

@@ -60,7 +60,7 @@ except ImportError:
                               "--no-warn-script-location", "--target", out] + wanted))
 for module in (rattler, yaml):
     folder = os.path.dirname(module.__file__)
-    shutil.copytree(folder, os.path.join(out, os.path.basename(folder)), symlinks=True)
+    shutil.copytree(folder, os.path.join(out, os.path.basename(folder)))
 """
 # py-rattler's wheel is abi3 for CPython 3.10 and newer: the conda environment's python must be one to update it.
 RATTLER_PYTHON = (3, 10)
@@ -173,9 +173,11 @@ def conda_changes(previous: str | None, new: str | None, rattler: bool) -> tuple
     if {key: value for key, value in old_document.items() if key != "dependencies"} != \
             {key: value for key, value in new_document.items() if key != "dependencies"}:
         return "more of the environment file than its dependencies changed"
+    if python_specs(old_specs) != python_specs(new_specs):
+        return "the conda environment's python changed"
     python = conda_python(new_specs)
     if python is None:
-        return "the conda environment has no python to run the incremental install with"
+        return "the conda dependencies name no python to run the incremental install with"
     if python and python < RATTLER_PYTHON:
         return "the conda environment's python is older than py-rattler's 3.10, which updates it"
     gone, came = Counter(old_specs) - Counter(new_specs), Counter(new_specs) - Counter(old_specs)
@@ -183,14 +185,22 @@ def conda_changes(previous: str | None, new: str | None, rattler: bool) -> tuple
 
 
 def conda_python(specs: list[str]) -> tuple[int, ...] | None:
-    """The python a conda environment's dependencies ask for: its major and minor version, () for any version,
-    None when they name none (a conda environment without python)."""
-    for spec in specs:
-        name = re.split(r"[\s=<>!~\[]", spec.rpartition("::")[2].strip(), maxsplit=1)[0]
-        if name == "python":
-            version = re.search(r"(\d+)\.(\d+)", spec.rpartition("::")[2][len(name):])
-            return (int(version.group(1)), int(version.group(2))) if version else ()
+    """The python a conda environment's dependencies ask for: its major and minor version, () for any version or
+    one the spec does not pin from below (an incremental build that finds an older one fails, and a full build
+    follows), None when they name none (a conda environment without python)."""
+    for spec in python_specs(specs):
+        wanted = spec.rpartition("::")[2][len("python"):]
+        version = re.search(r"(\d+)\.(\d+)", wanted)
+        if version is None or any(operator in wanted for operator in ("<", "!", "|", ",")):
+            return ()
+        return int(version.group(1)), int(version.group(2))
     return None
+
+
+def python_specs(specs: list[str]) -> list[str]:
+    """The dependencies that name python itself (`python=3.11`, `conda-forge::python >=3.10`)."""
+    return [spec for spec in specs
+            if re.split(r"[\s=<>!~\[]", spec.rpartition("::")[2].strip(), maxsplit=1)[0] == "python"]
 
 
 def removed_projects(gone: list[str], added: tuple[str, ...]) -> list[str]:

@@ -66,6 +66,7 @@ class Attempt:
     forced: bool  # the token is new: build again even if the image exists
     references: str | None = None  # fingerprint of the ConfigMaps and Secret the spec names
     increment: incremental.Increment | None = None  # an incremental build's: installed into the current image
+    full_plan: builds.BuildPlan | None = None  # an incremental build's: the full build to fall back on
 
     @property
     def runtime_hash(self) -> str:
@@ -83,6 +84,8 @@ class Reconciler:
         # The image each Environment (by uid) was last counted Ready with: a poll and a build-watch nudge may both
         # find the same finished Job before either status lands (kopf runs timers beside change handlers).
         self.counted_ready: dict[str, str] = {}
+        # The incremental Jobs whose failure was announced (event, metric): the same race can find one twice.
+        self.fell_back: set[str] = set()
 
     @property
     def previous_serves(self) -> bool:
@@ -170,6 +173,8 @@ class Reconciler:
         if not self.settings.operator_image:
             log.info("%s: a full build: incremental builds need KENV_OPERATOR_IMAGE", attempt.ref.display)
             return attempt
+        if current.get("incrementalFailed") == attempt.context.hash:
+            return attempt  # its incremental build failed: this content is built in full
         snapshot = await self._version(attempt, int(number))
         if snapshot is None or snapshot.definition is None or snapshot.image != parent:
             return attempt
@@ -182,7 +187,8 @@ class Reconciler:
         if isinstance(found, str):
             log.info("%s: a full build: %s", attempt.ref.display, found)
             return attempt
-        planned = replace(attempt, plan=incremental.plan_increment(attempt.plan, found), increment=found)
+        planned = replace(attempt, plan=incremental.plan_increment(attempt.plan, found), increment=found,
+                          full_plan=attempt.plan)
         followed = await self._read_followed(attempt) if current.get("phase") == Phase.BUILDING else None
         for candidate in (planned, attempt):  # the build in flight decides, even if the registry changed since
             if builds.builds_plan(followed, candidate.plan):
@@ -267,7 +273,7 @@ class Reconciler:
         if own is not None and waiting:
             # We were waiting on this Job: its outcome decides, even if the pushed tag shows up first.
             if jobstate.job_finished(own):
-                return await self._finished(attempt, own, push_credentials)
+                return await self._finished(attempt, own, push_credentials, log)
             return self._building(attempt, own)
         if not attempt.forced:
             digest = await self.registry.digest(plan.destination, push_credentials, keep=True)
@@ -281,7 +287,7 @@ class Reconciler:
                 # The image is not there: only now read the Job (a cache hit, the common case, needs none).
                 own = await kube.read_job(plan.namespace, plan.job_name)
         if own is not None and jobstate.job_finished(own):  # this attempt already failed, no image since
-            return await self._finished(attempt, own, push_credentials)
+            return await self._finished(attempt, own, push_credentials, log)
         job = own
         if job is None:
             active = [j for j in await kube.list_jobs(plan.namespace, f"{builds.LABEL_HASH}="
@@ -321,14 +327,17 @@ class Reconciler:
             patch["buildReferences"] = attempt.references  # what this build was started with
         return Outcome(patch)
 
-    async def _finished(self, attempt: Attempt, job: dict[str, Any], push_credentials: Credentials | None) -> Outcome:
+    async def _finished(self, attempt: Attempt, job: dict[str, Any], push_credentials: Credentials | None,
+                        log: logging.Logger) -> Outcome:
         plan, current, generation = attempt.plan, attempt.current, attempt.generation
         name = job["metadata"]["name"]
         pods = await kube.job_pods(plan.namespace, name)
         log_text = None
-        if pods and attempt.increment:  # the install container's log, then the push container's
+        if pods and attempt.increment:  # each container's log in turn: tools (a conda edit's), install, push
+            pod_spec = pods[0]["spec"]
+            containers = [c["name"] for c in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]]
             logs = [await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"], jobstate.BUILD_LOG_LINES,
-                                            container) for container in ("install", "build")]
+                                            container) for container in containers]
             log_text = "".join(text for text in logs if text) or None
         elif pods:
             log_text = await kube.pod_log_tail(plan.namespace, pods[0]["metadata"]["name"], jobstate.BUILD_LOG_LINES)
@@ -346,7 +355,7 @@ class Reconciler:
             self._observe_duration(job)
             reason, built = "BuildSucceeded", f"built by Job {plan.namespace}/{name}"
             if attempt.increment:
-                reason, built = "IncrementalBuild", (f"installed {', '.join(attempt.increment.added)} into version "
+                reason, built = "IncrementalBuild", (f"{attempt.increment.summary} into version "
                                                      f"{current.get('version')}'s image by Job {plan.namespace}/{name}")
             return await self._ready(attempt, digest, reason, built, push_credentials,
                                      build_log=jobstate.kept_log(log_text))
@@ -358,6 +367,8 @@ class Reconciler:
             patch = self._progress(current, Phase.PENDING, "RegistryUnavailable", wait, generation, plan.hash)
             patch["transientRetries"] = retries + 1
             return Outcome(patch, [("Warning", "RegistryUnavailable", wait.splitlines()[0])])
+        if attempt.increment and attempt.full_plan:
+            return await self._fall_back(attempt, attempt.full_plan, name, log_text or message, log)
         reason = (jobstate.job_condition(job, "Failed") or {}).get("reason", "BuildFailed")
         if current.get("failedGeneration") != generation or current.get("phase") != Phase.FAILED:
             metrics.BUILDS_FAILED.labels(reason).inc()
@@ -369,6 +380,28 @@ class Reconciler:
         if attempt.token:
             patch["rebuildToken"] = attempt.token
         return Outcome(patch, [("Warning", "BuildFailed", message.splitlines()[0])])
+
+    async def _fall_back(self, attempt: Attempt, full_plan: builds.BuildPlan, job_name: str, log_text: str,
+                         log: logging.Logger) -> Outcome:
+        """An incremental build failed: a full build of the same content follows at once, and decides. The
+        shortcut can fail where a build from scratch would not (the image's user cannot write where conda
+        installed, a conda package replaced files pip owned, a python py-rattler cannot run on), and a build that
+        fails in full says why in a full build's terms. The status remembers the content, so later reconciles
+        do not plan the increment again; the event says why, from kenv-delta.py's last `kenv:` line."""
+        lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+        said = [line.removeprefix("kenv: ") for line in lines if line.startswith("kenv: ")]
+        why = (said or lines or ["no log"])[-1].removesuffix("; a full build follows")
+        outcome = await self._converge(replace(attempt, plan=full_plan, increment=None, full_plan=None), log)
+        outcome.status["incrementalFailed"] = attempt.context.hash
+        outcome.status["transientRetries"] = None  # the full build has its own registry retries
+        if job_name not in self.fell_back:
+            self.fell_back.add(job_name)
+            log.info("%s: incremental build Job %s failed (%s); a full build follows", attempt.ref.display, job_name,
+                     why)
+            metrics.BUILDS_FAILED.labels("IncrementalBuildFailed").inc()
+            outcome.events.insert(0, ("Warning", "IncrementalBuildFailed",
+                                      f"incremental build Job {job_name} failed: {why}; a full build follows"))
+        return outcome
 
     async def _ready(self, attempt: Attempt, digest: str, reason: str, message: str,
                      push_credentials: Credentials | None = None, image: str | None = None,

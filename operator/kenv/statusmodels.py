@@ -59,6 +59,9 @@ class EnvironmentStatus(KenvModel):
     failed_generation: int | None = Field(
         None, description="Generation whose build failed (no retry until it changes)."
     )
+    incremental_failed: str | None = Field(
+        None, description="Content hash whose incremental build (spec.build.incremental) failed: that content is "
+        "built in full instead.")
     transient_retries: int | None = Field(
         None, description="Builds retried because they failed talking to a registry (reset when Ready)."
     )

@@ -1,7 +1,7 @@
 """Incremental builds (spec.build.incremental) in real pods: an edit that adds a pip requirement is installed into
 the current version's image by a pod running that image, and the changed files are pushed as layers on top of it;
-the new image runs, its lock lists the added package; a changed pin is installed the same way, and any other edit
-still gets a full Kaniko build."""
+the new image runs, its lock lists the added package; a changed pin is installed the same way; a failed
+incremental build is followed by a full one; any other edit still gets a full Kaniko build."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from kenvfixtures import (
     create_env,
     edit,
     env_versions,
+    events_for,
     get_env,
     job_pods,
     layer_digests,
@@ -116,12 +117,18 @@ def test_an_added_requirement_is_installed_into_the_current_image_as_layers_on_t
     assert not any("idna" in path for path in changed)
     assert {"six": "1.17.0", "idna": "3.7"}.items() <= installed(kube, namespace, third["image"]).items()
 
-    # A package the index does not have: the install fails, the build log says why, version 3 stays current.
+    # A package the index does not have: the install fails, and a full build follows at once and decides (it
+    # fails too, pip's message in its log); version 3 stays current, and the content is not tried incrementally
+    # again.
     edit(kube, namespace, "inc", spec("six==1.17.0", "idna==3.7", "kenv-no-such-package==1.0"))
-    failed = wait_phase(kube, namespace, "inc", {"Failed"}, timeout=300)["status"]
-    assert "kenv-no-such-package" in failed["failedBuildLog"] and "kenv: pip install failed" in failed["failedBuildLog"]
+    failed = wait_phase(kube, namespace, "inc", {"Failed"}, timeout=600)["status"]
+    assert "kenv-no-such-package" in failed["failedBuildLog"]
     assert (failed["version"], failed["image"]) == (3, third["image"])
-
+    assert failed["incrementalFailed"] == failed["desiredHash"]
+    full_pod, _ = build_pod(kube, failed)
+    assert "initContainers" not in full_pod["spec"] and [c["name"] for c in full_pod["spec"]["containers"]] == ["build"]
+    warned = [e["message"] for e in events_for(kube, namespace, "inc") if e["reason"] == "IncrementalBuildFailed"]
+    assert warned and all(m.endswith(" failed: pip install failed; a full build follows") for m in warned), warned
     assert "exited with code 1" in next(c for c in failed["conditions"] if c["type"] == "Built")["message"]
 
     # A removed line (idna swapped for tomli: another package, not another version) needs a full Kaniko build.

@@ -97,35 +97,39 @@ def test_kenv_build_local_uses_the_image_builds_installer(channel, tmp_path, cap
     assert "is up to date" in capsys.readouterr().err
 
 
-@needs_python
-def test_an_incremental_conda_update_installs_only_the_change_and_its_layer_holds_it(channel, tmp_path):
-    """What an incremental build's pods do (incremental.py): the tools container's copy of py-rattler, then
-    kenv-delta.py run by the environment's own python updates the prefix and writes the change as a layer."""
-    first = {"channels": [channel], "dependencies": ["python=3.11", "kenv-hello"]}
-    assert run_installer(first, tmp_path).returncode == 0
-    prefix = tmp_path / "env"
-    python = prefix / "bin/python"
-    tools, out = tmp_path / "tools", tmp_path / "out"
+def conda_update(tmp_path: Path, environment: dict, added: str) -> subprocess.CompletedProcess[str]:
+    """What an incremental build's pods do (incremental.py) to the environment run_installer made in tmp_path/env:
+    the tools container's copy of py-rattler, then kenv-delta.py run by the environment's own python, which
+    updates the prefix to the environment file with `added` and writes the change to tmp_path/out as layers."""
+    prefix, tools, out = tmp_path / "env", tmp_path / "tools", tmp_path / "out"
     out.mkdir()
     subprocess.run([sys.executable, "-c", incremental.COPY_TOOLS, str(tools), "--no-cache-dir"], check=True)
     assert {"rattler", "yaml"} <= {path.name for path in tools.iterdir()}
     updated = tmp_path / "updated.yml"
-    updated.write_text(yaml.safe_dump({**first, "dependencies": [*first["dependencies"], "kenv-pyhello"]}))
+    updated.write_text(yaml.safe_dump({**environment, "dependencies": [*environment["dependencies"], added]}))
     lock_script = tmp_path / "kenv-lock.py"
     lock_script.write_text(render.lock_script())
+    return subprocess.run(
+        [prefix / "bin/python", delta_script.__file__, f"--out={out}", f"--lock-script={lock_script}",
+         "--pip-cache=--no-cache-dir", f"--conda-environment={updated}", f"--conda-prefix={prefix}",
+         f"--conda-installer={conda_installer.__file__}", f"--conda-tools={tools}", "--conda-option=--no-cache",
+         "--", str(tmp_path / "lock.json"), str(tmp_path / "lock-fallback.json"), str(prefix)],
+        capture_output=True, text=True, timeout=300)
+
+
+@needs_python
+def test_an_incremental_conda_update_installs_only_the_change_and_its_layer_holds_it(channel, tmp_path):
+    first = {"channels": [channel], "dependencies": ["python=3.11", "kenv-hello"]}
+    assert run_installer(first, tmp_path).returncode == 0
+    prefix, out = tmp_path / "env", tmp_path / "out"
     greeting = next((prefix / "conda-meta").glob("kenv-greeting-*.json"))
     kept = greeting.stat().st_mtime_ns
-    result = subprocess.run(
-        [python, delta_script.__file__, f"--out={out}", f"--lock-script={lock_script}", "--pip-cache=--no-cache-dir",
-         f"--conda-environment={updated}", f"--conda-prefix={prefix}", f"--conda-installer={conda_installer.__file__}",
-         f"--conda-tools={tools}", "--conda-option=--no-cache", "--",
-         str(tmp_path / "lock.json"), str(tmp_path / "lock-fallback.json"), str(prefix)],
-        capture_output=True, text=True, timeout=300)
+    result = conda_update(tmp_path, first, "kenv-pyhello")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"kenv: updated {prefix}: +kenv-pyhello 1.0 " in result.stdout
     out_code = "import kenv_pyhello; print(kenv_pyhello.hello())"
-    assert subprocess.run([python, "-c", out_code], capture_output=True, text=True, check=True).stdout == \
-        "hello from kenv-pyhello 1.0\n"
+    assert subprocess.run([prefix / "bin/python", "-c", out_code], capture_output=True, text=True,
+                          check=True).stdout == "hello from kenv-pyhello 1.0\n"
     assert greeting.stat().st_mtime_ns == kept  # the installed packages stayed as they were
     with tarfile.open(out / "layer.tar") as layer:
         names = layer.getnames()
@@ -137,3 +141,23 @@ def test_an_incremental_conda_update_installs_only_the_change_and_its_layer_hold
         assert lock.getnames() == [str(tmp_path / "lock.json").lstrip("/")]
     locked = json.loads((tmp_path / "lock.json").read_text())
     assert "kenv-pyhello" in json.dumps(locked)
+
+
+@needs_python
+def test_a_conda_update_that_changes_files_pip_installed_stops_for_a_full_build(channel, tmp_path):
+    """pip installed its own kenv_pyhello over the environment (its RECORD lists the files); the conda package
+    added writes the same paths: pip's record would be wrong, so the install stops and a full build follows."""
+    first = {"channels": [channel], "dependencies": ["python=3.11", "kenv-hello"]}
+    assert run_installer(first, tmp_path).returncode == 0
+    site = tmp_path / "env/lib/python3.11/site-packages"
+    (site / "kenv_pyhello").mkdir()
+    (site / "kenv_pyhello/__init__.py").write_text("def hello():\n    return 'pip'\n")
+    info = site / "kenv_pyhello-0.9.dist-info"
+    info.mkdir()
+    (info / "INSTALLER").write_text("pip\n")
+    (info / "RECORD").write_text("kenv_pyhello/__init__.py,sha256=x,40\nkenv_pyhello-0.9.dist-info/RECORD,,\n")
+    result = conda_update(tmp_path, first, "kenv-pyhello")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "kenv: the conda update changed files pip installed (kenv_pyhello-0.9); a full build follows" in \
+        result.stderr
+    assert not (tmp_path / "out/layer.tar").exists()

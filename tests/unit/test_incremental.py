@@ -211,7 +211,10 @@ def test_a_conda_edit_qualifies_added_changed_and_dropped_dependencies_alike():
      "channels changed"),
     (conda_spec(["python=3.11", "six"], pip=["idna"]), conda_spec(["python=3.11", "six"], pip=["idna", "tomli"]),
      "pip list changed"),
-    (conda_spec(["r-base"]), conda_spec(["r-base", "r-ggplot2"]), "has no python"),
+    (conda_spec(["r-base"]), conda_spec(["r-base", "r-ggplot2"]), "name no python"),
+    # the update runs on the installed python: a new one is a full build (and py-rattler may not run on the old)
+    (conda_spec(["python=3.9", "six"]), conda_spec(["python=3.11", "six", "attrs"]), "python changed"),
+    (conda_spec(["python=3.11", "six"]), conda_spec(["python=3.12", "six"]), "python changed"),
     (conda_spec(["python=3.9", "six"]), conda_spec(["python=3.9", "six", "attrs"]), "older than py-rattler"),
     (spec("six==1.16.0"), conda_spec(["python=3.11"]), "conda environment was added"),
 ])
@@ -237,10 +240,13 @@ def test_the_micromamba_installer_builds_conda_edits_in_full():
     assert isinstance(found, str) and "rattler installer only" in found
 
 
-@pytest.mark.parametrize("python", ["python", "python>=3.10", "conda-forge::python 3.12.*", "python=3.11=h123_0"])
-def test_a_python_of_310_or_newer_or_of_any_version_lets_conda_update(python):
-    assert incremental.conda_python([python]) in ((), (3, 10), (3, 12), (3, 11))
-    assert incremental.conda_python(["pythonnet", "ipython"]) is None
+@pytest.mark.parametrize(("python", "version"), [
+    ("python", ()), ("python>=3.10", (3, 10)), ("conda-forge::python 3.12.*", (3, 12)), ("python=3.11=h123_0", (3, 11)),
+    ("python<3.10", ()), ("python >=3.8,<3.10", ()), ("python 3.9|3.12", ()),  # not pinned from below: not known
+])
+def test_the_python_a_conda_environment_asks_for(python, version):
+    assert incremental.conda_python(["six", python]) == version
+    assert incremental.conda_python(["pythonnet", "ipython", "python-dateutil"]) is None
 
 
 def test_a_conda_increment_copies_rattler_in_and_updates_the_prefix_before_the_pip_steps():

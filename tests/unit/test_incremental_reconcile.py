@@ -27,6 +27,7 @@ REPO = f"{HOST}/{REPOSITORY}"
 SETTINGS = OperatorSettings(destination_repo=REPO, insecure_registries=HOST, build_namespace="kenv-system",
                             operator_image=f"{HOST}/kenv/operator:1")
 LOG = logging.getLogger("test")
+WHY = "the conda update changed files pip installed (numpy-1.26.4)"  # what kenv-delta.py said last
 V1 = {"build": {"incremental": True}, "pip": {"requirements": "six==1.16.0\n"}}
 V2 = {"build": {"incremental": True}, "pip": {"requirements": "six==1.16.0\nidna==3.7\n"}}
 
@@ -58,6 +59,7 @@ class JobApi:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.created: list[dict[str, Any]] = []
         self.pushed: dict[str, str] = {}  # Job name -> the digest its pod reports
+        self.failed: set[str] = set()  # Jobs whose install container failed
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.jobs.get(name))
@@ -77,12 +79,25 @@ class JobApi:
         return None
 
     async def job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        failed = name in self.failed
         terminated = {"exitCode": 0, "message": self.pushed.get(name, "")}
-        return [{"metadata": {"name": f"{name}-pod"}, "status": {"containerStatuses": [
-            {"name": "build", "state": {"terminated": terminated}}]}}]
+        install = {"exitCode": 1 if failed else 0, "reason": "Error" if failed else "Completed"}
+        incremental = self.jobs[name]["metadata"]["annotations"].get("kenv.dev/builder") == "incremental"
+        return [{"metadata": {"name": f"{name}-pod"},
+                 "spec": {"initContainers": [{"name": "install"}] if incremental else [],
+                          "containers": [{"name": "build"}]},
+                 "status": {"initContainerStatuses": [{"name": "install", "state": {"terminated": install}}],
+                            "containerStatuses": [{"name": "build", "state": {"terminated": terminated}}]}}]
 
     async def pod_log_tail(self, namespace: str, pod: str, lines: int, container: str | None = None) -> str:
+        if container == "install" and pod.removesuffix("-pod") in self.failed:
+            return f"Collecting numpy\nkenv: {WHY}; a full build follows\n"
         return f"{container or 'build'}: done\n"
+
+    def fail(self, name: str) -> None:
+        self.jobs[name]["status"] = {"conditions": [{"type": "Failed", "status": "True",
+                                                     "reason": "BackoffLimitExceeded"}]}
+        self.failed.add(name)
 
     def finish(self, name: str, digest: str) -> None:
         self.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
@@ -224,4 +239,35 @@ def test_turning_incremental_on_mid_build_keeps_the_full_build_in_flight(world):
         ready = await env.reconcile()
         assert ready["phase"] == "Ready" and ready["image"] == f"{REPO}@{digest}"
         assert [c["reason"] for c in ready["conditions"] if c["type"] == "Ready"] == ["BuildSucceeded"]
+    run(world, scenario)
+
+
+def test_a_failed_incremental_build_is_followed_at_once_by_a_full_build_which_decides(world):
+    async def scenario(jobs: JobApi, version_api: VersionApi, registry: DigestRegistry, reconciler: Reconciler):
+        env = Environment("train", reconciler, registry)
+        await env.reconcile()
+        env.edit(V2)
+        increment = job_of(jobs, await env.reconcile())
+        jobs.fail(increment["metadata"]["name"])
+        outcome = await reconciler.reconcile(env.ref, copy.deepcopy(env.body), LOG)
+        # a poll and a build-watch nudge may both see the failure before the status lands: announced once
+        raced = await reconciler.reconcile(env.ref, copy.deepcopy(env.body), LOG)
+        assert raced.status["buildJob"] == outcome.status["buildJob"] and not raced.events
+        env.body["status"] = {k: v for k, v in {**env.body["status"], **outcome.status}.items() if v is not None}
+        building = env.body["status"]
+        full = job_of(jobs, building)
+        assert building["phase"] == "Building" and "-on-" not in destination(full)
+        assert full["metadata"]["annotations"]["kenv.dev/builder"] == "kaniko"
+        assert building["incrementalFailed"] == building["desiredHash"]  # the content, built in full from now
+        assert [reason for _, reason, _ in outcome.events] == ["IncrementalBuildFailed", "BuildStarted"]
+        assert outcome.events[0][2] == (f"incremental build Job {increment['metadata']['name']} failed: {WHY}; "
+                                        "a full build follows")
+        # later reconciles follow the full build and never plan the increment again
+        assert (await env.reconcile())["buildJob"] == building["buildJob"]
+        digest = registry.push(destination(full).rpartition(":")[2])
+        jobs.finish(full["metadata"]["name"], digest)
+        ready = await env.reconcile()
+        assert ready["phase"] == "Ready" and ready["image"] == f"{REPO}@{digest}" and ready["version"] == 2
+        assert [c["reason"] for c in ready["conditions"] if c["type"] == "Ready"] == ["BuildSucceeded"]
+        assert len(jobs.jobs) == 2
     run(world, scenario)
