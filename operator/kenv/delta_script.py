@@ -246,11 +246,12 @@ def main(argv):
             print(f"kenv: the conda update replaced python {running} with {now or 'nothing that runs'}; a full build "
                   "follows", file=sys.stderr, flush=True)
             return 1
-        updated = snapshot(roots, files, skip)
         # A conda package that replaced or removed files pip installed over it (pip pinned another version of a
         # conda package) leaves pip's record wrong, which pip's next run trusts; a full build installs in order.
-        clobbered = sorted({owned[path] for path in set(before) | set(updated)
-                            if path in owned and before.get(path) != updated.get(path)})
+        # Only pip's files are looked at again: the final snapshot below sees the rest.
+        watched = [path for path in owned if any(within(path, root) for root in roots)]
+        updated = snapshot([], watched, skip)
+        clobbered = sorted({owned[path] for path in watched if before.get(path) != updated.get(path)})
         if clobbered:
             print(f"kenv: the conda update changed files pip installed ({', '.join(clobbered)}); a full build "
                   "follows", file=sys.stderr, flush=True)

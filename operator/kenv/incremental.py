@@ -308,12 +308,19 @@ def increment_job(plan: builds.BuildPlan, found: Increment, spec: EnvironmentSpe
     return job
 
 
+def cache_options(cache_mount: dict[str, Any] | None) -> dict[str, str]:
+    """Each installer's cache option, as the Dockerfile's cache ARGs give it: the mounted package cache, or none."""
+    if cache_mount:
+        return cache_build_args(CACHE_MOUNT)
+    return {name: without_cache for name, (without_cache, _) in CACHE_ARGS.items()}
+
+
 def install_container(found: Increment, spec: EnvironmentSpec, settings: OperatorSettings,
                       resources_: dict[str, Any], has_ca: bool, cache_mount: dict[str, Any] | None) -> dict[str, Any]:
     """The container running the previous image: kenv-delta.py updates the conda environment (when the edit
     changed it), runs the image's pip steps again and writes the layers."""
     context = builds.CONTEXT_DIR
-    cache = cache_build_args(CACHE_MOUNT) if cache_mount else {name: off for name, (off, _) in CACHE_ARGS.items()}
+    cache = cache_options(cache_mount)
     env = [{"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
     if has_ca:  # as the Dockerfile's ARGs: trusted by pip during the install only
         env += [{"name": name, "value": f"{context}/{CA_FILE}"}
@@ -345,7 +352,7 @@ def tools_container(settings: OperatorSettings, resources_: dict[str, Any], has_
                     cache_mount: dict[str, Any] | None) -> dict[str, Any]:
     """The container putting py-rattler and PyYAML into TOOLS_DIR for the install container (COPY_TOOLS): the
     previous image has neither; the conda installer image (the full build's conda stage) has them or pip."""
-    cache = cache_build_args(CACHE_MOUNT)["KENV_PIP_CACHE"] if cache_mount else "--no-cache-dir"
+    cache = cache_options(cache_mount)["KENV_PIP_CACHE"]
     env = [{"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
     if has_ca:
         env += [{"name": name, "value": f"{builds.CONTEXT_DIR}/{CA_FILE}"} for name in ("PIP_CERT", "SSL_CERT_FILE")]

@@ -84,8 +84,9 @@ class Reconciler:
         # The image each Environment (by uid) was last counted Ready with: a poll and a build-watch nudge may both
         # find the same finished Job before either status lands (kopf runs timers beside change handlers).
         self.counted_ready: dict[str, str] = {}
-        # The incremental Jobs whose failure was announced (event, metric): the same race can find one twice.
-        self.fell_back: set[str] = set()
+        # The incremental Job whose failure was last announced (event, metric) for each Environment (by uid): the
+        # same race can find one twice. One name per Environment, so it stays as small as counted_ready.
+        self.fell_back: dict[str, str] = {}
 
     @property
     def previous_serves(self) -> bool:
@@ -394,8 +395,8 @@ class Reconciler:
         outcome = await self._converge(replace(attempt, plan=full_plan, increment=None, full_plan=None), log)
         outcome.status["incrementalFailed"] = attempt.context.hash
         outcome.status["transientRetries"] = None  # the full build has its own registry retries
-        if job_name not in self.fell_back:
-            self.fell_back.add(job_name)
+        if self.fell_back.get(attempt.uid) != job_name:
+            self.fell_back[attempt.uid] = job_name
             log.info("%s: incremental build Job %s failed (%s); a full build follows", attempt.ref.display, job_name,
                      why)
             metrics.BUILDS_FAILED.labels("IncrementalBuildFailed").inc()
