@@ -28,11 +28,12 @@ def _b64(data: bytes) -> str:
 
 class FloorWebhook:
     def __init__(self, kube: KubeAPI, registry: str, kenv_webhook: dict[str, Any], name: str = "floor",
-                 patch: list[dict[str, Any]] | None = None) -> None:
+                 patch: list[dict[str, Any]] | None = None, http1: bool = False) -> None:
         """kenv_webhook: one webhook of kenv's MutatingWebhookConfiguration, whose settings the floor copies;
-        patch: the JSON Patch to answer with (default: one operation setting the first container's image)."""
+        patch: the JSON Patch to answer with (default: one operation setting the first container's image);
+        http1: offer HTTP/1.1 only, as kenv's server does (the API server otherwise speaks HTTP/2 to the floor)."""
         self.kube, self.registry, self.kenv_webhook = kube, registry, kenv_webhook
-        self.name, self.patch = name, patch
+        self.name, self.patch, self.http1 = name, patch, http1
 
     def deploy(self, probe_namespace: str, timeout: float = 120) -> FloorWebhook:
         """probe_namespace: one kenv's webhook applies to, where a dry-run pod proves the floor answers."""
@@ -60,7 +61,7 @@ class FloorWebhook:
 
     def _deployment(self, image: str) -> dict[str, Any]:
         probe = {"httpGet": {"path": "/healthz", "port": PORT, "scheme": "HTTPS"}, "periodSeconds": 2}
-        args = ["-patch", json.dumps(self.patch)] if self.patch else []
+        args = (["-patch", json.dumps(self.patch)] if self.patch else []) + (["-http1"] if self.http1 else [])
         container = {"name": "webhook", "image": image, "args": args, "ports": [{"containerPort": PORT}],
                      "readinessProbe": probe,
                      "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": True}]}

@@ -6,11 +6,12 @@ interleaved in one run against a Ready Environment; then where kenv's time goes.
 Starts its own stack (bench/stack.py: the local cluster, base image, CRDs, kenv by Helm, the operator a real pod),
 makes one Environment Ready and deploys the floor webhook (bench/floor.py: Go, standard library only, a one-operation
 JSON Patch, registered like kenv's). Then creates pods at --rate pods/s (open loop: a request is sent on schedule
-whether or not the previous ones have answered) for --seconds, cycling four kinds so machine noise hits all alike:
-unlabelled (no webhook is called), labelled for the floor, labelled for a second floor that answers with kenv's
-exact JSON Patch (what the API server pays to apply a bigger patch), labelled kenv.dev/environment. Every pod carries a
-scheduling gate: the admission is what is measured, so nothing schedules or runs it. Latency is the client's POST
-round trip over kept-alive connections.
+whether or not the previous ones have answered) for --seconds, cycling five kinds so machine noise hits all alike:
+unlabelled (no webhook is called), labelled for the floor, labelled for a second floor that offers only HTTP/1.1
+(the floor speaks HTTP/2 to the API server, kenv's aiohttp server cannot), labelled for a third floor that answers
+with kenv's exact JSON Patch (what the API server pays to apply a bigger patch), labelled kenv.dev/environment.
+Every pod carries a scheduling gate: the admission is what is measured, so nothing schedules or runs it. Latency
+is the client's POST round trip over kept-alive connections.
 
 Prints p50/p99 per kind, what each webhook adds (its kind's percentile minus the unlabelled kind's: an estimate, not
 the percentile of a per-pod difference), kenv's added latency as a
@@ -45,12 +46,12 @@ TARGET_ADDED_P50_MS = 5.0
 TARGET_ADDED_P99_MS = 15.0
 TARGET_FLOOR_MULTIPLE = 1.5
 ENVIRONMENT = "bench"
-KINDS = ("none", "floor", "floor-kenv-patch", "kenv")
+KINDS = ("none", "floor", "floor-http1", "floor-kenv-patch", "kenv")
 WEBHOOK_KINDS = KINDS[1:]
-MEANINGS = {"none": "unlabelled, no webhook", "floor": "Go floor, one-op patch",
+MEANINGS = {"none": "unlabelled, no webhook", "floor": "Go floor, one-op patch", "floor-http1": "Go floor, HTTP/1.1",
             "floor-kenv-patch": "Go floor, kenv's patch", "kenv": "kenv"}
-LABELS = {"none": {"app": ENVIRONMENT}, "floor": {FLOOR_LABEL: "floor"},
-          "floor-kenv-patch": {FLOOR_LABEL: "floor-kenv-patch"}, "kenv": {"kenv.dev/environment": ENVIRONMENT}}
+LABELS = {"none": {"app": ENVIRONMENT}, **{kind: {FLOOR_LABEL: kind} for kind in WEBHOOK_KINDS if kind != "kenv"},
+          "kenv": {"kenv.dev/environment": ENVIRONMENT}}
 
 
 def verdict(met: bool, target: str) -> str:
@@ -127,6 +128,8 @@ def run(rate: float, seconds: float, warmup: int, direct: int) -> int:
     try:
         stack.ready_environment(ENVIRONMENT)
         floor = FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack)).deploy(stack.namespace)
+        FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack), name="floor-http1",
+                     http1=True).deploy(stack.namespace)
         FloorWebhook(stack.kube, stack.cluster.registry, kenv_webhook(stack), name="floor-kenv-patch",
                      patch=kenv_patch(stack)).deploy(stack.namespace)
         creator = PodCreator(stack.kube, list(KINDS))
@@ -166,6 +169,10 @@ def report(creator: PodCreator, parts: dict[str, list[float]], rate: float, seco
         like = kenv_added / same if same > 0 else math.inf
         print(f"    like for like (the floor answering with kenv's patch): {like:.2f}x; "
               f"what kenv's bigger patch costs the API server: {same - floor_added:+.1f} ms")
+        http1 = added["floor-http1"][index]
+        print(f"    the floor over HTTP/1.1, as kenv's server speaks: {http1:+.1f} ms; kenv vs it "
+              f"{kenv_added / http1 if http1 > 0 else math.inf:.2f}x; what HTTP/2 saves the floor: "
+              f"{http1 - floor_added:+.1f} ms")
     if parts:
         direct = {kind: percentile([v * 1000 for v in parts[kind]], 0.5) for kind in ("kenv", "floor")}
         handler = parts["handler"][0] * 1000 if parts["handler"] else math.nan

@@ -5,6 +5,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"log"
@@ -52,6 +53,9 @@ func main() {
 	image := flag.String("image", "floor.invalid/image@sha256:0000000000000000000000000000000000000000000000000000000000000000",
 		"the image the patch sets")
 	patchFlag := flag.String("patch", "", "a JSON Patch to answer with instead (bench/webhook.py gives it kenv's)")
+	// The API server speaks HTTP/2 to a webhook that offers it, as net/http does; kenv's aiohttp server speaks
+	// HTTP/1.1 only. With -http1 the floor offers only HTTP/1.1, to tell the protocol's share from the server's.
+	http1 := flag.Bool("http1", false, "serve HTTP/1.1 only (no HTTP/2 offered in TLS ALPN)")
 	flag.Parse()
 	patch := []byte(*patchFlag)
 	if *patchFlag == "" {
@@ -65,5 +69,9 @@ func main() {
 	}
 	http.HandleFunc("/mutate", mutate(patch))
 	http.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	log.Fatal(http.ListenAndServeTLS(*listen, *cert, *key, nil))
+	server := &http.Server{Addr: *listen}
+	if *http1 {
+		server.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	}
+	log.Fatal(server.ListenAndServeTLS(*cert, *key))
 }

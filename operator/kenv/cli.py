@@ -195,12 +195,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
     except ImportError:  # Windows: no uvloop
         from asyncio import run  # type: ignore[assignment]
 
-    from kenv import main, roles, runtime
+    from kenv import main, roles, runtime, webhookserver
 
     role = roles.Role(args.role)
     settings = main.SETTINGS
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format, verbose=args.verbose)
+    webhookserver.quiet_access_log(args.verbose)
     namespaces = runtime.watched_namespaces(settings)
     operator = functools.partial(
         kopf.operator, registry=main.registry(role), clusterwide=not namespaces, namespaces=namespaces,

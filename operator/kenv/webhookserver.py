@@ -11,6 +11,10 @@ Draining: the API server keeps reusing its kept-alive connections to a replica b
 update, and a connection closed under a request in flight refuses that pod (EOF). So from the preStop hook on
 (`kenv drain` sends roles.DRAIN_SIGNAL), every answer carries `Connection: close`: the API server drops each
 connection as it uses it and opens new ones to the replicas that stay.
+
+Access log: aiohttp logs each request it serves at INFO, and kopf's logging (INFO unless quiet) lets it through:
+a line per pod admitted, which costs the admission more CPU than kenv's answer does (bench/webhook.py). kenv logs
+its refusals itself; quiet_access_log() keeps aiohttp's lines for debug logging (`kenv operator -v`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ class Drain:
 
 
 DRAIN = Drain()
+ACCESS_LOGGER = "aiohttp.access"
+
+
+def quiet_access_log(verbose: bool) -> None:
+    """After kopf.configure(): aiohttp's line per request only with `verbose` (see the module's docstring)."""
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 class AdmissionServer(kopf.WebhookServer):

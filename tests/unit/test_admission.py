@@ -10,6 +10,7 @@ import asyncio
 import base64
 import copy
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -260,3 +261,36 @@ def test_a_spec_is_validated_once_when_indexed_not_per_pod(kenv_main: Any, monke
     assert entry["spec"] is None and "spec.python.userManagedDependencies" in entry["invalid"]
     good = admission.indexed(kopf.Body({"metadata": {"name": "e", "uid": "u"}, "spec": {}, "status": {}}))
     assert good["invalid"] is None and good["spec"].environment_variables == {}
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_admissions_are_access_logged_only_when_verbose(kenv_main: Any, caplog: pytest.LogCaptureFixture,
+                                                        verbose: bool) -> None:
+    import aiohttp
+
+    from kenv.webhookserver import ACCESS_LOGGER, AdmissionServer, quiet_access_log
+
+    admission = Admission()
+    admission.add_environment("torch", {}, READY)
+
+    async def served_once() -> int:
+        server = AdmissionServer(admission.indexes, addr="127.0.0.1", port=0, insecure=True)
+        server.port = server._allocate_free_port()
+        async with aiohttp.ClientSession() as session:
+            served = server(lambda *_, **__: None)
+            config = await served.__anext__()
+            try:
+                async with session.post(f"{config['url']}/inject-environment",
+                                        json=review(pod({"kenv.dev/environment": "torch"}))) as response:
+                    return response.status
+            finally:
+                await served.aclose()
+
+    try:
+        with caplog.at_level(logging.INFO):  # the root logger's level after kopf.configure()
+            quiet_access_log(verbose)
+            assert asyncio.run(served_once()) == 200
+    finally:
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
+    access = [record for record in caplog.records if record.name == ACCESS_LOGGER]
+    assert len(access) == (1 if verbose else 0)
