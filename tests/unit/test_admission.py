@@ -264,24 +264,20 @@ def test_a_spec_is_validated_once_when_indexed_not_per_pod(kenv_main: Any, monke
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_admissions_are_access_logged_only_when_verbose(kenv_main: Any, caplog: pytest.LogCaptureFixture,
-                                                        verbose: bool) -> None:
+def test_aiohttp_logs_the_requests_it_answers_only_when_verbose(kenv_main: Any, caplog: pytest.LogCaptureFixture,
+                                                                verbose: bool) -> None:
     import aiohttp
 
     from kenv.webhookserver import ACCESS_LOGGER, AdmissionServer, quiet_access_log
 
-    admission = Admission()
-    admission.add_environment("torch", {}, READY)
-
     async def served_once() -> int:
-        server = AdmissionServer(admission.indexes, addr="127.0.0.1", port=0, insecure=True)
+        server = AdmissionServer(Admission().indexes, addr="127.0.0.1", port=0, insecure=True)
         server.port = server._allocate_free_port()
         async with aiohttp.ClientSession() as session:
             served = server(lambda *_, **__: None)
             config = await served.__anext__()
-            try:
-                async with session.post(f"{config['url']}/inject-environment",
-                                        json=review(pod({"kenv.dev/environment": "torch"}))) as response:
+            try:  # not an AdmissionReview: the lean protocol leaves it to aiohttp, which refuses it
+                async with session.post(f"{config['url']}/inject-environment", data=b"[1]") as response:
                     return response.status
             finally:
                 await served.aclose()
@@ -289,8 +285,159 @@ def test_admissions_are_access_logged_only_when_verbose(kenv_main: Any, caplog: 
     try:
         with caplog.at_level(logging.INFO):  # the root logger's level after kopf.configure()
             quiet_access_log(verbose)
-            assert asyncio.run(served_once()) == 200
+            assert asyncio.run(served_once()) == 400
     finally:
         logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
     access = [record for record in caplog.records if record.name == ACCESS_LOGGER]
     assert len(access) == (1 if verbose else 0)
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes,
+                   answers: int = 1) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """Send `raw` on a kept-alive connection; the `answers` (headers, body: JSON if it is) read back in order."""
+    writer.write(raw)
+    await writer.drain()
+    read = []
+    for _ in range(answers):
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
+        status, *lines = head.strip().split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+        is_json = headers.get("content-type", "").startswith("application/json")
+        read.append((headers | {":status": status}, json.loads(body) if is_json else {"text": body.decode()}))
+    return read
+
+
+def http_post(path: str, body: bytes, *headers: str) -> bytes:
+    framing = [] if any(h.lower().startswith("transfer-encoding") for h in headers) else [
+        f"Content-Length: {len(body)}"]
+    return "\r\n".join([f"POST {path} HTTP/1.1", "Host: kenv", *framing, *headers, "", ""]).encode() + body
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_lean_protocol_answers_over_tls_and_hands_the_rest_to_aiohttp(kenv_main: Any, tmp_path: Any,
+                                                                           loop: str) -> None:
+    """One kept-alive TLS connection, as the API server keeps one: AdmissionReviews answered by the lean protocol
+    (no Server header: aiohttp never saw them), pipelined and split ones too; a chunked one, sent in one write
+    behind a lean one, handed to aiohttp with the connection, which answers it and the next one alike."""
+    import ssl
+
+    import uvloop
+
+    from kenv.certs import write_serving_certs
+    from kenv.webhookserver import AdmissionServer
+
+    admission = Admission()
+    admission.add_environment("torch", {}, READY)
+    certs = write_serving_certs(tmp_path, ["localhost"])
+    request = review(pod({"kenv.dev/environment": "torch"}))
+    body = json.dumps(request).encode()
+    expected = admission.via_lean_path(request)["patch"]
+
+    async def scenario() -> list[tuple[dict[str, str], dict[str, Any]]]:
+        server = AdmissionServer(admission.indexes, addr="127.0.0.1", port=0, host="localhost",
+                                 certfile=str(certs / "tls.crt"), pkeyfile=str(certs / "tls.key"),
+                                 cafile=str(certs / "ca.crt"))
+        server.port = server._allocate_free_port()
+        served = server(lambda *_, **__: None)
+        config = await served.__anext__()
+        assert config["url"] == f"https://localhost:{server.port}"
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context,
+                                                           server_hostname="localhost")
+            lean = http_post("/inject-environment?timeout=10s", body)
+            answers = await exchange(reader, writer, lean)
+            answers += await exchange(reader, writer, lean + lean, answers=2)
+            for i in range(len(lean)):  # byte by byte
+                writer.write(lean[i:i + 1])
+                await writer.drain()
+            answers += await exchange(reader, writer, b"")
+            answers += await exchange(reader, writer, lean + http_post(
+                "/inject-environment", chunked(body), "Transfer-Encoding: chunked"), answers=2)
+            answers += await exchange(reader, writer, lean)
+            writer.close()
+        finally:
+            await served.aclose()
+        return answers
+
+    runner = uvloop.run if loop == "uvloop" else asyncio.run
+    answers = runner(scenario())
+    assert [headers[":status"] for headers, _ in answers] == ["HTTP/1.1 200 OK"] * 7
+    assert all(answer["response"]["uid"] == request["request"]["uid"] for _, answer in answers)
+    assert all(answer["response"]["patch"] == expected for _, answer in answers)
+    by_aiohttp = ["server" in headers for headers, _ in answers]
+    assert by_aiohttp == [False, False, False, False, False, True, True]
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_a_lean_answer_closes_its_connection_when_asked_or_draining(kenv_main: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                     asked: bool) -> None:
+    from kenv import webhookserver
+    from kenv.webhookserver import AdmissionServer
+
+    admission = Admission()
+    admission.add_environment("torch", {}, READY)
+    body = json.dumps(review(pod({"kenv.dev/environment": "torch"}))).encode()
+    if not asked:
+        monkeypatch.setattr(webhookserver, "DRAIN", webhookserver.Drain())
+        webhookserver.DRAIN.begin()
+
+    async def scenario() -> tuple[dict[str, str], bytes]:
+        server = AdmissionServer(admission.indexes, addr="127.0.0.1", port=0, insecure=True)
+        server.port = server._allocate_free_port()
+        served = server(lambda *_, **__: None)
+        await served.__anext__()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            close = ("Connection: close",) if asked else ()
+            [(headers, _)] = await exchange(reader, writer, http_post("/inject-environment", body, *close))
+            rest = await asyncio.wait_for(reader.read(), 5)  # EOF: the server closed the connection
+            writer.close()
+        finally:
+            await served.aclose()
+        return headers, rest
+
+    headers, rest = asyncio.run(scenario())
+    assert headers["connection"] == "close" and "server" not in headers
+    assert rest == b""
+
+
+def test_what_the_lean_protocol_cannot_answer_aiohttp_answers(kenv_main: Any) -> None:
+    """Not JSON, JSON nested too deep for the decoder, a review whose pod is not an object: each handed to
+    aiohttp (400, 400, 500), and a good review after it is answered, not a dropped connection."""
+    from kenv.webhookserver import AdmissionServer
+
+    admission = Admission()
+    admission.add_environment("torch", {}, READY)
+    body = json.dumps(review(pod({"kenv.dev/environment": "torch"}))).encode()
+    not_a_pod = json.dumps(review("not a pod")).encode()  # type: ignore[arg-type]
+    refused = [("/inject-environment", b"[1]"), ("/inject-environment", b"[" * 100_000),
+               ("/inject-environment", not_a_pod)]
+
+    async def scenario() -> list[str]:
+        statuses = []
+        server = AdmissionServer(admission.indexes, addr="127.0.0.1", port=0, insecure=True)
+        server.port = server._allocate_free_port()
+        served = server(lambda *_, **__: None)
+        await served.__anext__()
+        try:
+            for path, bad in refused:
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                [(headers, _)] = await exchange(reader, writer, http_post(path, bad))
+                statuses.append(headers[":status"].split(" ")[1])
+                if statuses[-1] == "500":  # aiohttp closes a connection whose handler raised
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                [(again, answer)] = await exchange(reader, writer, http_post("/inject-environment", body))
+                assert again[":status"] == "HTTP/1.1 200 OK" and "patch" in answer["response"], path
+                writer.close()
+        finally:
+            await served.aclose()
+        return statuses
+
+    assert asyncio.run(scenario()) == ["400", "400", "500"]
