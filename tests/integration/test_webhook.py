@@ -34,7 +34,25 @@ def ready_env(kube, namespace, base_image) -> dict:
     })
     env = wait_phase(kube, namespace, "tools", {"Ready", "Failed"}, timeout=300)
     assert env["status"]["phase"] == "Ready", env["status"]
+    wait_admitting(kube, namespace, env["status"]["image"])
     return env
+
+
+def wait_admitting(kube, namespace: str, image: str, running: int = 3) -> None:
+    """Until `running` dry-run pods in a row get `image`: every admission replica's index holds the Ready status
+    the test read. An Environment Ready within a second of its creation (its image already in the registry) can
+    reach a pod's admission before a replica's watch does; that replica gates the pod and the image follows when
+    the gate lifts (test_pod_waits_gated_while_the_image_builds), which is not what these tests look at."""
+    seen = 0
+
+    def admitted() -> bool:
+        nonlocal seen
+        dry = kube.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All",
+                           pod("dry-run", {"kenv.dev/environment": "tools"}, command=["true"]))
+        seen = seen + 1 if dry["spec"]["containers"][0]["image"] == image else 0
+        return seen >= running
+
+    wait_for(admitted, 30, "the admission replicas to admit with the Ready image")
 
 
 def test_bare_pod_gets_digest_variables_secrets_and_shm(kube, namespace, ready_env):
