@@ -13,12 +13,15 @@ with kenv's exact JSON Patch (what the API server pays to apply a bigger patch),
 Every pod carries a scheduling gate: the admission is what is measured, so nothing schedules or runs it. Latency
 is the client's POST round trip over kept-alive connections.
 
-Prints p50/p99 per kind, what each webhook adds (its kind's percentile minus the unlabelled kind's: an estimate, not
-the percentile of a per-pod difference), kenv's added latency as a
-multiple of the floor's (target ≤ 1.5×) and against the absolute targets, and the failed admissions (a refused
-labelled pod, or one admitted without the webhook's image); exits 1 if any. The breakdown then sends --direct
-AdmissionReviews straight to each webhook's pod (host to pod, TLS, kept-alive, no API server) and reads kenv's own
-handler time from its metrics: API server's share = added - direct; server's share = direct - handler.
+Prints p50/p99 and the five slowest per kind, what each webhook adds (its kind's percentile minus the unlabelled
+kind's: an estimate, not the percentile of a per-pod difference), kenv's added latency as a multiple of the
+floor's (target ≤ 1.5×) with the range that multiple takes over resamplings of the run's pods (how much of a miss
+is sampling noise), the absolute targets, kenv's garbage collections during the run (kenv_gc_pause_seconds), and
+the failed admissions (a refused labelled pod, or one admitted without the webhook's image); exits 1 if any. The
+breakdown then sends --direct AdmissionReviews straight to each webhook's pod (host to pod, TLS, kept-alive, no API
+server), back to back and then --direct/2 each 0.1 s apart (an idle server, as the API server finds it), and
+reads kenv's own handler time from its metrics: API server's share = added - direct; server's share = direct -
+handler.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import argparse
 import base64
 import json
 import math
+import random
+import re
 import ssl
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -45,6 +51,7 @@ from stack import Stack, metric_sum_count  # noqa: E402
 TARGET_ADDED_P50_MS = 5.0
 TARGET_ADDED_P99_MS = 15.0
 TARGET_FLOOR_MULTIPLE = 1.5
+SPACED_GAP_SECONDS = 0.1
 ENVIRONMENT = "bench"
 KINDS = ("none", "floor", "floor-http1", "floor-kenv-patch", "kenv")
 WEBHOOK_KINDS = KINDS[1:]
@@ -91,6 +98,23 @@ def direct_round_trips(url: str, namespace: str, count: int) -> list[float]:
     return times
 
 
+def spaced_round_trips(urls: dict[str, str], namespace: str, count: int, gap: float) -> dict[str, list[float]]:
+    """count AdmissionReviews to each of `urls` ({kind: url}), taking turns, `gap` seconds apart: each lands in an
+    idle process, as the API server's do at the bench's rates (back to back, caches stay warm); seconds each."""
+    times: dict[str, list[float]] = {kind: [] for kind in urls}
+    with direct_client() as client:
+        for url in urls.values():
+            for _ in range(10):  # connections and TLS sessions, not counted
+                direct_response(client, url, namespace)
+        for _ in range(count):
+            for kind, url in urls.items():
+                time.sleep(gap)
+                started = time.perf_counter()
+                direct_response(client, url, namespace)
+                times[kind].append(time.perf_counter() - started)
+    return times
+
+
 def kenv_patch(stack: Stack) -> list[dict]:
     """The JSON Patch kenv answers the bench's pods with, for the floor that answers with the same."""
     with direct_client() as client:
@@ -113,7 +137,11 @@ def breakdown(stack: Stack, floor: FloorWebhook, count: int) -> dict[str, list[f
     go = direct_round_trips(f"https://{floor_ip}:{FLOOR_PORT}/mutate", stack.namespace, count)
     handled = after[1] - before[1]
     handler = [(after[0] - before[0]) / handled] if handled else []
-    return {"kenv": kenv, "floor": go, "handler": handler}
+    spaced = spaced_round_trips({"kenv": f"{kenv_url(stack)}/inject-environment",
+                                 "floor": f"https://{floor_ip}:{FLOOR_PORT}/mutate"}, stack.namespace, count // 2,
+                                SPACED_GAP_SECONDS)
+    return {"kenv": kenv, "floor": go, "handler": handler, "kenv-spaced": spaced["kenv"],
+            "floor-spaced": spaced["floor"]}
 
 
 def kenv_webhook(stack: Stack) -> dict:
@@ -137,16 +165,63 @@ def run(rate: float, seconds: float, warmup: int, direct: int) -> int:
             send_pod(stack, creator, "warm", i, record=False)
         total = int(rate * seconds)
         run_id = uuid.uuid4().hex[:4]
+        collections_before = gc_pauses(stack.operator_metrics("admission"))
         sent_seconds, late = open_loop(lambda i: send_pod(stack, creator, run_id, i), rate, total)
         creator.close()
+        collections = gc_pauses(stack.operator_metrics("admission"), since=collections_before)
         parts = breakdown(stack, floor, direct) if direct else {}
     finally:
         stack.stop()
-    return report(creator, parts, rate, seconds, warmup, total, sent_seconds, late)
+    return report(creator, parts, collections, rate, seconds, warmup, total, sent_seconds, late)
 
 
-def report(creator: PodCreator, parts: dict[str, list[float]], rate: float, seconds: float, warmup: int,
-           total: int, sent_seconds: float, late: int) -> int:
+def ratio_intervals(ms: dict[str, list[float]], rounds: int = 1000, seed: int = 0) -> dict[float, tuple[float, float]]:
+    """A 90% bootstrap interval of kenv's added latency ÷ the floor's, at p50 and at p99: how far the ratio moves
+    when the same run's pods are drawn again (with replacement, per kind). A ratio over a few hundred samples per
+    kind is a difference of two percentiles divided by another: the interval says how much of a miss is noise."""
+    draw = random.Random(seed)
+    ratios: dict[float, list[float]] = {0.50: [], 0.99: []}
+    for _ in range(rounds):
+        sample = {kind: sorted(draw.choices(ms[kind], k=len(ms[kind]))) for kind in ("none", "floor", "kenv")}
+        for q, found in ratios.items():
+            at = {kind: values[max(0, math.ceil(q * len(values)) - 1)] for kind, values in sample.items()}
+            floor_added = at["floor"] - at["none"]
+            found.append((at["kenv"] - at["none"]) / floor_added if floor_added > 0 else math.inf)
+    return {q: (percentile(found, 0.05), percentile(found, 0.95)) for q, found in ratios.items()}
+
+
+def gc_pauses(text: str, since: dict[str, GcPauses] | None = None) -> dict[str, GcPauses]:
+    """kenv_gc_pause_seconds per generation from a pod's metrics (gcpause.py), less `since`'s."""
+    found: dict[str, GcPauses] = {}
+    for generation, le, value in re.findall(
+            r'^kenv_gc_pause_seconds_bucket\{generation="(\d)",le="([^"]+)"\} (\S+)$', text, re.M):
+        found.setdefault(generation, GcPauses()).buckets[float(le)] = float(value)
+    for generation, value in re.findall(r'^kenv_gc_pause_seconds_sum\{generation="(\d)"\} (\S+)$', text, re.M):
+        found.setdefault(generation, GcPauses()).seconds = float(value)
+    for generation, pauses in found.items():
+        earlier = (since or {}).get(generation, GcPauses())
+        pauses.seconds -= earlier.seconds
+        pauses.buckets = {le: count - earlier.buckets.get(le, 0.0) for le, count in pauses.buckets.items()}
+    return found
+
+
+@dataclass
+class GcPauses:
+    """One generation's collections: seconds in all, and the cumulative count per bucket (le: upper bound)."""
+
+    seconds: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+    def count(self) -> int:
+        return int(self.buckets.get(math.inf, 0.0))
+
+    def longest_under(self) -> float:
+        """The smallest bucket bound every collection stayed under (seconds)."""
+        return min((le for le, count in self.buckets.items() if count >= self.count()), default=math.nan)
+
+
+def report(creator: PodCreator, parts: dict[str, list[float]], collections: dict[str, GcPauses], rate: float,
+           seconds: float, warmup: int, total: int, sent_seconds: float, late: int) -> int:
     ms = {kind: [v * 1000 for v in values] for kind, values in creator.latency.items()}
     p50 = {kind: percentile(values, 0.50) for kind, values in ms.items()}
     p99 = {kind: percentile(values, 0.99) for kind, values in ms.items()}
@@ -154,16 +229,20 @@ def report(creator: PodCreator, parts: dict[str, list[float]], rate: float, seco
           f"{late} sent late), cycling {'/'.join(KINDS)}, scheduling-gated; {warmup} warm-up pods of each kind "
           f"not counted")
     for kind in KINDS:
+        slowest = ", ".join(f"{value:.1f}" for value in sorted(ms[kind])[-5:][::-1])
         print(f"  {kind:16s} ({MEANINGS[kind]:22s} n={len(ms[kind])}): p50 {p50[kind]:6.1f} ms, "
-              f"p99 {p99[kind]:6.1f} ms")
+              f"p99 {p99[kind]:6.1f} ms; slowest {slowest} ms")
     added = {kind: (p50[kind] - p50["none"], p99[kind] - p99["none"]) for kind in WEBHOOK_KINDS}
     for kind in WEBHOOK_KINDS:
         print(f"  added by {kind:16s}: p50 {added[kind][0]:+.1f} ms, p99 {added[kind][1]:+.1f} ms")
+    intervals = ratio_intervals(ms)
     for label, index, target in (("p50", 0, TARGET_ADDED_P50_MS), ("p99", 1, TARGET_ADDED_P99_MS)):
         floor_added, kenv_added = added["floor"][index], added["kenv"][index]
         multiple = kenv_added / floor_added if floor_added > 0 else math.inf
+        low, high = intervals[0.50 if index == 0 else 0.99]
         print(f"  kenv vs floor at {label}: {multiple:.2f}x "
-              f"{verdict(multiple <= TARGET_FLOOR_MULTIPLE, f'≤ {TARGET_FLOOR_MULTIPLE:g}x')}; "
+              f"{verdict(multiple <= TARGET_FLOOR_MULTIPLE, f'≤ {TARGET_FLOOR_MULTIPLE:g}x')}, "
+              f"{low:.2f}x-{high:.2f}x in 90% of resamplings of this run; "
               f"absolute {kenv_added:+.1f} ms {verdict(kenv_added <= target, f'≤ {target:g} ms')}")
         same = added["floor-kenv-patch"][index]
         like = kenv_added / same if same > 0 else math.inf
@@ -173,8 +252,12 @@ def report(creator: PodCreator, parts: dict[str, list[float]], rate: float, seco
         print(f"    the floor over HTTP/1.1, as kenv's server speaks: {http1:+.1f} ms; kenv vs it "
               f"{kenv_added / http1 if http1 > 0 else math.inf:.2f}x; what HTTP/2 saves the floor: "
               f"{http1 - floor_added:+.1f} ms")
+    print("  kenv's garbage collections during the run (admission pod, kenv_gc_pause_seconds): " + ", ".join(
+        f"generation {generation} {pauses.count()} taking {pauses.seconds * 1000:.1f} ms "
+        f"(each ≤ {pauses.longest_under() * 1000:g} ms)" for generation, pauses in sorted(collections.items())))
     if parts:
         direct = {kind: percentile([v * 1000 for v in parts[kind]], 0.5) for kind in ("kenv", "floor")}
+        tail = {kind: percentile([v * 1000 for v in parts[kind]], 0.99) for kind in ("kenv", "floor")}
         handler = parts["handler"][0] * 1000 if parts["handler"] else math.nan
         print(f"  where kenv's added p50 goes ({len(parts['kenv'])} direct AdmissionReviews per webhook, p50):")
         print(f"    API server's call and JSON (added - direct): kenv {added['kenv'][0] - direct['kenv']:+.2f} ms, "
@@ -182,6 +265,13 @@ def report(creator: PodCreator, parts: dict[str, list[float]], rate: float, seco
         print(f"    webhook server, TLS and HTTP (direct - handler): kenv {direct['kenv'] - handler:.2f} ms, "
               f"floor {direct['floor']:.2f} ms (handler included)")
         print(f"    kenv's handler (kenv_admission_seconds, mean): {handler:.3f} ms")
+        print(f"    direct round trips at p99 (the servers' own tail, no API server): kenv {tail['kenv']:.2f} ms, "
+              f"floor {tail['floor']:.2f} ms")
+        spaced = {kind: [v * 1000 for v in parts[f"{kind}-spaced"]] for kind in ("kenv", "floor")}
+        print(f"    the same {SPACED_GAP_SECONDS:g} s apart, taking turns (n={len(spaced['kenv'])} each; an idle "
+              f"process, as the API server finds it): p50 kenv {percentile(spaced['kenv'], 0.5):.2f} ms, floor "
+              f"{percentile(spaced['floor'], 0.5):.2f} ms; p99 kenv {percentile(spaced['kenv'], 0.99):.2f} ms, "
+              f"floor {percentile(spaced['floor'], 0.99):.2f} ms")
         print("    (in-process: python bench/admission_profile.py splits the server's share further)")
     failed = sum(len(creator.failures[kind]) for kind in WEBHOOK_KINDS)
     print("  failed admissions: " + ", ".join(f"{kind} {len(creator.failures[kind])}" for kind in WEBHOOK_KINDS)

@@ -69,12 +69,11 @@ def parse_request(buffer: bytes | bytearray, prefix: str, webhooks: Collection[s
         if not field or name in headers:  # malformed (bare LF, NUL, a space before the colon) or repeated
             return OTHER
         headers[name] = field.group(2)
-    length = headers.get("content-length", "")
-    if "transfer-encoding" in headers or "expect" in headers or not LENGTH.fullmatch(length) \
-            or int(length) > MAX_BODY:
+    length = int(headers["content-length"]) if LENGTH.fullmatch(headers.get("content-length", "")) else -1
+    if "transfer-encoding" in headers or "expect" in headers or not 0 <= length <= MAX_BODY:
         return OTHER
     body_start = head_end + 4
-    end = body_start + int(length)
+    end = body_start + length
     if len(buffer) < end:
         return INCOMPLETE
     close = "close" in (token.strip().lower() for token in headers.get("connection", "").split(","))

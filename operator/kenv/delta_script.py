@@ -4,14 +4,16 @@ changed as layers.
 Copied into an incremental build's context as kenv-delta.py and run by the previous version's image's own python
 (README, "Incremental builds"): it records the files under the interpreter's install paths (and the conda prefix),
 updates the conda environment when the edit changed it (kenv-conda.py --update, with the py-rattler the tools
-container copied), runs the same `pip install -r` steps the Dockerfile runs (the old lines are already satisfied,
-so pip installs only what the added lines need), writes the package lock again, and records the files once more.
-What was added or changed becomes layer.tar; what was removed, an OCI whiteout in it; the lock file alone becomes
-lock.tar, so the image's last layer is its lock, as in a full build. The kenv image's `kenv append-layers` pushes both.
+container copied), runs the same `pip install -r` steps the Dockerfile runs, with uv where it runs uv (the old
+lines are already satisfied, so only what the added lines need is installed), writes the package lock again, and
+records the files once more. What was added or changed becomes layer.tar; what was removed, an OCI whiteout in it;
+the lock file alone becomes lock.tar, so the image's last layer is its lock, as in a full build. The kenv image's
+`kenv append-layers` pushes both.
 
 It runs on whatever python the image has (3.8 or newer): the standard library only.
 
-Usage: kenv-delta.py --out=DIR --lock-script=F --pip-cache=OPTION [--requirements=F]...
+Usage: kenv-delta.py --out=DIR --lock-script=F --pip-cache=OPTION [--requirements=F | --uv-requirements=F]...
+       [--uv-pin=F --uv-cache=OPTION]
        [--conda-environment=F --conda-prefix=DIR --conda-installer=F --conda-tools=DIR [--conda-option=O]...]
        -- LOCK_ARG...
 """
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tempfile
 
 WHITEOUT = ".wh."
 IMAGE_COPIES = "/tmp/kenv"  # where the Dockerfile copies the requirements files
@@ -138,7 +141,13 @@ def arguments(argv):
     parser.add_argument("--out", required=True)
     parser.add_argument("--lock-script", required=True)
     parser.add_argument("--pip-cache", required=True, help="pip's cache option")
-    parser.add_argument("--requirements", action="append", default=[], help="a requirements file, in order")
+    # Both kinds in one list, in the order given: the Dockerfile's install steps, each with its installer.
+    parser.add_argument("--requirements", action="append", dest="installs", default=[],
+                        type=lambda path: ("pip", path), help="a requirements file pip installs, in order")
+    parser.add_argument("--uv-requirements", action="append", dest="installs", type=lambda path: ("uv", path),
+                        help="a requirements file uv installs, in order")
+    parser.add_argument("--uv-pin", help="the requirements file pinning uv (pip-installed for the install only)")
+    parser.add_argument("--uv-cache", default="--no-cache", help="uv's cache option")
     parser.add_argument("--conda-environment", help="the environment file to update the conda prefix to")
     parser.add_argument("--conda-prefix")
     parser.add_argument("--conda-installer", help="kenv-conda.py")
@@ -149,8 +158,8 @@ def arguments(argv):
 
 
 def pip_owned(folders):
-    """{path: distribution} of the files pip installed (a dist-info whose INSTALLER is not conda) in the site
-    folders, from their RECORD."""
+    """{path: distribution} of the files pip (or uv) installed (a dist-info whose INSTALLER is not conda) in the
+    site folders, from their RECORD."""
     owned = {}
     for folder in folders:
         try:
@@ -207,16 +216,66 @@ def update_conda(args):
     return subprocess.call(command, env=env) == 0
 
 
+def update_conda_over_pip(args, roots, before, skip):
+    """Update the conda environment; why a full build must follow instead, or None."""
+    sites = sorted({sysconfig.get_paths()[name] for name in ("purelib", "platlib")})
+    owned = pip_owned(sites)
+    if not update_conda(args):
+        return "the conda update failed"
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    now = python_version(sys.executable)
+    if now != running:  # the solve preferred the installed python but needed another: pip's packages stay behind
+        return f"the conda update replaced python {running} with {now or 'nothing that runs'}"
+    # A conda package that replaced or removed files pip installed over it (pip pinned another version of a conda
+    # package) leaves pip's record wrong, which pip's next run trusts; a full build installs in order. Only pip's
+    # files are looked at again: the final snapshot sees the rest.
+    watched = [path for path in owned if any(within(path, root) for root in roots)]
+    updated = snapshot([], watched, skip)
+    clobbered = sorted({owned[path] for path in watched if before.get(path) != updated.get(path)})
+    return f"the conda update changed files pip installed ({', '.join(clobbered)})" if clobbered else None
+
+
+def install_uv(args, folder):
+    """uv into `folder` (outside the image's install paths, left out of its snapshots), as the Dockerfile's uv
+    step installs it; the path of its binary, or None if pip could not install it."""
+    command = [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "--target",
+               folder, "-r", args.uv_pin]
+    return os.path.join(folder, "bin", "uv") if subprocess.call(command) == 0 else None
+
+
+def install_command(installer, requirements, args, uv):
+    """The Dockerfile's install step for one requirements file: pip's, or uv's with the same options."""
+    if installer == "pip":
+        return [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "-r",
+                requirements]
+    cache = args.uv_cache
+    if cache.startswith("--cache-dir=") and not os.access(os.path.dirname(cache.partition("=")[2]), os.W_OK):
+        cache = "--no-cache"  # the cache volume is root's and this image's user is not: uv goes without, as pip
+    return [uv, "pip", "install", cache, "--system", "--python", sys.executable, "--break-system-packages",
+            "--index-strategy", "unsafe-best-match", "--compile-bytecode", "-r", requirements]
+
+
 def main(argv):
     args = arguments(argv[1:])
-    out, lock_args = args.out, args.lock_args
-    lock_paths = set(lock_args[:2])
+    lock_paths = set(args.lock_args[:2])
     roots = install_roots()
     if args.conda_prefix and not any(within(args.conda_prefix, root) for root in roots):
         roots = [root for root in roots if not within(root, args.conda_prefix)] + [args.conda_prefix]
-    copies = [os.path.join(IMAGE_COPIES, os.path.basename(path)) for path in args.requirements]
+    copies = [os.path.join(IMAGE_COPIES, os.path.basename(path)) for _, path in args.installs]
     files = sorted(lock_paths | set(copies))
-    skip = {os.path.normpath(out)}
+    uv_folder = tempfile.mkdtemp(prefix="kenv-uv-") if any(kind == "uv" for kind, _ in args.installs) else None
+    skip = {os.path.normpath(args.out), *([os.path.normpath(uv_folder)] if uv_folder else [])}
+    try:
+        return install_and_write(args, roots, files, copies, skip, uv_folder)
+    finally:
+        if uv_folder:
+            shutil.rmtree(uv_folder, ignore_errors=True)
+
+
+def install_and_write(args, roots, files, copies, skip, uv_folder):
+    """main's work once the paths are known: check, snapshot, install, snapshot again, write the layers."""
+    out, lock_args = args.out, args.lock_args
+    lock_paths = set(lock_args[:2])
     try:
         with open("/proc/self/mountinfo") as info:
             mounted = mounts_under(roots, skip, info.read())
@@ -235,34 +294,20 @@ def main(argv):
     print(f"kenv: installing the edit into the previous image ({len(before)} paths under {', '.join(roots)})",
           flush=True)
     if args.conda_environment:
-        sites = sorted({sysconfig.get_paths()[name] for name in ("purelib", "platlib")})
-        owned = pip_owned(sites)
-        if not update_conda(args):
-            print("kenv: the conda update failed; a full build follows", flush=True)
+        problem = update_conda_over_pip(args, roots, before, skip)
+        if problem:
+            print(f"kenv: {problem}; a full build follows", file=sys.stderr, flush=True)
             return 1
-        running = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        now = python_version(sys.executable)
-        if now != running:  # the solve preferred the installed python but needed another: pip's packages stay behind
-            print(f"kenv: the conda update replaced python {running} with {now or 'nothing that runs'}; a full build "
-                  "follows", file=sys.stderr, flush=True)
+    uv = install_uv(args, uv_folder) if uv_folder else None
+    if uv_folder and uv is None:
+        print("kenv: uv could not be installed; a full build follows", flush=True)
+        return 1
+    for installer, requirements in args.installs:
+        env = dict(os.environ, UV_LINK_MODE="copy")  # as the Dockerfile's uv step: no hard links into the cache
+        if subprocess.call(install_command(installer, requirements, args, uv), env=env) != 0:
+            print(f"kenv: {installer} install failed; a full build follows", flush=True)
             return 1
-        # A conda package that replaced or removed files pip installed over it (pip pinned another version of a
-        # conda package) leaves pip's record wrong, which pip's next run trusts; a full build installs in order.
-        # Only pip's files are looked at again: the final snapshot below sees the rest.
-        watched = [path for path in owned if any(within(path, root) for root in roots)]
-        updated = snapshot([], watched, skip)
-        clobbered = sorted({owned[path] for path in watched if before.get(path) != updated.get(path)})
-        if clobbered:
-            print(f"kenv: the conda update changed files pip installed ({', '.join(clobbered)}); a full build "
-                  "follows", file=sys.stderr, flush=True)
-            return 1
-    for requirements in args.requirements:
-        pip = [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "-r",
-               requirements]
-        if subprocess.call(pip) != 0:
-            print("kenv: pip install failed; a full build follows", flush=True)
-            return 1
-    for requirements, copy in zip(args.requirements, copies):  # noqa: B905 - python 3.8
+    for requirements, copy in zip([path for _, path in args.installs], copies):  # noqa: B905 - python 3.8
         try:  # the image's copy of the requirements (the Dockerfile's COPY) says what it was built from
             if os.path.exists(copy):
                 shutil.copyfile(requirements, copy)

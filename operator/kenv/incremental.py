@@ -1,6 +1,6 @@
 """Incremental builds (spec.build.incremental): an edit that only adds pip requirement lines, or changes a line's
-version, or changes the conda dependencies (rattler installer), is installed into the current version's image and
-pushed as layers on top of it, instead of a full build.
+version (with pip or uv, as spec.pip.installer says), or changes the conda dependencies (rattler installer), is
+installed into the current version's image and pushed as layers on top of it, instead of a full build.
 
 Pure functions: whether an edit qualifies (`increment`), the plan naming its image and Job (`plan_increment`)
 and the Job (`increment_job`). The Job's init container runs the previous image itself with kenv-delta.py
@@ -35,6 +35,7 @@ from kenv.render import (
     INSTALLER_REQUIREMENTS,
     INSTALLER_SCRIPT,
     LOCK_SCRIPT,
+    UV_FILE,
     BuildContext,
     cache_build_args,
     lock_arguments,
@@ -97,12 +98,15 @@ class Increment:
     conda: tuple[str, ...] = ()
     # the context's requirements files the install runs `pip install -r` on, in the Dockerfile's order
     requirements: tuple[str, ...] = (REQUIREMENTS,)
+    # what installs spec.pip's requirements.txt, as in the Dockerfile (the environment file's pip list: pip)
+    installer: PipInstaller = PipInstaller.PIP
 
     @property
     def summary(self) -> str:
         """What the increment installs, for the image's history."""
+        pip = "uv pip" if self.installer is PipInstaller.UV else "pip"
         parts = ([f"conda {' '.join(self.conda)}"] if self.conda else []) + \
-            ([f"pip install {' '.join(self.added)}"] if self.added else [])
+            ([f"{pip} install {' '.join(self.added)}"] if self.added else [])
         return "; ".join(parts)
 
     @property
@@ -116,8 +120,6 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
 
     previous: the current version's definition rendered now; it must still hash to the content its image was
     built from (parent_hash), or something outside the spec (a Dockerfile or CA in a ConfigMap) moved."""
-    if spec.pip is not None and spec.pip.installer is not PipInstaller.PIP:
-        return "only the pip installer builds incrementally"
     if parent_image.rpartition("@")[0] != destination_repo or "@sha256:" not in parent_image:
         return "the current image is not in the destination repository"
     if previous.hash != parent_hash:
@@ -149,7 +151,9 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
     # that replaced a pip-installed one of another version is put back, a dependency one dropped comes from PyPI.
     requirements = tuple(name for name in (CONDA_PIP_FILE, REQUIREMENTS) if name in new.files and
                          (conda or name == REQUIREMENTS))
-    return Increment(parent_image=parent_image, added=added, conda=conda, requirements=requirements)
+    installer = spec.pip.installer if spec.pip is not None else PipInstaller.PIP
+    return Increment(parent_image=parent_image, added=added, conda=conda, requirements=requirements,
+                     installer=installer)
 
 
 def conda_changes(previous: str | None, new: str | None, rattler: bool) -> tuple[str, ...] | str:
@@ -335,7 +339,11 @@ def install_container(found: Increment, spec: EnvironmentSpec, settings: Operato
         arguments += [f"--conda-environment={context}/{ENVIRONMENT}", f"--conda-prefix={CONDA_PREFIX}",
                       f"--conda-installer={context}/{INSTALLER_SCRIPT}", f"--conda-tools={TOOLS_DIR}",
                       *[f"--conda-option={option}" for option in [*target, cache["KENV_CONDA_CACHE"]]]]
-    arguments += [f"--requirements={context}/{name}" for name in found.requirements]
+    for name in found.requirements:  # in order; uv installs requirements.txt as the Dockerfile's uv step does
+        uv = found.installer is PipInstaller.UV and name == REQUIREMENTS
+        arguments.append(f"--{'uv-' if uv else ''}requirements={context}/{name}")
+    if found.installer is PipInstaller.UV and REQUIREMENTS in found.requirements:
+        arguments += [f"--uv-pin={context}/{UV_FILE}", f"--uv-cache={cache['KENV_UV_CACHE']}"]
     return {
         "name": "install",
         "image": found.parent_image,

@@ -253,6 +253,7 @@ async def merge_patch(ref: EnvironmentRef, body: Mapping[str, Any], status: bool
     api, merge = await custom(), "application/merge-patch+json"
     scope, where = ("cluster", [ref.plural, ref.name]) if ref.namespace is None \
         else ("namespaced", [ref.namespace, ref.plural, ref.name])
+    # by name: the client's type stubs know neither `_content_type` nor one call for both scopes
     patch = getattr(api, f"patch_{scope}_custom_object{'_status' if status else ''}")
     await patch(GROUP, VERSION, *where, body, _content_type=merge)
 

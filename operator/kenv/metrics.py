@@ -21,6 +21,10 @@ ADMISSION_SECONDS = Histogram(
 )
 RECONCILE_SECONDS = Histogram("kenv_reconcile_seconds", "Time spent in one reconcile")
 LOOP_STALLS = Counter("kenv_event_loop_stalls_total", "Times one callback held the event loop for over 2 s")
+GC_PAUSE = Histogram(
+    "kenv_gc_pause_seconds", "Python's cyclic garbage collections: how long each held the process, by generation",
+    ["generation"], buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 LEADER = Gauge("kenv_leader", "1 while this process reconciles (holds the reconciler Lease, or runs without election)")
 
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from kenv import admission, buildwatch, catalog, gatewatch, gating, kube, metrics, references, slots, tracking
 from kenv.certs import write_serving_certs
 from kenv.config import OperatorSettings, get_settings
+from kenv.gcpause import freeze_long_lived, time_collections
 from kenv.indexfill import IndexFill, NotFull
 from kenv.models import GROUP, spec_from_body
 from kenv.reconcile import Outcome, Reconciler, rebuild_token
@@ -46,6 +47,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorSettings, indexes
               role: Role) -> None:
     global _reconciler, _indexes, _index_fill
     _indexes = indexes
+    time_collections()
     # kopf removes its finalizer from every object no handler of *this* process needs it for: admission replicas
     # (indexes only) would strip the reconciler's on each event, and each re-add costs the reconciler a handling
     # cycle without its change handlers, endlessly. So they are given a name never set on any object.
@@ -227,7 +229,11 @@ async def index_probe() -> str:
     probe now rather than retrying the handler."""
     assert _index_fill is not None and _indexes is not None, "admission not configured"
     try:
-        return await _index_fill.check(_indexes)
+        filling = not _index_fill.full
+        fill = await _index_fill.check(_indexes)
+        if filling:  # what is loaded now lives as long as the process: out of the collector's walks (gcpause.py)
+            freeze_long_lived()
+        return fill
     except NotFull as error:
         raise kopf.PermanentError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a failed listing is a failed probe, answered now (not retried)

@@ -95,7 +95,7 @@ class AdmissionServer(kopf.WebhookServer):
             try:
                 port = self.port or self._allocate_free_port()
                 server = await asyncio.get_running_loop().create_server(
-                    functools.partial(LeanProtocol, prefix, admission.WEBHOOKS, self._lean_answer, fallback,
+                    functools.partial(LeanProtocol, prefix, admission.WEBHOOKS, self._kenv_answer, fallback,
                                       lambda: DRAIN.draining, connections),
                     self.addr or None, port, ssl=context, reuse_port=True, reuse_address=True,
                     backlog=128)  # aiohttp's TCPSite's
@@ -116,8 +116,9 @@ class AdmissionServer(kopf.WebhookServer):
             finally:
                 await runner.cleanup()
 
-    def _lean_answer(self, webhook: str, review: dict[str, Any]) -> dict[str, Any] | None:
-        """The lean protocol's answer to an AdmissionReview for one of kenv's webhooks, or None for aiohttp's."""
+    def _kenv_answer(self, webhook: str, review: dict[str, Any]) -> dict[str, Any] | None:
+        """kenv's answer to an AdmissionReview for one of its webhooks, on either protocol, or None when kopf's
+        machinery answers it (a review admission.takes not)."""
         if self.indexes is None or not admission.takes(review):
             return None
         return admission.review(webhook, review, self.indexes)
@@ -140,9 +141,10 @@ class AdmissionServer(kopf.WebhookServer):
             raise aiohttp.web.HTTPBadRequest(reason=f"not an AdmissionReview: {error}") from error
         if not isinstance(data, dict):
             raise aiohttp.web.HTTPBadRequest(reason="not an AdmissionReview: expected a JSON object")
-        if not admission.takes(data):
+        answer = self._kenv_answer(webhook, data)
+        if answer is None:
             return await kopf.WebhookServer._serve(fn, request)  # aiohttp keeps the body it read
-        return aiohttp.web.json_response(admission.review(webhook, data, self.indexes))
+        return aiohttp.web.json_response(answer)
 
 
 async def files_changed(paths: Sequence[str | os.PathLike[str]], interval: float) -> None:

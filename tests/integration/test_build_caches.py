@@ -1,7 +1,7 @@
 """Package caches and the uv installer in real Kaniko build pods (the session's release mounts a package cache,
 hack/release.py): a later build takes its wheels from the cache an earlier build pod left (pip from an index that
 sends PyPI's Cache-Control, hack/pypiindex.py; uv from PyPI itself), nothing of the cache or of uv reaches an
-image, and uv installs into the image's python what pip would."""
+image, and uv installs into the image's python what pip would, in a full build and in an incremental one."""
 
 from __future__ import annotations
 
@@ -14,7 +14,20 @@ import pytest
 
 import pypiindex
 from condaserver import ChannelServer
-from kenvfixtures import added_paths, build_pod, create_env, registry_digest, run_pod, wait_phase
+from kenvfixtures import (
+    BUILD_NAMESPACE,
+    added_paths,
+    build_pod,
+    create_env,
+    edit,
+    job_pods,
+    layer_digests,
+    layer_paths,
+    registry_digest,
+    run_pod,
+    wait_phase,
+    wait_version,
+)
 from nodeconfig import NODE_IP
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -71,10 +84,13 @@ def test_uv_installs_the_requirements_into_the_images_python_and_leaves_itself_o
         kube, cluster, namespace, base_image, ca_config_map):
     marker = uuid.uuid4().hex[:8]
 
-    def uv_env(name: str, *packages: str) -> tuple[dict, str]:
+    def uv_spec(*packages: str) -> dict:
         pip = {"installer": "uv", "requirements": requirements(marker, *packages)}
-        return built(kube, namespace, name, {"docker": {"baseImage": base_image}, "pip": pip,
-                                             "build": {"caBundle": ca_config_map}})
+        return {"docker": {"baseImage": base_image}, "pip": pip,
+                "build": {"caBundle": ca_config_map, "incremental": True}}
+
+    def uv_env(name: str, *packages: str) -> tuple[dict, str]:
+        return built(kube, namespace, name, uv_spec(*packages))
     env, log = uv_env("uv", "six==1.16.0", "idna==3.7")
     assert " + six==1.16.0" in log and " + idna==3.7" in log, log[-3000:]  # uv's report of what it installed
     tag = "kenv-" + env["status"]["hash"][:40]
@@ -92,3 +108,22 @@ def test_uv_installs_the_requirements_into_the_images_python_and_leaves_itself_o
     # One package more: uv prepares (downloads and unpacks) only that one, the others come from its cache.
     _, log = uv_env("uv-more", "six==1.16.0", "idna==3.7", "packaging==24.2")
     assert "Prepared 1 package in" in log and " + packaging==24.2" in log, log[-3000:]
+
+    # An added line, incrementally: uv (pip-installed beside the image, as in the Dockerfile) installs it into the
+    # running version 1 image; the layer on top holds the package, not uv.
+    edit(kube, namespace, "uv", uv_spec("six==1.16.0", "idna==3.7", "tomli==2.0.1"))
+    second = wait_version(kube, namespace, "uv", 2, timeout=300)["status"]
+    assert next(c for c in second["conditions"] if c["type"] == "Ready")["reason"] == "IncrementalBuild", second
+    pod = job_pods(kube, BUILD_NAMESPACE, second["buildJob"]["name"])[-1]
+    install_log = kube.text(f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{pod['metadata']['name']}/log"
+                            "?container=install")
+    assert " + tomli==2.0.1" in install_log and " + six" not in install_log, install_log[-3000:]
+    layers = layer_digests(cluster.registry, "kenv/environments", second["digest"])
+    added = layer_paths(cluster.registry, "kenv/environments", layers[-2])
+    assert any(p.endswith("-packages/tomli/__init__.py") for p in added) and \
+        any("/tomli/__pycache__/" in p for p in added), sorted(added)[:40]
+    assert not {p for p in added if "kenv-uv" in p or p.endswith("/bin/uv") or "/uv-" in p}, sorted(added)
+    pod, out = run_pod(kube, namespace, "train-uv-2", {"containers": [{
+        "name": "train", "image": second["image"], "command": [
+            "python3", "-c", "import idna, six, tomli; print(six.__version__, idna.__version__)"]}]})
+    assert pod["status"]["phase"] == "Succeeded" and out.strip() == "1.16.0 3.7", out

@@ -11,7 +11,7 @@ import pytest
 
 from kenv import builds, delta_script, incremental, jobstate
 from kenv.config import OperatorSettings
-from kenv.models import EnvironmentSpec
+from kenv.models import EnvironmentSpec, PipInstaller
 from kenv.render import (
     CACHE_MOUNT,
     CONDA_PIP_FILE,
@@ -20,6 +20,7 @@ from kenv.render import (
     LOCK_FALLBACK,
     LOCK_FILE,
     LOCK_SCRIPT,
+    UV_FILE,
     Externals,
     render_context,
 )
@@ -76,7 +77,8 @@ def test_a_changed_version_of_a_listed_package_qualifies_with_the_lines_added(ol
     (spec("six==1.16.0"), spec("six==1.16.0"), "no requirement line or conda dependency was added or changed"),
     (spec("six==1.16.0"), spec("six==1.16.0", "--pre"), "pip option"),
     (spec("six==1.16.0"), spec("six==1.16.0", "idna", index_url="https://pypi.example/simple"), "pip option"),
-    (spec("six==1.16.0"), spec("six==1.16.0", "idna", installer="uv"), "pip installer"),
+    # another installer is another Dockerfile
+    (spec("six==1.16.0"), spec("six==1.16.0", "idna", installer="uv"), "more than the pip requirements"),
     (spec("six==1.16.0"), EnvironmentSpec.model_validate({
         "build": {"incremental": True}, "docker": {"baseImage": "python:3.12-slim"},
         "pip": {"requirements": "six==1.16.0\nidna\n"}}), "more than the pip requirements"),
@@ -174,6 +176,54 @@ def test_the_job_installs_in_the_parent_image_and_pushes_with_the_operators():
     bare = job(has_docker_config=False, package_cache=False)["spec"]["template"]["spec"]
     assert "imagePullSecrets" not in bare and "package-cache" not in {v["name"] for v in bare["volumes"]}
     assert "--pip-cache=--no-cache-dir" in bare["initContainers"][0]["command"]
+
+
+def test_a_uv_edit_installs_with_uv_as_the_dockerfile_does():
+    old, new = spec("six==1.16.0", installer="uv"), spec("six==1.16.0", "idna==3.7", installer="uv")
+    found = qualifies(old, new)
+    assert found == incremental.Increment(PARENT, ("idna==3.7",), installer=PipInstaller.UV)
+    assert found.summary == "uv pip install idna==3.7"
+    context = render_context(new)
+    assert UV_FILE in context.files  # the pin the full build installs uv from, which the install container uses
+    plan = incremental.plan_increment(builds.plan_build(context, SETTINGS), found)
+    for package_cache, uv_cache in ((True, f"--cache-dir={CACHE_MOUNT}/uv"), (False, "--no-cache")):
+        body = incremental.increment_job(plan, found, new, SETTINGS, requested_by="x",
+                                         context_files=list(incremental.context_files(context)),
+                                         has_docker_config=False, has_ca=False, package_cache=package_cache)
+        command = body["spec"]["template"]["spec"]["initContainers"][0]["command"]
+        context_dir = builds.CONTEXT_DIR
+        assert f"--uv-requirements={context_dir}/requirements.txt" in command
+        assert not any(argument.startswith("--requirements=") for argument in command)
+        assert f"--uv-pin={context_dir}/{UV_FILE}" in command and f"--uv-cache={uv_cache}" in command
+        args = delta_script.arguments(command[2:])
+        assert args.installs == [("uv", f"{context_dir}/requirements.txt")] and args.uv_cache == uv_cache
+
+
+def test_with_conda_uv_installs_spec_pip_and_pip_the_environment_files_list():
+    found = incremental.Increment(PARENT, ("idna",), ("six",), (CONDA_PIP_FILE, "requirements.txt"),
+                                  installer=PipInstaller.UV)
+    new = conda_spec(["python=3.11", "six"], pip=["attrs"])
+    install = incremental.install_container(found, new, SETTINGS, {}, False, None)
+    args = delta_script.arguments(install["command"][2:])
+    assert args.installs == [("pip", f"{builds.CONTEXT_DIR}/{CONDA_PIP_FILE}"),
+                             ("uv", f"{builds.CONTEXT_DIR}/requirements.txt")]
+
+
+def test_the_delta_scripts_uv_step_is_the_dockerfiles(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args = delta_script.arguments(["--out=/o", "--lock-script=l", "--pip-cache=--no-cache-dir",
+                                   f"--uv-cache=--cache-dir={cache}/uv", "--uv-requirements=r.txt"])
+    uv = delta_script.install_command("uv", "r.txt", args, "/tmp/kenv-uv-x/bin/uv")
+    assert uv[:4] == ["/tmp/kenv-uv-x/bin/uv", "pip", "install", f"--cache-dir={cache}/uv"]
+    assert uv[4:] == ["--system", "--python", delta_script.sys.executable, "--break-system-packages",
+                      "--index-strategy", "unsafe-best-match", "--compile-bytecode", "-r", "r.txt"]
+    # the image's user cannot write the cache volume: uv goes without, as in the Dockerfile
+    monkeypatch.setattr(delta_script.os, "access", lambda path, mode: path != str(cache))
+    assert delta_script.install_command("uv", "r.txt", args, "uv")[3] == "--no-cache"
+    pip = delta_script.install_command("pip", "r.txt", args, None)
+    assert pip == [delta_script.sys.executable, "-m", "pip", "install", "--no-cache-dir",
+                   "--disable-pip-version-check", "-r", "r.txt"]
 
 
 def conda_spec(packages: list[str], pip: list[str] | None = None, channels: list[str] | None = None,
