@@ -13,6 +13,7 @@ run, interleaved step by step:
   incremental  the pip Environment's steps with `build.incremental: true`: the added package is installed into the
          first version's image by a pod running it and pushed as layers on top (incremental.py), and the changed
          version into the second's the same way (pip replaces the package; its old files become whiteouts);
+  uv-incremental  the same with `pip.installer: uv` (uv, pip-installed beside the image, installs the line);
   conda  a conda + pip Environment (python 3.11 and five packages from the local channel, hack/condachannel.py,
          served on this host; three pip packages): the first build, a conda package added, a pip package added;
          beside it the same steps with `build.incremental: true` (the conda package solved and installed into the
@@ -250,8 +251,10 @@ def run(args: argparse.Namespace) -> int:
             # uv refuses --trusted-host, which a plain-http index needs: uv goes to PyPI (it caches by content)
             where = [] if installer == "uv" else source
             # --prefer-binary changes nothing here (every package has a wheel) but the content: the incremental
-            # Environment must build its first version itself, not find the pip loop's image
-            options = ["--prefer-binary"] if incremental else []
+            # Environment must build its first version itself, not find the pip loop's image (uv does not read
+            # the option: a comment makes its content its own)
+            options = (["# the incremental loop's"] if installer == "uv" else ["--prefer-binary"]) if incremental \
+                else []
             return {"docker": {"baseImage": stack.base_image}, "build": {"caBundle": CA, "incremental": incremental},
                     "pip": {"installer": installer, "requirements": requirements(packages, [*where, *options])},
                     "environmentVariables": variables or {}}
@@ -263,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
         pip = Loop(stack, "pip", IMPORTS)
         skip = set(args.skip.split(","))
         others: dict[str, Loop | Plain] = {"plain": Plain(stack, ca), "uv": Loop(stack, "uv", IMPORTS),
-                                           "incremental": Loop(stack, "incremental", IMPORTS)}
+                                           "incremental": Loop(stack, "incremental", IMPORTS),
+                                           "uv-incremental": Loop(stack, "uv-incremental", IMPORTS)}
         others = {name: loop for name, loop in others.items() if name not in skip}
         for label, packages, create in edits:
             pip.apply(label, pip_spec(packages, "pip"), create)
@@ -271,8 +275,8 @@ def run(args: argparse.Namespace) -> int:
                 if isinstance(loop, Plain):
                     loop.apply(label, requirements(packages, source))
                 else:
-                    loop.apply(label, pip_spec(packages, name if name == "uv" else "pip",
-                                               incremental=name == "incremental"), create)
+                    loop.apply(label, pip_spec(packages, "uv" if name.startswith("uv") else "pip",
+                                               incremental=name.endswith("incremental")), create)
         step = pip.apply("variable changed", pip_spec(changed, "pip", {"KENV_BENCH_ROUND": "2"}))
         if step.log:
             raise RuntimeError("a variable change started a build")
@@ -280,7 +284,9 @@ def run(args: argparse.Namespace) -> int:
                   "plain": "plain Dockerfile, same Kaniko, own cache repository, no package cache",
                   "uv": "uv (kenv, pip.installer uv)",
                   "incremental": "incremental (kenv, build.incremental: an added or changed line is installed into "
-                                 "the last image)"}
+                                 "the last image)",
+                  "uv-incremental": "uv incremental (kenv, pip.installer uv and build.incremental: uv installs the "
+                                    "line into the last image)"}
         loops: dict[str, Loop | Plain] = {"pip": pip, **others}
         for name, loop in loops.items():
             report(titles[name], loop.steps)
@@ -333,7 +339,7 @@ def main() -> int:
     parser.add_argument("--index", choices=("pypi", "local"), default="pypi",
                         help="where pip packages come from (see above)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: conda, plain, uv, "
-                        "incremental")
+                        "incremental, uv-incremental")
     return run(parser.parse_args())
 
 

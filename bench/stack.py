@@ -3,6 +3,7 @@ the CRDs and kenv installed by Helm (the operator a real pod; builds are real Ka
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,46 @@ def metric_sum_count(text: str, name: str) -> tuple[float, float]:
     """(sum, count) of a Prometheus histogram in exposition text."""
     found = {m[0]: float(m[1]) for m in re.findall(rf"^{name}_(sum|count) (\S+)$", text, re.M)}
     return found.get("sum", 0.0), found.get("count", 0.0)
+
+
+@dataclass
+class Observed:
+    """A Prometheus histogram's series: seconds in all and the cumulative count per bucket (le: upper bound)."""
+
+    seconds: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+    def count(self) -> int:
+        return int(self.buckets.get(math.inf, 0.0))
+
+    def at_most(self, bound: float) -> int:
+        """How many observations the bucket `bound` (one of the histogram's) holds."""
+        return int(self.buckets.get(bound, 0.0))
+
+    def mean(self) -> float:
+        return self.seconds / self.count() if self.count() else math.nan
+
+    def longest_under(self) -> float:
+        """The smallest bucket bound every observation stayed under (seconds); nan for none."""
+        if not self.count():
+            return math.nan
+        return min((le for le, count in self.buckets.items() if count >= self.count()), default=math.nan)
+
+
+def histograms(text: str, name: str, since: str | None = None) -> dict[str, Observed]:
+    """Histogram `name` in Prometheus exposition text, per series (its labels but `le`, as written: "" for none),
+    less what `since` (the same text read earlier) held."""
+    found: dict[str, Observed] = {}
+    for labels, le, value in re.findall(rf'^{name}_bucket\{{(.*?),?le="([^"]+)"\}} (\S+)$', text, re.M):
+        found.setdefault(labels, Observed()).buckets[float(le)] = float(value)
+    for labels, value in re.findall(rf"^{name}_sum(?:\{{(.*?)\}})? (\S+)$", text, re.M):
+        found.setdefault(labels, Observed()).seconds = float(value)
+    earlier = histograms(since, name) if since is not None else {}
+    for labels, series in found.items():
+        before = earlier.get(labels, Observed())
+        series.seconds -= before.seconds
+        series.buckets = {le: count - before.buckets.get(le, 0.0) for le, count in series.buckets.items()}
+    return found
 
 
 class Stack:

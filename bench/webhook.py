@@ -16,7 +16,9 @@ is the client's POST round trip over kept-alive connections.
 Prints p50/p99 and the five slowest per kind, what each webhook adds (its kind's percentile minus the unlabelled
 kind's: an estimate, not the percentile of a per-pod difference), kenv's added latency as a multiple of the
 floor's (target ≤ 1.5×) with the range that multiple takes over resamplings of the run's pods (how much of a miss
-is sampling noise), the absolute targets, kenv's garbage collections during the run (kenv_gc_pause_seconds), and
+is sampling noise), the absolute targets, what kenv's admission process recorded during the run (its garbage
+collections, kenv_gc_pause_seconds; its own time per request, kenv_admission_request_seconds), how the kernel
+scheduled it and the floor's process (bench/hostsched.py: time waiting for a CPU, CFS throttling), and
 the failed admissions (a refused labelled pod, or one admitted without the webhook's image); exits 1 if any. The
 breakdown then sends --direct AdmissionReviews straight to each webhook's pod (host to pod, TLS, kept-alive, no API
 server), back to back and then --direct/2 each 0.1 s apart (an idle server, as the API server finds it), and
@@ -31,22 +33,22 @@ import base64
 import json
 import math
 import random
-import re
 import ssl
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "hack")]
+import hostsched  # noqa: E402
 from floor import LABEL as FLOOR_LABEL  # noqa: E402
 from floor import PORT as FLOOR_PORT  # noqa: E402
 from floor import FloorWebhook  # noqa: E402
 from podload import PodCreator, admission_review, open_loop, percentile  # noqa: E402
-from stack import Stack, metric_sum_count  # noqa: E402
+from stack import Observed, Stack, histograms, metric_sum_count  # noqa: E402
 
 TARGET_ADDED_P50_MS = 5.0
 TARGET_ADDED_P99_MS = 15.0
@@ -138,7 +140,8 @@ def breakdown(stack: Stack, floor: FloorWebhook, count: int) -> dict[str, list[f
     handled = after[1] - before[1]
     handler = [(after[0] - before[0]) / handled] if handled else []
     spaced = spaced_round_trips({"kenv": f"{kenv_url(stack)}/inject-environment",
-                                 "floor": f"https://{floor_ip}:{FLOOR_PORT}/mutate"}, stack.namespace, count // 2,
+                                 "floor": f"https://{floor_ip}:{FLOOR_PORT}/mutate"}, stack.namespace,
+                                max(1, count // 2),
                                 SPACED_GAP_SECONDS)
     return {"kenv": kenv, "floor": go, "handler": handler, "kenv-spaced": spaced["kenv"],
             "floor-spaced": spaced["floor"]}
@@ -165,14 +168,22 @@ def run(rate: float, seconds: float, warmup: int, direct: int) -> int:
             send_pod(stack, creator, "warm", i, record=False)
         total = int(rate * seconds)
         run_id = uuid.uuid4().hex[:4]
-        collections_before = gc_pauses(stack.operator_metrics("admission"))
+        metrics_before = stack.operator_metrics("admission")
+        processes = {"kenv": hostsched.find_pid("operator", "--role=admission"),
+                     "floor": hostsched.find_pid("/floor-webhook", without=("-http1", "-patch"))}
+        scheduled_before = {kind: hostsched.scheduled(pid) if pid else None for kind, pid in processes.items()}
         sent_seconds, late = open_loop(lambda i: send_pod(stack, creator, run_id, i), rate, total)
         creator.close()
-        collections = gc_pauses(stack.operator_metrics("admission"), since=collections_before)
+        metrics_after = stack.operator_metrics("admission")
+        collections = histograms(metrics_after, "kenv_gc_pause_seconds", since=metrics_before)
+        served = histograms(metrics_after, "kenv_admission_request_seconds", since=metrics_before).get("", Observed())
+        scheduling = {kind: now - earlier for kind, pid in processes.items()
+                      if pid and (earlier := scheduled_before[kind]) and (now := hostsched.scheduled(pid))}
         parts = breakdown(stack, floor, direct) if direct else {}
     finally:
         stack.stop()
-    return report(creator, parts, collections, rate, seconds, warmup, total, sent_seconds, late)
+    return report(creator, parts, Inside(collections, served, scheduling), rate, seconds, warmup, total,
+                  sent_seconds, late)
 
 
 def ratio_intervals(ms: dict[str, list[float]], rounds: int = 1000, seed: int = 0) -> dict[float, tuple[float, float]]:
@@ -182,46 +193,26 @@ def ratio_intervals(ms: dict[str, list[float]], rounds: int = 1000, seed: int = 
     draw = random.Random(seed)
     ratios: dict[float, list[float]] = {0.50: [], 0.99: []}
     for _ in range(rounds):
-        sample = {kind: sorted(draw.choices(ms[kind], k=len(ms[kind]))) for kind in ("none", "floor", "kenv")}
+        sample = {kind: draw.choices(ms[kind], k=len(ms[kind])) for kind in ("none", "floor", "kenv")}
         for q, found in ratios.items():
-            at = {kind: values[max(0, math.ceil(q * len(values)) - 1)] for kind, values in sample.items()}
+            at = {kind: percentile(values, q) for kind, values in sample.items()}
             floor_added = at["floor"] - at["none"]
             found.append((at["kenv"] - at["none"]) / floor_added if floor_added > 0 else math.inf)
     return {q: (percentile(found, 0.05), percentile(found, 0.95)) for q, found in ratios.items()}
 
 
-def gc_pauses(text: str, since: dict[str, GcPauses] | None = None) -> dict[str, GcPauses]:
-    """kenv_gc_pause_seconds per generation from a pod's metrics (gcpause.py), less `since`'s."""
-    found: dict[str, GcPauses] = {}
-    for generation, le, value in re.findall(
-            r'^kenv_gc_pause_seconds_bucket\{generation="(\d)",le="([^"]+)"\} (\S+)$', text, re.M):
-        found.setdefault(generation, GcPauses()).buckets[float(le)] = float(value)
-    for generation, value in re.findall(r'^kenv_gc_pause_seconds_sum\{generation="(\d)"\} (\S+)$', text, re.M):
-        found.setdefault(generation, GcPauses()).seconds = float(value)
-    for generation, pauses in found.items():
-        earlier = (since or {}).get(generation, GcPauses())
-        pauses.seconds -= earlier.seconds
-        pauses.buckets = {le: count - earlier.buckets.get(le, 0.0) for le, count in pauses.buckets.items()}
-    return found
+@dataclass(frozen=True)
+class Inside:
+    """What kenv's admission process recorded over the run: its garbage collections by generation (gcpause.py),
+    its lean protocol's request times, and how the kernel scheduled it and the floor (hostsched.py)."""
+
+    collections: dict[str, Observed]
+    served: Observed
+    scheduling: dict[str, hostsched.Scheduled]
 
 
-@dataclass
-class GcPauses:
-    """One generation's collections: seconds in all, and the cumulative count per bucket (le: upper bound)."""
-
-    seconds: float = 0.0
-    buckets: dict[float, float] = field(default_factory=dict)
-
-    def count(self) -> int:
-        return int(self.buckets.get(math.inf, 0.0))
-
-    def longest_under(self) -> float:
-        """The smallest bucket bound every collection stayed under (seconds)."""
-        return min((le for le, count in self.buckets.items() if count >= self.count()), default=math.nan)
-
-
-def report(creator: PodCreator, parts: dict[str, list[float]], collections: dict[str, GcPauses], rate: float,
-           seconds: float, warmup: int, total: int, sent_seconds: float, late: int) -> int:
+def report(creator: PodCreator, parts: dict[str, list[float]], inside: Inside, rate: float, seconds: float,
+           warmup: int, total: int, sent_seconds: float, late: int) -> int:
     ms = {kind: [v * 1000 for v in values] for kind, values in creator.latency.items()}
     p50 = {kind: percentile(values, 0.50) for kind, values in ms.items()}
     p99 = {kind: percentile(values, 0.99) for kind, values in ms.items()}
@@ -252,9 +243,17 @@ def report(creator: PodCreator, parts: dict[str, list[float]], collections: dict
         print(f"    the floor over HTTP/1.1, as kenv's server speaks: {http1:+.1f} ms; kenv vs it "
               f"{kenv_added / http1 if http1 > 0 else math.inf:.2f}x; what HTTP/2 saves the floor: "
               f"{http1 - floor_added:+.1f} ms")
-    print("  kenv's garbage collections during the run (admission pod, kenv_gc_pause_seconds): " + ", ".join(
-        f"generation {generation} {pauses.count()} taking {pauses.seconds * 1000:.1f} ms "
-        f"(each ≤ {pauses.longest_under() * 1000:g} ms)" for generation, pauses in sorted(collections.items())))
+    print("  kenv's garbage collections during the run (admission pod, kenv_gc_pause_seconds): " + (", ".join(
+        f"{labels} {pauses.count()} taking {pauses.seconds * 1000:.1f} ms (each ≤ {pauses.longest_under() * 1000:g} ms)"
+        for labels, pauses in sorted(inside.collections.items())) or "none recorded"))
+    served = inside.served
+    print(f"  kenv's own time per request during the run (kenv_admission_request_seconds, first bytes read to answer "
+          f"written): {served.count()} requests, mean {served.mean() * 1000:.2f} ms, all ≤ "
+          f"{served.longest_under() * 1000:g} ms, {served.count() - served.at_most(0.002)} over 2 ms")
+    for kind in ("kenv", "floor"):
+        found = inside.scheduling.get(kind)
+        print(f"  {kind}'s process during the run (/proc schedstat): "
+              + (found.describe() if found else "not found on this host, or restarted during the run"))
     if parts:
         direct = {kind: percentile([v * 1000 for v in parts[kind]], 0.5) for kind in ("kenv", "floor")}
         tail = {kind: percentile([v * 1000 for v in parts[kind]], 0.99) for kind in ("kenv", "floor")}

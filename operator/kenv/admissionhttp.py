@@ -18,13 +18,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
+from kenv.metrics import ADMISSION_REQUEST_SECONDS
+
 MAX_HEAD = 16 * 1024  # a longer request head goes to aiohttp, which refuses it properly
 MAX_BODY = 8 * 1024 * 1024  # an AdmissionReview holds a pod (≤ ~1.5 MiB) twice at most, JSON-escaped
 KEEP_ALIVE_SECONDS = 75.0  # aiohttp's keep-alive timeout: an idle connection is closed after it
+clock = time.perf_counter  # what requests are timed with (kenv_admission_request_seconds)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class LeanProtocol(asyncio.Protocol):
         self.prefix, self.webhooks, self.answer, self.fallback = prefix, webhooks, answer, fallback
         self.closing, self.connections = closing, connections
         self.buffer = bytearray()
+        self.began = 0.0  # when the first bytes of the request at the buffer's start were read
         self.transport: asyncio.Transport | None = None
         self.idle: asyncio.TimerHandle | None = None
         # The transport's write buffer is full: no answer is written, nor the connection handed to aiohttp (whose
@@ -114,6 +119,8 @@ class LeanProtocol(asyncio.Protocol):
         self._forget()
 
     def data_received(self, data: bytes) -> None:
+        if not self.buffer:
+            self.began = clock()
         self.buffer += data
         self._serve()
 
@@ -145,6 +152,9 @@ class LeanProtocol(asyncio.Protocol):
             del self.buffer[:request.end]
             close = request.close or self.closing()
             self.transport.write(response_bytes(answer, close))
+            ended = clock()
+            ADMISSION_REQUEST_SECONDS.observe(ended - self.began)
+            self.began = ended  # a pipelined request's bytes are here already
             if close:
                 self.transport.close()
                 return

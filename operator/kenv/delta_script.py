@@ -154,7 +154,10 @@ def arguments(argv):
     parser.add_argument("--conda-tools", help="where py-rattler and PyYAML are")
     parser.add_argument("--conda-option", action="append", default=[], help="an option of kenv-conda.py")
     parser.add_argument("lock_args", nargs="*")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if any(kind == "uv" for kind, _ in args.installs) and not args.uv_pin:
+        parser.error("--uv-requirements needs --uv-pin, the requirements file uv is installed from")
+    return args
 
 
 def pip_owned(folders):
@@ -257,12 +260,11 @@ def install_command(installer, requirements, args, uv):
 
 def main(argv):
     args = arguments(argv[1:])
-    lock_paths = set(args.lock_args[:2])
     roots = install_roots()
     if args.conda_prefix and not any(within(args.conda_prefix, root) for root in roots):
         roots = [root for root in roots if not within(root, args.conda_prefix)] + [args.conda_prefix]
     copies = [os.path.join(IMAGE_COPIES, os.path.basename(path)) for _, path in args.installs]
-    files = sorted(lock_paths | set(copies))
+    files = sorted(set(args.lock_args[:2]) | set(copies))
     uv_folder = tempfile.mkdtemp(prefix="kenv-uv-") if any(kind == "uv" for kind, _ in args.installs) else None
     skip = {os.path.normpath(args.out), *([os.path.normpath(uv_folder)] if uv_folder else [])}
     try:
@@ -302,8 +304,8 @@ def install_and_write(args, roots, files, copies, skip, uv_folder):
     if uv_folder and uv is None:
         print("kenv: uv could not be installed; a full build follows", flush=True)
         return 1
+    env = dict(os.environ, UV_LINK_MODE="copy")  # as the Dockerfile's uv step: no hard links into the cache
     for installer, requirements in args.installs:
-        env = dict(os.environ, UV_LINK_MODE="copy")  # as the Dockerfile's uv step: no hard links into the cache
         if subprocess.call(install_command(installer, requirements, args, uv), env=env) != 0:
             print(f"kenv: {installer} install failed; a full build follows", flush=True)
             return 1

@@ -14,40 +14,65 @@ collector's door, or not, from the metrics (bench/webhook.py reads them across i
 
 from __future__ import annotations
 
+import bisect
 import gc
+import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from kenv.metrics import GC_PAUSE
+from prometheus_client import REGISTRY
+from prometheus_client.core import HistogramMetricFamily
 
 log = logging.getLogger(__name__)
+BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+GENERATIONS = 3
 
 
 class PauseTimer:
-    """A gc.callbacks entry: observes each collection's duration, by generation, into `observe`."""
+    """A gc.callbacks entry timing each collection, and the Prometheus collector of kenv_gc_pause_seconds.
 
-    def __init__(self, observe: Any = None, clock: Any = time.perf_counter) -> None:
-        self.observe = observe or (lambda generation, seconds: GC_PAUSE.labels(str(generation)).observe(seconds))
+    It counts into plain lists, not into a prometheus_client Histogram: those take a lock, and a collection can
+    start in a thread that holds it (a scrape, which allocates), where the callback would wait for itself."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
         self.started = 0.0
+        self.counts = [[0] * (len(BUCKETS) + 1) for _ in range(GENERATIONS)]  # per bucket, the last one +Inf's
+        self.seconds = [0.0] * GENERATIONS
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self.started = self.clock()
         elif phase == "stop":
-            self.observe(info["generation"], self.clock() - self.started)
+            took, generation = self.clock() - self.started, info["generation"]
+            self.counts[generation][bisect.bisect_left(BUCKETS, took)] += 1  # the first bound ≥ took
+            self.seconds[generation] += took
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "kenv_gc_pause_seconds", "Python's cyclic garbage collections: how long each held the process, by "
+            "generation", labels=["generation"])
+        for generation in range(GENERATIONS):
+            cumulative = list(itertools.accumulate(self.counts[generation]))
+            bounds = [*(repr(bound) for bound in BUCKETS), "+Inf"]
+            family.add_metric([str(generation)], list(zip(bounds, cumulative, strict=True)),
+                              self.seconds[generation])
+        yield family
 
 
 _timer: PauseTimer | None = None
 
 
-def time_collections() -> None:
-    """Time every collection from now on (once per process)."""
+def time_collections() -> PauseTimer:
+    """Time every collection from now on, into the default registry (once per process)."""
     global _timer
     if _timer is None:
         _timer = PauseTimer()
         gc.callbacks.append(_timer)
+        REGISTRY.register(_timer)
+    return _timer
 
 
 def freeze_long_lived() -> int:

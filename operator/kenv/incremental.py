@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
@@ -41,8 +42,11 @@ from kenv.render import (
     lock_arguments,
     python_command,
 )
+from kenv.versions import Snapshot
 
 REQUIREMENTS = "requirements.txt"
+INCREMENTAL_REASON = "IncrementalBuild"  # a version's reason (versions.Snapshot) when an incremental build made it
+SAME_IMAGE_REASON = "DefinitionChanged"  # a version of the previous one's image: only what pods receive changed
 ENVIRONMENT = "environment.yml"
 # ARGs kenv's Dockerfile declares, which the install container sets the same way (CA, pip's system packages) or
 # needs not (the package caches' options, given to kenv-delta.py).
@@ -66,6 +70,10 @@ for module in (rattler, yaml):
 # py-rattler's wheel is abi3 for CPython 3.10 and newer: the conda environment's python must be one to update it.
 RATTLER_PYTHON = (3, 10)
 LAYERS = ("layer.tar", "lock.tar")  # the packages' changes, then the lock alone: the image's last layer
+# Incremental versions in a row on one full build before the next edit is built in full, which flattens them: each
+# adds two layers, and every layer is one more lower directory each container of the image mounts (overlayfs
+# stacks at most ~128 on 4 KiB pages) and one more blob each node pulls.
+MAX_CHAIN = 10
 DOCKER_CONFIG_DIR = "/kenv/docker"
 # The push container runs the operator's image, as the operator does: not root, nothing added.
 PUSH_SECURITY_CONTEXT = {
@@ -96,7 +104,7 @@ class Increment:
     parent_image: str
     added: tuple[str, ...]
     conda: tuple[str, ...] = ()
-    # the context's requirements files the install runs `pip install -r` on, in the Dockerfile's order
+    # the context's requirements files the install runs `pip install -r` (or uv's) on, in the Dockerfile's order
     requirements: tuple[str, ...] = (REQUIREMENTS,)
     # what installs spec.pip's requirements.txt, as in the Dockerfile (the environment file's pip list: pip)
     installer: PipInstaller = PipInstaller.PIP
@@ -154,6 +162,21 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
     installer = spec.pip.installer if spec.pip is not None else PipInstaller.PIP
     return Increment(parent_image=parent_image, added=added, conda=conda, requirements=requirements,
                      installer=installer)
+
+
+def chain_depth(snapshots: Iterable[Snapshot], current: int) -> int:
+    """How many incremental builds version `current`'s image carries on its last full build, as the versions kept
+    record them: each IncrementalBuild version back from it counts, a version of the same image (variables, secrets
+    changed) is passed over, any other build ends the count. A version no longer kept before the chain's start
+    counts as MAX_CHAIN: with fewer versions kept than that, chains are flattened sooner, never later."""
+    by_number = {snapshot.number: snapshot for snapshot in snapshots}
+    depth, number = 0, current
+    while number in by_number and by_number[number].reason in (INCREMENTAL_REASON, SAME_IMAGE_REASON):
+        depth += by_number[number].reason == INCREMENTAL_REASON
+        number -= 1
+    if number >= 1 and number not in by_number:  # pruned (or deleted) inside the chain: how deep is unknown, so
+        return max(depth, MAX_CHAIN)  # as deep as allowed: a full build flattens it
+    return depth
 
 
 def conda_changes(previous: str | None, new: str | None, rattler: bool) -> tuple[str, ...] | str:

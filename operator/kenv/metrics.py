@@ -19,12 +19,14 @@ ADMISSION_SECONDS = Histogram(
     "kenv_admission_seconds", "kenv's own work on one pod admission (index lookup, mutation), kopf's dispatch excluded",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
 )
+ADMISSION_REQUEST_SECONDS = Histogram(
+    "kenv_admission_request_seconds",
+    "An admission request on the lean protocol, from its first bytes read to its answer written (the server's own "
+    "time, TLS records included, the wait for the event loop to read it excluded)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1),
+)
 RECONCILE_SECONDS = Histogram("kenv_reconcile_seconds", "Time spent in one reconcile")
 LOOP_STALLS = Counter("kenv_event_loop_stalls_total", "Times one callback held the event loop for over 2 s")
-GC_PAUSE = Histogram(
-    "kenv_gc_pause_seconds", "Python's cyclic garbage collections: how long each held the process, by generation",
-    ["generation"], buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
-)
 LEADER = Gauge("kenv_leader", "1 while this process reconciles (holds the reconciler Lease, or runs without election)")
 
 

@@ -176,8 +176,14 @@ class Reconciler:
             return attempt
         if current.get("incrementalFailed") == attempt.context.hash:
             return attempt  # its incremental build failed: this content is built in full
-        snapshot = await self._version(attempt, int(number))
+        kept = await self._versions_kept(attempt, int(number))
+        snapshot = next((s for s in kept if s.number == int(number)), None)
         if snapshot is None or snapshot.definition is None or snapshot.image != parent:
+            return attempt
+        depth = incremental.chain_depth(kept, int(number))
+        if depth >= incremental.MAX_CHAIN:
+            log.info("%s: a full build: version %s's image carries %d incremental builds on its last full one, "
+                     "and a full build flattens them", attempt.ref.display, number, depth)
             return attempt
         try:
             previous = render_context(EnvironmentSpec.model_validate(snapshot.definition), externals)
@@ -198,14 +204,15 @@ class Reconciler:
             return attempt  # a full build of this content exists: it is the one to use
         return planned
 
-    async def _version(self, attempt: Attempt, number: int) -> versions.Snapshot | None:
-        """Version `number` of this environment: from the index, else (it may lag an edit made right after the
-        version was recorded) from the API."""
+    async def _versions_kept(self, attempt: Attempt, number: int) -> list[versions.Snapshot]:
+        """This environment's versions: from the index, else (it may lag an edit made right after version `number`
+        was recorded) from the API."""
+        kept: list[versions.Snapshot] = []
         for listed in (False, True):
-            found = [s for s in await self.versions.snapshots(attempt.ref, attempt.uid, listed) if s.number == number]
-            if found:
-                return found[0]
-        return None
+            kept = await self.versions.snapshots(attempt.ref, attempt.uid, listed)
+            if any(s.number == number for s in kept):
+                return kept
+        return kept
 
     async def _decide(self, attempt: Attempt, retrying: bool, log: logging.Logger) -> Outcome:
         current, generation = attempt.current, attempt.generation
@@ -214,7 +221,7 @@ class Reconciler:
                 return Outcome({"observedGeneration": generation, "conditions": [
                     {**c, "observedGeneration": generation} for c in current.get("conditions") or []]})
             # Only what pods receive besides the image changed: a new version of the same image, no build.
-            return await self._ready(attempt, str(current["digest"]), "DefinitionChanged",
+            return await self._ready(attempt, str(current["digest"]), incremental.SAME_IMAGE_REASON,
                                      "variables, secrets, bootstrap or shm changed; same image",
                                      image=str(current["image"]))
         if not attempt.forced and retrying and current.get("failedGeneration") == generation and \
@@ -356,7 +363,7 @@ class Reconciler:
             self._observe_duration(job)
             reason, built = "BuildSucceeded", f"built by Job {plan.namespace}/{name}"
             if attempt.increment:
-                reason, built = "IncrementalBuild", (f"{attempt.increment.summary} into version "
+                reason, built = incremental.INCREMENTAL_REASON, (f"{attempt.increment.summary} into version "
                                                      f"{current.get('version')}'s image by Job {plan.namespace}/{name}")
             return await self._ready(attempt, digest, reason, built, push_credentials,
                                      build_log=jobstate.kept_log(log_text))

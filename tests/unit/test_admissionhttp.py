@@ -230,3 +230,24 @@ def test_the_server_restarts_only_when_its_certificate_files_change(tmp_path: Pa
         return unchanged_kept_waiting
 
     assert asyncio.run(scenario())
+
+
+def test_each_answer_is_timed_from_its_first_bytes_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kenv_admission_request_seconds: from the first bytes of a request read to its answer written; a pipelined
+    request's time starts when the one before it was answered (its bytes were read with it)."""
+    times = iter([10.0, 10.5, 10.75, 20.0, 20.125])
+    monkeypatch.setattr(admissionhttp, "clock", lambda: next(times))
+    seen: list[float] = []
+    monkeypatch.setattr(admissionhttp.ADMISSION_REQUEST_SECONDS, "observe", seen.append)
+
+    async def scenario() -> None:
+        protocol, transport = lean_protocol([]), Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        raw = request()
+        protocol.data_received(raw[:10])  # 10.0: the first bytes
+        protocol.data_received(raw[10:] + request())  # answered at 10.5, then the pipelined one at 10.75
+        protocol.data_received(request())  # 20.0 read, 20.125 answered
+        assert len(transport.written) == 3
+
+    asyncio.run(scenario())
+    assert seen == [0.5, 0.25, 0.125]

@@ -7,10 +7,10 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from kenv import gcpause
 from kenv.indexfill import NotFull
-from kenv.metrics import GC_PAUSE
 
 
 @pytest.fixture
@@ -20,26 +20,37 @@ def unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
-def test_timer_observes_each_collection_by_generation() -> None:
-    seen: list[tuple[int, float]] = []
-    ticks = iter([10.0, 10.25, 20.0, 20.5])
-    timer = gcpause.PauseTimer(lambda generation, seconds: seen.append((generation, seconds)),
-                               clock=lambda: next(ticks))
-    timer("start", {"generation": 0})
-    timer("stop", {"generation": 0, "collected": 3, "uncollectable": 0})
-    timer("start", {"generation": 2})
-    timer("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
-    assert seen == [(0, 0.25), (2, 0.5)]
+def samples(timer: gcpause.PauseTimer) -> dict[tuple[str, str, str], float]:
+    """{(sample name, generation, le): value} of what the collector exposes."""
+    return {(sample.name, sample.labels["generation"], sample.labels.get("le", "")): sample.value
+            for family in timer.collect() for sample in family.samples}
 
 
-def test_time_collections_times_real_collections_into_the_metric() -> None:
-    gcpause.time_collections()
-    gcpause.time_collections()  # once per process: a second call adds no second timer
+def test_each_collection_is_counted_in_its_generations_bucket() -> None:
+    ticks = iter([10.0, 10.0004, 20.0, 20.5, 30.0, 30.0001])
+    timer = gcpause.PauseTimer(clock=lambda: next(ticks))
+    for generation in (0, 2, 0):
+        timer("start", {"generation": generation})
+        timer("stop", {"generation": generation, "collected": 3, "uncollectable": 0})
+    exposed = samples(timer)
+    assert exposed[("kenv_gc_pause_seconds_bucket", "0", "0.0001")] == 1  # 0.1 ms: a bound holds its own value
+    assert exposed[("kenv_gc_pause_seconds_bucket", "0", "0.0005")] == 2  # cumulative, as Prometheus reads them
+    assert exposed[("kenv_gc_pause_seconds_count", "0", "")] == 2
+    assert exposed[("kenv_gc_pause_seconds_sum", "0", "")] == pytest.approx(0.0005)
+    assert exposed[("kenv_gc_pause_seconds_bucket", "2", "0.25")] == 0  # 0.5 s: above every bound but +Inf
+    assert exposed[("kenv_gc_pause_seconds_bucket", "2", "+Inf")] == 1
+    assert exposed[("kenv_gc_pause_seconds_count", "1", "")] == 0
+
+
+def test_time_collections_times_real_collections_into_the_default_registry() -> None:
+    timer = gcpause.time_collections()
+    assert gcpause.time_collections() is timer  # once per process: a second call adds no second timer
     assert sum(isinstance(callback, gcpause.PauseTimer) for callback in gc.callbacks) == 1
-    before = sum(bucket.get() for bucket in GC_PAUSE.labels("2")._buckets)
+    before = REGISTRY.get_sample_value("kenv_gc_pause_seconds_count", {"generation": "2"}) or 0
     gc.collect(2)
     gc.collect(2)
-    assert sum(bucket.get() for bucket in GC_PAUSE.labels("2")._buckets) == before + 2
+    after = REGISTRY.get_sample_value("kenv_gc_pause_seconds_count", {"generation": "2"})
+    assert after is not None and after >= before + 2  # a collection of its own may come between
 
 
 def test_freeze_takes_live_objects_out_of_the_collectors_walks(unfrozen: None) -> None:

@@ -24,6 +24,7 @@ from kenv.render import (
     Externals,
     render_context,
 )
+from kenv.versions import Snapshot
 
 REPO = "registry.local:5000/kenv/envs"
 SETTINGS = OperatorSettings(destination_repo=REPO, operator_image="registry.local:5000/kenv/operator:1",
@@ -213,7 +214,8 @@ def test_the_delta_scripts_uv_step_is_the_dockerfiles(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     args = delta_script.arguments(["--out=/o", "--lock-script=l", "--pip-cache=--no-cache-dir",
-                                   f"--uv-cache=--cache-dir={cache}/uv", "--uv-requirements=r.txt"])
+                                   f"--uv-cache=--cache-dir={cache}/uv", "--uv-requirements=r.txt",
+                                   "--uv-pin=uv.txt"])
     uv = delta_script.install_command("uv", "r.txt", args, "/tmp/kenv-uv-x/bin/uv")
     assert uv[:4] == ["/tmp/kenv-uv-x/bin/uv", "pip", "install", f"--cache-dir={cache}/uv"]
     assert uv[4:] == ["--system", "--python", delta_script.sys.executable, "--break-system-packages",
@@ -221,6 +223,8 @@ def test_the_delta_scripts_uv_step_is_the_dockerfiles(tmp_path, monkeypatch):
     # the image's user cannot write the cache volume: uv goes without, as in the Dockerfile
     monkeypatch.setattr(delta_script.os, "access", lambda path, mode: path != str(cache))
     assert delta_script.install_command("uv", "r.txt", args, "uv")[3] == "--no-cache"
+    with pytest.raises(SystemExit):  # uv to install with, but nothing to install uv from
+        delta_script.arguments(["--out=/o", "--lock-script=l", "--pip-cache=--no-cache-dir", "--uv-requirements=r"])
     pip = delta_script.install_command("pip", "r.txt", args, None)
     assert pip == [delta_script.sys.executable, "-m", "pip", "install", "--no-cache-dir",
                    "--disable-pip-version-check", "-r", "r.txt"]
@@ -462,3 +466,20 @@ def test_a_failed_install_container_is_what_the_failure_message_names():
     pushed = {"exitCode": 0, "message": "sha256:" + "e" * 64}
     pod["status"] = {"initContainerStatuses": [done], "containerStatuses": [{"state": {"terminated": pushed}}]}
     assert jobstate.digest_from_pods([pod]) == "sha256:" + "e" * 64  # a finished install step is passed over
+
+
+def test_the_chain_depth_counts_incremental_versions_back_to_the_last_full_build():
+    def kept(*reasons: str, first: int = 1) -> list[Snapshot]:
+        return [Snapshot(number=first + index, image=f"img{index}", reason=reason)
+                for index, reason in enumerate(reasons)]
+    chain = kept("BuildSucceeded", "IncrementalBuild", "DefinitionChanged", "IncrementalBuild", "IncrementalBuild")
+    assert incremental.chain_depth(chain, 5) == 3
+    assert incremental.chain_depth(chain, 3) == 1  # from the version asked about, not the newest
+    assert incremental.chain_depth(chain, 1) == 0
+    rebuilt = kept("IncrementalBuild", "Rebuilt", "IncrementalBuild", "ImageFound", "IncrementalBuild")
+    assert incremental.chain_depth(rebuilt, 5) == 1  # any build but an incremental one ends the chain
+    pruned = kept("IncrementalBuild", "IncrementalBuild", first=7)  # versions 1-6 deleted by retention
+    assert incremental.chain_depth(pruned, 8) == incremental.MAX_CHAIN  # how deep is unknown: flattened
+    after_full = kept("BuildSucceeded", "IncrementalBuild", first=7)
+    assert incremental.chain_depth(after_full, 8) == 1  # the full build is kept: the chain is known
+    assert incremental.chain_depth([], 4) == incremental.MAX_CHAIN  # nothing kept: unknown

@@ -16,7 +16,7 @@ import pytest
 from test_oci import HOST, LOCK, REPOSITORY, Registry, client
 from test_version_store import VersionApi
 
-from kenv import builds, kube, versions
+from kenv import builds, incremental, kube, versions
 from kenv.config import OperatorSettings
 from kenv.models import EnvironmentSpec
 from kenv.reconcile import REBUILD_ANNOTATION, Reconciler
@@ -270,4 +270,36 @@ def test_a_failed_incremental_build_is_followed_at_once_by_a_full_build_which_de
         assert ready["phase"] == "Ready" and ready["image"] == f"{REPO}@{digest}" and ready["version"] == 2
         assert [c["reason"] for c in ready["conditions"] if c["type"] == "Ready"] == ["BuildSucceeded"]
         assert len(jobs.jobs) == 2
+    run(world, scenario)
+
+
+def test_a_long_chain_of_incremental_versions_is_flattened_by_a_full_build(world):
+    def with_packages(count: int, **extra: Any) -> dict[str, Any]:
+        lines = ["six==1.16.0", *[f"pkg{index}==1.0" for index in range(count)]]
+        return {"build": {"incremental": True}, "pip": {"requirements": "\n".join(lines) + "\n"}, **extra}
+
+    async def built(jobs: JobApi, registry: DigestRegistry, env: Environment) -> tuple[str, dict[str, Any]]:
+        """The edit's build, finished: (its builder, the Ready status)."""
+        job = job_of(jobs, await env.reconcile())
+        jobs.finish(job["metadata"]["name"], registry.push(destination(job).rpartition(":")[2]))
+        return job["metadata"]["annotations"]["kenv.dev/builder"], await env.reconcile()
+
+    async def scenario(jobs: JobApi, version_api: VersionApi, registry: DigestRegistry, reconciler: Reconciler):
+        env = Environment("train", reconciler, registry)
+        await env.reconcile()
+        for count in range(1, incremental.MAX_CHAIN + 1):
+            env.edit(with_packages(count))
+            builder, ready = await built(jobs, registry, env)
+            assert builder == "incremental" and ready["phase"] == "Ready", (count, ready)
+            if count == 3:  # a version of the same image (a variable changed) neither counts nor ends the chain
+                env.edit(with_packages(count, environmentVariables={"SEED": "1"}))
+                same = await env.reconcile()
+                assert same["image"] == ready["image"] and same["version"] == ready["version"] + 1
+        env.edit(with_packages(incremental.MAX_CHAIN + 1))
+        builder, flattened = await built(jobs, registry, env)
+        assert builder == "kaniko"
+        assert [c["reason"] for c in flattened["conditions"] if c["type"] == "Ready"] == ["BuildSucceeded"]
+        env.edit(with_packages(incremental.MAX_CHAIN + 2))  # on the full build, incremental again
+        builder, _ = await built(jobs, registry, env)
+        assert builder == "incremental"
     run(world, scenario)
