@@ -160,6 +160,11 @@ def arguments(argv):
     return args
 
 
+def site_folders():
+    """The interpreter's site-packages folders (pure and platform-specific: often one)."""
+    return sorted({sysconfig.get_paths()[name] for name in ("purelib", "platlib")})
+
+
 def pip_owned(folders):
     """{path: distribution} of the files pip (or uv) installed (a dist-info whose INSTALLER is not conda) in the
     site folders, from their RECORD."""
@@ -221,8 +226,7 @@ def update_conda(args):
 
 def update_conda_over_pip(args, roots, before, skip):
     """Update the conda environment; why a full build must follow instead, or None."""
-    sites = sorted({sysconfig.get_paths()[name] for name in ("purelib", "platlib")})
-    owned = pip_owned(sites)
+    owned = pip_owned(site_folders())
     if not update_conda(args):
         return "the conda update failed"
     running = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -244,6 +248,16 @@ def install_uv(args, folder):
     command = [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "--target",
                folder, "-r", args.uv_pin]
     return os.path.join(folder, "bin", "uv") if subprocess.call(command) == 0 else None
+
+
+def bytecode_command(args):
+    """After a conda update with uv installing spec.pip: compile site-packages' bytecode, or None. The full build's
+    uv step compiles the whole of site-packages after its conda stage (--compile-bytecode does), the conda
+    packages' files included; uv with nothing left to install compiles nothing, so the ones the update linked are
+    compiled here, as that step would have."""
+    if not args.conda_environment or not any(kind == "uv" for kind, _ in args.installs):
+        return None
+    return [sys.executable, "-m", "compileall", "-q"] + site_folders()
 
 
 def install_command(installer, requirements, args, uv):
@@ -309,6 +323,10 @@ def install_and_write(args, roots, files, copies, skip, uv_folder):
         if subprocess.call(install_command(installer, requirements, args, uv), env=env) != 0:
             print(f"kenv: {installer} install failed; a full build follows", flush=True)
             return 1
+    compile_all = bytecode_command(args)
+    if compile_all and subprocess.call(compile_all) != 0:
+        print("kenv: compiling the conda packages' bytecode failed; a full build follows", flush=True)
+        return 1
     for requirements, copy in zip([path for _, path in args.installs], copies):  # noqa: B905 - python 3.8
         try:  # the image's copy of the requirements (the Dockerfile's COPY) says what it was built from
             if os.path.exists(copy):
