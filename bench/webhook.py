@@ -244,10 +244,11 @@ def report(creator: PodCreator, parts: dict[str, list[float]], inside: Inside, r
               f"{kenv_added / http1 if http1 > 0 else math.inf:.2f}x; what HTTP/2 saves the floor: "
               f"{http1 - floor_added:+.1f} ms")
     print("  kenv's garbage collections during the run (admission pod, kenv_gc_pause_seconds): " + (", ".join(
-        f"{labels} {pauses.count()} taking {pauses.seconds * 1000:.1f} ms (each ≤ {pauses.longest_under() * 1000:g} ms)"
-        for labels, pauses in sorted(inside.collections.items())) or "none recorded"))
+        f"{labels.replace('=', ' ').replace(chr(34), '')}: {pauses.count()}"
+        + (f" taking {pauses.seconds * 1000:.1f} ms, each ≤ {pauses.longest_under() * 1000:g} ms" if pauses.count()
+           else "") for labels, pauses in sorted(inside.collections.items())) or "none recorded"))
     served = inside.served
-    print(f"  kenv's own time per request during the run (kenv_admission_request_seconds, first bytes read to answer "
+    print(f"  kenv's own time per request during the run (kenv_admission_request_seconds, last bytes read to answer "
           f"written): {served.count()} requests, mean {served.mean() * 1000:.2f} ms, all ≤ "
           f"{served.longest_under() * 1000:g} ms, {served.count() - served.at_most(0.002)} over 2 ms")
     for kind in ("kenv", "floor"):

@@ -103,7 +103,6 @@ class LeanProtocol(asyncio.Protocol):
         self.prefix, self.webhooks, self.answer, self.fallback = prefix, webhooks, answer, fallback
         self.closing, self.connections = closing, connections
         self.buffer = bytearray()
-        self.began = 0.0  # when the first bytes of the request at the buffer's start were read
         self.transport: asyncio.Transport | None = None
         self.idle: asyncio.TimerHandle | None = None
         # The transport's write buffer is full: no answer is written, nor the connection handed to aiohttp (whose
@@ -119,8 +118,6 @@ class LeanProtocol(asyncio.Protocol):
         self._forget()
 
     def data_received(self, data: bytes) -> None:
-        if not self.buffer:
-            self.began = clock()
         self.buffer += data
         self._serve()
 
@@ -142,6 +139,7 @@ class LeanProtocol(asyncio.Protocol):
     def _serve(self) -> None:
         """Answer the complete requests in the buffer, in order, until one is aiohttp's."""
         while self.transport is not None and not self.transport.is_closing() and not self.writing_paused:
+            began = clock()
             request = parse_request(self.buffer, self.prefix, self.webhooks)
             if request == INCOMPLETE:
                 return
@@ -152,9 +150,7 @@ class LeanProtocol(asyncio.Protocol):
             del self.buffer[:request.end]
             close = request.close or self.closing()
             self.transport.write(response_bytes(answer, close))
-            ended = clock()
-            ADMISSION_REQUEST_SECONDS.observe(ended - self.began)
-            self.began = ended  # a pipelined request's bytes are here already
+            ADMISSION_REQUEST_SECONDS.observe(clock() - began)
             if close:
                 self.transport.close()
                 return

@@ -21,8 +21,8 @@ ADMISSION_SECONDS = Histogram(
 )
 ADMISSION_REQUEST_SECONDS = Histogram(
     "kenv_admission_request_seconds",
-    "An admission request on the lean protocol, from its first bytes read to its answer written (the server's own "
-    "time, TLS records included, the wait for the event loop to read it excluded)",
+    "An admission request on the lean protocol, from its last bytes read to its answer written: the server's own "
+    "time (framing, JSON, the review, the answer), neither the wait for the request's bytes nor for the event loop",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1),
 )
 RECONCILE_SECONDS = Histogram("kenv_reconcile_seconds", "Time spent in one reconcile")

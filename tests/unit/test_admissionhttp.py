@@ -232,10 +232,12 @@ def test_the_server_restarts_only_when_its_certificate_files_change(tmp_path: Pa
     assert asyncio.run(scenario())
 
 
-def test_each_answer_is_timed_from_its_first_bytes_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kenv_admission_request_seconds: from the first bytes of a request read to its answer written; a pipelined
-    request's time starts when the one before it was answered (its bytes were read with it)."""
-    times = iter([10.0, 10.5, 10.75, 20.0, 20.125])
+def test_each_answer_is_timed_from_its_last_bytes_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kenv_admission_request_seconds: from a request's last bytes read (the parse that finds it whole) to its
+    answer written; a pipelined request's time starts when the one before it was answered."""
+    # one clock reading per parse, one per answer: parse (incomplete), parse + answer, parse + answer, parse
+    # (nothing left), parse + answer, parse (nothing left)
+    times = iter([1.0, 10.0, 10.5, 10.5, 10.75, 11.0, 20.0, 20.125, 21.0])
     monkeypatch.setattr(admissionhttp, "clock", lambda: next(times))
     seen: list[float] = []
     monkeypatch.setattr(admissionhttp.ADMISSION_REQUEST_SECONDS, "observe", seen.append)
@@ -244,9 +246,9 @@ def test_each_answer_is_timed_from_its_first_bytes_read(monkeypatch: pytest.Monk
         protocol, transport = lean_protocol([]), Transport()
         protocol.connection_made(transport)  # type: ignore[arg-type]
         raw = request()
-        protocol.data_received(raw[:10])  # 10.0: the first bytes
-        protocol.data_received(raw[10:] + request())  # answered at 10.5, then the pipelined one at 10.75
-        protocol.data_received(request())  # 20.0 read, 20.125 answered
+        protocol.data_received(raw[:10])  # 1.0: not whole yet, not timed
+        protocol.data_received(raw[10:] + request())  # whole at 10.0, answered 10.5; the next 10.5 to 10.75
+        protocol.data_received(request())  # 20.0 to 20.125
         assert len(transport.written) == 3
 
     asyncio.run(scenario())
