@@ -55,7 +55,8 @@ def find_pid(*words: str, without: tuple[str, ...] = ()) -> int | None:
 
 def scheduled(pid: int) -> Scheduled | None:
     """The process's counters now: /proc/PID/task/*/schedstat (run, wait, slices) and its CPU cgroup's cpu.stat;
-    None once it is gone (a pod restarted)."""
+    None once it is gone (a pod restarted). A thread that ended between two readings takes its counters with it,
+    so a period's figures undercount a process whose threads come and go (the floor's Go runtime keeps its own)."""
     try:
         tasks = list((PROC / str(pid) / "task").iterdir())
         stat = cpu_stat(pid)

@@ -19,6 +19,7 @@ Usage: kenv-delta.py --out=DIR --lock-script=F --pip-cache=OPTION [--requirement
 """
 
 import argparse
+import compileall
 import csv
 import os
 import re
@@ -250,14 +251,12 @@ def install_uv(args, folder):
     return os.path.join(folder, "bin", "uv") if subprocess.call(command) == 0 else None
 
 
-def bytecode_command(args):
-    """After a conda update with uv installing spec.pip: compile site-packages' bytecode, or None. The full build's
-    uv step compiles the whole of site-packages after its conda stage (--compile-bytecode does), the conda
-    packages' files included; uv with nothing left to install compiles nothing, so the ones the update linked are
-    compiled here, as that step would have."""
-    if not args.conda_environment or not any(kind == "uv" for kind, _ in args.installs):
-        return None
-    return [sys.executable, "-m", "compileall", "-q"] + site_folders()
+def compiles_site_packages(args):
+    """Whether site-packages is compiled to bytecode after the installs: after a conda update with uv installing
+    spec.pip. The full build's uv step compiles the whole of site-packages after its conda stage
+    (--compile-bytecode does), the conda packages' files included; uv with nothing left to install compiles
+    nothing, so the ones the update linked are compiled here, as that step would have."""
+    return bool(args.conda_environment) and any(kind == "uv" for kind, _ in args.installs)
 
 
 def install_command(installer, requirements, args, uv):
@@ -323,10 +322,9 @@ def install_and_write(args, roots, files, copies, skip, uv_folder):
         if subprocess.call(install_command(installer, requirements, args, uv), env=env) != 0:
             print(f"kenv: {installer} install failed; a full build follows", flush=True)
             return 1
-    compile_all = bytecode_command(args)
-    if compile_all and subprocess.call(compile_all) != 0:
-        print("kenv: compiling the conda packages' bytecode failed; a full build follows", flush=True)
-        return 1
+    if compiles_site_packages(args):
+        for folder in site_folders():  # as uv does: every level, failures (Python 2 files, say) passed over
+            compileall.compile_dir(folder, maxlevels=sys.getrecursionlimit(), quiet=2)
     for requirements, copy in zip([path for _, path in args.installs], copies):  # noqa: B905 - python 3.8
         try:  # the image's copy of the requirements (the Dockerfile's COPY) says what it was built from
             if os.path.exists(copy):

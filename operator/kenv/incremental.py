@@ -46,6 +46,9 @@ from kenv.versions import Snapshot
 
 REQUIREMENTS = "requirements.txt"
 INCREMENTAL_REASON = "IncrementalBuild"  # a version's reason (versions.Snapshot) when an incremental build made it
+# ...or found its image in the registry already (the same edit of another Environment built it): a link all the same
+INCREMENTAL_FOUND_REASON = "IncrementalImageFound"
+CHAIN_LINKS = (INCREMENTAL_REASON, INCREMENTAL_FOUND_REASON)
 SAME_IMAGE_REASON = "DefinitionChanged"  # a version of the previous one's image: only what pods receive changed
 ENVIRONMENT = "environment.yml"
 # ARGs kenv's Dockerfile declares, which the install container sets the same way (CA, pip's system packages) or
@@ -166,13 +169,14 @@ def increment(previous: BuildContext, new: BuildContext, parent_hash: str, paren
 
 def chain_depth(snapshots: Iterable[Snapshot], current: int) -> int:
     """How many incremental builds version `current`'s image carries on its last full build, as the versions kept
-    record them: each IncrementalBuild version back from it counts, a version of the same image (variables, secrets
-    changed) is passed over, any other build ends the count. A version no longer kept before the chain's start
-    counts as MAX_CHAIN: with fewer versions kept than that, chains are flattened sooner, never later."""
+    record them: each IncrementalBuild (or IncrementalImageFound) version back from it counts, a version of the same
+    image (variables, secrets changed) is passed over, any other build ends the count. A version no longer kept
+    before the chain's start counts as MAX_CHAIN: with fewer versions kept than that, chains are flattened sooner,
+    never later."""
     by_number = {snapshot.number: snapshot for snapshot in snapshots}
     depth, number = 0, current
-    while number in by_number and by_number[number].reason in (INCREMENTAL_REASON, SAME_IMAGE_REASON):
-        depth += by_number[number].reason == INCREMENTAL_REASON
+    while number in by_number and by_number[number].reason in (*CHAIN_LINKS, SAME_IMAGE_REASON):
+        depth += by_number[number].reason in CHAIN_LINKS
         number -= 1
     if number >= 1 and number not in by_number:  # pruned (or deleted) inside the chain: how deep is unknown, so
         return max(depth, MAX_CHAIN)  # as deep as allowed: a full build flattens it

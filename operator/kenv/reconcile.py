@@ -288,6 +288,10 @@ class Reconciler:
             if digest:
                 metrics.CACHE_HITS.inc()
                 self.queued.discard(attempt.ref.display)
+                if attempt.increment:  # an increment's image: on the current one, a link of its chain (chain_depth)
+                    return await self._ready(attempt, digest, incremental.INCREMENTAL_FOUND_REASON,
+                                             "this edit's image on the current version's is in the registry; no "
+                                             "build needed", push_credentials)
                 return await self._ready(attempt, digest, "ImageFound",
                                          "image with this content is in the registry; no build needed",
                                          push_credentials)

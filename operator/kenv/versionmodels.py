@@ -76,7 +76,8 @@ class EnvironmentVersionSpec(KenvModel):
         None, max_length=1024, description="Registry tag (repo:tag) that keeps this version's image from garbage "
         "collection; removed when the version is pruned.")
     reason: str = Field(max_length=64, description="Why this version was made: BuildSucceeded, ImageFound, "
-                        "DefinitionChanged, Rebuilt, BaseImageMoved or Migrated.")
+                        "IncrementalBuild, IncrementalImageFound, DefinitionChanged, Rebuilt, BaseImageMoved or "
+                        "Migrated.")
     changes: list[str] = Field(default_factory=list, max_length=50,
                                description="What changed from the previous version, one line each.")
     source_generation: int | None = Field(

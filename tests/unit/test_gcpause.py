@@ -27,13 +27,13 @@ def samples(timer: gcpause.PauseTimer) -> dict[tuple[str, str, str], float]:
 
 
 def test_each_collection_is_counted_in_its_generations_bucket() -> None:
-    ticks = iter([10.0, 10.0004, 20.0, 20.5, 30.0, 30.0001])
+    ticks = iter([0.0, 0.0001, 20.0, 20.5, 30.0, 30.0004])  # 0.0001 - 0.0 is exactly the first bound
     timer = gcpause.PauseTimer(clock=lambda: next(ticks))
     for generation in (0, 2, 0):
         timer("start", {"generation": generation})
         timer("stop", {"generation": generation, "collected": 3, "uncollectable": 0})
     exposed = samples(timer)
-    assert exposed[("kenv_gc_pause_seconds_bucket", "0", "0.0001")] == 1  # 0.1 ms: a bound holds its own value
+    assert exposed[("kenv_gc_pause_seconds_bucket", "0", "0.0001")] == 1  # a bound holds its own value (le)
     assert exposed[("kenv_gc_pause_seconds_bucket", "0", "0.0005")] == 2  # cumulative, as Prometheus reads them
     assert exposed[("kenv_gc_pause_seconds_count", "0", "")] == 2
     assert exposed[("kenv_gc_pause_seconds_sum", "0", "")] == pytest.approx(0.0005)

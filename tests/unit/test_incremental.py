@@ -478,6 +478,8 @@ def test_the_chain_depth_counts_incremental_versions_back_to_the_last_full_build
     assert incremental.chain_depth(chain, 1) == 0
     rebuilt = kept("IncrementalBuild", "Rebuilt", "IncrementalBuild", "ImageFound", "IncrementalBuild")
     assert incremental.chain_depth(rebuilt, 5) == 1  # any build but an incremental one ends the chain
+    found = kept("BuildSucceeded", "IncrementalImageFound", "IncrementalBuild")
+    assert incremental.chain_depth(found, 3) == 2  # an increment another Environment built is a link too
     pruned = kept("IncrementalBuild", "IncrementalBuild", first=7)  # versions 1-6 deleted by retention
     assert incremental.chain_depth(pruned, 8) == incremental.MAX_CHAIN  # how deep is unknown: flattened
     after_full = kept("BuildSucceeded", "IncrementalBuild", first=7)
@@ -485,15 +487,12 @@ def test_the_chain_depth_counts_incremental_versions_back_to_the_last_full_build
     assert incremental.chain_depth([], 4) == incremental.MAX_CHAIN  # nothing kept: unknown
 
 
-def test_after_a_conda_update_uv_leaves_no_module_uncompiled(monkeypatch):
+def test_after_a_conda_update_uv_leaves_no_module_uncompiled():
     """uv compiles all of site-packages only when it installs something; after a conda update the delta script
     compiles it, as the full build's uv step does over its conda stage's packages."""
-    site_packages = {"purelib": "/env/lib/site", "platlib": "/env/lib/site"}
-    monkeypatch.setattr(delta_script.sysconfig, "get_paths", lambda: site_packages)
     base = ["--out=/o", "--lock-script=l", "--pip-cache=--no-cache-dir"]
     conda = ["--conda-environment=e.yml", "--conda-prefix=/env", "--conda-installer=c.py", "--conda-tools=/t"]
     uv = ["--uv-requirements=r.txt", "--uv-pin=uv.txt"]
-    command = delta_script.bytecode_command(delta_script.arguments(base + conda + uv))
-    assert command == [delta_script.sys.executable, "-m", "compileall", "-q", "/env/lib/site"]
-    assert delta_script.bytecode_command(delta_script.arguments(base + conda + ["--requirements=r.txt"])) is None
-    assert delta_script.bytecode_command(delta_script.arguments(base + uv)) is None  # pip and uv compile their own
+    assert delta_script.compiles_site_packages(delta_script.arguments(base + conda + uv))
+    assert not delta_script.compiles_site_packages(delta_script.arguments(base + conda + ["--requirements=r.txt"]))
+    assert not delta_script.compiles_site_packages(delta_script.arguments(base + uv))  # pip and uv compile theirs

@@ -303,3 +303,22 @@ def test_a_long_chain_of_incremental_versions_is_flattened_by_a_full_build(world
         builder, _ = await built(jobs, registry, env)
         assert builder == "incremental"
     run(world, scenario)
+
+
+def test_an_increment_another_environment_built_is_found_and_recorded_as_a_link_of_the_chain(world):
+    async def scenario(jobs: JobApi, version_api: VersionApi, registry: DigestRegistry, reconciler: Reconciler):
+        first, twin = Environment("first", reconciler, registry), Environment("twin", reconciler, registry)
+        for env in (first, twin):
+            await env.reconcile()
+        first.edit(V2)
+        job = job_of(jobs, await first.reconcile())
+        jobs.finish(job["metadata"]["name"], registry.push(destination(job).rpartition(":")[2]))
+        built = await first.reconcile()
+        twin.edit(V2)  # the same edit on the same image: its increment is in the registry already
+        found = await twin.reconcile()
+        assert found["phase"] == "Ready" and found["image"] == built["image"] and len(jobs.jobs) == 1
+        assert [c["reason"] for c in found["conditions"] if c["type"] == "Ready"] == ["IncrementalImageFound"]
+        kept = [versions.Snapshot.from_object(o) for o in version_api.objects.values()
+                if o["spec"]["environment"]["name"] == "twin"]
+        assert incremental.chain_depth(kept, found["version"]) == 1
+    run(world, scenario)
