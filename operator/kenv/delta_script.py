@@ -156,9 +156,19 @@ def arguments(argv):
     parser.add_argument("--conda-option", action="append", default=[], help="an option of kenv-conda.py")
     parser.add_argument("lock_args", nargs="*")
     args = parser.parse_args(argv)
-    if any(kind == "uv" for kind, _ in args.installs) and not args.uv_pin:
+    if uses_uv(args) and not args.uv_pin:
         parser.error("--uv-requirements needs --uv-pin, the requirements file uv is installed from")
     return args
+
+
+def uses_uv(args):
+    """Whether uv installs one of the requirements files."""
+    return any(kind == "uv" for kind, _ in args.installs)
+
+
+def pip_install(args, *arguments):
+    """pip's install command as the Dockerfile runs it (its cache option, no version check), with `arguments`."""
+    return [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", *arguments]
 
 
 def site_folders():
@@ -246,9 +256,8 @@ def update_conda_over_pip(args, roots, before, skip):
 def install_uv(args, folder):
     """uv into `folder` (outside the image's install paths, left out of its snapshots), as the Dockerfile's uv
     step installs it; the path of its binary, or None if pip could not install it."""
-    command = [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "--target",
-               folder, "-r", args.uv_pin]
-    return os.path.join(folder, "bin", "uv") if subprocess.call(command) == 0 else None
+    installed = subprocess.call(pip_install(args, "--target", folder, "-r", args.uv_pin)) == 0
+    return os.path.join(folder, "bin", "uv") if installed else None
 
 
 def compiles_site_packages(args):
@@ -256,14 +265,13 @@ def compiles_site_packages(args):
     spec.pip. The full build's uv step compiles the whole of site-packages after its conda stage
     (--compile-bytecode does), the conda packages' files included; uv with nothing left to install compiles
     nothing, so the ones the update linked are compiled here, as that step would have."""
-    return bool(args.conda_environment) and any(kind == "uv" for kind, _ in args.installs)
+    return bool(args.conda_environment) and uses_uv(args)
 
 
 def install_command(installer, requirements, args, uv):
     """The Dockerfile's install step for one requirements file: pip's, or uv's with the same options."""
     if installer == "pip":
-        return [sys.executable, "-m", "pip", "install", args.pip_cache, "--disable-pip-version-check", "-r",
-                requirements]
+        return pip_install(args, "-r", requirements)
     cache = args.uv_cache
     if cache.startswith("--cache-dir=") and not os.access(os.path.dirname(cache.partition("=")[2]), os.W_OK):
         cache = "--no-cache"  # the cache volume is root's and this image's user is not: uv goes without, as pip
@@ -278,7 +286,7 @@ def main(argv):
         roots = [root for root in roots if not within(root, args.conda_prefix)] + [args.conda_prefix]
     copies = [os.path.join(IMAGE_COPIES, os.path.basename(path)) for _, path in args.installs]
     files = sorted(set(args.lock_args[:2]) | set(copies))
-    uv_folder = tempfile.mkdtemp(prefix="kenv-uv-") if any(kind == "uv" for kind, _ in args.installs) else None
+    uv_folder = tempfile.mkdtemp(prefix="kenv-uv-") if uses_uv(args) else None
     skip = {os.path.normpath(args.out), *([os.path.normpath(uv_folder)] if uv_folder else [])}
     try:
         return install_and_write(args, roots, files, copies, skip, uv_folder)

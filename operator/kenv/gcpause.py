@@ -27,6 +27,7 @@ from prometheus_client.core import HistogramMetricFamily
 
 log = logging.getLogger(__name__)
 BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+BOUNDS = (*(repr(bound) for bound in BUCKETS), "+Inf")  # the `le` labels, as prometheus_client writes them
 GENERATIONS = 3
 
 
@@ -56,8 +57,7 @@ class PauseTimer:
             "generation", labels=["generation"])
         for generation in range(GENERATIONS):
             cumulative = list(itertools.accumulate(self.counts[generation]))
-            bounds = [*(repr(bound) for bound in BUCKETS), "+Inf"]
-            family.add_metric([str(generation)], list(zip(bounds, cumulative, strict=True)),
+            family.add_metric([str(generation)], list(zip(BOUNDS, cumulative, strict=True)),
                               self.seconds[generation])
         yield family
 
